@@ -12,6 +12,8 @@ APT_PACKAGES=(
   libopenblas-dev libopenblas0 libcmocka-dev libsodium-dev libcjson-dev libpcre2-dev
   python3-venv python3-pip python3-torch python3-numpy python3-matplotlib
   abigail-tools libclang-rt-14-dev cmake
+  wordnet-base dict-freedict-eng-fra dict-freedict-eng-deu dict-freedict-eng-spa
+  fortunes dict-gcide
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -1,0 +1,739 @@
+#!/usr/bin/env python3
+"""Build a multi-task instruction dataset from Debian-packaged corpora.
+
+Each record is one JSON object per line: {"task", "instruction", "response"}.
+Tasks come from WordNet (definition, synonym, antonym, hypernym), FreeDict
+(translate_fr, translate_de, translate_es), fortunes (quote) and GCIDE
+(gcide).  The output is a pure function of the seed, the options and the
+installed corpora: re-running gives the same bytes.
+
+    python examples/data/build_dataset.py --out data/mop --seed 0 --per-task 1000
+
+Writes OUT/train.jsonl, OUT/validation.jsonl, OUT/test.jsonl and
+OUT/manifest.json (counts, sources with Debian package versions, sha256).
+See examples/data/README.md.
+"""
+import argparse
+import gzip
+import hashlib
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+
+MAX_RESPONSE = 200      # characters; longer responses are shortened or dropped
+SPLITS = ("train", "validation", "test")
+
+# ---------------------------------------------------------------- sources --
+
+WORDNET_DIR = "usr/share/wordnet"
+DICTD_DIR = "usr/share/dictd"
+FORTUNE_DIR = "usr/share/games/fortunes"
+WN_POS = (("n", "noun"), ("v", "verb"), ("a", "adj"), ("r", "adv"))
+
+# source name -> (Debian package, files relative to the root)
+SOURCES = {
+    "wordnet": ("wordnet-base",
+                [f"{WORDNET_DIR}/{kind}.{name}" for _, name in WN_POS
+                 for kind in ("index", "data")]),
+    "freedict-eng-fra": ("dict-freedict-eng-fra",
+                         [f"{DICTD_DIR}/freedict-eng-fra.index",
+                          f"{DICTD_DIR}/freedict-eng-fra.dict.dz"]),
+    "freedict-eng-deu": ("dict-freedict-eng-deu",
+                         [f"{DICTD_DIR}/freedict-eng-deu.index",
+                          f"{DICTD_DIR}/freedict-eng-deu.dict.dz"]),
+    "freedict-eng-spa": ("dict-freedict-eng-spa",
+                         [f"{DICTD_DIR}/freedict-eng-spa.index",
+                          f"{DICTD_DIR}/freedict-eng-spa.dict.dz"]),
+    "fortunes": ("fortunes", [f"{FORTUNE_DIR}/wisdom"]),
+    "gcide": ("dict-gcide", [f"{DICTD_DIR}/gcide.index",
+                             f"{DICTD_DIR}/gcide.dict.dz"]),
+}
+
+# fortune files that are not quotations (drawings); the offensive set lives
+# in the fortunes-off package under off/, which is never read.
+FORTUNE_SKIP = {"ascii-art"}
+FORTUNE_PACKAGES = ("fortunes", "fortunes-min")
+
+
+def progress(msg):
+    print(f"[build_dataset] {msg}", file=sys.stderr, flush=True)
+
+
+class BuildError(Exception):
+    pass
+
+
+# ------------------------------------------------------------ text helpers --
+
+_WS = re.compile(r"\s+")
+
+
+def collapse(text):
+    return _WS.sub(" ", text).strip()
+
+
+def shorten(text, limit=MAX_RESPONSE):
+    """Cut text to at most limit chars at a clause boundary, or return None."""
+    if len(text) <= limit:
+        return text
+    head = text[:limit]
+    for sep in ("; ", ". ", ", "):
+        cut = head.rfind(sep)
+        if cut >= limit // 3:
+            return head[:cut + 1] if sep == ". " else head[:cut].rstrip(" ,;")
+    return None
+
+
+def article(word):
+    return "an" if word[:1].lower() in "aeiou" else "a"
+
+
+_WORD_OK = re.compile(r"^[A-Za-z][A-Za-z' -]{0,38}[A-Za-z]$")
+
+
+def clean_word(word):
+    """A headword fit for an instruction: letters, spaces, hyphens, <= 3 words."""
+    word = collapse(word)
+    if not _WORD_OK.match(word) or len(word.split()) > 3:
+        return None
+    return word
+
+
+# -------------------------------------------------------------- WordNet ----
+# wndb(5): data.* lines are
+#   offset lex_filenum ss_type w_cnt(hex) {word lex_id(hex)} p_cnt
+#   {ptr_symbol offset pos source/target(hex4)} [frames] | gloss
+# index.* lines are
+#   lemma pos synset_cnt p_cnt {ptr_symbol} sense_cnt tagsense_cnt {offset}
+# with the synset offsets ordered by sense frequency.  License lines of both
+# start with two spaces.
+
+class WordNet:
+    """Lazy reader: synset_offset is the byte offset of the line in data.*."""
+
+    def __init__(self, root):
+        self.data = {}      # pos -> bytes of data.<pos>
+        self.cache = {}     # (pos, offset) -> (words, pointers, gloss)
+        self.index = []     # (lemma, pos, [offsets]) of sense-tagged lemmas
+        for pos, name in WN_POS:
+            path = os.path.join(root, WORDNET_DIR, f"data.{name}")
+            progress(f"reading {path}")
+            with open(path, "rb") as f:
+                self.data[pos] = f.read()
+            path = os.path.join(root, WORDNET_DIR, f"index.{name}")
+            with open(path, encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    if line.startswith("  "):
+                        continue
+                    field = line.split()
+                    n_synsets, n_ptrs = int(field[2]), int(field[3])
+                    # tagsense_cnt > 0: the lemma occurs in the sense-tagged
+                    # corpus, which keeps to words in ordinary use
+                    if int(field[5 + n_ptrs]) == 0:
+                        continue
+                    offsets = field[6 + n_ptrs:6 + n_ptrs + n_synsets]
+                    self.index.append((field[0], pos, offsets))
+
+    def synset(self, pos, offset):
+        key = (pos, offset)
+        if key not in self.cache:
+            data = self.data[pos]
+            start = int(offset)
+            line = data[start:data.index(b"\n", start)].decode("utf-8", "replace")
+            if not line.startswith(offset + " "):
+                raise BuildError(f"WordNet data.{dict(WN_POS)[pos]}: no synset "
+                                 f"at byte offset {offset}")
+            self.cache[key] = self._parse_data_line(line)
+        return self.cache[key]
+
+    @staticmethod
+    def _parse_data_line(line):
+        body, _, gloss = line.partition(" | ")
+        field = body.split()
+        w_cnt = int(field[3], 16)
+        words = []
+        for i in range(w_cnt):
+            word = field[4 + 2 * i]
+            word = re.sub(r"\((a|p|ip)\)$", "", word)   # adjective markers
+            words.append(word.replace("_", " "))
+        k = 4 + 2 * w_cnt
+        p_cnt = int(field[k])
+        pointers = []
+        for i in range(p_cnt):
+            sym, off, ppos, st = field[k + 1 + 4 * i:k + 5 + 4 * i]
+            pointers.append((sym, off, "a" if ppos == "s" else ppos,
+                             int(st[:2], 16), int(st[2:], 16)))
+        return words, pointers, gloss.strip()
+
+    @staticmethod
+    def find(words, lemma):
+        """1-based position of lemma among the synset's words, or 0."""
+        key = lemma.replace("_", " ").lower()
+        for i, w in enumerate(words):
+            if w.lower() == key:
+                return i + 1
+        return 0
+
+
+def wn_definition(gloss):
+    """The definition part of a gloss, without the quoted examples."""
+    text = gloss.replace("`", "'")
+    cut = text.find('"')
+    if cut >= 0:
+        text = text[:cut]
+    text = collapse(text).rstrip(" ;:,")
+    if len(text.split()) < 2:
+        return None
+    return shorten(text)
+
+
+def wn_entries(wn, pos_filter=None):
+    """Candidate keys for the WordNet tasks: index entries, in file order."""
+    return [e for e in wn.index if not pos_filter or e[1] in pos_filter]
+
+
+def first_sense(wn, entry):
+    lemma, pos, offsets = entry
+    if not clean_word(lemma.replace("_", " ")):
+        return None
+    words, pointers, gloss = wn.synset(pos, offsets[0])
+    i = WordNet.find(words, lemma)
+    if i == 0:
+        return None
+    return words, pointers, gloss, words[i - 1], i
+
+
+POS_NAME = {"n": "noun", "v": "verb", "a": "adjective", "r": "adverb"}
+
+
+def make_definition(wn, entry):
+    sense = first_sense(wn, entry)
+    if not sense:
+        return None
+    _, _, gloss, word, _ = sense
+    d = wn_definition(gloss)
+    if not d:
+        return None
+    return f'Define the word "{word}" ({POS_NAME[entry[1]]}).', d
+
+
+def make_synonym(wn, entry):
+    sense = first_sense(wn, entry)
+    if not sense:
+        return None
+    words, _, _, word, _ = sense
+    low = word.lower()
+    for w in words:
+        wl = w.lower()
+        if wl != low and low not in wl and wl not in low and clean_word(w):
+            return f'Give a synonym of the word "{word}".', w
+    return None
+
+
+def make_antonym(wn, entry):
+    lemma, pos, offsets = entry
+    if not clean_word(lemma.replace("_", " ")):
+        return None
+    for off in offsets:
+        words, pointers, _ = wn.synset(pos, off)
+        i = WordNet.find(words, lemma)
+        for sym, toff, tpos, src, tgt in pointers:
+            if sym == "!" and src == i and tgt > 0:
+                twords = wn.synset(tpos, toff)[0]
+                if tgt <= len(twords) and clean_word(twords[tgt - 1]):
+                    return (f'Give an antonym of the word "{words[i - 1]}".',
+                            twords[tgt - 1])
+    return None
+
+
+def make_hypernym(wn, entry):
+    sense = first_sense(wn, entry)
+    if not sense:
+        return None
+    _, pointers, _, word, _ = sense
+    if word[:1].isupper():          # proper nouns have instance hypernyms
+        return None
+    for sym, toff, tpos, _, _ in pointers:
+        if sym == "@":
+            hyper = wn.synset(tpos, toff)[0][0]
+            if clean_word(hyper) and hyper.lower() != word.lower():
+                return f"What kind of thing is {article(word)} {word}?", hyper
+    return None
+
+
+# --------------------------------------------------------------- dictd -----
+# dictd .index lines: headword TAB offset TAB length, numbers in dictd's
+# base64 (A-Z a-z 0-9 + /, most significant digit first).  .dict.dz is a
+# dictzip file, which plain gzip decompresses.
+
+_B64 = {c: i for i, c in enumerate(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")}
+
+
+def dictd_number(text):
+    value = 0
+    for c in text:
+        value = value * 64 + _B64[c]
+    return value
+
+
+class Dictd:
+    """Index lines are kept raw; a headword's entries are adjacent lines
+    (the index is sorted), and the key of a headword is its first line."""
+
+    def __init__(self, root, name):
+        base = os.path.join(root, DICTD_DIR, name)
+        progress(f"reading {base}.index and {base}.dict.dz")
+        with open(base + ".index", encoding="utf-8", errors="replace") as f:
+            self.lines = f.read().split("\n")
+        with gzip.open(base + ".dict.dz") as f:
+            self.data = f.read()
+
+    def keys(self):
+        return range(len(self.lines))
+
+    def head(self, i):
+        return self.lines[i].partition("\t")[0]
+
+    def group(self, i):
+        """(headword, its entry texts) if line i is the headword's first
+        index line, else None."""
+        head = self.head(i)
+        if "\t" not in self.lines[i] or head.startswith(("00database",
+                                                          "00-database")):
+            return None
+        low = head.lower()
+        j = i - 1               # neighbours that sort together (case aside)
+        while j >= 0 and self.head(j).lower() == low:
+            if self.head(j) == head:
+                return None
+            j -= 1
+        rows = [i]
+        j = i + 1
+        while j < len(self.lines) and self.head(j).lower() == low:
+            if self.head(j) == head:
+                rows.append(j)
+            j += 1
+        out = []
+        for r in rows:
+            field = self.lines[r].split("\t")
+            off, length = dictd_number(field[1]), dictd_number(field[2])
+            out.append(self.data[off:off + length].decode("utf-8", "replace"))
+        return head, out
+
+
+# FreeDict eng-xxx entries: "headword /ipa/ [<pos>]\ntranslation line\n"
+# followed (eng-deu) by indented example lines, "Synonym:", "Note:", "see:".
+_TAG = re.compile(r"<[^>]*>|\[[^\]]*\]|\([^)]*\)")
+_TRANSLATION_OK = re.compile(r"^[^\W\d_][^\d{}<>\[\]/=]*$")
+
+
+def freedict_translation(entry):
+    lines = entry.split("\n")
+    if len(lines) < 2:
+        return None
+    m = re.search(r"/([^/]*)/", lines[0])
+    ipa_len = len(m.group(1)) if m else 99
+    first = lines[1]
+    has_tag = "<" in first and "<pl>" not in first    # plural forms: skip
+    first = re.sub(r"^\s*1\.\s*", "", first)
+    first = _TAG.sub(" ", first)
+    first = collapse(first.split(",")[0].split(";")[0])
+    examples = sum(1 for ln in lines[2:] if ln.startswith("      \""))
+    if not first or len(first) > 40 or len(first.split()) > 3 \
+            or not _TRANSLATION_OK.match(first):
+        return None
+    # preference: most usage examples (main sense), a lemma entry with a
+    # part-of-speech or gender tag, the shortest pronunciation (eng-fra and
+    # eng-spa attach phrase entries to their first word, with longer IPA).
+    return (examples, has_tag, -ipa_len), first
+
+
+def make_translation(lang, need_tag):
+    """need_tag: only entries whose translation carries a <pos>/<gender> tag
+    (eng-deu lists inflected forms as separate, untagged entries)."""
+    def make(dic, key):
+        got = dic.group(key)
+        word = got and clean_word(got[0])
+        if not word or word != word.lower():
+            return None
+        best = None
+        for entry in got[1]:
+            cand = freedict_translation(entry)
+            if cand and need_tag and not cand[0][1]:
+                continue
+            if cand and (best is None or cand[0] > best[0]):
+                best = cand
+        if not best or best[1].lower() == word:
+            return None
+        kind = "word" if " " not in word else "phrase"
+        return f'Translate the English {kind} "{word}" into {lang}.', best[1]
+    return make
+
+
+# GCIDE entries: 'Head \\Pro*nun"ci*a`tion\\ (pron), pos. [etym.] (Domain.)\n
+#   1. Sense; as, example.\n   [1913 Webster]\n ...'.  We keep the first sense.
+_GC_SOURCE = re.compile(r"\[(?:1913 Webster|Webster 1913 Suppl\.|PJC|WordNet[^\]]*|"
+                        r"[^\]]*\+PJC)\]")
+_GC_LABEL = re.compile(r"\[(?:Obs|R|Colloq|Archaic|Poetic|Prov\. Eng|Local|Slang|"
+                       r"Scot|Eng|U\. S|Vulgar|Rare|Law|Cant|Humorous)"
+                       r"[^\]]{0,20}\]")
+
+
+def skip_group(text, i):
+    """Index just past the balanced [...] or (...) group starting at text[i]."""
+    close = {"[": "]", "(": ")"}[text[i]]
+    depth = 0
+    for j in range(i, len(text)):
+        if text[j] == text[i]:
+            depth += 1
+        elif text[j] == close:
+            depth -= 1
+            if depth == 0:
+                return j + 1
+    return len(text)
+
+
+def gcide_sense(entry):
+    text = entry.replace("\r", "")
+    m = re.search(r"\n\s+1\.\s", text)
+    if m:
+        body = text[m.end():]
+    else:
+        # skip 'Head \\pron\\ (pron), pos.' then any [etym.] / (Domain.) groups
+        m = re.match(r"[^\n\\]*\\[^\\]*\\[^,\n]*,[^\[\(\n]*", text)
+        if not m:
+            return None
+        i = m.end()
+        while True:
+            while i < len(text) and text[i] in " \n\t":
+                i += 1
+            if i < len(text) and (text[i] == "[" or text[i] == "("
+                                  and text[i + 1:i + 2].isupper()):
+                i = skip_group(text, i)
+            else:
+                break
+        body = text[i:]
+    body = re.split(r"\n\s*\n|\[1913 Webster|\[Webster 1913|\[PJC\]|\n\s+2\.\s", body)[0]
+    body = re.sub(r"^\s*(\([A-Z][^)]{0,30}\)\s*)+", "", body)  # (Naut.) etc.
+    sub = re.match(r"\s*\(a\)\s*", body)
+    if sub:
+        body = body[sub.end():]
+    body = re.split(r"\s\(b\)\s|\s--\s", body)[0]          # (b) ..., -- n. ...
+    body = _GC_SOURCE.sub(" ", body)
+    body = _GC_LABEL.sub(" ", body)
+    body = re.sub(r"\s--[A-Z].*$", "", body, flags=re.S)      # --Author.
+    body = re.sub(r";\s*as,.*$", "", body, flags=re.S)        # ; as, example
+    body = re.sub(r"\s*See\s+\{[^}]*\}.*$", "", body, flags=re.S)
+    body = re.sub(r"\{([^}]*)\}", r"\1", body)
+    body = collapse(body).rstrip(" ;:,")
+    if re.search(r"[\[\]\\{}\"|]|\bSyn\.|^Note:", body):
+        return None
+    if len(body.split()) < 3 or not body[:1].isalpha() \
+            or re.match(r"(Same as|See|Alt\. of|Variant of)\b", body):
+        return None
+    if not body.endswith("."):
+        body += "."
+    body = body[0].upper() + body[1:]
+    return shorten(body)
+
+
+def make_gcide(dic, key):
+    got = dic.group(key)
+    word = got and clean_word(got[0])
+    if not word:
+        return None
+    for entry in got[1][:3]:
+        # sub-entries ("prairie dog") are indexed to their main entry
+        if collapse(entry.split("\\")[0]).lower() != word.lower():
+            continue
+        sense = gcide_sense(entry)
+        if sense:
+            return f'What does "{word.lower()}" mean (Webster 1913)?', sense
+    return None
+
+
+# ------------------------------------------------------------- fortunes ----
+
+class Fortunes:
+    def __init__(self, root):
+        self.dir = os.path.join(root, FORTUNE_DIR)
+        progress(f"reading {self.dir}")
+        self.files = []
+        self.quotes = []
+        # only the default set: files of fortunes and fortunes-min when dpkg
+        # knows them (other packages may add files to the same directory)
+        owned = set().union(*(dpkg_files(p) for p in FORTUNE_PACKAGES))
+        for name in sorted(os.listdir(self.dir)):
+            path = os.path.join(self.dir, name)
+            if name in FORTUNE_SKIP or "." in name or not os.path.isfile(path) \
+                    or os.path.islink(path):
+                continue
+            if owned and root == "/" and path not in owned:
+                continue
+            self.files.append(name)
+            with open(path, encoding="utf-8", errors="replace") as f:
+                text = f.read()
+            for item in re.split(r"^%\n", text, flags=re.M):
+                self.quotes.append(item)
+
+    def keys(self):
+        return list(range(len(self.quotes)))
+
+
+def make_quote(fort, key):
+    text = re.sub(r".\x08", "", fort.quotes[key])        # overstriking
+    lines = [ln for ln in text.split("\n")
+             if not re.match(r"^\s*--\s", ln)]            # attribution lines
+    if any(ln.startswith(("\t\t", "        ")) for ln in lines):
+        return None                                       # layout-dependent
+    text = collapse(" ".join(lines))
+    if not 40 <= len(text) <= 2 * MAX_RESPONSE or "\ufffd" in text:
+        return None
+    good = sum(c.isalnum() or c.isspace() for c in text)
+    if good < 0.85 * len(text) or re.search(r"[<>|_~^{}\[\]\\*]|https?:|www\.",
+                                            text):
+        return None                                       # art, IRC, code, URLs
+    if len(re.findall(r"(?:^|\s)[A-Z][\w.]*:\s", text)) >= 2:
+        return None                                       # dialogue
+    words = text.split(" ")
+    if len(words) < 8:
+        return None
+    # split at the word boundary nearest the middle, by characters
+    best, pos = 0, 0
+    for i in range(3, len(words) - 2):
+        left = len(" ".join(words[:i]))
+        if best == 0 or abs(left - len(text) / 2) < abs(pos - len(text) / 2):
+            best, pos = i, left
+    first, second = " ".join(words[:best]), " ".join(words[best:])
+    if len(second) > MAX_RESPONSE:
+        return None
+    return f"Complete the quotation: {first} ...", second
+
+
+# ---------------------------------------------------------------- tasks ----
+
+# task -> (source name, candidate keys of the loaded source, example maker)
+TASKS = {
+    "definition": ("wordnet", lambda wn: wn_entries(wn), make_definition),
+    "synonym": ("wordnet", lambda wn: wn_entries(wn), make_synonym),
+    "antonym": ("wordnet", lambda wn: wn_entries(wn), make_antonym),
+    "hypernym": ("wordnet", lambda wn: wn_entries(wn, "n"), make_hypernym),
+    "translate_fr": ("freedict-eng-fra", Dictd.keys, make_translation("French", False)),
+    "translate_de": ("freedict-eng-deu", Dictd.keys, make_translation("German", True)),
+    "translate_es": ("freedict-eng-spa", Dictd.keys, make_translation("Spanish", False)),
+    "quote": ("fortunes", Fortunes.keys, make_quote),
+    "gcide": ("gcide", Dictd.keys, make_gcide),
+}
+
+
+def load_source(root, name):
+    if name == "wordnet":
+        return WordNet(root)
+    if name == "fortunes":
+        return Fortunes(root)
+    return Dictd(root, name)
+
+
+def check_sources(root, tasks):
+    missing = {}
+    for task in tasks:
+        package, files = SOURCES[TASKS[task][0]]
+        for rel in files:
+            path = os.path.join(root, rel)
+            if not os.path.isfile(path):
+                missing.setdefault(package, path)
+    if missing:
+        pkgs = " ".join(sorted(missing))
+        first = next(iter(missing.values()))
+        raise BuildError(f"corpus file {first} not found; install the Debian "
+                         f"package(s) (as root): apt-get install -y {pkgs}")
+
+
+def dpkg_version(package):
+    try:
+        out = subprocess.run(["dpkg-query", "-W", "-f=${Version}", package],
+                             capture_output=True, text=True, check=False)
+    except OSError:
+        return None
+    return out.stdout.strip() or None
+
+
+def seeded_order(rng, size, n):
+    """A seeded random permutation of range(size), drawn lazily: first a
+    sample of 40n indices (cheap for large pools), then the rest shuffled."""
+    first = rng.sample(range(size), min(size, 40 * n))
+    yield from first
+    if len(first) < size:
+        taken = set(first)
+        rest = [i for i in range(size) if i not in taken]
+        rng.shuffle(rest)
+        yield from rest
+
+
+def dpkg_files(package):
+    try:
+        out = subprocess.run(["dpkg-query", "-L", package],
+                             capture_output=True, text=True, check=False)
+    except OSError:
+        return set()
+    return set(out.stdout.split("\n"))
+
+
+def fortune_sources(task, names):
+    """Group the fortune files read by owning package (fortunes ships most,
+    its dependency fortunes-min a few)."""
+    owners = {pkg: dpkg_files(pkg) for pkg in FORTUNE_PACKAGES}
+    groups = {}
+    for name in names:
+        rel = f"/{FORTUNE_DIR}/{name}"
+        pkg = next((p for p, files in owners.items() if rel in files),
+                   "fortunes")
+        groups.setdefault(pkg, []).append(rel)
+    return [{"task": task, "package": pkg, "version": dpkg_version(pkg),
+             "files": files} for pkg, files in sorted(groups.items())]
+
+
+def sample_task(task, source, n, seed):
+    """Up to n examples with distinct instructions, in a seeded random order."""
+    _, candidates, make = TASKS[task]
+    keys = candidates(source)
+    rng = random.Random(f"{seed}/{task}")
+    seen, out = set(), []
+    for k in seeded_order(rng, len(keys), n):
+        ex = make(source, keys[k])
+        if ex is None:
+            continue
+        instruction, response = collapse(ex[0]), collapse(ex[1])
+        if not instruction or not response or instruction in seen:
+            continue
+        seen.add(instruction)
+        out.append({"task": task, "instruction": instruction,
+                    "response": response})
+        if len(out) == n:
+            break
+    return out
+
+
+def split_counts(n, val_frac, test_frac):
+    n_val = round(n * val_frac)
+    n_test = round(n * test_frac)
+    if n >= 3:                       # every split non-empty when possible
+        n_val = max(n_val, 1 if val_frac > 0 else 0)
+        n_test = max(n_test, 1 if test_frac > 0 else 0)
+    return n - n_val - n_test, n_val, n_test
+
+
+def build(out_dir, seed=0, per_task=1000, tasks=None, val_frac=0.1,
+          test_frac=0.1, root="/"):
+    tasks = list(tasks or TASKS)
+    check_sources(root, tasks)
+    splits = {s: [] for s in SPLITS}
+    counts, sources, loaded = {}, [], {}
+    for task in tasks:
+        name = TASKS[task][0]
+        if name not in loaded:
+            loaded[name] = load_source(root, name)
+        examples = sample_task(task, loaded[name], per_task, seed)
+        if len(examples) < per_task:
+            progress(f"warning: task {task} has only {len(examples)} "
+                     f"usable examples (asked for {per_task})")
+        n_train, n_val, _ = split_counts(len(examples), val_frac, test_frac)
+        parts = {"train": examples[:n_train],
+                 "validation": examples[n_train:n_train + n_val],
+                 "test": examples[n_train + n_val:]}
+        counts[task] = {s: len(parts[s]) for s in SPLITS}
+        for s in SPLITS:
+            splits[s].extend(parts[s])
+        progress(f"{task}: " + ", ".join(f"{s} {counts[task][s]}" for s in SPLITS))
+        package, files = SOURCES[name]
+        source = {"task": task, "package": package,
+                  "version": dpkg_version(package),
+                  "files": ["/" + f for f in files]}
+        if name == "fortunes":
+            sources.extend(fortune_sources(task, loaded[name].files))
+        else:
+            sources.append(source)
+
+    os.makedirs(out_dir, exist_ok=True)
+    files = {}
+    for s in SPLITS:
+        rows = splits[s]
+        random.Random(f"{seed}/mix/{s}").shuffle(rows)
+        data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        blob = data.encode("utf-8")
+        path = os.path.join(out_dir, f"{s}.jsonl")
+        with open(path, "wb") as f:
+            f.write(blob)
+        files[f"{s}.jsonl"] = {"records": len(rows),
+                               "sha256": hashlib.sha256(blob).hexdigest()}
+        progress(f"wrote {path} ({len(rows)} records)")
+    manifest = {
+        "format": 1,
+        "seed": seed,
+        "per_task": per_task,
+        "val_frac": val_frac,
+        "test_frac": test_frac,
+        "tasks": tasks,
+        "counts": counts,
+        "totals": {s: len(splits[s]) for s in SPLITS},
+        "sources": sources,
+        "files": files,
+    }
+    with open(os.path.join(out_dir, "manifest.json"), "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+    return manifest
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(
+        description="Build a multi-task instruction dataset (JSONL) from "
+                    "Debian-packaged corpora: WordNet, FreeDict, fortunes, GCIDE.")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
+    p.add_argument("--per-task", type=int, default=1000, metavar="N",
+                   help="examples per task before splitting (default 1000)")
+    p.add_argument("--tasks", default=",".join(TASKS), metavar="A,B,...",
+                   help="comma-separated subset of: %(default)s (default: all)")
+    p.add_argument("--val-frac", type=float, default=0.1, metavar="F",
+                   help="validation fraction per task (default 0.1)")
+    p.add_argument("--test-frac", type=float, default=0.1, metavar="F",
+                   help="test fraction per task (default 0.1)")
+    p.add_argument("--root", default="/", metavar="DIR",
+                   help="file-system root holding usr/share (default /)")
+    args = p.parse_args(argv)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown or not tasks:
+        p.error(f"unknown task(s) {','.join(unknown) or '(none given)'}; "
+                f"known: {','.join(TASKS)}")
+    if len(set(tasks)) != len(tasks):
+        p.error("--tasks lists a task twice")
+    if args.per_task < 1:
+        p.error(f"--per-task must be >= 1, got {args.per_task}")
+    if not (0 <= args.val_frac < 1 and 0 <= args.test_frac < 1
+            and args.val_frac + args.test_frac < 1):
+        p.error(f"need 0 <= --val-frac, --test-frac and their sum < 1, got "
+                f"{args.val_frac} and {args.test_frac}")
+    args.tasks = tasks
+    return args
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        m = build(args.out, args.seed, args.per_task, args.tasks,
+                  args.val_frac, args.test_frac, args.root)
+    except BuildError as e:
+        print(f"build_dataset: error: {e}", file=sys.stderr)
+        return 1
+    progress("done: " + ", ".join(f"{s} {m['totals'][s]}" for s in SPLITS))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
