@@ -33,5 +33,6 @@
 
 #include "mop_version.h"
 #include "mop_core.h"
+#include "mop_gate.h"
 
 #endif

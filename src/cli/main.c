@@ -1,10 +1,47 @@
-/* mop command-line tool (placeholder until the CLI lands). */
+/* mop: command-line front end of libmop. `mop COMMAND [options]`.
+ *
+ * Each command lives in its own cmd_<name>.c and has one row in the table
+ * below; later commands (prune, train, eval, fed-sim, gate-stats) are added
+ * the same way. */
 #include <stdio.h>
+#include <string.h>
 
-#include <libmop/mop.h>
+#include "cli.h"
 
-int main(void)
+static const cli_command commands[] = {
+    {"info", "show a model's architecture, sizes and tensor storage types", cli_cmd_info},
+    {"generate", "generate text from a prompt (optionally as a chat turn)", cli_cmd_generate},
+    {"ppl", "perplexity of a text file in fixed windows", cli_cmd_ppl},
+    {"bench", "prefill and decode speed and peak memory", cli_cmd_bench},
+};
+
+static void print_usage(FILE *out)
 {
-    printf("mop %s\n", mop_version());
-    return 0;
+    fprintf(out, "usage: mop COMMAND [options]   (mop COMMAND --help for details)\n\n"
+                 "commands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(out, "  %-10s %s\n", commands[i].name, commands[i].summary);
+    fprintf(out, "\noptions:\n"
+                 "  -h, --help     show this help and exit\n"
+                 "  -V, --version  print the library version and exit\n"
+                 "\nexit status: 0 success, 1 error, 2 usage error\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2)
+        return cli_usage_error(NULL, "missing command");
+    const char *name = argv[1];
+    if (strcmp(name, "-h") == 0 || strcmp(name, "--help") == 0 || strcmp(name, "help") == 0) {
+        print_usage(stdout);
+        return CLI_OK;
+    }
+    if (strcmp(name, "-V") == 0 || strcmp(name, "--version") == 0) {
+        printf("mop %s\n", mop_version());
+        return CLI_OK;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (strcmp(name, commands[i].name) == 0)
+            return commands[i].run(argc - 1, argv + 1);
+    return cli_usage_error(NULL, "unknown command '%s'", name);
 }

@@ -143,7 +143,8 @@ mop_status mop_model_alloc(mop_model **out);
 mop_status mop_model_assemble(mop_model *m, const mop_model_source *src,
                               const mop_model_params *params);
 
-/* Hand a mapping or a mop_alloc'ed buffer to the model, which frees it last. */
+/* Hand a mapping or a mop_alloc'ed buffer to the model, which frees it last.
+ * On failure the caller still owns it. */
 mop_status mop_model_add_mapping(mop_model *m, void *addr, size_t size);
 mop_status mop_model_add_buffer(mop_model *m, void *buf);
 

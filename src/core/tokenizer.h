@@ -19,4 +19,57 @@ void mop_tokenizer_free(mop_tokenizer *t);
 
 int32_t mop_tokenizer_n_vocab(const mop_tokenizer *t);
 
+/* ---- internal constructor, shared by the GGUF and HF paths and the tests -- */
+
+/* Token types as stored in GGUF (tokenizer.ggml.token_type). */
+enum {
+    MOP_TOKTYPE_NORMAL = 1, MOP_TOKTYPE_UNKNOWN = 2, MOP_TOKTYPE_CONTROL = 3,
+    MOP_TOKTYPE_USER_DEFINED = 4, MOP_TOKTYPE_UNUSED = 5, MOP_TOKTYPE_BYTE = 6
+};
+
+/* A string that need not be NUL-terminated. */
+typedef struct mop_tok_str {
+    const char *s;
+    size_t len;
+} mop_tok_str;
+
+/* Everything a tokenizer is built from. Nothing is borrowed: the tokenizer
+ * copies what it keeps. Normal tokens and merges are in the GPT-2
+ * byte-to-unicode form ("Ġthe"); control and user-defined tokens are raw
+ * UTF-8 ("<|im_start|>"). Special ids are -1 when absent. */
+typedef struct mop_tokenizer_spec {
+    mop_tok_str pre;               /* pre-tokenizer name: "smollm", "gpt2", "llama-bpe", ... */
+    int32_t n_tokens;
+    const mop_tok_str *tokens;     /* n_tokens */
+    const int32_t *token_types;    /* n_tokens MOP_TOKTYPE_*, or NULL = all normal */
+    int32_t n_merges;
+    const mop_tok_str *merges;     /* 2 * n_merges: left, right of merge i (rank i) */
+    int32_t bos, eos, eot, pad, unk;
+    int32_t add_bos;
+    mop_tok_str chat_template;     /* s == NULL: none */
+} mop_tokenizer_spec;
+
+/* Validate (ids in range, merges of existing tokens whose concatenation is a
+ * token) and build the lookup tables and pre-tokenizer regex.
+ * MOP_E_FORMAT for inconsistent data, MOP_E_UNSUPPORTED for an unknown
+ * pre-tokenizer, MOP_E_NOMEM. */
+mop_status mop_tokenizer_create(const mop_tokenizer_spec *spec, mop_tokenizer **out);
+
+/* Tokenize / detokenize with the semantics of mop_tokenize / mop_detokenize. */
+mop_status mop_tokenizer_encode(const mop_tokenizer *t, const char *text, size_t len,
+                                int32_t flags, int32_t *tokens, size_t cap, size_t *n_out);
+mop_status mop_tokenizer_decode(const mop_tokenizer *t, const int32_t *tokens, size_t n_tokens,
+                                int32_t flags, char *buf, size_t cap, size_t *n_out);
+
+/* Special token id (mop_special_token), -1 if none; EOT falls back to EOS. */
+int32_t mop_tokenizer_special(const mop_tokenizer *t, int32_t which);
+
+/* The chat template (NUL-terminated) or NULL. */
+const char *mop_tokenizer_chat_template(const mop_tokenizer *t);
+
+/* Render a chat with the tokenizer's template (see mop_chat_format; chat.c). */
+mop_status mop_chat_render(const mop_tokenizer *t, const mop_chat_message *messages,
+                           size_t n_messages, int32_t add_assistant_prompt, char *buf,
+                           size_t cap, size_t *n_out);
+
 #endif

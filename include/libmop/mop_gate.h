@@ -1,0 +1,318 @@
+/**
+ * @file mop_gate.h
+ * @brief Prompt mixtures: K soft-prompt experts, a gate, training and evaluation.
+ *
+ * A `mop_mixture` holds K experts E_k (P soft tokens of width d each) and a
+ * gate MLP θ = (W1, b1, W2, b2). For an input, the gate reads the mean of the
+ * frozen model's hidden states after layer L_g and gives weights w = softmax(z/τ)
+ * over the experts. At layer L_p the experts are prepended; in the default
+ * ::MOP_COMBINE_ATTENTION_BIAS mode every input query's attention score toward
+ * expert k's positions gets + log w_k in every layer from L_p on.
+ *
+ * Parameters and gradients each live in one flat float buffer (see
+ * mop_mixture_data()), with named views listed by mop_mixture_tensor_get_info(),
+ * so optimizers, checkpoints and federated averaging all use the same array.
+ *
+ * Threads: a mixture belongs to one thread at a time while it is trained; a
+ * mixture that is only read (inference) may be shared by contexts in several
+ * threads once its prompt cache is built (mop_mixture_prepare()).
+ */
+#ifndef MOP_GATE_H
+#define MOP_GATE_H
+
+#include "mop_core.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/** How the gate's weights combine the experts. */
+typedef enum mop_combine_mode {
+    MOP_COMBINE_ATTENTION_BIAS = 0, /**< all K·P tokens prepended, + log w_k on scores (paper) */
+    MOP_COMBINE_WEIGHTED_SUM = 1    /**< one P-token prompt Σ_k w_k E_k prepended */
+} mop_combine_mode;
+
+/** Where the gate's weights come from. */
+typedef enum mop_gate_mode {
+    MOP_GATE_LEARNED = 0, /**< the gate MLP (MoPs) */
+    MOP_GATE_UNIFORM = 1  /**< w_k = 1/K, no gate parameters (baseline) */
+} mop_gate_mode;
+
+/** How experts are initialised. */
+typedef enum mop_expert_init {
+    MOP_INIT_VOCAB = 0,  /**< embeddings of randomly drawn vocabulary tokens */
+    MOP_INIT_NORMAL = 1  /**< N(0, init_std²) */
+} mop_expert_init;
+
+/** Gate activation between its two linear layers. */
+typedef enum mop_gate_act {
+    MOP_GATE_ACT_GELU = 0,
+    MOP_GATE_ACT_RELU = 1
+} mop_gate_act;
+
+/** Shape of a mixture. Fill with mop_mixture_default_params(). */
+typedef struct mop_mixture_params {
+    uint32_t struct_size;   /**< sizeof(mop_mixture_params); set by the default call */
+    int32_t n_experts;      /**< K; default 8. K = 1 with ::MOP_GATE_UNIFORM is single prompt tuning */
+    int32_t prompt_len;     /**< P tokens per expert; default 8 */
+    int32_t gate_layer;     /**< L_g: gate reads hidden states after this many layers; default -1 = n_layer/3 */
+    int32_t inject_layer;   /**< L_p: experts enter before this layer; default -1 = n_layer/3; >= gate_layer */
+    int32_t gate_hidden;    /**< gate MLP width h; default 64 */
+    int32_t gate_act;       /**< ::mop_gate_act; default ::MOP_GATE_ACT_GELU */
+    float gate_temperature; /**< τ; default 1 */
+    int32_t top_k;          /**< keep the k largest weights, renormalised; 0 = all; default 0 */
+    int32_t combine;        /**< ::mop_combine_mode; default ::MOP_COMBINE_ATTENTION_BIAS */
+    int32_t gate_mode;      /**< ::mop_gate_mode; default ::MOP_GATE_LEARNED */
+    int32_t init;           /**< ::mop_expert_init; default ::MOP_INIT_VOCAB */
+    float init_std;         /**< std for ::MOP_INIT_NORMAL and the gate's first layer; default 0.02 */
+    uint64_t seed;          /**< initialisation seed; default 1234 */
+} mop_mixture_params;
+
+/** A prompt mixture (experts + gate + gradients). Opaque. */
+typedef struct mop_mixture mop_mixture;
+
+/** @brief Default mixture shape. */
+MOP_API mop_mixture_params mop_mixture_default_params(void);
+
+/**
+ * @brief Create a mixture for @p model, initialised from @p params.seed.
+ *
+ * Takes a reference on the model. Experts initialised per @c params.init;
+ * gate W1 ~ N(0, init_std²), W2 = 0, biases 0 (so the gate starts uniform).
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG, ::MOP_E_RANGE (K, P, layers or sizes
+ *         out of range: 1 <= K <= 256, 1 <= P <= 512, 0 <= gate_layer <=
+ *         inject_layer < n_layer, 1 <= gate_hidden <= 8192, τ > 0,
+ *         0 <= top_k <= K), ::MOP_E_NOMEM
+ */
+MOP_API MOP_NODISCARD mop_status mop_mixture_create(mop_model *model,
+                                                    const mop_mixture_params *params,
+                                                    mop_mixture **out);
+
+/** @brief Free a mixture. Accepts NULL. */
+MOP_API void mop_mixture_free(mop_mixture *m);
+
+/** @brief The mixture's shape (with -1 defaults resolved). @p out->struct_size set by the caller. */
+MOP_API MOP_NODISCARD mop_status mop_mixture_get_params(const mop_mixture *m,
+                                                        mop_mixture_params *out);
+
+/**
+ * @brief Save as a safetensors file (tensors F32, shape in JSON metadata).
+ * Written atomically (temporary file, fsync, rename).
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG, ::MOP_E_IO
+ */
+MOP_API MOP_NODISCARD mop_status mop_mixture_save(const mop_mixture *m, const char *path);
+
+/**
+ * @brief Load a mixture saved by mop_mixture_save() for a model of the same width.
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG, ::MOP_E_IO, ::MOP_E_FORMAT (corrupt,
+ *         missing tensor or metadata, NaN/Inf values), ::MOP_E_SHAPE (d_model
+ *         or layer count does not match @p model), ::MOP_E_NOMEM
+ */
+MOP_API MOP_NODISCARD mop_status mop_mixture_load(mop_model *model, const char *path,
+                                                  mop_mixture **out);
+
+/**
+ * @brief The flat parameter and gradient buffers (borrowed; valid while @p m lives).
+ * @param[out] params @p n floats: all trainable values, in tensor order
+ * @param[out] grads  @p n floats: their gradients (accumulated by training calls)
+ * @param[out] n      number of trainable floats (= mop_mixture_n_params())
+ */
+MOP_API MOP_NODISCARD mop_status mop_mixture_data(mop_mixture *m, float **params, float **grads,
+                                                  size_t *n);
+
+/** @brief Number of trainable floats. */
+MOP_API size_t mop_mixture_n_params(const mop_mixture *m);
+
+/** @brief Set every gradient to zero. */
+MOP_API void mop_mixture_zero_grad(mop_mixture *m);
+
+/** A named view into the flat buffers. */
+typedef struct mop_mixture_tensor_info {
+    uint32_t struct_size; /**< set by the caller */
+    const char *name;     /**< "experts" (K,P,d), "gate.w1" (h,d), "gate.b1" (h), "gate.w2" (K,h), "gate.b2" (K) */
+    size_t offset;        /**< first float in the flat buffers */
+    size_t size;          /**< floats */
+    int32_t n_dims;
+    int64_t dims[4];
+} mop_mixture_tensor_info;
+
+/** @brief Number of named tensors (1 for a uniform-gate mixture, 5 with a gate). */
+MOP_API int32_t mop_mixture_tensor_count(const mop_mixture *m);
+
+/** @brief Describe tensor @p index. @return ::MOP_OK, ::MOP_E_INVALID_ARG, ::MOP_E_RANGE */
+MOP_API MOP_NODISCARD mop_status mop_mixture_tensor_get_info(const mop_mixture *m, int32_t index,
+                                                             mop_mixture_tensor_info *info);
+
+/* ------------------------------------------------------------------------ */
+/** @name Batches, loss, training and evaluation
+ *  @{ */
+
+/** A batch of B token sequences padded to T. All arrays borrowed for the call. */
+typedef struct mop_batch {
+    uint32_t struct_size;      /**< sizeof(mop_batch) */
+    int32_t n_seq;             /**< B >= 1 */
+    int32_t seq_len;           /**< T >= 2, padded length */
+    const int32_t *tokens;     /**< (B, T) token ids; padding ids are ignored */
+    const int32_t *lengths;    /**< (B) real lengths, 1..T */
+    const uint8_t *loss_mask;  /**< (B, T): 1 where token t is a target (predicted from t-1); NULL = every real token after the first */
+    const int32_t *task;       /**< (B) task labels 0..K-1 for gate supervision, or NULL */
+} mop_batch;
+
+/** Loss options. Fill with mop_loss_default_params(). */
+typedef struct mop_loss_params {
+    uint32_t struct_size;   /**< sizeof(mop_loss_params) */
+    float load_balance;     /**< weight of K·Σ_k f_k·p_k (gate usage balance); default 0 */
+    float gate_supervision; /**< weight of cross-entropy between gate and batch->task (gate pre-training); default 0 */
+    int32_t gate_only;      /**< 1: only the gate supervision loss, no LM forward above L_g (fast pre-training); default 0 */
+    float prox_mu;          /**< FedProx: (mu/2)·||θ − θ_ref||² with mop_mixture_set_prox_reference(); default 0 */
+} mop_loss_params;
+
+/** @brief Default loss options (plain next-token NLL). */
+MOP_API mop_loss_params mop_loss_default_params(void);
+
+/** What one training or evaluation call measured. */
+typedef struct mop_loss_result {
+    uint32_t struct_size; /**< set by the caller */
+    double loss;          /**< total loss that was differentiated */
+    double nll_sum;       /**< Σ NLL over target tokens */
+    int64_t n_targets;    /**< number of target tokens */
+} mop_loss_result;
+
+/**
+ * @brief Forward and backward of one batch: gradients are ADDED to the
+ * mixture's gradient buffer (call mop_mixture_zero_grad() between steps;
+ * several calls accumulate). The loss is the mean NLL over the batch's target
+ * tokens plus the optional terms. The base model is never changed.
+ * @param ctx  a context on the mixture's model with n_batch >= K·P + T
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (bad ids, lengths, masks, task labels),
+ *         ::MOP_E_RANGE (batch too long for @p ctx), ::MOP_E_NOMEM
+ */
+MOP_API MOP_NODISCARD mop_status mop_mixture_forward_backward(mop_ctx *ctx, mop_mixture *m,
+                                                              const mop_batch *batch,
+                                                              const mop_loss_params *loss,
+                                                              mop_loss_result *result);
+
+/**
+ * @brief Evaluate a batch without gradients.
+ *
+ * Serving form: sequence b uses @p mixtures[b] (n_mixtures == B), or all use
+ * @p mixtures[0] (n_mixtures == 1); n_mixtures == 0 or a NULL entry scores
+ * the base model. Mixtures must share the context's model.
+ * @param[out] nll_sum   (B) Σ NLL over each sequence's targets (may be NULL)
+ * @param[out] n_targets (B) target counts (may be NULL)
+ * @param[out] gate_w    (B, K) gate weights, K of the first mixture (may be NULL; rows of base-model sequences are 0)
+ */
+MOP_API MOP_NODISCARD mop_status mop_mixture_evaluate(mop_ctx *ctx,
+                                                      const mop_mixture *const *mixtures,
+                                                      int32_t n_mixtures, const mop_batch *batch,
+                                                      double *nll_sum, int32_t *n_targets,
+                                                      float *gate_w);
+
+/**
+ * @brief Gate weights for each sequence of a batch (runs layers [0, L_g) only).
+ * @param[out] w (B, K)
+ */
+MOP_API MOP_NODISCARD mop_status mop_mixture_gate(mop_ctx *ctx, const mop_mixture *m,
+                                                  const mop_batch *batch, float *w);
+
+/**
+ * @brief Generate with a mixture: gate from the prompt, then decode as
+ * mop_generate() does with the experts prepended at L_p. With
+ * ::MOP_COMBINE_ATTENTION_BIAS the experts' keys/values are computed once per
+ * mixture and reused across calls (until the mixture's parameters change).
+ */
+MOP_API MOP_NODISCARD mop_status mop_mixture_generate(mop_ctx *ctx, mop_mixture *m,
+                                                      mop_sampler *sampler,
+                                                      const int32_t *prompt, int32_t n_prompt,
+                                                      int32_t max_new, mop_token_fn on_token,
+                                                      void *user, int32_t *n_generated);
+
+/**
+ * @brief Remember the current parameters as the FedProx reference θ_ref.
+ * @return ::MOP_OK, ::MOP_E_NOMEM
+ */
+MOP_API MOP_NODISCARD mop_status mop_mixture_set_prox_reference(mop_mixture *m);
+
+/** @} */
+
+/* ------------------------------------------------------------------------ */
+/** @name Training data
+ *  @{ */
+
+/**
+ * @brief Tokenize one instruction example with the model's chat template:
+ * user turn = @p instruction, assistant turn = @p response. loss_mask marks
+ * the response tokens and the closing end-of-turn token (the targets).
+ * @param[out] tokens, loss_mask up to @p cap entries each
+ * @param[out] n_out tokens needed (also when @p cap is too small)
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG, ::MOP_E_UNSUPPORTED (no chat
+ *         template), ::MOP_E_RANGE (@p cap too small)
+ */
+MOP_API MOP_NODISCARD mop_status mop_tokenize_example(const mop_model *model,
+                                                      const char *instruction,
+                                                      const char *response, int32_t *tokens,
+                                                      uint8_t *loss_mask, size_t cap,
+                                                      size_t *n_out);
+
+/** @} */
+
+/* ------------------------------------------------------------------------ */
+/** @name Optimizer
+ *  AdamW with decoupled weight decay, global-norm clipping, linear warmup
+ *  and cosine decay, over any flat float buffer.
+ *  @{ */
+
+/** AdamW and schedule. Fill with mop_adamw_default_params(). */
+typedef struct mop_adamw_params {
+    uint32_t struct_size; /**< sizeof(mop_adamw_params) */
+    float lr;             /**< peak learning rate; default 3e-3 */
+    float beta1;          /**< default 0.9 */
+    float beta2;          /**< default 0.999 */
+    float eps;            /**< default 1e-8 */
+    float weight_decay;   /**< decoupled, applied as p -= lr·wd·p; default 0.01 */
+    float clip_norm;      /**< clip gradients to this global L2 norm; 0 = off; default 1 */
+    int32_t warmup_steps; /**< linear warmup from 0; default 0 */
+    int32_t total_steps;  /**< cosine decay to min_lr_ratio·lr at this step; 0 = constant; default 0 */
+    float min_lr_ratio;   /**< default 0.1 */
+} mop_adamw_params;
+
+/** An optimizer's state (moments, step count). Opaque. */
+typedef struct mop_optimizer mop_optimizer;
+
+/** @brief Default AdamW settings. */
+MOP_API mop_adamw_params mop_adamw_default_params(void);
+
+/**
+ * @brief Create AdamW state for @p n_params floats.
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (lr < 0, betas outside [0,1), eps <= 0,
+ *         ...), ::MOP_E_NOMEM
+ */
+MOP_API MOP_NODISCARD mop_status mop_optimizer_create(size_t n_params,
+                                                      const mop_adamw_params *params,
+                                                      mop_optimizer **out);
+
+/** @brief Free an optimizer. Accepts NULL. */
+MOP_API void mop_optimizer_free(mop_optimizer *opt);
+
+/**
+ * @brief One update: grads are scaled by @p grad_scale (e.g. 1/accumulation
+ * steps), clipped, then params are updated in place. grads are not cleared.
+ * @param[out] lr_used   learning rate of this step (may be NULL)
+ * @param[out] grad_norm global gradient norm before clipping (may be NULL)
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL, n differs from create, NaN/Inf gradient)
+ */
+MOP_API MOP_NODISCARD mop_status mop_optimizer_step(mop_optimizer *opt, float *params,
+                                                    const float *grads, size_t n,
+                                                    float grad_scale, float *lr_used,
+                                                    float *grad_norm);
+
+/** @brief Learning rate the schedule gives at @p step (0-based). */
+MOP_API float mop_optimizer_lr_at(const mop_optimizer *opt, int64_t step);
+
+/** @} */
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MOP_GATE_H */

@@ -1,0 +1,110 @@
+/* Shared pieces of the `mop` command-line tool: the command table entry,
+ * a declarative option parser, error reporting and progress output.
+ *
+ * The CLI uses only the public API (<libmop/mop.h>) and links the shared
+ * library. Exit codes: 0 success, 1 runtime error, 2 usage error. Every error
+ * is one line on stderr; results go to stdout; progress goes to stderr, only
+ * when stderr is a terminal or --progress is given. */
+#ifndef MOP_CLI_H
+#define MOP_CLI_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <libmop/mop.h>
+
+enum { CLI_OK = 0, CLI_ERROR = 1, CLI_USAGE = 2 };
+
+/* One sub-command: `mop NAME ...` calls run(argc, argv) with argv[0] == NAME. */
+typedef struct cli_command {
+    const char *name;
+    const char *summary; /* one line for `mop --help` */
+    int (*run)(int argc, char **argv);
+} cli_command;
+
+/* ---- options ------------------------------------------------------------- */
+typedef enum cli_opt_kind {
+    CLI_FLAG,   /* int32_t, set to 1 when present */
+    CLI_INT,    /* int32_t */
+    CLI_FLOAT,  /* float */
+    CLI_U64,    /* uint64_t */
+    CLI_STRING  /* const char * (points into argv) */
+} cli_opt_kind;
+
+typedef struct cli_opt {
+    const char *name;    /* long name without dashes, e.g. "threads" */
+    char short_name;     /* e.g. 'n', or 0 */
+    cli_opt_kind kind;
+    void *dest;
+    const char *metavar; /* e.g. "N"; NULL for flags */
+    const char *help;    /* one line, includes the default */
+} cli_opt;
+
+/* What a command accepts; also the source of its --help text. */
+typedef struct cli_spec {
+    const char *command;     /* "generate" */
+    const char *usage;       /* "MODEL --prompt TEXT [options]" */
+    const char *description; /* a few lines, printed under the usage */
+    const cli_opt *opts;     /* terminated by an entry with name == NULL */
+    int n_positional;        /* exact number of positional arguments */
+} cli_spec;
+
+/* Parse argv[1..argc) (argv[0] is the command name) into the option
+ * destinations and `positional` (n_positional entries). Options may come
+ * before or after positionals, as "--name value", "--name=value" or "-x value";
+ * "--" ends options. Handles --help (prints it, returns CLI_OK with *done = 1)
+ * and --progress (every command accepts it). Returns CLI_OK or CLI_USAGE
+ * after printing one error line. */
+int cli_parse(const cli_spec *spec, int argc, char **argv, const char **positional, int *done);
+
+/* Print a command's help text to stdout. */
+void cli_print_help(const cli_spec *spec);
+
+/* ---- errors and progress -------------------------------------------------- */
+
+/* "mop: <what>: <mop_last_error() or the status text>" on stderr; returns CLI_ERROR. */
+int cli_fail(mop_status st, const char *what_fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* "mop <command>: <what> (see 'mop <command> --help')"; returns CLI_USAGE. */
+int cli_usage_error(const char *command, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* "mop: <what>" for errors that do not come from the library; returns CLI_ERROR. */
+int cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* True when progress lines should be written to stderr. */
+int cli_progress_enabled(void);
+
+/* Force progress on (the --progress option). */
+void cli_progress_force(void);
+
+/* One progress line, rewritten in place on a terminal ("\r"), else one line
+ * per call. No-op when progress is off. */
+void cli_progress(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Terminate a progress line started with cli_progress(). */
+void cli_progress_end(void);
+
+/* ---- helpers ------------------------------------------------------------- */
+
+/* Load a model with the given thread count (0 = all cores), reporting load
+ * progress when enabled. On failure prints the error and returns NULL. */
+mop_model *cli_load_model(const char *path, int32_t n_threads);
+
+/* Read a whole file into a malloc'ed NUL-terminated buffer; NULL after
+ * printing an error. */
+char *cli_read_file(const char *path, size_t *len);
+
+/* Monotonic clock in seconds. */
+double cli_now(void);
+
+/* Median of n values (sorts `v` in place); 0 if n == 0. */
+double cli_median(double *v, size_t n);
+
+/* The commands. */
+int cli_cmd_info(int argc, char **argv);
+int cli_cmd_generate(int argc, char **argv);
+int cli_cmd_ppl(int argc, char **argv);
+int cli_cmd_bench(int argc, char **argv);
+
+#endif

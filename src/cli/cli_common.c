@@ -1,0 +1,330 @@
+/* Option parsing, error lines, progress output and small helpers for `mop`. */
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+/* ---- options ------------------------------------------------------------- */
+
+static int parse_value(const cli_spec *spec, const cli_opt *o, const char *text)
+{
+    char *end = NULL;
+    errno = 0;
+    switch (o->kind) {
+    case CLI_INT: {
+        long v = strtol(text, &end, 10);
+        if (end == text || *end != '\0' || errno || v < INT32_MIN || v > INT32_MAX)
+            return cli_usage_error(spec->command, "--%s: '%s' is not an integer", o->name, text);
+        *(int32_t *)o->dest = (int32_t)v;
+        return CLI_OK;
+    }
+    case CLI_FLOAT: {
+        float v = strtof(text, &end);
+        if (end == text || *end != '\0' || errno || !isfinite(v))
+            return cli_usage_error(spec->command, "--%s: '%s' is not a number", o->name, text);
+        *(float *)o->dest = v;
+        return CLI_OK;
+    }
+    case CLI_U64: {
+        unsigned long long v = strtoull(text, &end, 10);
+        if (end == text || *end != '\0' || errno || text[0] == '-')
+            return cli_usage_error(spec->command, "--%s: '%s' is not a non-negative integer",
+                                   o->name, text);
+        *(uint64_t *)o->dest = (uint64_t)v;
+        return CLI_OK;
+    }
+    case CLI_STRING:
+        *(const char **)o->dest = text;
+        return CLI_OK;
+    case CLI_FLAG:
+        break;
+    }
+    return cli_usage_error(spec->command, "--%s takes no value", o->name);
+}
+
+static const cli_opt *find_long(const cli_spec *spec, const char *name, size_t len)
+{
+    for (const cli_opt *o = spec->opts; o && o->name; o++)
+        if (strlen(o->name) == len && strncmp(o->name, name, len) == 0)
+            return o;
+    return NULL;
+}
+
+static const cli_opt *find_short(const cli_spec *spec, char c)
+{
+    for (const cli_opt *o = spec->opts; o && o->name; o++)
+        if (o->short_name && o->short_name == c)
+            return o;
+    return NULL;
+}
+
+void cli_print_help(const cli_spec *spec)
+{
+    printf("usage: mop %s %s\n\n%s\n\noptions:\n", spec->command, spec->usage,
+           spec->description);
+    char left[64];
+    for (const cli_opt *o = spec->opts; o && o->name; o++) {
+        if (o->short_name)
+            snprintf(left, sizeof left, "-%c, --%s%s%s", o->short_name, o->name,
+                     o->metavar ? " " : "", o->metavar ? o->metavar : "");
+        else
+            snprintf(left, sizeof left, "    --%s%s%s", o->name, o->metavar ? " " : "",
+                     o->metavar ? o->metavar : "");
+        printf("  %-24s %s\n", left, o->help);
+    }
+    printf("  %-24s %s\n", "    --progress", "show progress on stderr even when it is not a terminal");
+    printf("  %-24s %s\n", "-h, --help", "show this help and exit");
+}
+
+int cli_parse(const cli_spec *spec, int argc, char **argv, const char **positional, int *done)
+{
+    int n_pos = 0, only_positional = 0;
+    *done = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (only_positional || a[0] != '-' || a[1] == '\0') {
+            if (n_pos >= spec->n_positional)
+                return cli_usage_error(spec->command, "unexpected argument '%s'", a);
+            positional[n_pos++] = a;
+            continue;
+        }
+        if (strcmp(a, "--") == 0) {
+            only_positional = 1;
+            continue;
+        }
+        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+            cli_print_help(spec);
+            *done = 1;
+            return CLI_OK;
+        }
+        if (strcmp(a, "--progress") == 0) {
+            cli_progress_force();
+            continue;
+        }
+        const cli_opt *o;
+        const char *inline_value = NULL;
+        if (a[1] == '-') {
+            const char *name = a + 2;
+            const char *eq = strchr(name, '=');
+            size_t len = eq ? (size_t)(eq - name) : strlen(name);
+            o = find_long(spec, name, len);
+            if (eq)
+                inline_value = eq + 1;
+        } else {
+            o = a[2] == '\0' ? find_short(spec, a[1]) : NULL;
+        }
+        if (!o)
+            return cli_usage_error(spec->command, "unknown option '%s'", a);
+        if (o->kind == CLI_FLAG) {
+            if (inline_value)
+                return cli_usage_error(spec->command, "--%s takes no value", o->name);
+            *(int32_t *)o->dest = 1;
+            continue;
+        }
+        if (!inline_value) {
+            if (i + 1 >= argc)
+                return cli_usage_error(spec->command, "--%s needs a value (%s)", o->name,
+                                       o->metavar ? o->metavar : "VALUE");
+            inline_value = argv[++i];
+        }
+        int rc = parse_value(spec, o, inline_value);
+        if (rc != CLI_OK)
+            return rc;
+    }
+    if (n_pos < spec->n_positional)
+        return cli_usage_error(spec->command, "missing argument (usage: mop %s %s)",
+                               spec->command, spec->usage);
+    return CLI_OK;
+}
+
+/* ---- errors -------------------------------------------------------------- */
+
+/* Write `s` with newlines flattened so that every error stays on one line. */
+static void put_one_line(const char *s)
+{
+    for (; *s; s++)
+        fputc(*s == '\n' || *s == '\r' ? ' ' : *s, stderr);
+}
+
+int cli_fail(mop_status st, const char *what_fmt, ...)
+{
+    char what[512];
+    va_list ap;
+    va_start(ap, what_fmt);
+    vsnprintf(what, sizeof what, what_fmt, ap);
+    va_end(ap);
+    const char *detail = mop_last_error();
+    if (!detail || !detail[0])
+        detail = mop_status_str(st);
+    cli_progress_end();
+    fputs("mop: ", stderr);
+    put_one_line(what);
+    fputs(": ", stderr);
+    put_one_line(detail);
+    fputc('\n', stderr);
+    return CLI_ERROR;
+}
+
+int cli_usage_error(const char *command, const char *fmt, ...)
+{
+    char what[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    if (command)
+        fprintf(stderr, "mop %s: ", command);
+    else
+        fputs("mop: ", stderr);
+    put_one_line(what);
+    if (command)
+        fprintf(stderr, " (see 'mop %s --help')\n", command);
+    else
+        fputs(" (see 'mop --help')\n", stderr);
+    return CLI_USAGE;
+}
+
+int cli_error(const char *fmt, ...)
+{
+    char what[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    cli_progress_end();
+    fputs("mop: ", stderr);
+    put_one_line(what);
+    fputc('\n', stderr);
+    return CLI_ERROR;
+}
+
+/* ---- progress ------------------------------------------------------------ */
+
+static int progress_forced;
+static int progress_open; /* a "\r" line is on the terminal */
+
+void cli_progress_force(void)
+{
+    progress_forced = 1;
+}
+
+int cli_progress_enabled(void)
+{
+    return progress_forced || isatty(STDERR_FILENO);
+}
+
+void cli_progress(const char *fmt, ...)
+{
+    if (!cli_progress_enabled())
+        return;
+    int tty = isatty(STDERR_FILENO);
+    va_list ap;
+    va_start(ap, fmt);
+    if (tty)
+        fputs("\r\033[K", stderr);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    if (tty)
+        progress_open = 1;
+    else
+        fputc('\n', stderr);
+    fflush(stderr);
+}
+
+void cli_progress_end(void)
+{
+    if (progress_open) {
+        fputc('\n', stderr);
+        progress_open = 0;
+    }
+}
+
+/* ---- helpers ------------------------------------------------------------- */
+
+static int load_progress(uint64_t done, uint64_t total, void *user)
+{
+    (void)user;
+    /* on a terminal the line is rewritten; in a log only the last one counts */
+    if (done == total || (done % 16 == 0 && isatty(STDERR_FILENO)))
+        cli_progress("loading: %llu/%llu tensors", (unsigned long long)done,
+                     (unsigned long long)total);
+    return 0;
+}
+
+mop_model *cli_load_model(const char *path, int32_t n_threads)
+{
+    mop_model_params mp = mop_model_default_params();
+    mp.n_threads = n_threads;
+    if (cli_progress_enabled())
+        mp.progress = load_progress;
+    mop_model *model = NULL;
+    mop_status st = mop_model_load(path, &mp, &model);
+    cli_progress_end();
+    if (st != MOP_OK) {
+        cli_fail(st, "cannot load model '%s'", path);
+        return NULL;
+    }
+    return model;
+}
+
+char *cli_read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        cli_error("cannot open '%s': %s", path, strerror(errno));
+        return NULL;
+    }
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap);
+    while (buf) {
+        n += fread(buf + n, 1, cap - 1 - n, f);
+        if (n < cap - 1)
+            break;
+        cap *= 2;
+        char *grown = realloc(buf, cap);
+        if (!grown) {
+            free(buf);
+            buf = NULL;
+        } else {
+            buf = grown;
+        }
+    }
+    const char *why = !buf ? "out of memory" : ferror(f) ? "read error" : NULL;
+    fclose(f);
+    if (why) {
+        free(buf);
+        cli_error("cannot read '%s': %s", path, why);
+        return NULL;
+    }
+    buf[n] = '\0';
+    *len = n;
+    return buf;
+}
+
+double cli_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+double cli_median(double *v, size_t n)
+{
+    if (n == 0)
+        return 0.0;
+    qsort(v, n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}

@@ -1,0 +1,98 @@
+/* The Llama-family dense forward, in pieces the mixture code can compose:
+ * embed -> layers [a, b) -> layers [b, c) ... -> final norm + LM head.
+ *
+ * Internal. A mop_ctx carries everything a forward call needs: the model,
+ * the thread pool, RoPE tables, scratch for n_batch tokens and the KV cache.
+ * The hot path never allocates.
+ *
+ * KV cache: layer l keeps keys and values of positions [0, n_ctx), each row
+ * n_head_kv*head_dim floats (keys after RoPE). A forward_layers call of T
+ * tokens writes its keys/values into rows [n_past, n_past + T) of each layer
+ * it runs and attends over rows [0, n_past + T) causally; it does not move
+ * n_past: the caller advances ctx->n_past once the last layer has run. A
+ * caller that wants no cache (training, one-off sequences) sets n_past = 0
+ * first. */
+#ifndef MOP_FORWARD_H
+#define MOP_FORWARD_H
+
+#include <stdint.h>
+
+#include "attention.h"
+#include "model.h"
+#include "ops.h"
+#include "threadpool.h"
+
+/* What one layer saw and produced, for an activation backward. Every pointer
+ * is a caller-owned buffer of T rows (the T of the call), or NULL to skip it.
+ * Shapes: d = n_embd, qd = n_head*head_dim, kvd = n_head_kv*head_dim. */
+typedef struct fwd_layer_saved {
+    float *x_in;      /* (T, d) residual stream entering the layer */
+    float *rstd_attn; /* (T) 1/rms of x_in */
+    float *xn_attn;   /* (T, d) attn_norm(x_in) */
+    float *q;         /* (T, qd) queries after RoPE */
+    float *k, *v;     /* (T, kvd) this call's keys (after RoPE) and values */
+    float *lse;       /* (T, n_head) log-sum-exp of each query's attention scores */
+    float *att;       /* (T, qd) attention output, input of wo */
+    float *x_mid;     /* (T, d) x_in + wo(att) */
+    float *rstd_ffn;  /* (T) 1/rms of x_mid */
+    float *xn_ffn;    /* (T, d) ffn_norm(x_mid) */
+    float *gate, *up; /* (T, n_ff) pre-activation products */
+} fwd_layer_saved;
+
+/* Optional extras of a forward_layers call. Zero-initialise, then set what
+ * is used. Arrays of n_layer entries are indexed by absolute layer number. */
+typedef struct attn_extra {
+    /* Prefix keys every query attends to (after RoPE), per layer. */
+    int32_t P;
+    const float *const *prefix_k; /* (n_layer) -> (P, kvd), or NULL when P == 0 */
+    const float *const *prefix_v; /* (n_layer) -> (P, kvd) */
+    const float *prefix_bias;     /* (P) added to every query's score toward key p; NULL = 0 */
+    /* Where to save what backward needs, per layer; NULL = save nothing. */
+    fwd_layer_saved *saved;       /* (n_layer) */
+} attn_extra;
+
+struct mop_ctx {
+    mop_model *model;
+    mop_ctx_params params;
+    mop_pool *pool;
+    rope_table rope;
+
+    /* KV cache: (n_layer, 2, n_ctx, kvd) */
+    float *kv;
+    int32_t n_past;
+
+    /* scratch for n_batch tokens */
+    float *x;     /* (n_batch, d) hidden states of ctx_decode */
+    float *xn;    /* (n_batch, d) normed input, then projection outputs */
+    float *q;     /* (n_batch, qd) */
+    float *att;   /* (n_batch, qd) */
+    float *gate;  /* (n_batch, n_ff) */
+    float *up;    /* (n_batch, n_ff) */
+    int32_t *pos; /* (n_batch) */
+
+    /* logits of the last decode: n_logits rows of n_vocab; the buffer holds
+     * cap_logits rows and grows only for LOGITS_ALL calls wider than before. */
+    float *logits;
+    int32_t n_logits, cap_logits;
+};
+
+/* Rows per LM-head product when scoring many tokens (bounds the buffer). */
+#define FWD_HEAD_ROWS 32
+
+/* x (T, d) = embedding rows of tokens (T). Ids must be valid. */
+void forward_embed(mop_ctx *ctx, float *x, const int32_t *tokens, int32_t T);
+
+/* Run layers [layer_begin, layer_end) on x (T, d), updated in place; pos (T)
+ * are the RoPE positions. T <= n_batch, n_past + T <= n_ctx (unchecked). */
+void forward_layers(mop_ctx *ctx, float *x, int32_t T, const int32_t *pos, int32_t layer_begin,
+                    int32_t layer_end, const attn_extra *extra);
+
+/* logits (T, n_vocab) = lm_head(out_norm(x)) for x (T, d), T <= n_batch.
+ * x is not modified. */
+void forward_head(mop_ctx *ctx, float *logits, const float *x, int32_t T);
+
+/* Keys and values of layer l in the cache: (n_ctx, kvd) each. */
+float *forward_cache_k(mop_ctx *ctx, int32_t layer);
+float *forward_cache_v(mop_ctx *ctx, int32_t layer);
+
+#endif

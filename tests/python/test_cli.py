@@ -1,0 +1,162 @@
+"""The `mop` command-line tool: exit codes, error lines and real numbers on SmolLM2."""
+import math
+import subprocess
+
+import pytest
+
+COMMANDS = ["info", "generate", "ppl", "bench"]
+
+PARAGRAPH = (
+    "The city of Paris is the capital of France. It lies on the river Seine, in the north of "
+    "the country, and has been a centre of trade, science and the arts for many centuries. "
+    "Millions of people visit it every year to see its museums, churches and gardens.\n"
+)
+
+
+@pytest.fixture(scope="session")
+def mop(build_dir):
+    path = build_dir / "src" / "cli" / "mop"
+    if not path.exists():
+        pytest.skip(f"{path} not built")
+    return path
+
+
+def run(mop, *args, timeout=300):
+    r = subprocess.run([str(mop), *map(str, args)], capture_output=True, timeout=timeout)
+    return r.returncode, r.stdout.decode("utf-8"), r.stderr.decode("utf-8")
+
+
+def fields(text):
+    """'key:   value' lines of `mop info` as a dict."""
+    out = {}
+    for line in text.splitlines():
+        if ":" in line and not line.startswith(" "):
+            k, v = line.split(":", 1)
+            out[k.strip()] = v.strip()
+    return out
+
+
+def test_top_level_help_and_version(mop):
+    rc, out, err = run(mop, "--help")
+    assert rc == 0 and err == ""
+    for c in COMMANDS:
+        assert f"  {c} " in out
+    rc, out, _ = run(mop, "--version")
+    assert rc == 0
+    assert out.startswith("mop ") and out.strip().split()[1].count(".") == 2
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_command_help(mop, command):
+    rc, out, err = run(mop, command, "--help")
+    assert rc == 0 and err == ""
+    assert out.startswith(f"usage: mop {command} ")
+    assert "--help" in out
+
+
+@pytest.mark.parametrize("args", [[], ["frobnicate"], ["info"], ["info", "a", "b"],
+                                  ["generate", "m.gguf"], ["bench", "m.gguf", "--reps", "x"],
+                                  ["ppl", "m.gguf", "f.txt", "--nope"]])
+def test_usage_errors_exit_2_with_one_line(mop, args):
+    rc, out, err = run(mop, *args)
+    assert rc == 2
+    assert out == ""
+    assert len(err.splitlines()) == 1 and err.startswith("mop")
+
+
+@pytest.mark.parametrize("command", [["info"], ["generate", "--prompt", "hi"], ["bench"]])
+def test_bad_model_path_exits_1_with_one_line(mop, tmp_path, command):
+    missing = tmp_path / "no-such-model.gguf"
+    rc, out, err = run(mop, command[0], missing, *command[1:])
+    assert rc == 1
+    assert out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("mop: ") and str(missing) in lines[0]
+
+
+def test_bad_model_file_content(mop, tmp_path):
+    bogus = tmp_path / "bogus.gguf"
+    bogus.write_bytes(b"not a gguf file at all" * 10)
+    rc, out, err = run(mop, "info", bogus)
+    assert rc == 1 and out == ""
+    assert len(err.splitlines()) == 1 and err.startswith("mop: ")
+
+
+def test_info_smollm2(mop, model_path):
+    rc, out, err = run(mop, "info", model_path)
+    assert rc == 0, err
+    f = fields(out)
+    assert f["architecture"] == "llama"
+    assert f["layers"] == "30"
+    assert f["d"] == "576"
+    assert f["heads"] == "9"
+    assert f["kv heads"] == "3"
+    assert f["head_dim"] == "64"
+    assert f["ff"] == "1536"
+    assert f["vocab"] == "49152"
+    assert f["tied embeddings"] == "yes"
+    assert float(f["rope theta"]) == 100000.0
+    # 272 tensors in the file: 210 Q4_1 matrices, 61 F32 norms, the Q8_0 embedding.
+    assert "Q4_1: 210" in f["tensors"] and "F32: 61" in f["tensors"] and "Q8_0: 1" in f["tensors"]
+    assert f["tensors"].startswith("272 ")
+    # Parameters, tied embedding counted once: 49152*576 + 30 layers of
+    # (q 576*576 + k,v 2*192*576 + o 576*576 + 3*1536*576 + 2*576 norms) + final norm.
+    layer = 576 * 576 * 2 + 2 * 192 * 576 + 3 * 1536 * 576 + 2 * 576
+    assert f["parameters"].split()[0] == str(49152 * 576 + 30 * layer + 576)
+
+
+def test_info_lists_tensors(mop, model_path):
+    rc, out, err = run(mop, "info", model_path, "--tensors")
+    assert rc == 0, err
+    rows = [line.split() for line in out.splitlines() if line.startswith("  ")]
+    assert len(rows) == 272
+    by_name = {r[0]: r for r in rows}
+    assert by_name["token_embd.weight"][1] == "Q8_0"
+    assert by_name["blk.0.attn_q.weight"][1] == "Q4_1"
+    assert by_name["output_norm.weight"][1] == "F32"
+
+
+def ppl_of(mop, model_path, text_file, threads):
+    rc, out, err = run(mop, "ppl", model_path, text_file, "--threads", threads, "--ctx", 64)
+    assert rc == 0, err
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("perplexity: ")
+    return float(last.split()[1]), out
+
+
+def test_ppl_is_finite_and_thread_independent(mop, model_path, tmp_path):
+    text = tmp_path / "paragraph.txt"
+    text.write_text(PARAGRAPH)
+    p1, out = ppl_of(mop, model_path, text, 1)
+    p2, _ = ppl_of(mop, model_path, text, 2)
+    assert math.isfinite(p1) and p1 > 1.0
+    # A trained model on plain English is far better than uniform (49152).
+    assert p1 < 200.0
+    assert abs(p1 - p2) <= 1e-4 * p1
+    f = fields(out)
+    assert int(f["tokens"]) > 40 and f["window"] == "64"
+
+
+def test_ppl_max_tokens(mop, model_path, tmp_path):
+    text = tmp_path / "paragraph.txt"
+    text.write_text(PARAGRAPH)
+    rc, out, err = run(mop, "ppl", model_path, text, "--max-tokens", 20, "--threads", 1)
+    assert rc == 0, err
+    assert fields(out)["tokens"] == "20"
+
+
+def test_generate_chat_greedy(mop, model_path):
+    rc, out, err = run(mop, "generate", model_path, "--chat", "--prompt",
+                       "What is the capital of France?", "-n", 16, "--temp", 0, "--threads", 2)
+    assert rc == 0, err
+    assert out.strip() != ""
+    assert "<|im_end|>" not in out and "<|im_start|>" not in out
+
+
+def test_generate_greedy_is_deterministic(mop, model_path):
+    args = ["generate", model_path, "--prompt", "Once upon a time", "-n", 8, "--temp", 0]
+    rc1, out1, err1 = run(mop, *args, "--threads", 1)
+    rc2, out2, err2 = run(mop, *args, "--threads", 2)
+    assert rc1 == 0 and rc2 == 0, err1 + err2
+    assert out1 == out2 and out1.strip() != ""
