@@ -173,8 +173,12 @@ static mop_status load_parsed(mop_model *m, const gguf_file *g, size_t file_byte
     if (found)
         snprintf(name, sizeof name, "%.*s", (int)MOP_MIN(len, sizeof name - 1), s);
 
-    MOP_TRY(mop_tokenizer_from_gguf(g, &m->tok));
-    int32_t tok_vocab = mop_tokenizer_n_vocab(m->tok);
+    /* A GGUF without tokenizer metadata still loads; tokenizer calls then
+     * report MOP_E_UNSUPPORTED and callers feed token ids directly. */
+    MOP_TRY(gguf_get_str(g, "tokenizer.ggml.model", &s, &len, &found));
+    if (found)
+        MOP_TRY(mop_tokenizer_from_gguf(g, &m->tok));
+    int32_t tok_vocab = m->tok ? mop_tokenizer_n_vocab(m->tok) : 0;
     if (tok_vocab > hp.n_vocab)
         return mop_fail(MOP_E_SHAPE, "the tokenizer has %d tokens but the model only %d "
                         "embeddings", tok_vocab, hp.n_vocab);

@@ -466,7 +466,8 @@ static mop_status detect_format(const char *path, loader_fn *loader)
     struct stat st;
     if (stat(path, &st) != 0)
         return mop_fail(MOP_E_IO, "cannot open: %s", strerror(errno));
-    if (S_ISDIR(st.st_mode) || ends_with(path, ".safetensors")) {
+    if (S_ISDIR(st.st_mode) || ends_with(path, ".safetensors") ||
+        ends_with(path, ".safetensors.index.json")) {
         *loader = mop_load_safetensors;
         return MOP_OK;
     }
