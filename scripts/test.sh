@@ -36,7 +36,7 @@ if [ "${MOP_SKIP_ASAN:-0}" != 1 ]; then
   fi
   ninja -C build-asan >/dev/null || { record "asan build" 1; }
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-    meson test -C build-asan --print-errorlogs --num-processes 2 --timeout-multiplier 4 \
+    meson test -C build-asan --suite unit --print-errorlogs --num-processes 2 --timeout-multiplier 4 \
     >/tmp/mop-test-asan.log 2>&1
   grep -E 'FAIL|ERROR|TIMEOUT' /tmp/mop-test-asan.log | tail -n 20 || true
   count_meson build-asan "unit (asan)"
