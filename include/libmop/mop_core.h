@@ -322,7 +322,10 @@ typedef struct mop_ctx_params {
     uint32_t struct_size;  /**< sizeof(mop_ctx_params); set by the default call */
     int32_t n_ctx;         /**< KV cache capacity in tokens; default 2048 (<= the model's) */
     int32_t n_batch;       /**< most tokens one forward call processes; default 512 */
-    int32_t n_threads;     /**< compute threads; default 0 = all cores */
+    int32_t n_threads;     /**< compute threads; default 0 = all cores. libmop uses its own
+                                pool and calls OpenBLAS single-threaded from each pool thread:
+                                its first BLAS call sets openblas_set_num_threads(1), a
+                                process-wide setting (see docs/DEPENDENCIES.md) */
 } mop_ctx_params;
 
 /** @brief Default context options. */
