@@ -34,5 +34,6 @@
 #include "mop_version.h"
 #include "mop_core.h"
 #include "mop_gate.h"
+#include "mop_sparse.h"
 
 #endif
