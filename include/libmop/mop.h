@@ -35,5 +35,6 @@
 #include "mop_core.h"
 #include "mop_gate.h"
 #include "mop_sparse.h"
+#include "mop_fed.h"
 
 #endif
