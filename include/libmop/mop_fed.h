@@ -136,6 +136,10 @@ MOP_API MOP_NODISCARD mop_status mop_update_apply(const mop_update *u, mop_mixtu
 
 /** @} */
 
+/* ==== aggregation, merging, partitioning (section A) ==== */
+
+/* ==== privacy and secure aggregation (section B) ==== */
+
 #ifdef __cplusplus
 }
 #endif
