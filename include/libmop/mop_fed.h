@@ -138,7 +138,517 @@ MOP_API MOP_NODISCARD mop_status mop_update_apply(const mop_update *u, mop_mixtu
 
 /* ==== aggregation, merging, partitioning (section A) ==== */
 
+/* ------------------------------------------------------------------------ */
+/** @name Aggregation and merging
+ *
+ *  One ::mop_aggregator runs the server side of one federation, round after
+ *  round: mop_aggregator_add() for each client update of the round, then
+ *  mop_aggregator_finish() with the current global values gives the next
+ *  global values and starts the next round. Server-optimizer state (FedAvgM
+ *  velocity, FedAdam/FedYogi/FedAdagrad moments) is kept across rounds.
+ *
+ *  Semantics, for every strategy:
+ *  - Clients send DELTAs (new − old). A FULL update is turned into the delta
+ *    x_i − g against the `global` passed to mop_aggregator_finish().
+ *  - The tensors of a round are those of the first update ever added (the
+ *    tensor "gate.usage" excluded: it is read by ::MOP_AGG_MOP_AWARE and
+ *    otherwise ignored); every later update must hold the same names with
+ *    the same shapes (any order), and `global` must hold them too. Global
+ *    tensors that no update carries are copied unchanged.
+ *  - Each strategy reduces the client deltas Δ_i to one delta Δ̄; then
+ *    next = g + η·Δ̄ (η = server_lr), except the server optimizers below.
+ *  - Weights n_i are the updates' n_samples. Only the FedAvg family and
+ *    MoP-aware use them; robust and merging rules weigh clients equally (a
+ *    Byzantine client must not buy influence by claiming many samples).
+ *
+ *  Memory: FedAvg, FedAvgM, FedAdam, FedYogi, FedAdagrad and MoP-aware keep a
+ *  running weighted sum (one double per parameter), whatever the number of
+ *  clients. The robust and merging rules keep a copy of every update of the
+ *  round (one float per parameter per client).
+ *
+ *  FedProx is not a server rule: it is the client loss term
+ *  ::mop_loss_params.prox_mu (see docs/FEDERATED.md).
+ *  @{ */
+
+/** Aggregation or merging rule. Δ̄ below is what the rule feeds to the step. */
+typedef enum mop_agg_strategy {
+    MOP_AGG_FEDAVG = 0,      /**< Δ̄ = Σ n_i Δ_i / Σ n_i (McMahan et al. 2017) */
+    MOP_AGG_FEDAVGM = 1,     /**< v ← μ·v + Δ̄;  x ← x + η·v (Hsu et al. 2019) */
+    MOP_AGG_FEDADAM = 2,     /**< Reddi et al. 2021, Alg. 2: m ← β1 m + (1−β1)Δ̄; v ← β2 v + (1−β2)Δ̄²; x ← x + η m/(√v + τ) */
+    MOP_AGG_FEDYOGI = 3,     /**< as FedAdam with v ← v − (1−β2)·Δ̄²·sign(v − Δ̄²) */
+    MOP_AGG_FEDADAGRAD = 4,  /**< as FedAdam with v ← v + Δ̄² */
+    MOP_AGG_MEDIAN = 5,      /**< coordinate-wise median (mean of the two middle values for even n) */
+    MOP_AGG_TRIMMED_MEAN = 6,/**< coordinate-wise mean after dropping the floor(trim_ratio·n) lowest and highest */
+    MOP_AGG_KRUM = 7,        /**< the Δ_i with the least sum of squared distances to its n−f−2 nearest (Blanchard et al. 2017) */
+    MOP_AGG_MULTI_KRUM = 8,  /**< mean of the m Δ_i with the best Krum scores */
+    MOP_AGG_TASK_ARITHMETIC = 9, /**< Δ̄ = λ Σ Δ_i (Ilharco et al. 2023) */
+    MOP_AGG_TIES = 10,       /**< trim to top ties_density by magnitude, elect sign, disjoint mean, × λ (Yadav et al. 2023) */
+    MOP_AGG_DARE = 11,       /**< drop each entry with prob. dare_drop, rescale by 1/(1−p), then task arithmetic (Yu et al. 2024) */
+    MOP_AGG_BREADCRUMBS = 12,/**< per tensor drop the largest crumbs_top and smallest crumbs_bottom fraction by magnitude, then task arithmetic (Davari & Belilovsky 2023) */
+    MOP_AGG_MOP_AWARE = 13   /**< FedAvg where row k of "experts" (K,P,d) is weighted by n_i·usage_i[k] ("gate.usage", K floats) */
+} mop_agg_strategy;
+
+/** Aggregator settings. Fill with mop_aggregator_default_params(). */
+typedef struct mop_aggregator_params {
+    uint32_t struct_size;  /**< sizeof(mop_aggregator_params) */
+    int32_t strategy;      /**< ::mop_agg_strategy; default ::MOP_AGG_FEDAVG */
+    float server_lr;       /**< η > 0; default 1 (plain FedAvg). For FedAdam/FedYogi/FedAdagrad, whose step is ≈ η per coordinate, use a small η (Reddi et al. tune it on a grid; 1e-2 is a sound start) */
+    float momentum;        /**< μ of FedAvgM, in [0, 1); default 0.9 */
+    float beta1;           /**< β1 in [0, 1) of the adaptive rules; default 0.9 (Reddi et al.) */
+    float beta2;           /**< β2 in [0, 1) of FedAdam/FedYogi; default 0.99 (Reddi et al.) */
+    float tau;             /**< τ > 0, adaptivity; v starts at τ²; default 1e-3 (Reddi et al.) */
+    float trim_ratio;      /**< fraction trimmed from EACH end, in [0, 0.5); default 0.1 */
+    int32_t krum_f;        /**< assumed Byzantine clients f >= 0; Krum needs n >= 2f + 3; default 1 */
+    int32_t multi_krum_m;  /**< updates averaged by Multi-Krum, 1..n; 0 = n − f; default 0 */
+    float ties_density;    /**< TIES: fraction of each Δ_i kept (largest magnitudes), in (0, 1]; default 0.2 (the TIES paper's k = 20%) */
+    float dare_drop;       /**< DARE: drop probability p in [0, 1); default 0.9 */
+    float crumbs_top;      /**< breadcrumbs: fraction of largest magnitudes dropped per tensor; default 0.01 */
+    float crumbs_bottom;   /**< breadcrumbs: fraction of smallest magnitudes dropped per tensor; default 0.09 (with crumbs_top: mergekit's density 0.9, gamma 0.01); crumbs_top + crumbs_bottom < 1 */
+    float merge_lambda;    /**< λ >= 0 of the merging rules; 0 = automatic: 1/n for task arithmetic, DARE and breadcrumbs (their sum becomes a mean), 1 for TIES (already a mean); default 0 */
+    uint64_t seed;         /**< DARE masks: each update's mask is drawn from (seed, its round, its client_id), so arrival order does not matter; default 0 */
+} mop_aggregator_params;
+
+/** Server-side aggregation state. Opaque; belongs to one thread at a time. */
+typedef struct mop_aggregator mop_aggregator;
+
+/** @brief The defaults documented on each field. */
+MOP_API mop_aggregator_params mop_aggregator_default_params(void);
+
+/**
+ * @brief Create an aggregator.
+ * @param params settings (copied), or NULL for the defaults
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (a field out of range: the message
+ *         names it), ::MOP_E_NOMEM
+ */
+MOP_API MOP_NODISCARD mop_status mop_aggregator_create(const mop_aggregator_params *params,
+                                                       mop_aggregator **out);
+
+/** @brief Free an aggregator and its state. Accepts NULL. */
+MOP_API void mop_aggregator_free(mop_aggregator *agg);
+
+/**
+ * @brief Add one client update to the current round. @p u is only read during
+ * the call (the aggregator accumulates or copies what it needs).
+ * @return ::MOP_OK;
+ *         ::MOP_E_INVALID_ARG (NULL argument; "gate.usage" negative for MoP-aware);
+ *         ::MOP_E_SHAPE (a tensor missing, extra, or of another shape than in
+ *         the first update; MoP-aware without "experts" (K,P,d) or without
+ *         "gate.usage" of K floats);
+ *         ::MOP_E_NOMEM. On error the round is unchanged.
+ */
+MOP_API MOP_NODISCARD mop_status mop_aggregator_add(mop_aggregator *agg, const mop_update *u);
+
+/** @brief Updates added to the current round so far. */
+MOP_API int32_t mop_aggregator_count(const mop_aggregator *agg);
+
+/**
+ * @brief Close the round: reduce its updates, take the server step and return
+ * the next global values.
+ * @param global     current global values, a FULL update holding every
+ *                   aggregated tensor with the same shape
+ * @param next_global receives a new FULL update (the caller frees it): the
+ *                   tensors of @p global, aggregated ones stepped; round =
+ *                   global's round + 1, client_id 0, n_samples = Σ n_i
+ * @return ::MOP_OK (the aggregator is ready for the next round);
+ *         ::MOP_E_INVALID_ARG (NULL argument, @p global not FULL);
+ *         ::MOP_E_SHAPE (@p global lacks an aggregated tensor or its shape differs);
+ *         ::MOP_E_STATE (no update in the round; FedAvg family with Σ n_i = 0;
+ *         Krum/Multi-Krum with n < 2f + 3; trimmed mean leaving no value);
+ *         ::MOP_E_NOMEM. On error nothing changes: the round's updates and
+ *         the server state are kept, so the call may be retried.
+ */
+MOP_API MOP_NODISCARD mop_status mop_aggregator_finish(mop_aggregator *agg,
+                                                       const mop_update *global,
+                                                       mop_update **next_global);
+
+/** @} */
+
+/* ------------------------------------------------------------------------ */
+/** @name Data partitioners
+ *  Assign each of n examples to one of n_clients clients. Pure functions,
+ *  thread-safe; the same arguments give the same split on every platform.
+ *  Task labels are any int32 values (a "category" is a distinct label).
+ *  @{ */
+
+/**
+ * @brief The paper's skewed split (MoPs, appendix A). For each category with
+ * c examples (shuffled): s = floor(c / (ratio + N − 1)) examples go to each of
+ * N − 1 small parts and the rest, c − (N − 1)·s >= ratio·s, to the big part
+ * (so big = ratio·s plus a remainder smaller than ratio + N − 1); the N parts
+ * are dealt to the N clients in random order, so every client gets one part
+ * of every category.
+ * @param task       (n) category of each example
+ * @param ratio      size of the big part over each small one, >= 1 (the paper: 15)
+ * @param client_of  (n) out: client 0..n_clients−1 of each example
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG, ::MOP_E_RANGE (a category with
+ *         fewer than ratio + N − 1 examples: some client would get none),
+ *         ::MOP_E_NOMEM
+ */
+MOP_API MOP_NODISCARD mop_status mop_partition_skewed(const int32_t *task, int64_t n,
+                                                      int32_t n_clients, float ratio,
+                                                      uint64_t seed, int32_t *client_of);
+
+/**
+ * @brief Uniform random split: a seeded shuffle dealt round-robin, so client
+ * sizes differ by at most one.
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG, ::MOP_E_NOMEM
+ */
+MOP_API MOP_NODISCARD mop_status mop_partition_iid(int64_t n, int32_t n_clients, uint64_t seed,
+                                                   int32_t *client_of);
+
+/**
+ * @brief Dirichlet split: for each category, client proportions
+ * p ~ Dir(alpha, ..., alpha); the category's shuffled examples are cut at
+ * round(c · cumsum(p)). Large alpha → near-equal shares; small alpha → each
+ * category concentrated on few clients. A client may get no example.
+ * @param alpha concentration, finite and > 0
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG, ::MOP_E_NOMEM
+ */
+MOP_API MOP_NODISCARD mop_status mop_partition_dirichlet(const int32_t *task, int64_t n,
+                                                         int32_t n_clients, float alpha,
+                                                         uint64_t seed, int32_t *client_of);
+
+/** @} */
+
+
 /* ==== privacy and secure aggregation (section B) ==== */
+
+/* ------------------------------------------------------------------------ */
+/** @name Differential privacy: clipping and Gaussian noise
+ *
+ *  Recipes (docs/PRIVACY.md): every client clips its delta to L2 norm C with
+ *  mop_update_clip(). Central DP: the server averages n clipped deltas with
+ *  equal weights and adds noise of std z·C/n to the average. Local DP: each
+ *  client adds noise of std z·C to its own clipped delta before sending it.
+ *  z is the noise multiplier given to the accountant (mop_rdp_epsilon()).
+ *  @{ */
+
+/**
+ * @brief Scale all tensors of @p u (except "gate.usage") by one factor so that
+ * their global L2 norm ‖u‖ = sqrt(Σ_t Σ_i u_t[i]²) is at most @p max_norm:
+ * factor min(1, max_norm/‖u‖). An update already within the bound is left
+ * bit-for-bit unchanged; a clipped one has norm max_norm up to float rounding
+ * (never above it).
+ * @param u          the update, edited in place
+ * @param max_norm   C, finite and > 0
+ * @param norm_before out, may be NULL: ‖u‖ before clipping (computed in double)
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL @p u, @p max_norm not finite or <= 0)
+ */
+MOP_API MOP_NODISCARD mop_status mop_update_clip(mop_update *u, float max_norm, float *norm_before);
+
+/**
+ * @brief Add independent N(0, std²) noise to every value of every tensor of
+ * @p u except "gate.usage", tensors in index order, values in memory order.
+ *
+ * Noise source: a ChaCha20 keystream (libsodium crypto_stream_chacha20,
+ * nonce 0) read as 64-bit little-endian words, two words giving two normals
+ * by the Box–Muller transform. The 256-bit key is
+ * BLAKE2b-256("libmop-dp-noise-v1" ‖ seed as 8 LE bytes) for @p seed ≠ 0, so
+ * the same seed and the same tensor sizes give the same noise (on every
+ * platform with the same libm); for @p seed = 0 the key comes from
+ * randombytes_buf() (the OS CSPRNG): use 0 for real privacy, a fixed seed
+ * only for tests and reproducible experiments.
+ * @param std  standard deviation, finite and >= 0 (0 leaves @p u unchanged)
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL @p u, @p std negative or not
+ *         finite), ::MOP_E_INTERNAL (libsodium failed to initialise)
+ */
+MOP_API MOP_NODISCARD mop_status mop_update_add_noise(mop_update *u, float std, uint64_t seed);
+
+/** @} */
+
+/* ------------------------------------------------------------------------ */
+/** @name Rényi-DP accountant for the subsampled Gaussian mechanism
+ *
+ *  One step = each record (client) is included independently with
+ *  probability q (Poisson sampling), the sum of included clipped
+ *  contributions (L2 sensitivity C) gets N(0, (z·C)²) noise. Its RDP at order
+ *  α is computed as in Mironov, Talwar & Zhang 2019, "Rényi Differential
+ *  Privacy of the Sampled Gaussian Mechanism": the binomial expansion for
+ *  integer α, the two-sided series with erfc terms for fractional α; q = 1
+ *  gives exactly α/(2z²). T steps compose to T·RDP(α). The conversion to
+ *  (ε, δ)-DP is selectable (docs/PRIVACY.md).
+ *  @{ */
+
+/** RDP → (ε, δ) conversion. */
+typedef enum mop_rdp_conversion {
+    /** ε = min_α T·RDP(α) + log(1/δ)/(α−1) (Mironov 2017, Prop. 3; what
+     *  TF-Privacy's classic get_privacy_spent reports) */
+    MOP_RDP_CONVERSION_CLASSIC = 0,
+    /** ε = min_α T·RDP(α) + log((α−1)/α) − (log δ + log α)/(α−1)
+     *  (Balle et al. 2020, "Hypothesis testing interpretations and Rényi DP",
+     *  Thm. 21; what Opacus and dp_accounting report). Never larger. */
+    MOP_RDP_CONVERSION_BALLE2020 = 1
+} mop_rdp_conversion;
+
+/** Accountant settings. Fill with mop_rdp_default_params(). */
+typedef struct mop_rdp_params {
+    uint32_t struct_size;  /**< sizeof(mop_rdp_params) */
+    int32_t conversion;    /**< ::mop_rdp_conversion; default ::MOP_RDP_CONVERSION_CLASSIC */
+    const double *orders;  /**< orders α > 1 to minimise over (copied), or NULL for the
+                                defaults: 1.1, 1.2, ..., 10.9, 1.25, 1.75, 11, 12, ..., 63,
+                                64, 80, 96, 128, 256, 512, 1024; default NULL */
+    int32_t n_orders;      /**< entries in @p orders, 1..4096; ignored when orders is NULL; default 0 */
+} mop_rdp_params;
+
+/** @brief The defaults documented on each field. */
+MOP_API mop_rdp_params mop_rdp_default_params(void);
+
+/**
+ * @brief RDP of ONE step of the sampled Gaussian mechanism at order @p alpha.
+ * @param noise_multiplier z = noise std / sensitivity, finite and > 0
+ * @param sample_rate      q in [0, 1]
+ * @param alpha            order, finite and > 1
+ * @param rdp              out: RDP(α) in nats (0 when q = 0)
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (an argument out of range; the message names it)
+ */
+MOP_API MOP_NODISCARD mop_status mop_rdp_sampled_gaussian(double noise_multiplier,
+                                                          double sample_rate, double alpha,
+                                                          double *rdp);
+
+/**
+ * @brief ε after @p steps steps of the sampled Gaussian mechanism, with the
+ * default orders and the classic conversion (TF-Privacy's numbers: z = 1.12,
+ * q = 256/60000, 14063 steps, δ = 1e-5 → ε = 2.92).
+ * @param steps      T >= 0 (0 gives ε = 0)
+ * @param delta      δ in (0, 1)
+ * @param eps        out: ε (+inf when no order gives a finite bound)
+ * @param best_order out, may be NULL: the minimising α
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG
+ */
+MOP_API MOP_NODISCARD mop_status mop_rdp_epsilon(double noise_multiplier, double sample_rate,
+                                                 int64_t steps, double delta, double *eps,
+                                                 double *best_order);
+
+/** Running RDP total over heterogeneous steps (rounds with different q or z). Opaque. */
+typedef struct mop_rdp_accountant mop_rdp_accountant;
+
+/**
+ * @brief Create an accountant with zero privacy spent.
+ * @param params settings (copied), or NULL for the defaults
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (conversion unknown, n_orders out of
+ *         range, an order not finite or <= 1), ::MOP_E_NOMEM
+ */
+MOP_API MOP_NODISCARD mop_status mop_rdp_accountant_create(const mop_rdp_params *params,
+                                                           mop_rdp_accountant **out);
+
+/** @brief Free an accountant. Accepts NULL. */
+MOP_API void mop_rdp_accountant_free(mop_rdp_accountant *acc);
+
+/**
+ * @brief Compose @p steps more steps of the sampled Gaussian mechanism.
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (as mop_rdp_sampled_gaussian(); steps < 0).
+ *         On error the total is unchanged.
+ */
+MOP_API MOP_NODISCARD mop_status mop_rdp_accountant_add(mop_rdp_accountant *acc,
+                                                        double noise_multiplier,
+                                                        double sample_rate, int64_t steps);
+
+/**
+ * @brief ε for @p delta of everything composed so far.
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL, δ outside (0, 1))
+ */
+MOP_API MOP_NODISCARD mop_status mop_rdp_accountant_epsilon(const mop_rdp_accountant *acc,
+                                                            double delta, double *eps,
+                                                            double *best_order);
+
+/** @} */
+
+/* ------------------------------------------------------------------------ */
+/** @name Secure aggregation (pairwise additive masking)
+ *
+ *  Bonawitz et al. 2017 ("Practical Secure Aggregation for Privacy-Preserving
+ *  Machine Learning"), simplified: no secret sharing and no self-mask, but
+ *  dropout recovery. Protocol for one round with n clients, indices 0..n−1:
+ *  1. each client creates a ::mop_secagg_client (fresh X25519 key pair) and
+ *     sends its public key (mop_secagg_client_public_key()) to the server;
+ *  2. the server broadcasts all n keys; every client calls
+ *     mop_secagg_client_set_peer_keys(), which derives with each peer j the
+ *     round key k_ij = BLAKE2b-256("libmop-secagg-v1" ‖ X25519(sk_i, pk_j) ‖
+ *     round ‖ min(i,j) ‖ max(i,j) ‖ pk_min ‖ pk_max);
+ *  3. each client encodes its vector in fixed point (x clipped to
+ *     [−clip_range, clip_range], round(x·scale) mod 2^ring_bits), adds
+ *     +m_ij for every j > i and −m_ij for every j < i, where m_ij is the
+ *     ChaCha20 keystream of k_ij read as ring elements, and sends the masked
+ *     blob (mop_secagg_client_mask()); the server adds it
+ *     (mop_secagg_server_add_masked());
+ *  4. if some clients dropped (their blob never came), the server tells the
+ *     survivors which; each survivor i sends the round keys k_ij of the
+ *     dropped j (mop_secagg_client_reveal()), never its own input or secret
+ *     key; the server removes the dangling masks (mop_secagg_server_add_recovery());
+ *  5. mop_secagg_server_finish() decodes the exact fixed-point sum of the
+ *     survivors' inputs: the masks cancel mod 2^ring_bits.
+ *
+ *  What the server learns: the sum of the survivors' encoded inputs, the set
+ *  of survivors, and the pairwise round keys between survivors and dropped
+ *  clients (useless outside this round: keys are fresh per handle and bound
+ *  to the round). A single masked blob is uniformly distributed given the
+ *  input as long as one pairwise key is unknown to the server.
+ *  Threat model: honest-but-curious server and clients that follow the
+ *  protocol; the key broadcast is trusted (an active server that substitutes
+ *  public keys, or that declares a live client dropped and still uses its
+ *  blob, learns that client's input: the full protocol's signatures and
+ *  self-masks with Shamir shares are not implemented). The server handle
+ *  refuses a blob from a client declared dropped and recovery for a client
+ *  whose blob it holds; a client refuses to reveal keys that would leave
+ *  fewer than min_survivors survivors, and masks only once.
+ *
+ *  Integrity: every blob ends with a 16-byte BLAKE2b checksum (transmission
+ *  errors → ::MOP_E_CHECKSUM); every masked vector carries one extra ring
+ *  element whose plaintext is 0, so if masks do not cancel (a client used a
+ *  wrong peer key, a wrong recovery key) finish() fails with
+ *  ::MOP_E_CHECKSUM instead of returning garbage (missed with probability 2^−ring_bits).
+ *  Blob layouts: docs/PRIVACY.md. Pure functions on buffers: the host moves the bytes.
+ *  @{ */
+
+#define MOP_SECAGG_KEY_BYTES 32 /**< bytes of a public key and of a revealed round key */
+
+/** Secure aggregation settings; client and server must use equal values. */
+typedef struct mop_secagg_params {
+    uint32_t struct_size;  /**< sizeof(mop_secagg_params) */
+    int32_t n_clients;     /**< n, 2..65536; default 0 (must be set) */
+    int64_t round;         /**< round number, >= 0, bound into the keys; default 0 */
+    int64_t length;        /**< floats per vector, 1..2^31; default 0 (must be set) */
+    int32_t ring_bits;     /**< 32 or 64: the ring Z_2^ring_bits; default 64 */
+    float scale;           /**< fixed-point scale: x ↦ round(x·scale); finite, > 0; default 2^32 */
+    float clip_range;      /**< inputs clipped to [−clip_range, clip_range], finite, > 0; default 256.
+                                n·round(clip_range·scale) must be < 2^(ring_bits−1) so the sum
+                                cannot wrap (default: up to 2^23 clients) */
+    int32_t min_survivors; /**< t: fewest survivors whose sum may be revealed, 2..n; default 2 */
+} mop_secagg_params;
+
+/** @brief The defaults documented on each field. */
+MOP_API mop_secagg_params mop_secagg_default_params(void);
+
+/** One client's side of one round. Opaque; holds its X25519 secret key (wiped on free). */
+typedef struct mop_secagg_client mop_secagg_client;
+/** The server's side of one round: a running masked sum. Opaque. */
+typedef struct mop_secagg_server mop_secagg_server;
+
+/**
+ * @brief Create client @p index of a round, with a fresh X25519 key pair
+ * from the OS CSPRNG.
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (a parameter out of range, index not
+ *         in 0..n−1), ::MOP_E_RANGE (n·clip_range·scale does not fit the
+ *         ring), ::MOP_E_NOMEM, ::MOP_E_INTERNAL (libsodium failed to initialise)
+ */
+MOP_API MOP_NODISCARD mop_status mop_secagg_client_create(const mop_secagg_params *params,
+                                                          int32_t index,
+                                                          mop_secagg_client **out);
+
+/** @brief Free a client, wiping its keys. Accepts NULL. */
+MOP_API void mop_secagg_client_free(mop_secagg_client *c);
+
+/** @brief Copy the client's public key (::MOP_SECAGG_KEY_BYTES bytes) to @p pk.
+ *  @return ::MOP_OK, ::MOP_E_INVALID_ARG */
+MOP_API MOP_NODISCARD mop_status mop_secagg_client_public_key(const mop_secagg_client *c,
+                                                              uint8_t *pk);
+
+/**
+ * @brief Give the client every participant's public key and derive the
+ * pairwise round keys. Call once.
+ * @param keys n·::MOP_SECAGG_KEY_BYTES bytes, client j's key at j·32; slot
+ *             index must hold this client's own key
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL, @p n_bytes ≠ 32·n, own slot
+ *         not this client's key, two equal keys, a low-order point);
+ *         ::MOP_E_STATE (keys already set)
+ */
+MOP_API MOP_NODISCARD mop_status mop_secagg_client_set_peer_keys(mop_secagg_client *c,
+                                                                 const uint8_t *keys,
+                                                                 size_t n_bytes);
+
+/**
+ * @brief Encode and mask @p x (length floats) into a blob for the server.
+ * Allowed once per client: masking two inputs with the same masks would
+ * reveal their difference.
+ * @param buf NULL with @p cap 0 to query the blob size in @p n_out (does not
+ *            use up the single masking)
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL, NaN/Inf in @p x),
+ *         ::MOP_E_SHAPE (@p n ≠ length), ::MOP_E_RANGE (@p cap too small),
+ *         ::MOP_E_STATE (peer keys not set, or already masked), ::MOP_E_NOMEM
+ */
+MOP_API MOP_NODISCARD mop_status mop_secagg_client_mask(mop_secagg_client *c, const float *x,
+                                                        int64_t n, uint8_t *buf, size_t cap,
+                                                        size_t *n_out);
+
+/**
+ * @brief As mop_secagg_client_mask() on the concatenation of all tensors of
+ * @p u in index order ("gate.usage" included if present); their total size
+ * must equal length.
+ */
+MOP_API MOP_NODISCARD mop_status mop_secagg_client_mask_update(mop_secagg_client *c,
+                                                               const mop_update *u,
+                                                               uint8_t *buf, size_t cap,
+                                                               size_t *n_out);
+
+/**
+ * @brief Reveal the round keys shared with the @p dropped clients so the
+ * server can remove their masks. Only after masking. May be called again
+ * for clients that drop later; the union of all dropped sets must leave at
+ * least min_survivors clients.
+ * @param buf NULL with @p cap 0 to query the size in @p n_out
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL, an index out of range, a
+ *         duplicate, this client itself), ::MOP_E_RANGE (@p cap too small),
+ *         ::MOP_E_STATE (not masked yet; fewer than min_survivors would remain)
+ */
+MOP_API MOP_NODISCARD mop_status mop_secagg_client_reveal(mop_secagg_client *c,
+                                                          const int32_t *dropped,
+                                                          int32_t n_dropped, uint8_t *buf,
+                                                          size_t cap, size_t *n_out);
+
+/**
+ * @brief Create the server side of a round (the sum starts at 0).
+ * @return as mop_secagg_client_create()
+ */
+MOP_API MOP_NODISCARD mop_status mop_secagg_server_create(const mop_secagg_params *params,
+                                                          mop_secagg_server **out);
+
+/** @brief Free a server. Accepts NULL. */
+MOP_API void mop_secagg_server_free(mop_secagg_server *s);
+
+/**
+ * @brief Add a client's masked blob to the running sum.
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL), ::MOP_E_FORMAT (bad magic,
+ *         truncated, trailing bytes, client index out of range),
+ *         ::MOP_E_UNSUPPORTED (version), ::MOP_E_CHECKSUM,
+ *         ::MOP_E_STATE (other round, n, ring or fixed-point parameters than
+ *         the server; a second blob from that client; the client was
+ *         declared dropped by a recovery),
+ *         ::MOP_E_SHAPE (other length). On error the sum is unchanged.
+ */
+MOP_API MOP_NODISCARD mop_status mop_secagg_server_add_masked(mop_secagg_server *s,
+                                                              const uint8_t *blob, size_t n);
+
+/**
+ * @brief Apply a survivor's recovery blob: remove the masks it shared with
+ * each dropped client it names.
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG, ::MOP_E_FORMAT, ::MOP_E_UNSUPPORTED,
+ *         ::MOP_E_CHECKSUM (as above); ::MOP_E_STATE (the survivor's own
+ *         blob is not in the sum; a named client's blob is in the sum; a key
+ *         for that pair was already applied; other round).
+ *         On error the sum is unchanged.
+ */
+MOP_API MOP_NODISCARD mop_status mop_secagg_server_add_recovery(mop_secagg_server *s,
+                                                                const uint8_t *blob, size_t n);
+
+/**
+ * @brief Decode the sum of the included clients' inputs (exact in fixed
+ * point: Σ_i round(clip(x_i)·scale) / scale, rounded once to float).
+ * @param sum        out (length floats)
+ * @param n          must equal length
+ * @param included   out, may be NULL: indices of the clients whose input is
+ *                   in the sum, ascending (room for n_clients)
+ * @param n_included out, may be NULL: their count
+ * @return ::MOP_OK; ::MOP_E_INVALID_ARG; ::MOP_E_SHAPE (@p n ≠ length);
+ *         ::MOP_E_STATE (fewer than min_survivors blobs; a survivor's key
+ *         for a dropped client is missing: the message names the pair);
+ *         ::MOP_E_CHECKSUM (the masks did not cancel: some client used
+ *         wrong peer keys or a revealed key is wrong). Can be called again.
+ */
+MOP_API MOP_NODISCARD mop_status mop_secagg_server_finish(mop_secagg_server *s, float *sum,
+                                                          int64_t n, int32_t *included,
+                                                          int32_t *n_included);
+
+/** @} */
 
 #ifdef __cplusplus
 }

@@ -82,7 +82,8 @@ MOP_API mop_mixture_params mop_mixture_default_params(void);
  * @return ::MOP_OK, ::MOP_E_INVALID_ARG, ::MOP_E_RANGE (K, P, layers or sizes
  *         out of range: 1 <= K <= 256, 1 <= P <= 512, 0 <= gate_layer <=
  *         inject_layer < n_layer, 1 <= gate_hidden <= 8192, τ > 0,
- *         0 <= top_k <= K), ::MOP_E_NOMEM
+ *         0 <= top_k <= K; top_k must be 0 with ::MOP_GATE_UNIFORM: ::MOP_E_INVALID_ARG),
+ *         ::MOP_E_NOMEM
  */
 MOP_API MOP_NODISCARD mop_status mop_mixture_create(mop_model *model,
                                                     const mop_mixture_params *params,
@@ -106,7 +107,8 @@ MOP_API MOP_NODISCARD mop_status mop_mixture_save(const mop_mixture *m, const ch
  * @brief Load a mixture saved by mop_mixture_save() for a model of the same width.
  * @return ::MOP_OK, ::MOP_E_INVALID_ARG, ::MOP_E_IO, ::MOP_E_FORMAT (corrupt,
  *         missing tensor or metadata, NaN/Inf values), ::MOP_E_SHAPE (d_model
- *         or layer count does not match @p model), ::MOP_E_NOMEM
+ *         or layer count does not match @p model), ::MOP_E_UNSUPPORTED (a newer
+ *         format version), ::MOP_E_NOMEM
  */
 MOP_API MOP_NODISCARD mop_status mop_mixture_load(mop_model *model, const char *path,
                                                   mop_mixture **out);
@@ -183,9 +185,16 @@ typedef struct mop_loss_result {
  * mixture's gradient buffer (call mop_mixture_zero_grad() between steps;
  * several calls accumulate). The loss is the mean NLL over the batch's target
  * tokens plus the optional terms. The base model is never changed.
- * @param ctx  a context on the mixture's model with n_batch >= K·P + T
- * @return ::MOP_OK, ::MOP_E_INVALID_ARG (bad ids, lengths, masks, task labels),
- *         ::MOP_E_RANGE (batch too long for @p ctx), ::MOP_E_NOMEM
+ * Sequences are processed one at a time at their real length (padding never
+ * enters the computation). The context's KV cache is used as scratch and
+ * left reset.
+ * @param ctx  a context on the mixture's model with n_batch >= the longest
+ *             real length and >= the prompt stream (K·P rows in attention-bias
+ *             mode, P in weighted-sum mode)
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (bad ids, lengths, masks, task labels;
+ *         load_balance / gate_supervision / gate_only with a uniform gate),
+ *         ::MOP_E_RANGE (batch too long for @p ctx), ::MOP_E_STATE (prox_mu > 0
+ *         without mop_mixture_set_prox_reference()), ::MOP_E_NOMEM
  */
 MOP_API MOP_NODISCARD mop_status mop_mixture_forward_backward(mop_ctx *ctx, mop_mixture *m,
                                                               const mop_batch *batch,
@@ -226,6 +235,23 @@ MOP_API MOP_NODISCARD mop_status mop_mixture_generate(mop_ctx *ctx, mop_mixture 
                                                       const int32_t *prompt, int32_t n_prompt,
                                                       int32_t max_new, mop_token_fn on_token,
                                                       void *user, int32_t *n_generated);
+
+/**
+ * @brief Build the mixture's prompt key/value cache now (attention-bias mode;
+ * a no-op for weighted-sum mixtures, whose prompt depends on the input).
+ *
+ * The cache holds the experts' keys/values in layers [L_p, n_layer) and is
+ * valid while the experts are byte-identical to those it was built from:
+ * any change through the buffer of mop_mixture_data() (an optimizer step),
+ * mop_mixture_forward_backward() or loading a new mixture makes the next
+ * mop_mixture_generate() or mop_mixture_prepare() rebuild it. Evaluation
+ * uses a fresh cache and otherwise computes the keys/values for the call
+ * without touching the mixture, so a prepared mixture may be evaluated from
+ * several threads at once (each with its own context).
+ * @param ctx a context on the mixture's model with n_batch >= K·P; its KV cache is reset
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG, ::MOP_E_RANGE, ::MOP_E_NOMEM
+ */
+MOP_API MOP_NODISCARD mop_status mop_mixture_prepare(mop_ctx *ctx, mop_mixture *m);
 
 /**
  * @brief Remember the current parameters as the FedProx reference θ_ref.

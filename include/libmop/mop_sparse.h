@@ -12,8 +12,8 @@
  * while no context or mixture holds the model (it returns ::MOP_E_STATE
  * otherwise). Afterwards the model is immutable again and shareable.
  */
-#ifndef MOP_SPARSE_H
-#define MOP_SPARSE_H
+#ifndef MOP_SPARSE_API_H
+#define MOP_SPARSE_API_H
 
 #include "mop_core.h"
 
@@ -101,4 +101,4 @@ MOP_API MOP_NODISCARD mop_status mop_model_save(const mop_model *model, const ch
 }
 #endif
 
-#endif /* MOP_SPARSE_H */
+#endif /* MOP_SPARSE_API_H */

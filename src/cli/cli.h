@@ -106,5 +106,9 @@ int cli_cmd_info(int argc, char **argv);
 int cli_cmd_generate(int argc, char **argv);
 int cli_cmd_ppl(int argc, char **argv);
 int cli_cmd_bench(int argc, char **argv);
+int cli_cmd_prune(int argc, char **argv);
+int cli_cmd_train(int argc, char **argv);
+int cli_cmd_eval(int argc, char **argv);
+int cli_cmd_gate_stats(int argc, char **argv);
 
 #endif

@@ -123,6 +123,14 @@ int cli_cmd_info(int argc, char **argv)
     printf("parameters:      %" PRIu64 " (%.1f M)\n", mi.n_params, (double)mi.n_params / 1e6);
     printf("weight bytes:    %" PRIu64 " (%.1f MiB in memory)\n", mi.weight_bytes,
            mib(mi.weight_bytes));
+    double sparsity = 0.0;
+    const char *sfmt = NULL;
+    st = mop_model_sparsity(model, &sparsity, &sfmt);
+    if (st != MOP_OK) {
+        mop_model_free(model);
+        return cli_fail(st, "cannot measure the sparsity of '%s'", pos[0]);
+    }
+    printf("sparsity:        %.4f of the block linear weights (format %s)\n", sparsity, sfmt);
     rc = print_tensor_types(model);
     if (rc == CLI_OK && want_list)
         rc = list_tensors(model);

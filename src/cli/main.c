@@ -13,6 +13,10 @@ static const cli_command commands[] = {
     {"generate", "generate text from a prompt (optionally as a chat turn)", cli_cmd_generate},
     {"ppl", "perplexity of a text file in fixed windows", cli_cmd_ppl},
     {"bench", "prefill and decode speed and peak memory", cli_cmd_bench},
+    {"prune", "prune a model's linear weights (magnitude, Wanda, SparseGPT) and save it", cli_cmd_prune},
+    {"train", "train a prompt mixture (or a baseline) on JSONL instruction data", cli_cmd_train},
+    {"eval", "response perplexity per task, with a mixture or the base model", cli_cmd_eval},
+    {"gate-stats", "per-task average gate weight of each expert, as CSV", cli_cmd_gate_stats},
 };
 
 static void print_usage(FILE *out)

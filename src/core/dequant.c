@@ -6,6 +6,7 @@
  *   Q8_0  blocks of 32: fp16 d, int8 q[32];              x[j] = d * q[j]
  *   Q4_0  blocks of 32: fp16 d, uint8 qs[16];            x[j] = d * (nib[j] - 8)
  *   Q4_1  blocks of 32: fp16 d, fp16 m, uint8 qs[16];    x[j] = d * nib[j] + m
+ *   I8    1 signed byte per element (libmop's packed sparse weights are I8 blobs)
  *
  * In the 4-bit types byte qs[j] holds element j in its low nibble and element
  * j + 16 in its high nibble. Everything is little-endian and blocks are not
@@ -30,6 +31,7 @@ static const ftype_desc ftypes[] = {
     {MOP_FT_Q8_0, "Q8_0", QK, 2 + QK},
     {MOP_FT_Q4_0, "Q4_0", QK, 2 + QK / 2},
     {MOP_FT_Q4_1, "Q4_1", QK, 4 + QK / 2},
+    {MOP_FT_I8, "I8", 1, 1},
 };
 
 static const ftype_desc *find_ftype(int32_t ftype)
@@ -114,6 +116,12 @@ static void dequant_bf16(float *dst, const uint8_t *src, int64_t n)
 }
 
 // dst (n) <- blocks of { d, q[32] }
+static void dequant_i8(float *dst, const uint8_t *src, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        dst[i] = (float)(int8_t)src[i];
+}
+
 static void dequant_q8_0(float *dst, const uint8_t *src, int64_t n)
 {
     for (int64_t b = 0; b < n / QK; b++, src += 2 + QK, dst += QK) {
@@ -161,6 +169,7 @@ void mop_dequantize(float *dst, const void *src, int32_t ftype, int64_t n)
     case MOP_FT_Q8_0: dequant_q8_0(dst, s, n); break;
     case MOP_FT_Q4_0: dequant_q4_0(dst, s, n); break;
     case MOP_FT_Q4_1: dequant_q4_1(dst, s, n); break;
+    case MOP_FT_I8: dequant_i8(dst, s, n); break;
     default: break; /* callers validate ftype first */
     }
 }

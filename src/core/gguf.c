@@ -340,7 +340,7 @@ static mop_status parse_tensor_info(cursor *c, gguf_file *g, int64_t i, raw_name
     if (!mop_ftype_name((int32_t)type))
         return mop_fail(MOP_E_UNSUPPORTED,
                         "%s%stensor %.*s: type id %u is not supported (F32, F16, BF16, Q8_0, "
-                        "Q4_0, Q4_1 are)",
+                        "Q4_0, Q4_1, I8 are)",
                         c->what, c->sep, nl, nm, type);
     int64_t block = mop_ftype_block((int32_t)type);
     if ((int64_t)ne[0] % block != 0)

@@ -9,6 +9,7 @@
 #include "fileio.h"
 #include "gguf.h"
 #include "loaders.h"
+#include "sparse/pruned_gguf.h"
 #include "tokenizer.h"
 
 /* Architectures whose GGUF tensors and semantics are exactly llama's. */
@@ -193,7 +194,11 @@ static mop_status load_parsed(mop_model *m, const gguf_file *g, size_t file_byte
         .n_tensors = gguf_n_tensors(g),
         .qk_rope_halves = 0,
     };
-    return mop_model_assemble(m, &src, p);
+    /* packed sparse weights and a compact LM head saved by libmop */
+    MOP_TRY(pruned_gguf_weights(g, hp.n_layer, &src.weights, &src.n_weights));
+    mop_status st = mop_model_assemble(m, &src, p);
+    pruned_gguf_weights_free(src.weights, src.n_weights);
+    return st;
 }
 
 mop_status mop_load_gguf(mop_model *m, const char *path, const mop_model_params *p)

@@ -170,6 +170,7 @@ typedef struct load_job {
     mop_weight *w;          /* linear weights */
     const float **vec;      /* vectors and the embedding table */
     const float *data;      /* the F32 result */
+    mop_src_weight *pre;    /* a prebuilt weight used instead of t */
 } load_job;
 
 /* Destination row of source row r: within each head of hd rows, row
@@ -211,9 +212,27 @@ static void shape_str(char *buf, size_t cap, int32_t n_dims, const int64_t *dims
         snprintf(buf + at, cap - at, ")");
 }
 
+/* A prebuilt weight for job j, checked against its shape. */
+static mop_status bind_prebuilt(load_job *j, const mop_model_source *src)
+{
+    for (int64_t i = 0; j->w && i < src->n_weights; i++) {
+        mop_src_weight *p = &src->weights[i];
+        if (!p->w.ops || strcmp(p->name, j->name) != 0)
+            continue;
+        if (p->w.rows != j->rows || p->w.cols != j->cols)
+            return mop_fail(MOP_E_SHAPE, "tensor %s: expected shape (%lld, %lld), got (%lld, %lld)",
+                            j->name, (long long)j->rows, (long long)j->cols,
+                            (long long)p->w.rows, (long long)p->w.cols);
+        j->pre = p;
+    }
+    return MOP_OK;
+}
+
 /* Find job->name in the source and check its shape. */
 static mop_status bind_job(load_job *j, const mop_src_tensor *const *idx, int64_t n)
 {
+    if (j->pre)
+        return MOP_OK;
     j->t = find_src(idx, n, j->name);
     if (!j->t)
         return mop_fail(MOP_E_FORMAT, "tensor %s is missing", j->name);
@@ -249,6 +268,8 @@ static mop_status run_job(mop_model *m, load_job *j, const mop_model_params *p, 
                           int64_t head_dim)
 {
     const mop_src_tensor *t = j->t;
+    if (j->pre)
+        return MOP_OK;
     uint64_t row_bytes = mop_ftype_nbytes(t->ftype, j->cols);
     if (!row_bytes || t->nbytes != row_bytes * (uint64_t)j->rows)
         return mop_fail(MOP_E_FORMAT, "tensor %s: %llu bytes of %s do not hold (%lld, %lld) values",
@@ -313,8 +334,10 @@ static mop_status assemble_jobs(mop_model *m, const mop_model_source *src,
     for (int64_t i = 1; i < src->n_tensors; i++)
         if (strcmp(idx[i - 1]->name, idx[i]->name) == 0)
             return mop_fail(MOP_E_FORMAT, "duplicate tensor %s", idx[i]->name);
-    for (int i = 0; i < n_jobs; i++)
+    for (int i = 0; i < n_jobs; i++) {
+        MOP_TRY(bind_prebuilt(&jobs[i], src));
         MOP_TRY(bind_job(&jobs[i], idx, src->n_tensors));
+    }
 
     mop_pool *pool = NULL;
     mop_status st = MOP_OK;
@@ -330,7 +353,10 @@ static mop_status assemble_jobs(mop_model *m, const mop_model_source *src,
 
     for (int i = 0; i < n_jobs; i++) {
         const load_job *j = &jobs[i];
-        if (j->w)
+        if (j->pre) {
+            *j->w = j->pre->w;
+            j->pre->w.ops = NULL;
+        } else if (j->w)
             mop_weight_dense_init(j->w, j->data, j->rows, j->cols);
         else
             *j->vec = j->data;

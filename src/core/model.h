@@ -121,6 +121,15 @@ struct mop_model {
     int32_t n_buffers, cap_buffers;
 };
 
+/* A weight a file reader built itself (a packed sparse weight, a compact LM
+ * head), used instead of converting the tensor of the same canonical name.
+ * mop_model_assemble moves each one it uses into the model and sets its
+ * w.ops to NULL; the reader releases whatever is left. */
+typedef struct mop_src_weight {
+    const char *name; /* canonical name, e.g. "blk.3.attn_q.weight" */
+    mop_weight w;
+} mop_src_weight;
+
 /* What a file reader hands to mop_model_assemble. */
 typedef struct mop_model_source {
     mop_hparams hp;
@@ -131,6 +140,8 @@ typedef struct mop_model_source {
     const mop_src_tensor *tensors; /* canonical GGUF-style names */
     int64_t n_tensors;
     int32_t qk_rope_halves;        /* 1: Q/K rows in HF half-split layout, permute */
+    mop_src_weight *weights;       /* prebuilt weights (may be NULL) */
+    int64_t n_weights;
 } mop_model_source;
 
 /* Allocate an empty model with one reference. */

@@ -14,6 +14,7 @@ typedef enum mop_ftype {
     MOP_FT_Q4_0 = 2,
     MOP_FT_Q4_1 = 3,
     MOP_FT_Q8_0 = 8,
+    MOP_FT_I8 = 24,  /* raw bytes: libmop stores packed sparse weights as I8 blobs */
     MOP_FT_BF16 = 30
 } mop_ftype;
 

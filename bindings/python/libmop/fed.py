@@ -1,0 +1,238 @@
+"""Federated primitives: updates, aggregation, data partitioning
+(include/libmop/mop_fed.h).
+
+Each call checks that the loaded C library exports its symbol and raises
+``NotImplementedError`` naming the missing C symbol otherwise.
+"""
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+from ctypes import (POINTER, Structure, byref, c_char_p, c_float, c_int32, c_int64, c_size_t,
+                    c_uint8, c_uint32, c_uint64, c_void_p)
+from typing import Any, Mapping, Optional, Union
+
+import numpy as np
+
+from . import _lib as L
+from .mixture import Mixture
+
+__all__ = ["Update", "UpdateHeader", "Aggregator", "STRATEGY", "partition_skewed",
+           "partition_iid", "partition_dirichlet"]
+
+KIND = {"delta": 0, "full": 1}
+_KIND_NAMES = {v: k for k, v in KIND.items()}
+STRATEGY = {"fedavg": 0, "fedavgm": 1, "fedadam": 2, "fedyogi": 3, "fedadagrad": 4,
+            "median": 5, "trimmed_mean": 6, "krum": 7, "multi_krum": 8,
+            "task_arithmetic": 9, "ties": 10, "dare": 11, "breadcrumbs": 12, "mop_aware": 13}
+
+
+class AggregatorParams(Structure):
+    _fields_ = [("struct_size", c_uint32), ("strategy", c_int32), ("server_lr", c_float),
+                ("momentum", c_float), ("beta1", c_float), ("beta2", c_float), ("tau", c_float),
+                ("trim_ratio", c_float), ("krum_f", c_int32), ("multi_krum_m", c_int32),
+                ("ties_density", c_float), ("dare_drop", c_float), ("crumbs_top", c_float),
+                ("crumbs_bottom", c_float), ("merge_lambda", c_float), ("seed", c_uint64)]
+
+
+L._PROTOS.update({
+    "mop_aggregator_default_params": (AggregatorParams, []),
+    "mop_aggregator_create": (ctypes.c_int, [POINTER(AggregatorParams), POINTER(c_void_p)]),
+    "mop_aggregator_free": (None, [c_void_p]),
+    "mop_aggregator_add": (ctypes.c_int, [c_void_p, c_void_p]),
+    "mop_aggregator_count": (c_int32, [c_void_p]),
+    "mop_aggregator_finish": (ctypes.c_int, [c_void_p, c_void_p, POINTER(c_void_p)]),
+    "mop_partition_skewed": (ctypes.c_int, [POINTER(c_int32), c_int64, c_int32, c_float,
+                                            c_uint64, POINTER(c_int32)]),
+    "mop_partition_iid": (ctypes.c_int, [c_int64, c_int32, c_uint64, POINTER(c_int32)]),
+    "mop_partition_dirichlet": (ctypes.c_int, [POINTER(c_int32), c_int64, c_int32, c_float,
+                                               c_uint64, POINTER(c_int32)]),
+})
+
+
+@dataclasses.dataclass(frozen=True)
+class UpdateHeader:
+    """Provenance of an update."""
+    kind: str        #: "delta" or "full"
+    round: int
+    client_id: int
+    n_samples: float
+
+
+class Update(L.Closable):
+    """Named float32 tensors plus provenance (``mop_update``): what a client
+    sends and the server returns. Tensors are copied in by :meth:`add_tensor`;
+    :meth:`tensors` gives zero-copy writable views that keep the update alive.
+    Serialized form: :meth:`serialize` / :meth:`parse` (versioned, SHA-256 checked).
+    """
+
+    def __init__(self, kind: Union[str, int] = "delta", round: int = 0, client_id: int = 0,
+                 n_samples: float = 0.0, tensors: Optional[Mapping[str, Any]] = None) -> None:
+        k = L.enum_value(kind, KIND, "kind")
+        self._h = L.create("mop_update", lambda out: L.fn("mop_update_create")(
+            k, int(round), int(client_id), float(n_samples), out))
+        for name, arr in (tensors or {}).items():
+            self.add_tensor(name, arr)
+
+    @classmethod
+    def _wrap(cls, h: L.Handle) -> "Update":
+        self = cls.__new__(cls)
+        self._h = h
+        return self
+
+    @classmethod
+    def parse(cls, data: Union[bytes, bytearray, memoryview]) -> "Update":
+        """Parse bytes from :meth:`serialize` (MOP_E_FORMAT, MOP_E_CHECKSUM,
+        MOP_E_UNSUPPORTED on bad input)."""
+        buf = np.frombuffer(data, dtype=np.uint8)
+        return cls._wrap(L.create("mop_update", lambda out: L.fn("mop_update_parse")(
+            L.ptr(buf, c_uint8), buf.size, out)))
+
+    @classmethod
+    def from_mixture(cls, mixture: Mixture, base: Optional[Mixture] = None, round: int = 0,
+                     client_id: int = 0, n_samples: float = 0.0,
+                     gate_usage: Optional[Any] = None) -> "Update":
+        """FULL values of @p mixture, or the DELTA mixture − base. @p gate_usage
+        (K floats) is stored as "gate.usage" for MoP-aware aggregation."""
+        gu = None
+        if gate_usage is not None:
+            gu = L.float32_in(gate_usage, "gate_usage", ndim=1)
+            if gu.size != mixture.n_experts:
+                raise L.shape_error(f"gate_usage: expected {mixture.n_experts} floats, got {gu.size}")
+        bp = base._ptr if base is not None else None
+        return cls._wrap(L.create("mop_update", lambda out: L.fn("mop_update_from_mixture")(
+            mixture._ptr, bp, int(round), int(client_id), float(n_samples),
+            L.ptr(gu, c_float), out)))
+
+    def apply(self, mixture: Mixture, scale: float = 1.0) -> None:
+        """FULL: set the mixture's values; DELTA: add scale × delta."""
+        L.check(L.fn("mop_update_apply")(self._ptr, mixture._ptr, float(scale)))
+
+    def add_tensor(self, name: str, data: Any) -> None:
+        """Append a tensor (copied; 1..4 dims). Names are unique."""
+        a = L.float32_in(data, name)
+        if not 1 <= a.ndim <= 4:
+            raise L.shape_error(f"{name}: tensors have 1 to 4 dimensions, got shape {a.shape}")
+        dims = (c_int64 * a.ndim)(*a.shape)
+        L.check(L.fn("mop_update_add_tensor")(self._ptr, L.cstr(name, "name"), L.ptr(a, c_float),
+                                              a.ndim, dims))
+
+    def __len__(self) -> int:
+        return int(L.fn("mop_update_tensor_count")(self._ptr))
+
+    def _tensor(self, index: int, name: Optional[str]) -> tuple[str, np.ndarray]:
+        ti = L.UpdateTensorInfoC()
+        ti.struct_size = ctypes.sizeof(ti)
+        L.check(L.fn("mop_update_get_tensor")(self._ptr, index,
+                                              None if name is None else L.cstr(name, "name"),
+                                              byref(ti)))
+        shape = tuple(int(ti.dims[d]) for d in range(ti.n_dims))
+        addr = ctypes.cast(ti.data, c_void_p).value or 0
+        return ti.name.decode(), L.view(self._h, addr, int(ti.size), c_float, shape)
+
+    def tensor(self, name: str) -> np.ndarray:
+        """Writable zero-copy view of tensor @p name (MopError if absent)."""
+        return self._tensor(-1, name)[1]
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        """name -> writable zero-copy view, in order."""
+        return dict(self._tensor(i, None) for i in range(len(self)))
+
+    @property
+    def header(self) -> UpdateHeader:
+        h = L.UpdateHeaderC()
+        h.struct_size = ctypes.sizeof(h)
+        L.check(L.fn("mop_update_get_header")(self._ptr, byref(h)))
+        return UpdateHeader(_KIND_NAMES.get(h.kind, str(h.kind)), int(h.round), int(h.client_id),
+                            float(h.n_samples))
+
+    def set_meta(self, key: str, value: str) -> None:
+        L.check(L.fn("mop_update_set_meta")(self._ptr, L.cstr(key, "key"), L.cstr(value, "value")))
+
+    def get_meta(self, key: str, default: Optional[str] = None) -> Optional[str]:
+        """Metadata string for @p key, or @p default if absent."""
+        v = c_char_p()
+        status = L.fn("mop_update_get_meta")(self._ptr, L.cstr(key, "key"), byref(v))
+        if status == -8:  # MOP_E_RANGE: absent
+            return default
+        L.check(status)
+        return (v.value or b"").decode("utf-8", "replace")
+
+    def serialize(self) -> bytes:
+        f = L.fn("mop_update_serialize")
+        n = c_size_t(0)
+        L.check(f(self._ptr, None, 0, byref(n)))
+        buf = np.empty(n.value, dtype=np.uint8)
+        L.check(f(self._ptr, L.ptr(buf, c_uint8), buf.size, byref(n)))
+        return buf[:n.value].tobytes()
+
+    def __repr__(self) -> str:
+        if self.closed:
+            return "<libmop.Update closed>"
+        h = self.header
+        return (f"<libmop.Update {h.kind} round={h.round} client={h.client_id} "
+                f"n_samples={h.n_samples} tensors={len(self)}>")
+
+
+class Aggregator(L.Closable):
+    """Server-side aggregation over rounds (``mop_aggregator``).
+
+    ``Aggregator("fedavg")``; strategies: fedavg, fedavgm, fedadam, fedyogi,
+    fedadagrad, median, trimmed_mean, krum, multi_krum, task_arithmetic, ties,
+    dare, breadcrumbs, mop_aware. Keywords are the other fields of
+    mop_aggregator_params (server_lr, momentum, beta1, beta2, tau, trim_ratio,
+    krum_f, multi_krum_m, ties_density, dare_drop, crumbs_top, crumbs_bottom,
+    merge_lambda, seed; None = C default).
+    """
+
+    def __init__(self, strategy: Union[str, int] = "fedavg", **params: Any) -> None:
+        p = L.fn("mop_aggregator_default_params")()
+        L.fill_params(p, dict(strategy=strategy, **params), "Aggregator",
+                      {"strategy": STRATEGY})
+        self.params = {f: getattr(p, f) for f, _ in p._fields_ if f != "struct_size"}
+        self._h = L.create("mop_aggregator",
+                           lambda out: L.fn("mop_aggregator_create")(byref(p), out))
+
+    def add(self, update: Update) -> None:
+        """Add one client update to the current round (read during the call only)."""
+        L.check(L.fn("mop_aggregator_add")(self._ptr, update._ptr))
+
+    def __len__(self) -> int:
+        """Updates in the current round."""
+        return int(L.fn("mop_aggregator_count")(self._ptr))
+
+    def finish(self, global_values: Update) -> Update:
+        """Close the round: the next global values (a new FULL update)."""
+        gp = global_values._ptr
+        return Update._wrap(L.create("mop_update", lambda out: L.fn("mop_aggregator_finish")(
+            self._ptr, gp, out)))
+
+
+def _labels(task: Any) -> np.ndarray:
+    return L.int32_array(task, "task")
+
+
+def partition_skewed(task: Any, n_clients: int, ratio: float = 15.0, seed: int = 0) -> np.ndarray:
+    """The paper's skewed split: client id (int32) of each example; every
+    client gets one part of each category, one of them ratio× larger."""
+    t = _labels(task)
+    out = np.empty(t.size, dtype=np.int32)
+    L.check(L.fn("mop_partition_skewed")(L.ptr(t, c_int32), t.size, int(n_clients),
+                                         float(ratio), int(seed), L.ptr(out, c_int32)))
+    return out
+
+
+def partition_iid(n: int, n_clients: int, seed: int = 0) -> np.ndarray:
+    """Uniform random split of @p n examples (sizes differ by at most one)."""
+    out = np.empty(int(n), dtype=np.int32)
+    L.check(L.fn("mop_partition_iid")(int(n), int(n_clients), int(seed), L.ptr(out, c_int32)))
+    return out
+
+
+def partition_dirichlet(task: Any, n_clients: int, alpha: float, seed: int = 0) -> np.ndarray:
+    """Dirichlet(alpha) split per category (small alpha = concentrated)."""
+    t = _labels(task)
+    out = np.empty(t.size, dtype=np.int32)
+    L.check(L.fn("mop_partition_dirichlet")(L.ptr(t, c_int32), t.size, int(n_clients),
+                                            float(alpha), int(seed), L.ptr(out, c_int32)))
+    return out

@@ -1,0 +1,374 @@
+"""Prompt mixtures, batches, training, evaluation and the AdamW optimizer
+(include/libmop/mop_gate.h).
+
+Every class here checks at use that the loaded C library exports the symbols
+it needs and raises ``NotImplementedError`` naming the missing symbol
+otherwise, so the package still imports against partial builds.
+"""
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+from ctypes import byref, c_double, c_float, c_int32, c_size_t, c_uint8, c_void_p
+from typing import Any, Iterable, Optional, Sequence, Union
+
+import numpy as np
+
+from . import _lib as L
+from .core import Context, Model, PathLike
+
+__all__ = ["Mixture", "Batch", "Optimizer", "LossResult", "EvalResult", "MixtureTensor",
+           "evaluate", "GATE_ACT", "COMBINE", "GATE_MODE", "INIT"]
+
+GATE_ACT = {"gelu": 0, "relu": 1}
+COMBINE = {"attention_bias": 0, "weighted_sum": 1}
+GATE_MODE = {"learned": 0, "uniform": 1}
+INIT = {"vocab": 0, "normal": 1}
+_ENUMS = {"gate_act": GATE_ACT, "combine": COMBINE, "gate_mode": GATE_MODE, "init": INIT}
+
+
+@dataclasses.dataclass(frozen=True)
+class LossResult:
+    """What one training call measured (mop_loss_result)."""
+    loss: float       #: total loss that was differentiated
+    nll_sum: float    #: Σ NLL over the target tokens
+    n_targets: int    #: number of target tokens
+
+    @property
+    def mean_nll(self) -> float:
+        return self.nll_sum / self.n_targets if self.n_targets else float("nan")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalResult:
+    """Per-sequence results of :func:`evaluate`."""
+    nll_sum: np.ndarray    #: (B,) float64
+    n_targets: np.ndarray  #: (B,) int32
+    gate_w: np.ndarray     #: (B, K) float32 gate weights (zero rows for base-model sequences)
+
+    @property
+    def perplexity(self) -> float:
+        """exp(Σ nll / Σ targets) over the whole batch."""
+        return float(np.exp(self.nll_sum.sum() / max(1, int(self.n_targets.sum()))))
+
+
+@dataclasses.dataclass(frozen=True)
+class MixtureTensor:
+    """A named slice of the flat parameter/gradient buffers."""
+    name: str
+    offset: int
+    size: int
+    shape: tuple[int, ...]
+
+
+# ---------------------------------------------------------------------------
+
+
+class Batch:
+    """B token sequences padded to T, for training and evaluation (mop_batch).
+
+    tokens (B, T) int32; lengths (B,) int32 real lengths (1..T); loss_mask
+    (B, T) uint8 with 1 where token t is a target (None = every real token
+    after the first); task (B,) int32 labels for gate supervision, or None.
+    Arrays are converted once here (no copy if already the right dtype and
+    C-contiguous) and passed to C by pointer. Shape mismatches raise
+    MopError(MOP_E_SHAPE) and wrong dtypes TypeError, before C is called.
+    """
+
+    def __init__(self, tokens: Any, lengths: Optional[Any] = None,
+                 loss_mask: Optional[Any] = None, task: Optional[Any] = None) -> None:
+        self.tokens = L.int32_array(tokens, "tokens", ndim=2)
+        B, T = self.tokens.shape
+        self.lengths = (np.full(B, T, dtype=np.int32) if lengths is None
+                        else L.int32_array(lengths, "lengths"))
+        if self.lengths.shape != (B,):
+            raise L.shape_error(f"lengths: expected shape ({B},), got {self.lengths.shape}")
+        self.loss_mask: Optional[np.ndarray] = None
+        if loss_mask is not None:
+            m = np.asarray(loss_mask)
+            if m.dtype.kind not in "biu":
+                raise TypeError(f"loss_mask: expected bool or integer dtype, got {m.dtype}")
+            if m.shape != (B, T):
+                raise L.shape_error(f"loss_mask: expected shape ({B}, {T}), got {m.shape}")
+            self.loss_mask = np.ascontiguousarray(m, dtype=np.uint8)
+        self.task = None if task is None else L.int32_array(task, "task")
+        if self.task is not None and self.task.shape != (B,):
+            raise L.shape_error(f"task: expected shape ({B},), got {self.task.shape}")
+
+    @property
+    def n_seq(self) -> int:
+        return int(self.tokens.shape[0])
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.tokens.shape[1])
+
+    def __len__(self) -> int:
+        return self.n_seq
+
+    def _c(self) -> L.BatchC:
+        b = L.BatchC()
+        b.struct_size = ctypes.sizeof(b)
+        b.n_seq, b.seq_len = self.tokens.shape
+        b.tokens = L.ptr(self.tokens, c_int32)
+        b.lengths = L.ptr(self.lengths, c_int32)
+        b.loss_mask = L.ptr(self.loss_mask, c_uint8)
+        b.task = L.ptr(self.task, c_int32)
+        return b
+
+    @classmethod
+    def from_sequences(cls, seqs: Sequence[Any], masks: Optional[Sequence[Any]] = None,
+                       task: Optional[Any] = None, pad_id: int = 0) -> "Batch":
+        """Pad ragged token sequences (and optional per-token masks) into a batch."""
+        if not seqs:
+            raise L.shape_error("a batch needs at least one sequence")
+        arrs = [L.int32_array(s, f"seqs[{i}]") for i, s in enumerate(seqs)]
+        T = max(a.size for a in arrs)
+        tokens = np.full((len(arrs), T), pad_id, dtype=np.int32)
+        lengths = np.array([a.size for a in arrs], dtype=np.int32)
+        mask = None if masks is None else np.zeros((len(arrs), T), dtype=np.uint8)
+        for i, a in enumerate(arrs):
+            tokens[i, :a.size] = a
+            if mask is not None:
+                mi = np.asarray(masks[i])
+                if mi.shape != a.shape:
+                    raise L.shape_error(f"masks[{i}]: shape {mi.shape} != tokens {a.shape}")
+                mask[i, :a.size] = mi
+        return cls(tokens, lengths, mask, task)
+
+    @classmethod
+    def from_examples(cls, model: Model, examples: Iterable[Any], max_len: int,
+                      task: Optional[Any] = None) -> "Batch":
+        """Tokenize (instruction, response) pairs (or dicts with those keys) with
+        the model's chat template (mop_tokenize_example); the loss mask covers
+        each response and its end-of-turn token. Sequences longer than
+        @p max_len are cut to their first max_len tokens; the batch is padded
+        to its longest sequence with the pad token (or 0)."""
+        seqs, masks = [], []
+        for ex in examples:
+            if isinstance(ex, dict):
+                ins, resp = ex["instruction"], ex["response"]
+            else:
+                ins, resp = ex
+            t, m = model.tokenize_example(ins, resp)
+            seqs.append(t[:max_len])
+            masks.append(m[:max_len])
+        pad = model.special_token("pad")
+        return cls.from_sequences(seqs, masks, task, pad_id=0 if pad is None else pad)
+
+
+# ---------------------------------------------------------------------------
+
+
+class Mixture(L.Closable):
+    """K soft-prompt experts plus a gate (``mop_mixture``) on a model.
+
+    Keyword arguments are the fields of mop_mixture_params (None = C default):
+    n_experts, prompt_len, gate_layer, inject_layer, gate_hidden, gate_act
+    ("gelu"/"relu"), gate_temperature, top_k, combine ("attention_bias"/
+    "weighted_sum"), gate_mode ("learned"/"uniform"), init ("vocab"/"normal"),
+    init_std, seed.
+
+    :attr:`params` and :attr:`grads` are zero-copy, writable float32 views of
+    the C buffers; they (and the arrays from :meth:`tensors`) keep the C
+    mixture alive, so they stay valid even after :meth:`close`.
+    """
+
+    def __init__(self, model: Model, n_experts: Optional[int] = 8,
+                 prompt_len: Optional[int] = 8, **params: Any) -> None:
+        p = L.fn("mop_mixture_default_params")()
+        L.fill_params(p, dict(n_experts=n_experts, prompt_len=prompt_len, **params), "Mixture",
+                      _ENUMS)
+        mh = model._ptr
+        h = L.create("mop_mixture", lambda out: L.fn("mop_mixture_create")(mh, byref(p), out))
+        self._setup(model, h)
+
+    @classmethod
+    def load(cls, model: Model, path: PathLike) -> "Mixture":
+        """Load a mixture written by :meth:`save` (mop_mixture_load)."""
+        self = cls.__new__(cls)
+        mh, bpath = model._ptr, L.cstr(path, "path")
+        h = L.create("mop_mixture", lambda out: L.fn("mop_mixture_load")(mh, bpath, out))
+        self._setup(model, h)
+        return self
+
+    def _setup(self, model: Model, h: L.Handle) -> None:
+        self._h = h
+        self.model = model
+        pp = ctypes.POINTER(c_float)()
+        gp = ctypes.POINTER(c_float)()
+        n = c_size_t(0)
+        L.check(L.fn("mop_mixture_data")(h.ptr, byref(pp), byref(gp), byref(n)))
+        self.n_params = int(n.value)
+        self._params = L.view(h, ctypes.cast(pp, c_void_p).value or 0, self.n_params)
+        self._grads = L.view(h, ctypes.cast(gp, c_void_p).value or 0, self.n_params)
+        self.config = self._get_config()
+
+    def _get_config(self) -> dict[str, Any]:
+        p = L.MixtureParams()
+        p.struct_size = ctypes.sizeof(p)
+        L.check(L.fn("mop_mixture_get_params")(self._ptr, byref(p)))
+        return {f: getattr(p, f) for f, _ in p._fields_ if f != "struct_size"}
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"<libmop.Mixture K={c['n_experts']} P={c['prompt_len']} "
+                f"L_g={c['gate_layer']} L_p={c['inject_layer']} n_params={self.n_params}>")
+
+    def close(self) -> None:
+        """Drop this object's reference; the C mixture is freed once no view
+        from :attr:`params`, :attr:`grads` or :meth:`tensors` is left."""
+        self._params = self._grads = None
+        super().close()
+
+    @property
+    def n_experts(self) -> int:
+        return int(self.config["n_experts"])
+
+    @property
+    def params(self) -> np.ndarray:
+        """All trainable floats (flat, zero-copy, writable)."""
+        self._ptr  # ValueError if closed
+        return self._params
+
+    @property
+    def grads(self) -> np.ndarray:
+        """Their gradients (flat, zero-copy, writable); training calls add to them."""
+        self._ptr
+        return self._grads
+
+    def tensor_info(self) -> list[MixtureTensor]:
+        """The named slices: "experts" (K,P,d), "gate.w1" (h,d), "gate.b1" (h), ..."""
+        out = []
+        for i in range(L.fn("mop_mixture_tensor_count")(self._ptr)):
+            ti = L.MixtureTensorInfoC()
+            ti.struct_size = ctypes.sizeof(ti)
+            L.check(L.fn("mop_mixture_tensor_get_info")(self._ptr, i, byref(ti)))
+            out.append(MixtureTensor(ti.name.decode(), int(ti.offset), int(ti.size),
+                                     tuple(int(ti.dims[d]) for d in range(ti.n_dims))))
+        return out
+
+    def tensors(self, grads: bool = False) -> dict[str, np.ndarray]:
+        """name -> shaped zero-copy view into :attr:`params` (or :attr:`grads`)."""
+        flat = self.grads if grads else self.params
+        return {t.name: flat[t.offset:t.offset + t.size].reshape(t.shape)
+                for t in self.tensor_info()}
+
+    def zero_grad(self) -> None:
+        L.fn("mop_mixture_zero_grad")(self._ptr)
+
+    def save(self, path: PathLike) -> None:
+        """Write as safetensors, atomically (mop_mixture_save)."""
+        L.check(L.fn("mop_mixture_save")(self._ptr, L.cstr(path, "path")))
+
+    def set_prox_reference(self) -> None:
+        """Remember the current parameters as the FedProx reference."""
+        L.check(L.fn("mop_mixture_set_prox_reference")(self._ptr))
+
+    def prepare(self, ctx: Context) -> None:
+        """Build the experts' key/value cache now (mop_mixture_prepare)."""
+        L.check(L.fn("mop_mixture_prepare")(ctx._ptr, self._ptr))
+
+    def forward_backward(self, ctx: Context, batch: Batch, load_balance: Optional[float] = None,
+                         gate_supervision: Optional[float] = None,
+                         gate_only: Optional[bool] = None,
+                         prox_mu: Optional[float] = None) -> LossResult:
+        """Forward and backward of @p batch; gradients are ADDED to :attr:`grads`
+        (call :meth:`zero_grad` between steps). None = C default (0)."""
+        lp = L.fn("mop_loss_default_params")()
+        L.fill_params(lp, dict(load_balance=load_balance, gate_supervision=gate_supervision,
+                               gate_only=gate_only, prox_mu=prox_mu), "loss")
+        r = L.LossResultC()
+        r.struct_size = ctypes.sizeof(r)
+        b = batch._c()
+        L.check(L.fn("mop_mixture_forward_backward")(ctx._ptr, self._ptr, byref(b), byref(lp),
+                                                     byref(r)))
+        return LossResult(float(r.loss), float(r.nll_sum), int(r.n_targets))
+
+    def evaluate(self, ctx: Context, batch: Batch) -> EvalResult:
+        """Per-sequence NLL, target counts and gate weights, no gradients."""
+        return evaluate(ctx, [self], batch)
+
+    def gate(self, ctx: Context, batch: Batch) -> np.ndarray:
+        """Gate weights (B, K) for each sequence (runs layers [0, L_g) only)."""
+        w = np.zeros((batch.n_seq, self.n_experts), dtype=np.float32)
+        b = batch._c()
+        L.check(L.fn("mop_mixture_gate")(ctx._ptr, self._ptr, byref(b), L.ptr(w, c_float)))
+        return w
+
+    def generate(self, ctx: Context, prompt_ids: Any, max_new: int = 64,
+                 **kwargs: Any) -> list[int]:
+        """Generate with this mixture; same arguments as :meth:`Context.generate`."""
+        return ctx.generate(prompt_ids, max_new, mixture=self, **kwargs)
+
+
+def evaluate(ctx: Context, mixtures: Sequence[Optional[Mixture]], batch: Batch) -> EvalResult:
+    """Score a batch (mop_mixture_evaluate). @p mixtures: one per sequence, or
+    one for all, or [] for the base model; a None entry scores the base model
+    for that sequence. gate_w has K of the first mixture (0 columns if none)."""
+    B = batch.n_seq
+    n = len(mixtures)
+    if n not in (0, 1, B):
+        raise L.shape_error(f"mixtures: expected 0, 1 or {B} (one per sequence), got {n}")
+    arr = (c_void_p * max(1, n))()
+    for i, m in enumerate(mixtures):
+        arr[i] = None if m is None else m._ptr.value
+    K = mixtures[0].n_experts if mixtures and mixtures[0] is not None else 0
+    nll = np.zeros(B, dtype=np.float64)
+    nt = np.zeros(B, dtype=np.int32)
+    gw = np.zeros((B, max(K, 1)), dtype=np.float32)
+    b = batch._c()
+    L.check(L.fn("mop_mixture_evaluate")(ctx._ptr, arr, n, byref(b), L.ptr(nll, c_double),
+                                         L.ptr(nt, c_int32),
+                                         L.ptr(gw, c_float) if K else None))
+    return EvalResult(nll, nt, gw[:, :K])
+
+
+# ---------------------------------------------------------------------------
+
+
+class Optimizer(L.Closable):
+    """AdamW with decoupled weight decay, global-norm clipping, linear warmup
+    and cosine decay (``mop_optimizer``) over any flat float32 buffer.
+
+    ``Optimizer(mixture, lr=...)`` binds a mixture (then :meth:`step` needs no
+    arrays); ``Optimizer(n_params, ...)`` works on arrays you pass. Keyword
+    arguments: lr, beta1, beta2, eps, weight_decay, clip_norm, warmup_steps,
+    total_steps, min_lr_ratio (None = C default).
+    """
+
+    def __init__(self, target: Union[int, Mixture], **params: Any) -> None:
+        self.mixture = target if isinstance(target, Mixture) else None
+        n = target.n_params if isinstance(target, Mixture) else int(target)
+        p = L.fn("mop_adamw_default_params")()
+        L.fill_params(p, params, "Optimizer")
+        self.params = {f: getattr(p, f) for f, _ in p._fields_ if f != "struct_size"}
+        self.n_params = n
+        self._h = L.create("mop_optimizer",
+                           lambda out: L.fn("mop_optimizer_create")(n, byref(p), out))
+        self.last_lr = float("nan")
+        self.last_grad_norm = float("nan")
+
+    def step(self, params: Optional[np.ndarray] = None, grads: Optional[Any] = None,
+             grad_scale: float = 1.0) -> tuple[float, float]:
+        """One update of @p params in place (a writable C-contiguous float32
+        array, e.g. ``mixture.params``) from @p grads (scaled by @p grad_scale,
+        then clipped; not cleared). Returns (lr used, grad norm before clipping)."""
+        if params is None and grads is None and self.mixture is not None:
+            params, grads = self.mixture.params, self.mixture.grads
+        if params is None or grads is None:
+            raise TypeError("step(): pass params and grads (or bind a Mixture at creation)")
+        p = L.float32_inout(params, "params")
+        g = L.float32_in(grads, "grads")
+        if p.ndim != 1 or g.ndim != 1 or p.size != self.n_params or g.size != self.n_params:
+            raise L.shape_error(f"params {p.shape} and grads {g.shape} must both be "
+                                f"({self.n_params},) as at creation")
+        lr, gn = c_float(0), c_float(0)
+        L.check(L.fn("mop_optimizer_step")(self._ptr, L.ptr(p, c_float), L.ptr(g, c_float),
+                                           p.size, float(grad_scale), byref(lr), byref(gn)))
+        self.last_lr, self.last_grad_norm = float(lr.value), float(gn.value)
+        return self.last_lr, self.last_grad_norm
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate the schedule gives at @p step (0-based)."""
+        return float(L.fn("mop_optimizer_lr_at")(self._ptr, int(step)))

@@ -1,0 +1,112 @@
+/* mop eval MODEL [--mixture FILE] --data FILE: perplexity of the responses,
+ * per task and overall. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "cli_data.h"
+
+int cli_cmd_eval(int argc, char **argv)
+{
+    const char *data = NULL, *mix_path = NULL;
+    int32_t B = 4, n_threads = 0, max_len = 1024;
+    const cli_opt opts[] = {
+        {"data", 'd', CLI_STRING, &data, "FILE", "JSONL {task, instruction, response}; required"},
+        {"mixture", 'm', CLI_STRING, &mix_path, "FILE", "a mixture from 'mop train'; default: the base model"},
+        {"batch", 'b', CLI_INT, &B, "B", "sequences per call; default 4"},
+        {"max-len", 0, CLI_INT, &max_len, "T", "cut examples to T tokens; default 1024"},
+        {"threads", 't', CLI_INT, &n_threads, "N", "compute threads, 0 = all cores; default 0"},
+        {NULL, 0, CLI_FLAG, NULL, NULL, NULL},
+    };
+    const cli_spec spec = {
+        "eval", "MODEL --data FILE [--mixture FILE] [options]",
+        "Perplexity of the response tokens (and the closing end-of-turn token) of\n"
+        "each example, in the model's chat template, with the mixture or without\n"
+        "(the base model). ppl = exp(sum of NLL / number of target tokens), per task\n"
+        "and overall. The last line of stdout is 'perplexity: X'.",
+        opts, 1};
+    const char *pos[1];
+    int done;
+    int rc = cli_parse(&spec, argc, argv, pos, &done);
+    if (rc != CLI_OK || done)
+        return rc;
+    if (!data)
+        return cli_usage_error("eval", "--data FILE is required");
+    if (B < 1 || max_len < 2 || n_threads < 0)
+        return cli_usage_error("eval", "--batch must be >= 1, --max-len >= 2, --threads >= 0");
+
+    mop_model *model = cli_load_model(pos[0], n_threads);
+    if (!model)
+        return CLI_ERROR;
+    mop_mixture *m = NULL;
+    mop_ctx *ctx = NULL;
+    cli_dataset ds = {0};
+    cli_batch cb = {0};
+    double *task_nll = NULL;
+    int64_t *task_tgt = NULL, *task_n = NULL;
+    rc = CLI_ERROR;
+
+    mop_status st;
+    int32_t rows = 0;
+    if (mix_path) {
+        if ((st = mop_mixture_load(model, mix_path, &m)) != MOP_OK) {
+            cli_fail(st, "cannot load mixture '%s'", mix_path);
+            goto out;
+        }
+        mop_mixture_params mp;
+        memset(&mp, 0, sizeof mp);
+        mp.struct_size = sizeof mp;
+        if ((st = mop_mixture_get_params(m, &mp)) != MOP_OK) {
+            cli_fail(st, "cannot read the mixture's parameters");
+            goto out;
+        }
+        rows = cli_prompt_rows(&mp);
+    }
+    if (cli_dataset_load(&ds, data, model, max_len) != CLI_OK)
+        goto out;
+    if (ds.n_truncated || ds.n_dropped)
+        fprintf(stderr, "mop eval: %zu examples cut to --max-len %d, %zu without a target left "
+                        "skipped\n", ds.n_truncated, (int)max_len, ds.n_dropped);
+    ctx = cli_make_ctx(model, rows, ds.max_len, n_threads);
+    if (!ctx || cli_batch_init(&cb, B, ds.max_len) != CLI_OK)
+        goto out;
+    task_nll = calloc((size_t)ds.n_tasks, sizeof *task_nll);
+    task_tgt = calloc((size_t)ds.n_tasks, sizeof *task_tgt);
+    task_n = calloc((size_t)ds.n_tasks, sizeof *task_n);
+    if (!task_nll || !task_tgt || !task_n) {
+        cli_error("out of memory");
+        goto out;
+    }
+    double nll = 0.0;
+    int64_t count = 0;
+    double t0 = cli_now();
+    if (cli_evaluate(ctx, m, &ds, &cb, B, task_nll, task_tgt, task_n, &nll, &count) != CLI_OK)
+        goto out;
+    double dt = cli_now() - t0;
+
+    printf("model: %s\nmixture: %s\nexamples: %zu\n", pos[0], mix_path ? mix_path : "(none)",
+           ds.n);
+    printf("%-16s %8s %9s %10s %12s\n", "task", "examples", "targets", "nll/token", "perplexity");
+    for (int32_t t = 0; t < ds.n_tasks; t++) {
+        double mean = task_tgt[t] ? task_nll[t] / (double)task_tgt[t] : 0.0;
+        printf("%-16s %8lld %9lld %10.4f %12.4f\n", ds.tasks[t], (long long)task_n[t],
+               (long long)task_tgt[t], mean, exp(mean));
+    }
+    printf("%-16s %8zu %9lld %10.4f %12.4f\n", "all", ds.n, (long long)count,
+           nll / (double)count, exp(nll / (double)count));
+    printf("time: %.1f s (%.1f examples/s)\n", dt, dt > 0 ? (double)ds.n / dt : 0.0);
+    printf("perplexity: %.6f\n", exp(nll / (double)count));
+    rc = CLI_OK;
+out:
+    free(task_nll);
+    free(task_tgt);
+    free(task_n);
+    cli_batch_free(&cb);
+    cli_dataset_free(&ds);
+    mop_ctx_free(ctx);
+    mop_mixture_free(m);
+    mop_model_free(model);
+    return rc;
+}

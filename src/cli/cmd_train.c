@@ -1,0 +1,406 @@
+/* mop train MODEL --data FILE -o MIXTURE: train a prompt mixture with AdamW. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "cli_data.h"
+
+typedef struct train_opts {
+    const char *data, *val, *out, *baseline, *combine;
+    int32_t K, P, steps, B, accum, warmup, gate_layer, inject_layer, top_k, pretrain_steps;
+    int32_t max_len, n_threads, eval_every, gate_hidden;
+    float lr, load_balance, weight_decay, clip;
+    uint64_t seed;
+} train_opts;
+
+/* "1m05s" */
+static void fmt_duration(char *buf, size_t cap, double s)
+{
+    if (!(s >= 0.0) || s > 1e7)
+        s = 0.0;
+    long t = (long)(s + 0.5);
+    if (t >= 3600)
+        snprintf(buf, cap, "%ldh%02ldm", t / 3600, (t / 60) % 60);
+    else
+        snprintf(buf, cap, "%ldm%02lds", t / 60, t % 60);
+}
+
+/* One status line per step: in place on a terminal, else every 10 steps. */
+static void report(const char *phase, int32_t step, int32_t total, double loss, double lr,
+                   double tok_s, double elapsed)
+{
+    int tty = isatty(STDERR_FILENO);
+    if (!tty && !(step % 10 == 0 || step == total))
+        return;
+    char eta[32];
+    fmt_duration(eta, sizeof eta, step > 0 ? elapsed / step * (total - step) : 0.0);
+    char bar[21];
+    int filled = total > 0 ? (int)(20.0 * step / total) : 20;
+    for (int i = 0; i < 20; i++)
+        bar[i] = i < filled ? '#' : '.';
+    bar[20] = '\0';
+    if (tty)
+        cli_progress("%s [%s] %d/%d loss %.4f lr %.2e %.0f tok/s ETA %s", phase, bar, (int)step,
+                     (int)total, loss, lr, tok_s, eta);
+    else
+        fprintf(stderr, "%s %d/%d loss %.4f lr %.2e %.0f tok/s ETA %s\n", phase, (int)step,
+                (int)total, loss, lr, tok_s, eta);
+}
+
+/* Index of the first gate tensor in the flat buffer (the experts come first). */
+static size_t gate_offset(const mop_mixture *m)
+{
+    for (int32_t i = 0; i < mop_mixture_tensor_count(m); i++) {
+        mop_mixture_tensor_info ti;
+        memset(&ti, 0, sizeof ti);
+        ti.struct_size = sizeof ti;
+        if (mop_mixture_tensor_get_info(m, i, &ti) == MOP_OK && strncmp(ti.name, "gate.", 5) == 0)
+            return ti.offset;
+    }
+    return mop_mixture_n_params(m);
+}
+
+/* Next B example indices from a reshuffled-every-epoch order. */
+static void next_batch(size_t *idx, int32_t B, size_t *order, size_t n, size_t *cursor,
+                       uint64_t *rng)
+{
+    for (int32_t b = 0; b < B; b++) {
+        if (*cursor == n) {
+            cli_shuffle(order, n, rng);
+            *cursor = 0;
+        }
+        idx[b] = order[(*cursor)++];
+    }
+}
+
+/* Gate pre-training: only the gate's supervision loss, only the gate's slice
+ * of the buffer updated (constant lr, no weight decay). */
+static int pretrain_gate(mop_ctx *ctx, mop_mixture *m, const train_opts *o, const cli_dataset *ds,
+                         cli_batch *cb, size_t *order, size_t *idx, uint64_t *rng)
+{
+    float *params, *grads;
+    size_t n;
+    mop_status st = mop_mixture_data(m, &params, &grads, &n);
+    if (st != MOP_OK)
+        return cli_fail(st, "cannot access the mixture's parameters");
+    size_t off = gate_offset(m);
+    mop_adamw_params ap = mop_adamw_default_params();
+    ap.lr = o->lr;
+    ap.weight_decay = 0.0f;
+    ap.clip_norm = o->clip;
+    mop_optimizer *opt = NULL;
+    st = mop_optimizer_create(n - off, &ap, &opt);
+    if (st != MOP_OK)
+        return cli_fail(st, "cannot create the gate optimizer");
+    mop_loss_params lp = mop_loss_default_params();
+    lp.gate_supervision = 1.0f;
+    lp.gate_only = 1;
+    size_t cursor = ds->n;
+    double t0 = cli_now(), tokens = 0.0;
+    int rc = CLI_OK;
+    for (int32_t step = 1; step <= o->pretrain_steps; step++) {
+        mop_mixture_zero_grad(m);
+        next_batch(idx, o->B, order, ds->n, &cursor, rng);
+        cli_batch_fill(cb, ds, idx, o->B);
+        cb->b.task = cb->task;
+        mop_loss_result res;
+        memset(&res, 0, sizeof res);
+        res.struct_size = sizeof res;
+        st = mop_mixture_forward_backward(ctx, m, &cb->b, &lp, &res);
+        if (st == MOP_OK)
+            st = mop_optimizer_step(opt, params + off, grads + off, n - off, 1.0f, NULL, NULL);
+        if (st != MOP_OK) {
+            rc = cli_fail(st, "gate pre-training step %d failed", (int)step);
+            break;
+        }
+        for (int32_t b = 0; b < o->B; b++)
+            tokens += cb->lengths[b];
+        double dt = cli_now() - t0;
+        report("gate", step, o->pretrain_steps, res.loss, ap.lr, tokens / dt, dt);
+    }
+    cli_progress_end();
+    mop_optimizer_free(opt);
+    return rc;
+}
+
+/* Validation perplexity; CLI_ERROR after printing. */
+static int validate(mop_ctx *ctx, const mop_mixture *m, const cli_dataset *val, cli_batch *cb,
+                    int32_t B, double *ppl)
+{
+    double nll;
+    int64_t count;
+    if (cli_evaluate(ctx, m, val, cb, B, NULL, NULL, NULL, &nll, &count) != CLI_OK)
+        return CLI_ERROR;
+    *ppl = exp(nll / (double)count);
+    return CLI_OK;
+}
+
+static int save(const mop_mixture *m, const char *path)
+{
+    mop_status st = mop_mixture_save(m, path);
+    return st == MOP_OK ? CLI_OK : cli_fail(st, "cannot save the mixture to '%s'", path);
+}
+
+static int run(mop_model *model, const train_opts *o, const mop_mixture_params *mp,
+               const cli_dataset *ds, const cli_dataset *val)
+{
+    mop_mixture *m = NULL;
+    mop_ctx *ctx = NULL;
+    mop_optimizer *opt = NULL;
+    cli_batch cb = {0};
+    size_t *order = NULL, *idx = NULL;
+    int rc = CLI_ERROR;
+
+    mop_status st = mop_mixture_create(model, mp, &m);
+    if (st != MOP_OK) {
+        cli_fail(st, "cannot create the mixture");
+        goto out;
+    }
+    mop_mixture_params got;
+    memset(&got, 0, sizeof got);
+    got.struct_size = sizeof got;
+    if ((st = mop_mixture_get_params(m, &got)) != MOP_OK) {
+        cli_fail(st, "cannot read the mixture's parameters");
+        goto out;
+    }
+    int32_t max_len = ds->max_len;
+    if (val && val->max_len > max_len)
+        max_len = val->max_len;
+    int32_t cap_B = o->B > 1 ? o->B : 1;
+    ctx = cli_make_ctx(model, cli_prompt_rows(&got), max_len, o->n_threads);
+    if (!ctx || cli_batch_init(&cb, cap_B, max_len) != CLI_OK)
+        goto out;
+    order = malloc(ds->n * sizeof *order);
+    idx = malloc((size_t)cap_B * sizeof *idx);
+    if (!order || !idx) {
+        cli_error("out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < ds->n; i++)
+        order[i] = i;
+    uint64_t rng = o->seed;
+
+    printf("mixture: K=%d P=%d gate_layer=%d inject_layer=%d combine=%s gate=%s params=%zu\n",
+           (int)got.n_experts, (int)got.prompt_len, (int)got.gate_layer, (int)got.inject_layer,
+           got.combine == MOP_COMBINE_WEIGHTED_SUM ? "sum" : "bias",
+           got.gate_mode == MOP_GATE_UNIFORM ? "uniform" : "learned", mop_mixture_n_params(m));
+    printf("data: %zu examples, %d tasks, longest %d tokens (%zu truncated, %zu dropped)\n",
+           ds->n, (int)ds->n_tasks, (int)ds->max_len, ds->n_truncated, ds->n_dropped);
+    fflush(stdout);
+
+    if (o->pretrain_steps > 0 &&
+        pretrain_gate(ctx, m, o, ds, &cb, order, idx, &rng) != CLI_OK)
+        goto out;
+
+    float *params, *grads;
+    size_t n;
+    if ((st = mop_mixture_data(m, &params, &grads, &n)) != MOP_OK) {
+        cli_fail(st, "cannot access the mixture's parameters");
+        goto out;
+    }
+    mop_adamw_params ap = mop_adamw_default_params();
+    ap.lr = o->lr;
+    ap.warmup_steps = o->warmup;
+    ap.total_steps = o->steps;
+    ap.weight_decay = o->weight_decay;
+    ap.clip_norm = o->clip;
+    if ((st = mop_optimizer_create(n, &ap, &opt)) != MOP_OK) {
+        cli_fail(st, "cannot create the optimizer");
+        goto out;
+    }
+    mop_loss_params lp = mop_loss_default_params();
+    lp.load_balance = o->load_balance;
+
+    double best = INFINITY;
+    int32_t best_step = -1;
+    size_t cursor = ds->n;
+    double t0 = cli_now(), tokens = 0.0, last_loss = 0.0;
+    for (int32_t step = 1; step <= o->steps; step++) {
+        mop_mixture_zero_grad(m);
+        double loss = 0.0;
+        for (int32_t a = 0; a < o->accum; a++) {
+            next_batch(idx, o->B, order, ds->n, &cursor, &rng);
+            cli_batch_fill(&cb, ds, idx, o->B);
+            mop_loss_result res;
+            memset(&res, 0, sizeof res);
+            res.struct_size = sizeof res;
+            st = mop_mixture_forward_backward(ctx, m, &cb.b, &lp, &res);
+            if (st != MOP_OK) {
+                cli_fail(st, "training step %d failed", (int)step);
+                goto out;
+            }
+            loss += res.loss / o->accum;
+            for (int32_t b = 0; b < o->B; b++)
+                tokens += cb.lengths[b];
+        }
+        float lr_used = 0.0f;
+        st = mop_optimizer_step(opt, params, grads, n, 1.0f / (float)o->accum, &lr_used, NULL);
+        if (st != MOP_OK) {
+            cli_fail(st, "optimizer step %d failed", (int)step);
+            goto out;
+        }
+        last_loss = loss;
+        double dt = cli_now() - t0;
+        report("train", step, o->steps, loss, lr_used, tokens / dt, dt);
+
+        if (val && ((o->eval_every > 0 && step % o->eval_every == 0) || step == o->steps)) {
+            cli_progress_end();
+            double ppl;
+            if (validate(ctx, m, val, &cb, cap_B, &ppl) != CLI_OK)
+                goto out;
+            int better = ppl < best;
+            printf("step %d: validation perplexity %.4f%s\n", (int)step, ppl,
+                   better ? " (best, saved)" : "");
+            fflush(stdout);
+            if (better) {
+                best = ppl;
+                best_step = step;
+                if (save(m, o->out) != CLI_OK)
+                    goto out;
+            }
+        }
+    }
+    cli_progress_end();
+    double dt = cli_now() - t0;
+    printf("trained %d steps in %.1f s (%.0f tokens/s), final loss %.4f\n", (int)o->steps, dt,
+           dt > 0 ? tokens / dt : 0.0, last_loss);
+    if (val) {
+        printf("saved the best mixture (step %d, validation perplexity %.4f) to %s\n",
+               (int)best_step, best, o->out);
+    } else {
+        if (save(m, o->out) != CLI_OK)
+            goto out;
+        printf("saved %s\n", o->out);
+    }
+    rc = CLI_OK;
+out:
+    cli_progress_end();
+    free(order);
+    free(idx);
+    cli_batch_free(&cb);
+    mop_optimizer_free(opt);
+    mop_ctx_free(ctx);
+    mop_mixture_free(m);
+    return rc;
+}
+
+int cli_cmd_train(int argc, char **argv)
+{
+    mop_mixture_params defaults = mop_mixture_default_params();
+    train_opts o = {
+        .K = defaults.n_experts, .P = defaults.prompt_len, .steps = 100, .B = 4, .accum = 1,
+        .warmup = 0, .gate_layer = -1, .inject_layer = -1, .top_k = 0, .pretrain_steps = 0,
+        .max_len = 256, .n_threads = 0, .eval_every = 0, .gate_hidden = defaults.gate_hidden,
+        .lr = 3e-3f, .load_balance = 0.0f, .weight_decay = 0.01f, .clip = 1.0f, .seed = 1234,
+    };
+    const cli_opt opts[] = {
+        {"data", 'd', CLI_STRING, &o.data, "FILE", "training data, JSONL {task, instruction, response}; required"},
+        {"output", 'o', CLI_STRING, &o.out, "MIXTURE", "where to save the mixture (.safetensors); required"},
+        {"experts", 'K', CLI_INT, &o.K, "K", "number of experts; default 8"},
+        {"prompt-len", 'P', CLI_INT, &o.P, "P", "soft tokens per expert; default 8"},
+        {"baseline", 0, CLI_STRING, &o.baseline, "single|uniform", "single: one K*P-token prompt; uniform: K experts, uniform gate"},
+        {"steps", 0, CLI_INT, &o.steps, "N", "optimizer steps; default 100"},
+        {"batch", 'b', CLI_INT, &o.B, "B", "sequences per forward/backward; default 4"},
+        {"accum", 0, CLI_INT, &o.accum, "A", "batches accumulated per step; default 1"},
+        {"lr", 0, CLI_FLOAT, &o.lr, "LR", "peak learning rate; default 3e-3"},
+        {"warmup", 0, CLI_INT, &o.warmup, "W", "linear warmup steps, then cosine decay; default 0"},
+        {"weight-decay", 0, CLI_FLOAT, &o.weight_decay, "X", "AdamW decoupled weight decay; default 0.01"},
+        {"clip", 0, CLI_FLOAT, &o.clip, "X", "clip gradients to this global norm, 0 = off; default 1"},
+        {"gate-layer", 0, CLI_INT, &o.gate_layer, "L", "gate reads hidden states after L layers; default n_layer/3"},
+        {"inject-layer", 0, CLI_INT, &o.inject_layer, "L", "experts enter before layer L; default n_layer/3"},
+        {"gate-hidden", 0, CLI_INT, &o.gate_hidden, "H", "gate MLP width; default 64"},
+        {"combine", 0, CLI_STRING, &o.combine, "bias|sum", "attention bias (paper) or weighted sum; default bias"},
+        {"top-k", 0, CLI_INT, &o.top_k, "k", "keep the k largest gate weights, 0 = all; default 0"},
+        {"load-balance", 0, CLI_FLOAT, &o.load_balance, "X", "weight of the gate load-balance loss; default 0"},
+        {"gate-pretrain-steps", 0, CLI_INT, &o.pretrain_steps, "N", "pre-train the gate on task labels first (needs K >= tasks); default 0"},
+        {"max-len", 0, CLI_INT, &o.max_len, "T", "cut examples to T tokens; default 256"},
+        {"seed", 0, CLI_U64, &o.seed, "S", "initialisation and shuffling seed; default 1234"},
+        {"threads", 't', CLI_INT, &o.n_threads, "N", "compute threads, 0 = all cores; default 0"},
+        {"val", 0, CLI_STRING, &o.val, "FILE", "validation data; the best mixture by perplexity is saved"},
+        {"eval-every", 0, CLI_INT, &o.eval_every, "N", "validate every N steps (and at the end); default 0 = end only"},
+        {NULL, 0, CLI_FLAG, NULL, NULL, NULL},
+    };
+    const cli_spec spec = {
+        "train", "MODEL --data FILE -o MIXTURE [options]",
+        "Train a Mixture of Prompts on a frozen model: K experts of P soft tokens\n"
+        "injected before --inject-layer, weighed per example by a gate that reads the\n"
+        "hidden state after --gate-layer. Loss: next-token NLL of the response\n"
+        "tokens (chat template). AdamW with warmup + cosine decay over --steps.\n"
+        "Baselines: --baseline single trains one prompt of K*P tokens (same prompt\n"
+        "budget); --baseline uniform keeps K experts with a uniform gate.\n"
+        "Without --val the mixture is saved at the end; with --val it is validated\n"
+        "every --eval-every steps and at the end, and the best one is kept.\n"
+        "Progress on stderr: in place on a terminal, one line every 10 steps otherwise.",
+        opts, 1};
+    const char *pos[1];
+    int done;
+    int rc = cli_parse(&spec, argc, argv, pos, &done);
+    if (rc != CLI_OK || done)
+        return rc;
+    if (!o.data)
+        return cli_usage_error("train", "--data FILE is required");
+    if (!o.out)
+        return cli_usage_error("train", "-o MIXTURE is required");
+    if (o.K < 1 || o.P < 1)
+        return cli_usage_error("train", "--experts and --prompt-len must be >= 1");
+    if (o.steps < 1 || o.B < 1 || o.accum < 1)
+        return cli_usage_error("train", "--steps, --batch and --accum must be >= 1");
+    if (o.max_len < 2)
+        return cli_usage_error("train", "--max-len must be >= 2, got %d", (int)o.max_len);
+    if (o.warmup < 0 || o.warmup > o.steps)
+        return cli_usage_error("train", "--warmup must be in [0, --steps]");
+    if (o.pretrain_steps < 0 || o.eval_every < 0 || o.n_threads < 0)
+        return cli_usage_error("train", "--gate-pretrain-steps, --eval-every and --threads must be >= 0");
+    if (o.eval_every > 0 && !o.val)
+        return cli_usage_error("train", "--eval-every needs --val FILE");
+
+    mop_mixture_params mp = defaults;
+    mp.n_experts = o.K;
+    mp.prompt_len = o.P;
+    mp.gate_layer = o.gate_layer;
+    mp.inject_layer = o.inject_layer;
+    mp.gate_hidden = o.gate_hidden;
+    mp.top_k = o.top_k;
+    mp.seed = o.seed;
+    if (o.combine && strcmp(o.combine, "sum") == 0)
+        mp.combine = MOP_COMBINE_WEIGHTED_SUM;
+    else if (o.combine && strcmp(o.combine, "bias") != 0)
+        return cli_usage_error("train", "--combine must be 'bias' or 'sum', got '%s'", o.combine);
+    if (o.baseline) {
+        if (strcmp(o.baseline, "single") == 0) {
+            mp.n_experts = 1;
+            mp.prompt_len = o.K * o.P;
+        } else if (strcmp(o.baseline, "uniform") != 0) {
+            return cli_usage_error("train", "--baseline must be 'single' or 'uniform', got '%s'",
+                                   o.baseline);
+        }
+        mp.gate_mode = MOP_GATE_UNIFORM;
+        if (o.top_k || o.pretrain_steps || o.load_balance != 0.0f)
+            return cli_usage_error("train", "--baseline has a uniform gate: --top-k, "
+                                            "--gate-pretrain-steps and --load-balance do not apply");
+    }
+
+    mop_model *model = cli_load_model(pos[0], o.n_threads);
+    if (!model)
+        return CLI_ERROR;
+    cli_dataset ds = {0}, val = {0};
+    rc = CLI_ERROR;
+    if (cli_dataset_load(&ds, o.data, model, o.max_len) != CLI_OK)
+        goto out;
+    if (o.val && cli_dataset_load(&val, o.val, model, o.max_len) != CLI_OK)
+        goto out;
+    if (o.pretrain_steps > 0 && mp.n_experts < ds.n_tasks) {
+        rc = cli_error("--gate-pretrain-steps needs --experts >= the number of tasks: K = %d, "
+                       "'%s' has %d tasks", (int)mp.n_experts, o.data, (int)ds.n_tasks);
+        goto out;
+    }
+    rc = run(model, &o, &mp, &ds, o.val ? &val : NULL);
+out:
+    cli_dataset_free(&ds);
+    cli_dataset_free(&val);
+    mop_model_free(model);
+    return rc;
+}

@@ -1,0 +1,139 @@
+/* Prompt mixtures, internal: the mixture object, its work buffers, and the
+ * pieces shared by the forward (mixture_forward.c), the backward
+ * (mixture_backward.c) and save/load (mixture_io.c). docs/MIXTURE.md has the
+ * math as implemented. */
+#ifndef MOP_GATE_INTERNAL_H
+#define MOP_GATE_INTERNAL_H
+
+#include <stdint.h>
+
+#include "forward.h"
+#include "internal.h"
+#include "libmop/mop_gate.h"
+#include "model.h"
+
+/* Named views of the flat buffers, in this order. */
+enum { GATE_T_EXPERTS = 0, GATE_T_W1, GATE_T_B1, GATE_T_W2, GATE_T_B2, GATE_T_COUNT };
+
+/* Work buffers of one forward (and backward) over a batch, sized for at most
+ * cap_T input tokens per sequence, a prompt stream of cap_S rows and cap_B
+ * sequences. Allocated once and grown when a bigger shape arrives; `train`
+ * says whether the activations a backward needs were allocated too. */
+typedef struct gate_ws {
+    int32_t cap_T, cap_S, cap_B, train;
+    int32_t first_layer; /* saved activations exist for layers >= first_layer */
+
+    /* per sequence of the batch */
+    float *u;      /* (B, d) gate input: mean hidden state after layer L_g */
+    float *a;      /* (B, h) gate pre-activation W1 u + b1 */
+    float *pi;     /* (B, K) softmax(z / tau) before top-k */
+    float *w;      /* (B, K) weights used (after top-k; 1/K for the uniform gate) */
+    float *G;      /* (B, K) dL/dlog w_k (attention bias) or dL/dw_k (weighted sum) */
+    float *dz;     /* (B, K) gradient of the gate logits */
+    int64_t *tgt_count; /* (B) targets of each sequence */
+
+    /* forward */
+    float *x;      /* (T, d) input hidden states */
+    float *xp;     /* (S, d) prompt stream hidden states */
+    float *bias;   /* (S) score bias toward prompt keys */
+    float *xn_out; /* (T, d) out_norm(x) of the last layer */
+    float *rows;   /* (FWD_HEAD_ROWS, d) gathered rows of xn_out */
+    float *logits; /* (FWD_HEAD_ROWS, V) */
+    int32_t *row_idx; /* (T) positions whose next token is a target */
+    int32_t *pos;  /* (T) input positions 0..T-1 */
+    int32_t *ppos; /* (S) prompt positions -S..-1 */
+    const float **pk, **pv;  /* (n_layer) prompt keys/values of each layer, NULL below L_p */
+    fwd_layer_saved *sv_in;  /* (n_layer) input stream, layers >= L_p */
+    fwd_layer_saved *sv_pr;  /* (n_layer) prompt stream, layers >= L_p (k, v only unless train) */
+    float *sv_in_buf, *sv_pr_buf;
+
+    /* backward (train only) */
+    float *dx, *dxn;              /* (R, d), R = max(T, S) */
+    float *dh, *dgate, *dup;      /* (R, ff) */
+    float *datt, *dq, *dqpre;     /* (R, qd) */
+    float *kcat, *vcat;           /* (S + T, kvd) prefix rows then the sequence's */
+    float *dkcat, *dvcat;         /* (S + T, kvd) */
+    float *dkpre;                 /* (R, kvd) */
+    float *scratch;               /* (2 (S + T)) attention backward workspace */
+    float *dbias;                 /* (S) */
+    float *dkp, *dvp;             /* (n_layer - first_layer, cap_S, kvd) prompt K/V gradients */
+    float *inv_freq;              /* (n_rot / 2) */
+} gate_ws;
+
+struct mop_mixture {
+    mop_model *model;
+    mop_mixture_params p; /* resolved: no -1 defaults */
+    size_t n_params;
+    float *params, *grads;
+    float *prox_ref;      /* NULL until mop_mixture_set_prox_reference() */
+    int32_t n_tensors;
+    size_t off[GATE_T_COUNT], size[GATE_T_COUNT];
+
+    /* Prompt K/V cache (attention-bias mode, inference): valid while the
+     * experts are byte-identical to cache_experts. */
+    float *cache_kv;      /* (n_layer - L_p, 2, K·P, kvd) */
+    float *cache_experts; /* (K·P·d) the experts the cache was built from */
+    int32_t cache_valid;
+
+    gate_ws ws;           /* training work buffers */
+};
+
+/* Views. */
+static inline float *gate_experts(const mop_mixture *m) { return m->params + m->off[GATE_T_EXPERTS]; }
+
+/* Resolve -1 defaults against the model and check every field; errors are
+ * MOP_E_RANGE / MOP_E_INVALID_ARG with the field's name. */
+mop_status mixture_resolve_params(mop_mixture_params *p, int32_t n_layer, const char *fn);
+
+/* Allocate a mixture of resolved params p without initialising values
+ * (params zeroed). Takes a model reference. */
+mop_status mixture_alloc(mop_model *model, const mop_mixture_params *p, mop_mixture **out);
+
+/* Prompt stream length: K·P (attention bias) or P (weighted sum). */
+int32_t mixture_stream_len(const mop_mixture_params *p);
+
+/* Grow ws for the shapes given; MOP_E_NOMEM on failure (ws left freed). */
+mop_status gate_ws_reserve(gate_ws *ws, const mop_mixture *m, int32_t T, int32_t S, int32_t B,
+                           int32_t train);
+void gate_ws_free(gate_ws *ws);
+
+/* Validate a batch against the model/mixture/ctx; fn names the caller. */
+mop_status gate_check_batch(const mop_ctx *ctx, const mop_batch *batch, int32_t need_task_K,
+                            const char *fn);
+
+/* Gate of one sequence: u (d) -> a (h), pi (K), w (K). Learned mode only for
+ * a/pi; uniform sets w = pi = 1/K. */
+void gate_forward_one(const mop_mixture *m, float *a, float *pi, float *w, const float *u);
+
+/* Embed a sequence and run layers [0, L_g): x (T, d), u (d) = mean of rows. */
+void gate_embed_and_pool(mop_ctx *ctx, const mop_mixture *m, float *x, float *u,
+                         const int32_t *tokens, int32_t T, const int32_t *pos);
+
+/* The prompt stream xp (S, d) (already filled with the prompt vectors)
+ * through layers [L_p, n_layer) at positions ppos, saving into sv (n_layer,
+ * absolute index) at least k and v. Leaves ctx->n_past at 0. */
+void gate_prompt_stream(mop_ctx *ctx, const mop_mixture *m, float *xp, int32_t S,
+                        const int32_t *ppos, fwd_layer_saved *sv);
+
+/* bias (K·P) = log w_k on the keys of group k (-inf for w_k = 0). */
+void gate_fill_bias(float *bias, const float *w, int32_t K, int32_t P);
+
+/* Weighted-sum prompt: out (P, d) = Σ_k w_k E_k. */
+void gate_weighted_prompt(const mop_mixture *m, float *out, const float *w);
+
+/* Targets of one sequence: rows list of positions t whose next token t+1 is a
+ * target; returns their count. */
+int32_t gate_targets(int32_t *row_idx, const mop_batch *batch, int32_t b);
+
+/* Check the model-level cache; (re)build it with ctx when stale. */
+mop_status gate_cache_build(mop_ctx *ctx, mop_mixture *m);
+int gate_cache_fresh(const mop_mixture *m);
+
+/* Parse and validate a mixture file image. On success *params holds the
+ * resolved shape and *values (mop_alloc'ed, n floats in flat order) the
+ * parameters. d_model/n_layer are the model's, checked against the file. */
+mop_status mixture_parse(const void *data, size_t size, const char *what, int32_t d_model,
+                         int32_t n_layer, mop_mixture_params *params, float **values,
+                         size_t *n);
+
+#endif

@@ -1,0 +1,287 @@
+/* The mixture object: parameters, flat buffers, named views, initialisation. */
+#include <math.h>
+#include <string.h>
+
+#include "gate.h"
+
+mop_mixture_params mop_mixture_default_params(void)
+{
+    mop_mixture_params p;
+    memset(&p, 0, sizeof p);
+    p.struct_size = sizeof p;
+    p.n_experts = 8;
+    p.prompt_len = 8;
+    p.gate_layer = -1;
+    p.inject_layer = -1;
+    p.gate_hidden = 64;
+    p.gate_act = MOP_GATE_ACT_GELU;
+    p.gate_temperature = 1.0f;
+    p.top_k = 0;
+    p.combine = MOP_COMBINE_ATTENTION_BIAS;
+    p.gate_mode = MOP_GATE_LEARNED;
+    p.init = MOP_INIT_VOCAB;
+    p.init_std = 0.02f;
+    p.seed = 1234;
+    return p;
+}
+
+mop_loss_params mop_loss_default_params(void)
+{
+    mop_loss_params p;
+    memset(&p, 0, sizeof p);
+    p.struct_size = sizeof p;
+    return p;
+}
+
+mop_status mixture_resolve_params(mop_mixture_params *p, int32_t n_layer, const char *fn)
+{
+    if (p->gate_layer == -1)
+        p->gate_layer = n_layer / 3;
+    if (p->inject_layer == -1)
+        p->inject_layer = n_layer / 3;
+    if (p->n_experts < 1 || p->n_experts > 256)
+        return mop_fail(MOP_E_RANGE, "%s: n_experts %d outside [1, 256]", fn, p->n_experts);
+    if (p->prompt_len < 1 || p->prompt_len > 512)
+        return mop_fail(MOP_E_RANGE, "%s: prompt_len %d outside [1, 512]", fn, p->prompt_len);
+    if (p->gate_layer < 0 || p->gate_layer > p->inject_layer || p->inject_layer >= n_layer)
+        return mop_fail(MOP_E_RANGE,
+                        "%s: need 0 <= gate_layer (%d) <= inject_layer (%d) < n_layer (%d)", fn,
+                        p->gate_layer, p->inject_layer, n_layer);
+    if (p->gate_hidden < 1 || p->gate_hidden > 8192)
+        return mop_fail(MOP_E_RANGE, "%s: gate_hidden %d outside [1, 8192]", fn, p->gate_hidden);
+    if (!(p->gate_temperature > 0.0f) || !isfinite(p->gate_temperature))
+        return mop_fail(MOP_E_RANGE, "%s: gate_temperature %g must be finite and > 0", fn,
+                        (double)p->gate_temperature);
+    if (p->top_k < 0 || p->top_k > p->n_experts)
+        return mop_fail(MOP_E_RANGE, "%s: top_k %d outside [0, n_experts %d]", fn, p->top_k,
+                        p->n_experts);
+    if (p->gate_act != MOP_GATE_ACT_GELU && p->gate_act != MOP_GATE_ACT_RELU)
+        return mop_fail(MOP_E_INVALID_ARG, "%s: unknown gate_act %d", fn, p->gate_act);
+    if (p->combine != MOP_COMBINE_ATTENTION_BIAS && p->combine != MOP_COMBINE_WEIGHTED_SUM)
+        return mop_fail(MOP_E_INVALID_ARG, "%s: unknown combine mode %d", fn, p->combine);
+    if (p->gate_mode != MOP_GATE_LEARNED && p->gate_mode != MOP_GATE_UNIFORM)
+        return mop_fail(MOP_E_INVALID_ARG, "%s: unknown gate_mode %d", fn, p->gate_mode);
+    if (p->gate_mode == MOP_GATE_UNIFORM && p->top_k != 0)
+        return mop_fail(MOP_E_INVALID_ARG, "%s: top_k %d needs a learned gate (uniform has none)",
+                        fn, p->top_k);
+    if (p->init != MOP_INIT_VOCAB && p->init != MOP_INIT_NORMAL)
+        return mop_fail(MOP_E_INVALID_ARG, "%s: unknown expert init %d", fn, p->init);
+    if (!(p->init_std >= 0.0f) || !isfinite(p->init_std))
+        return mop_fail(MOP_E_RANGE, "%s: init_std %g must be finite and >= 0", fn,
+                        (double)p->init_std);
+    return MOP_OK;
+}
+
+int32_t mixture_stream_len(const mop_mixture_params *p)
+{
+    return p->combine == MOP_COMBINE_ATTENTION_BIAS ? p->n_experts * p->prompt_len
+                                                    : p->prompt_len;
+}
+
+void mop_mixture_free(mop_mixture *m)
+{
+    if (!m)
+        return;
+    gate_ws_free(&m->ws);
+    mop_free(m->params);
+    mop_free(m->grads);
+    mop_free(m->prox_ref);
+    mop_free(m->cache_kv);
+    mop_free(m->cache_experts);
+    mop_model_free(m->model);
+    mop_free(m);
+}
+
+mop_status mixture_alloc(mop_model *model, const mop_mixture_params *p, mop_mixture **out)
+{
+    const int64_t d = model->hp.n_embd;
+    mop_mixture *m = mop_calloc(1, sizeof *m);
+    if (!m)
+        return mop_fail(MOP_E_NOMEM, "mop_mixture_create: out of memory");
+    m->model = model;
+    mop_model_retain(model);
+    m->p = *p;
+    size_t K = (size_t)p->n_experts, h = (size_t)p->gate_hidden;
+    size_t sizes[GATE_T_COUNT] = {K * (size_t)p->prompt_len * (size_t)d, h * (size_t)d, h, K * h,
+                                  K};
+    m->n_tensors = p->gate_mode == MOP_GATE_UNIFORM ? 1 : GATE_T_COUNT;
+    size_t off = 0;
+    for (int32_t i = 0; i < m->n_tensors; i++) {
+        m->off[i] = off;
+        m->size[i] = sizes[i];
+        off += sizes[i];
+    }
+    m->n_params = off;
+    m->params = mop_calloc(off, sizeof(float));
+    m->grads = mop_calloc(off, sizeof(float));
+    if (!m->params || !m->grads) {
+        mop_mixture_free(m);
+        return mop_fail(MOP_E_NOMEM, "mop_mixture_create: out of memory for %zu parameters",
+                        off);
+    }
+    *out = m;
+    return MOP_OK;
+}
+
+/* ---- initialisation: xorshift64* + Box-Muller, fixed by the seed ------------ */
+
+typedef struct gate_rng {
+    uint64_t s;
+} gate_rng;
+
+static uint64_t rng_next(gate_rng *r)
+{
+    r->s ^= r->s >> 12;
+    r->s ^= r->s << 25;
+    r->s ^= r->s >> 27;
+    return r->s * 0x2545F4914F6CDD1Dull;
+}
+
+static double rng_uniform(gate_rng *r) /* (0, 1) */
+{
+    return ((double)(rng_next(r) >> 11) + 0.5) * 0x1.0p-53;
+}
+
+static double rng_normal(gate_rng *r)
+{
+    double u1 = rng_uniform(r), u2 = rng_uniform(r);
+    return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
+}
+
+static void mixture_init(mop_mixture *m)
+{
+    const mop_mixture_params *p = &m->p;
+    const int64_t d = m->model->hp.n_embd, V = m->model->hp.n_vocab;
+    gate_rng r = {p->seed * 0x9E3779B97F4A7C15ull + 0x632BE59BD9B4E019ull};
+    if (r.s == 0)
+        r.s = 1;
+    float *E = gate_experts(m);
+    int64_t n_rows = (int64_t)p->n_experts * p->prompt_len;
+    for (int64_t i = 0; i < n_rows; i++) {
+        if (p->init == MOP_INIT_VOCAB) {
+            int64_t tok = (int64_t)(rng_next(&r) % (uint64_t)V);
+            memcpy(E + i * d, m->model->tok_embd + tok * d, (size_t)d * sizeof(float));
+        } else {
+            for (int64_t j = 0; j < d; j++)
+                E[i * d + j] = (float)(rng_normal(&r) * p->init_std);
+        }
+    }
+    if (p->gate_mode == MOP_GATE_LEARNED) {
+        float *W1 = m->params + m->off[GATE_T_W1];
+        for (size_t i = 0; i < m->size[GATE_T_W1]; i++)
+            W1[i] = (float)(rng_normal(&r) * p->init_std);
+        /* b1, W2, b2 stay 0: the gate starts uniform */
+    }
+}
+
+mop_status mop_mixture_create(mop_model *model, const mop_mixture_params *params,
+                              mop_mixture **out)
+{
+    MOP_CHECK_ARG(model);
+    MOP_CHECK_ARG(out);
+    mop_mixture_params p = mop_mixture_default_params();
+    if (params) {
+        if (params->struct_size < sizeof(uint32_t) || params->struct_size > sizeof p)
+            return mop_fail(MOP_E_INVALID_ARG,
+                            "mop_mixture_create: params.struct_size %u (expected %zu; use "
+                            "mop_mixture_default_params)",
+                            params->struct_size, sizeof p);
+        memcpy(&p, params, params->struct_size);
+        p.struct_size = sizeof p;
+    }
+    MOP_TRY(mixture_resolve_params(&p, model->hp.n_layer, "mop_mixture_create"));
+    mop_mixture *m = NULL;
+    MOP_TRY(mixture_alloc(model, &p, &m));
+    mixture_init(m);
+    *out = m;
+    return MOP_OK;
+}
+
+mop_status mop_mixture_get_params(const mop_mixture *m, mop_mixture_params *out)
+{
+    MOP_CHECK_ARG(m);
+    MOP_CHECK_ARG(out);
+    if (out->struct_size < sizeof(uint32_t) || out->struct_size > sizeof *out)
+        return mop_fail(MOP_E_INVALID_ARG,
+                        "mop_mixture_get_params: out->struct_size %u (expected <= %zu)",
+                        out->struct_size, sizeof *out);
+    uint32_t n = out->struct_size;
+    memcpy(out, &m->p, n);
+    out->struct_size = n;
+    return MOP_OK;
+}
+
+mop_status mop_mixture_data(mop_mixture *m, float **params, float **grads, size_t *n)
+{
+    MOP_CHECK_ARG(m);
+    if (params)
+        *params = m->params;
+    if (grads)
+        *grads = m->grads;
+    if (n)
+        *n = m->n_params;
+    return MOP_OK;
+}
+
+size_t mop_mixture_n_params(const mop_mixture *m)
+{
+    return m ? m->n_params : 0;
+}
+
+void mop_mixture_zero_grad(mop_mixture *m)
+{
+    if (m)
+        memset(m->grads, 0, m->n_params * sizeof(float));
+}
+
+int32_t mop_mixture_tensor_count(const mop_mixture *m)
+{
+    return m ? m->n_tensors : 0;
+}
+
+mop_status mop_mixture_tensor_get_info(const mop_mixture *m, int32_t index,
+                                       mop_mixture_tensor_info *info)
+{
+    MOP_CHECK_ARG(m);
+    MOP_CHECK_ARG(info);
+    if (info->struct_size < sizeof(uint32_t) || info->struct_size > sizeof *info)
+        return mop_fail(MOP_E_INVALID_ARG,
+                        "mop_mixture_tensor_get_info: info->struct_size %u (expected <= %zu)",
+                        info->struct_size, sizeof *info);
+    if (index < 0 || index >= m->n_tensors)
+        return mop_fail(MOP_E_RANGE, "mop_mixture_tensor_get_info: index %d outside [0, %d)",
+                        index, m->n_tensors);
+    static const char *const names[GATE_T_COUNT] = {"experts", "gate.w1", "gate.b1", "gate.w2",
+                                                    "gate.b2"};
+    const int64_t K = m->p.n_experts, P = m->p.prompt_len, d = m->model->hp.n_embd,
+                  h = m->p.gate_hidden;
+    mop_mixture_tensor_info t;
+    memset(&t, 0, sizeof t);
+    t.struct_size = info->struct_size;
+    t.name = names[index];
+    t.offset = m->off[index];
+    t.size = m->size[index];
+    switch (index) {
+    case GATE_T_EXPERTS: t.n_dims = 3, t.dims[0] = K, t.dims[1] = P, t.dims[2] = d; break;
+    case GATE_T_W1: t.n_dims = 2, t.dims[0] = h, t.dims[1] = d; break;
+    case GATE_T_B1: t.n_dims = 1, t.dims[0] = h; break;
+    case GATE_T_W2: t.n_dims = 2, t.dims[0] = K, t.dims[1] = h; break;
+    default: t.n_dims = 1, t.dims[0] = K; break;
+    }
+    memcpy(info, &t, info->struct_size);
+    return MOP_OK;
+}
+
+mop_status mop_mixture_set_prox_reference(mop_mixture *m)
+{
+    MOP_CHECK_ARG(m);
+    if (!m->prox_ref) {
+        m->prox_ref = mop_alloc(m->n_params * sizeof(float));
+        if (!m->prox_ref)
+            return mop_fail(MOP_E_NOMEM,
+                            "mop_mixture_set_prox_reference: out of memory for %zu floats",
+                            m->n_params);
+    }
+    memcpy(m->prox_ref, m->params, m->n_params * sizeof(float));
+    return MOP_OK;
+}

@@ -1,0 +1,395 @@
+/* Mixture training step: forward with saved activations above L_p, loss,
+ * activation backward to the experts and the gate (docs/MIXTURE.md). */
+#include <math.h>
+#include <string.h>
+
+#include "backward.h"
+#include "gate.h"
+
+static void zero(float *x, int64_t n)
+{
+    memset(x, 0, (size_t)n * sizeof(float));
+}
+
+/* Where layer l's prompt K/V gradients live. */
+static float *dkp_at(const gate_ws *ws, const mop_hparams *hp, int32_t l)
+{
+    return ws->dkp + (size_t)(l - ws->first_layer) * (size_t)ws->cap_S * hp->n_head_kv *
+                         (size_t)hp->head_dim;
+}
+
+static float *dvp_at(const gate_ws *ws, const mop_hparams *hp, int32_t l)
+{
+    return ws->dvp + (size_t)(l - ws->first_layer) * (size_t)ws->cap_S * hp->n_head_kv *
+                         (size_t)hp->head_dim;
+}
+
+/* Backward of one layer over T rows at positions pos, given dx (T, d) =
+ * dL/d(layer output), turned in place into dL/d(layer input).
+ * The keys attended are n_pre prefix rows (pre_k, pre_v; bias) then the
+ * rows' own. dpre_k/dpre_v (n_pre, kvd) and dbias (n_pre) receive the prefix
+ * gradients (+=); dk_ext/dv_ext (T, kvd), if given, are gradients that
+ * reach this call's own keys/values from elsewhere (the input stream's
+ * queries, for the prompt stream). top: dx is zero (the prompt stream's last
+ * layer, whose output nobody reads), so only dk_ext/dv_ext flow. */
+typedef struct layer_bwd {
+    int32_t l, T, n_pre;
+    const int32_t *pos;
+    const fwd_layer_saved *sv;
+    const float *pre_k, *pre_v, *bias;
+    float *dpre_k, *dpre_v, *dbias;
+    const float *dk_ext, *dv_ext;
+    int top;
+} layer_bwd;
+
+static void layer_backward(mop_ctx *ctx, gate_ws *ws, float *dx, const layer_bwd *a)
+{
+    const mop_hparams *hp = &ctx->model->hp;
+    const mop_layer *L = &ctx->model->layers[a->l];
+    const int64_t T = a->T, d = hp->n_embd, ff = hp->n_ff;
+    const int64_t qd = (int64_t)hp->n_head * hp->head_dim;
+    const int64_t kvd = (int64_t)hp->n_head_kv * hp->head_dim;
+    const int64_t n_pre = a->n_pre;
+    const fwd_layer_saved *sv = a->sv;
+    mop_pool *pool = ctx->pool;
+
+    float *dk_seq = ws->dkcat + n_pre * kvd, *dv_seq = ws->dvcat + n_pre * kvd;
+    zero(ws->dkcat, (n_pre + T) * kvd);
+    zero(ws->dvcat, (n_pre + T) * kvd);
+    zero(ws->dq, T * qd);
+    if (!a->top) {
+        /* MLP: x_out = x_mid + W_down swiglu(W_gate xn, W_up xn), xn = norm(x_mid) */
+        zero(ws->dh, T * ff);
+        L->w_down.ops->matmul_t(&L->w_down, ws->dh, dx, T, pool);
+        zero(ws->dgate, T * ff);
+        zero(ws->dup, T * ff);
+        swiglu_backward(ws->dgate, ws->dup, ws->dh, sv->gate, sv->up, T * ff);
+        zero(ws->dxn, T * d);
+        L->w_gate.ops->matmul_t(&L->w_gate, ws->dxn, ws->dgate, T, pool);
+        L->w_up.ops->matmul_t(&L->w_up, ws->dxn, ws->dup, T, pool);
+        rmsnorm_backward(dx, ws->dxn, sv->x_mid, L->ffn_norm, T, (int)d, hp->norm_eps);
+
+        /* attention: x_mid = x_in + W_o attn(q, [pre_k; k], [pre_v; v]) */
+        zero(ws->datt, T * qd);
+        L->wo.ops->matmul_t(&L->wo, ws->datt, dx, T, pool);
+        if (n_pre > 0) {
+            memcpy(ws->kcat, a->pre_k, (size_t)(n_pre * kvd) * sizeof(float));
+            memcpy(ws->vcat, a->pre_v, (size_t)(n_pre * kvd) * sizeof(float));
+        }
+        memcpy(ws->kcat + n_pre * kvd, sv->k, (size_t)(T * kvd) * sizeof(float));
+        memcpy(ws->vcat + n_pre * kvd, sv->v, (size_t)(T * kvd) * sizeof(float));
+        attention_backward(ws->dq, ws->dkcat, ws->dvcat, a->dbias, ws->scratch, ws->datt, sv->q,
+                           ws->kcat, ws->vcat, sv->lse, a->bias, T, n_pre, hp->n_head,
+                           hp->n_head_kv, hp->head_dim);
+        if (a->dpre_k) {
+            add_inplace(a->dpre_k, ws->dkcat, n_pre * kvd);
+            add_inplace(a->dpre_v, ws->dvcat, n_pre * kvd);
+        }
+    }
+    if (a->dk_ext) {
+        add_inplace(dk_seq, a->dk_ext, T * kvd);
+        add_inplace(dv_seq, a->dv_ext, T * kvd);
+    }
+    /* q, k after RoPE -> before; then through W_q, W_k, W_v and attn_norm */
+    zero(ws->dqpre, T * qd);
+    zero(ws->dkpre, T * kvd);
+    rope_backward(ws->dqpre, ws->dq, a->pos, T, hp->n_head, hp->head_dim, hp->n_rot,
+                  ws->inv_freq, 1.0f);
+    rope_backward(ws->dkpre, dk_seq, a->pos, T, hp->n_head_kv, hp->head_dim, hp->n_rot,
+                  ws->inv_freq, 1.0f);
+    zero(ws->dxn, T * d);
+    if (!a->top)
+        L->wq.ops->matmul_t(&L->wq, ws->dxn, ws->dqpre, T, pool);
+    L->wk.ops->matmul_t(&L->wk, ws->dxn, ws->dkpre, T, pool);
+    L->wv.ops->matmul_t(&L->wv, ws->dxn, dv_seq, T, pool);
+    rmsnorm_backward(dx, ws->dxn, sv->x_in, L->attn_norm, T, (int)d, hp->norm_eps);
+}
+
+/* LM head, loss and its gradient for sequence b: returns Σ NLL over its
+ * targets; dx (T, d) = dL/dx of the final hidden states x, with
+ * L = scale · Σ NLL. */
+static double head_backward(mop_ctx *ctx, gate_ws *ws, float *dx, const float *x,
+                            const mop_batch *batch, int32_t b, float scale)
+{
+    const mop_model *mod = ctx->model;
+    const int64_t d = mod->hp.n_embd, V = mod->hp.n_vocab;
+    const int32_t T = batch->lengths[b];
+    const int32_t *tok = batch->tokens + (int64_t)b * batch->seq_len;
+    int32_t n = gate_targets(ws->row_idx, batch, b);
+    rmsnorm_forward(ws->xn_out, NULL, x, mod->out_norm, T, d, mod->hp.norm_eps);
+    float *dxn = ws->dxn; /* (T, d) dL/d out_norm(x) */
+    zero(dxn, T * d);
+    double sum = 0.0;
+    int32_t tg[FWD_HEAD_ROWS];
+    for (int32_t r0 = 0; r0 < n; r0 += FWD_HEAD_ROWS) {
+        int32_t R = MOP_MIN(FWD_HEAD_ROWS, n - r0);
+        for (int32_t r = 0; r < R; r++) {
+            int32_t t = ws->row_idx[r0 + r];
+            memcpy(ws->rows + r * d, ws->xn_out + (int64_t)t * d, (size_t)d * sizeof(float));
+            tg[r] = tok[t + 1];
+        }
+        mod->lm_head.ops->matmul(&mod->lm_head, ws->logits, ws->rows, R, ctx->pool);
+        for (int32_t r = 0; r < R; r++) {
+            const float *row = ws->logits + (int64_t)r * V;
+            sum += logsumexp(row, V) - (double)row[tg[r]];
+        }
+        cross_entropy_backward(ws->logits, ws->logits, tg, R, V, scale);
+        zero(ws->rows, R * d);
+        mod->lm_head.ops->matmul_t(&mod->lm_head, ws->rows, ws->logits, R, ctx->pool);
+        for (int32_t r = 0; r < R; r++)
+            add_inplace(dxn + (int64_t)ws->row_idx[r0 + r] * d, ws->rows + r * d, d);
+    }
+    zero(dx, T * d);
+    rmsnorm_backward(dx, dxn, x, mod->out_norm, T, (int)d, mod->hp.norm_eps);
+    return sum;
+}
+
+/* Prompt stream backward over layers n_layer-1 .. L_p with the prompt K/V
+ * gradients in ws->dkp/dvp; leaves the gradient at its input in ws->dx (S, d). */
+static void prompt_backward(mop_ctx *ctx, gate_ws *ws, const mop_mixture *m)
+{
+    const mop_hparams *hp = &ctx->model->hp;
+    const int32_t S = mixture_stream_len(&m->p);
+    float *dx = ws->dx;
+    zero(dx, (int64_t)S * hp->n_embd);
+    for (int32_t l = hp->n_layer - 1; l >= m->p.inject_layer; l--) {
+        layer_bwd a = {.l = l, .T = S, .n_pre = 0, .pos = ws->ppos, .sv = &ws->sv_pr[l],
+                       .dk_ext = dkp_at(ws, hp, l), .dv_ext = dvp_at(ws, hp, l),
+                       .top = l == hp->n_layer - 1};
+        layer_backward(ctx, ws, dx, &a);
+    }
+}
+
+static void zero_prompt_grads(gate_ws *ws, const mop_mixture *m)
+{
+    const mop_hparams *hp = &m->model->hp;
+    for (int32_t l = m->p.inject_layer; l < hp->n_layer; l++) {
+        int64_t n = (int64_t)mixture_stream_len(&m->p) * hp->n_head_kv * hp->head_dim;
+        zero(dkp_at(ws, hp, l), n);
+        zero(dvp_at(ws, hp, l), n);
+    }
+}
+
+mop_status mop_mixture_forward_backward(mop_ctx *ctx, mop_mixture *m, const mop_batch *batch,
+                                        const mop_loss_params *loss, mop_loss_result *result)
+{
+    static const char fn[] = "mop_mixture_forward_backward";
+    MOP_CHECK_ARG(ctx);
+    MOP_CHECK_ARG(m);
+    MOP_CHECK_ARG(batch);
+    mop_loss_params lp = mop_loss_default_params();
+    if (loss) {
+        if (loss->struct_size < sizeof(uint32_t) || loss->struct_size > sizeof lp)
+            return mop_fail(MOP_E_INVALID_ARG, "%s: loss->struct_size %u (expected %zu)", fn,
+                            loss->struct_size, sizeof lp);
+        memcpy(&lp, loss, loss->struct_size);
+    }
+    if (result && (result->struct_size < sizeof(uint32_t) || result->struct_size > sizeof *result))
+        return mop_fail(MOP_E_INVALID_ARG, "%s: result->struct_size %u (expected %zu)", fn,
+                        result->struct_size, sizeof *result);
+    const mop_mixture_params *p = &m->p;
+    const int learned = p->gate_mode == MOP_GATE_LEARNED;
+    if (!(lp.load_balance >= 0.0f) || !(lp.gate_supervision >= 0.0f) || !(lp.prox_mu >= 0.0f) ||
+        !isfinite(lp.load_balance) || !isfinite(lp.gate_supervision) || !isfinite(lp.prox_mu))
+        return mop_fail(MOP_E_INVALID_ARG, "%s: load_balance %g, gate_supervision %g, prox_mu %g "
+                        "must be finite and >= 0", fn, (double)lp.load_balance,
+                        (double)lp.gate_supervision, (double)lp.prox_mu);
+    if (!learned && (lp.load_balance > 0.0f || lp.gate_supervision > 0.0f || lp.gate_only))
+        return mop_fail(MOP_E_INVALID_ARG, "%s: load_balance, gate_supervision and gate_only need "
+                        "a learned gate (this mixture's gate is uniform)", fn);
+    if (lp.gate_only != 0 && lp.gate_only != 1)
+        return mop_fail(MOP_E_INVALID_ARG, "%s: gate_only %d must be 0 or 1", fn, lp.gate_only);
+    if (lp.prox_mu > 0.0f && !m->prox_ref)
+        return mop_fail(MOP_E_STATE, "%s: prox_mu %g without a reference "
+                        "(call mop_mixture_set_prox_reference first)", fn, (double)lp.prox_mu);
+    if (ctx->model != m->model)
+        return mop_fail(MOP_E_INVALID_ARG, "%s: the mixture and the context use different models",
+                        fn);
+    MOP_TRY(gate_check_batch(ctx, batch, lp.gate_supervision > 0.0f ? p->n_experts : 0, fn));
+    const int32_t S = mixture_stream_len(p);
+    if (S > ctx->params.n_batch)
+        return mop_fail(MOP_E_RANGE, "%s: the mixture's %d prompt rows exceed the context's "
+                        "n_batch %d", fn, S, ctx->params.n_batch);
+
+    const mop_hparams *hp = &m->model->hp;
+    const int32_t B = batch->n_seq, K = p->n_experts, P = p->prompt_len, L = hp->n_layer;
+    const int32_t Lg = p->gate_layer, Lp = p->inject_layer;
+    const int64_t d = hp->n_embd;
+    int32_t maxT = 1;
+    int64_t n_tgt = 0;
+    for (int32_t b = 0; b < B; b++) {
+        maxT = MOP_MAX(maxT, batch->lengths[b]);
+        n_tgt += gate_targets(NULL, batch, b);
+    }
+    MOP_TRY(gate_ws_reserve(&m->ws, m, maxT, S, B, 1));
+    gate_ws *ws = &m->ws;
+    for (int32_t i = 0; i < hp->n_rot / 2; i++)
+        ws->inv_freq[i] = (float)ctx->rope.freq[i];
+    for (int32_t i = 0; i < S; i++)
+        ws->ppos[i] = i - S;
+    m->cache_valid = 0; /* the caller is about to change the parameters */
+    mop_ctx_reset(ctx);
+
+    const int ab = p->combine == MOP_COMBINE_ATTENTION_BIAS;
+    const int lm = !lp.gate_only;
+    const float scale = n_tgt > 0 ? 1.0f / (float)n_tgt : 0.0f;
+    float *E = gate_experts(m), *dE_flat = m->grads + m->off[GATE_T_EXPERTS];
+    const int64_t EP = (int64_t)P * d; /* floats per expert */
+    zero(ws->G, (int64_t)B * K);
+    if (lm && ab) {
+        /* the prompt stream, shared by every sequence */
+        memcpy(ws->xp, E, (size_t)S * (size_t)d * sizeof(float));
+        gate_prompt_stream(ctx, m, ws->xp, S, ws->ppos, ws->sv_pr);
+        zero_prompt_grads(ws, m);
+    }
+    for (int32_t l = 0; l < L; l++) {
+        ws->pk[l] = l >= Lp ? ws->sv_pr[l].k : NULL;
+        ws->pv[l] = l >= Lp ? ws->sv_pr[l].v : NULL;
+    }
+
+    double nll_sum = 0.0;
+    for (int32_t b = 0; b < B; b++) {
+        const int32_t T = batch->lengths[b];
+        const int32_t *tok = batch->tokens + (int64_t)b * batch->seq_len;
+        float *ub = ws->u + b * d, *ab_ = ws->a + (int64_t)b * p->gate_hidden;
+        float *pib = ws->pi + b * K, *wb = ws->w + b * K, *Gb = ws->G + b * K;
+        for (int32_t t = 0; t < T; t++)
+            ws->pos[t] = t;
+        gate_embed_and_pool(ctx, m, ws->x, ub, tok, T, ws->pos);
+        gate_forward_one(m, ab_, pib, wb, ub);
+        if (!lm)
+            continue;
+        forward_layers(ctx, ws->x, T, ws->pos, Lg, Lp, NULL);
+
+        attn_extra ex;
+        memset(&ex, 0, sizeof ex);
+        ex.P = S;
+        ex.prefix_k = ws->pk;
+        ex.prefix_v = ws->pv;
+        ex.saved = ws->sv_in;
+        if (ab) {
+            gate_fill_bias(ws->bias, wb, K, P);
+            ex.prefix_bias = ws->bias;
+        } else {
+            gate_weighted_prompt(m, ws->xp, wb);
+            gate_prompt_stream(ctx, m, ws->xp, S, ws->ppos, ws->sv_pr);
+            zero_prompt_grads(ws, m);
+        }
+        ctx->n_past = 0;
+        forward_layers(ctx, ws->x, T, ws->pos, Lp, L, &ex);
+
+        /* backward of this sequence's input stream down to L_p */
+        float *dx = ws->dx;
+        nll_sum += head_backward(ctx, ws, dx, ws->x, batch, b, scale);
+        zero(ws->dbias, S);
+        for (int32_t l = L - 1; l >= Lp; l--) {
+            layer_bwd a = {.l = l, .T = T, .n_pre = S, .pos = ws->pos, .sv = &ws->sv_in[l],
+                           .pre_k = ws->pk[l], .pre_v = ws->pv[l],
+                           .bias = ab ? ws->bias : NULL, .dpre_k = dkp_at(ws, hp, l),
+                           .dpre_v = dvp_at(ws, hp, l), .dbias = ab ? ws->dbias : NULL};
+            layer_backward(ctx, ws, dx, &a);
+        }
+        if (ab) {
+            /* G_k = dL/dlog w_k: the bias gradient of group k's keys */
+            for (int32_t k = 0; k < K; k++) {
+                double s = 0.0;
+                for (int32_t j = 0; j < P; j++)
+                    s += ws->dbias[k * P + j];
+                Gb[k] = (float)s;
+            }
+        } else {
+            /* prompt = Σ_k w_k E_k: dE_k += w_k dprompt, dL/dw_k = <dprompt, E_k> */
+            prompt_backward(ctx, ws, m);
+            const float *dprompt = ws->dx; /* (P, d) */
+            for (int32_t k = 0; k < K; k++) {
+                double s = 0.0;
+                for (int64_t i = 0; i < EP; i++) {
+                    s += (double)dprompt[i] * E[k * EP + i];
+                    dE_flat[k * EP + i] += wb[k] * dprompt[i];
+                }
+                Gb[k] = (float)s;
+            }
+        }
+    }
+    if (lm && ab) {
+        /* the prompt stream's backward, with every sequence's K/V gradients */
+        prompt_backward(ctx, ws, m);
+        add_inplace(dE_flat, ws->dx, (int64_t)S * d);
+    }
+
+    /* gate: LM gradient, load balance, supervision -> dz -> MLP parameters */
+    double loss_total = n_tgt > 0 ? nll_sum / (double)n_tgt : 0.0;
+    if (learned) {
+        const float tau = p->gate_temperature;
+        float *dz = ws->dz;
+        zero(dz, (int64_t)B * K);
+        if (lm) {
+            if (ab)
+                gate_softmax_backward(dz, ws->G, ws->w, B, K, tau);
+            else
+                gate_softmax_backward_dw(dz, ws->G, ws->w, B, K, tau);
+        }
+        if (lp.load_balance > 0.0f) {
+            /* K Σ_k f_k p_k, f_k = share of argmax_k pi (no gradient), p_k = mean_b pi_bk */
+            double f[256] = {0}, pk[256] = {0};
+            for (int32_t b = 0; b < B; b++) {
+                const float *pib = ws->pi + b * K;
+                int32_t best = 0;
+                for (int32_t k = 1; k < K; k++)
+                    best = pib[k] > pib[best] ? k : best;
+                f[best] += 1.0 / B;
+                for (int32_t k = 0; k < K; k++)
+                    pk[k] += (double)pib[k] / B;
+            }
+            double lb = 0.0;
+            for (int32_t k = 0; k < K; k++)
+                lb += f[k] * pk[k];
+            loss_total += lp.load_balance * K * lb;
+            for (int32_t b = 0; b < B; b++) {
+                float g[256];
+                for (int32_t k = 0; k < K; k++)
+                    g[k] = (float)(lp.load_balance * K * f[k] / B);
+                gate_softmax_backward_dw(dz + b * K, g, ws->pi + b * K, 1, K, tau);
+            }
+        }
+        if (lp.gate_supervision > 0.0f) {
+            /* mean_b −log pi_b[task_b]; G_m = dL/dlog pi_m = −σ/B on the label */
+            double ce = 0.0;
+            for (int32_t b = 0; b < B; b++) {
+                const float *pib = ws->pi + b * K;
+                int32_t c = batch->task[b];
+                ce -= log(fmax((double)pib[c], 1e-30));
+                float g[256];
+                zero(g, K);
+                g[c] = -lp.gate_supervision / (float)B;
+                gate_softmax_backward(dz + b * K, g, pib, 1, K, tau);
+            }
+            loss_total += lp.gate_supervision * ce / B;
+        }
+        gate_mlp_backward(m->grads + m->off[GATE_T_W1], m->grads + m->off[GATE_T_B1],
+                          m->grads + m->off[GATE_T_W2], m->grads + m->off[GATE_T_B2], NULL, dz,
+                          ws->u, ws->a, m->params + m->off[GATE_T_W1],
+                          m->params + m->off[GATE_T_W2], B, (int)d, p->gate_hidden, K,
+                          p->gate_act);
+    }
+    if (lp.prox_mu > 0.0f) {
+        double sq = 0.0;
+        for (size_t i = 0; i < m->n_params; i++) {
+            float diff = m->params[i] - m->prox_ref[i];
+            sq += (double)diff * diff;
+            m->grads[i] += lp.prox_mu * diff;
+        }
+        loss_total += 0.5 * lp.prox_mu * sq;
+    }
+    mop_ctx_reset(ctx);
+    if (result) {
+        mop_loss_result r;
+        memset(&r, 0, sizeof r);
+        r.struct_size = result->struct_size;
+        r.loss = loss_total;
+        r.nll_sum = nll_sum;
+        r.n_targets = lm ? n_tgt : 0;
+        memcpy(result, &r, result->struct_size);
+    }
+    return MOP_OK;
+}

@@ -1,0 +1,711 @@
+/* Mixture forward: gate, prompt stream, injection at L_p; evaluation,
+ * gating, generation and the inference prompt K/V cache. */
+#include <math.h>
+#include <string.h>
+
+#include "gate.h"
+
+/* ---- work buffers ------------------------------------------------------------ */
+
+void gate_ws_free(gate_ws *ws)
+{
+    float **fbufs[] = {&ws->u,      &ws->a,     &ws->pi,     &ws->w,     &ws->G,
+                       &ws->dz,     &ws->x,     &ws->xp,     &ws->bias,  &ws->xn_out,
+                       &ws->rows,   &ws->logits, &ws->sv_in_buf, &ws->sv_pr_buf, &ws->dx,
+                       &ws->dxn,    &ws->dh,    &ws->dgate,  &ws->dup,   &ws->datt,
+                       &ws->dq,     &ws->dqpre, &ws->kcat,   &ws->vcat,  &ws->dkcat,
+                       &ws->dvcat,  &ws->dkpre, &ws->scratch, &ws->dbias, &ws->dkp,
+                       &ws->dvp,    &ws->inv_freq};
+    for (size_t i = 0; i < sizeof fbufs / sizeof fbufs[0]; i++)
+        mop_free(*fbufs[i]);
+    mop_free(ws->tgt_count);
+    mop_free(ws->row_idx);
+    mop_free(ws->pos);
+    mop_free(ws->ppos);
+    mop_free((void *)ws->pk);
+    mop_free((void *)ws->pv);
+    mop_free(ws->sv_in);
+    mop_free(ws->sv_pr);
+    memset(ws, 0, sizeof *ws);
+}
+
+/* n elements of esize bytes, overflow-checked, at least 1 byte. */
+static void *ws_alloc(size_t n, size_t esize, int *fail)
+{
+    size_t bytes;
+    if (!mop_mul_ok(n, esize, &bytes)) {
+        *fail = 1;
+        return NULL;
+    }
+    void *p = mop_alloc(bytes ? bytes : 1);
+    if (!p)
+        *fail = 1;
+    return p;
+}
+
+/* Floats per token of one layer's saved activations (train) */
+static size_t saved_per_token(const mop_hparams *hp)
+{
+    size_t d = (size_t)hp->n_embd, qd = (size_t)hp->n_head * hp->head_dim,
+           kvd = (size_t)hp->n_head_kv * hp->head_dim;
+    return 2 * d + qd + 2 * kvd + (size_t)hp->n_head + 2 * (size_t)hp->n_ff;
+}
+
+mop_status gate_ws_reserve(gate_ws *ws, const mop_mixture *m, int32_t T, int32_t S, int32_t B,
+                           int32_t train)
+{
+    const mop_hparams *hp = &m->model->hp;
+    const int32_t first = m->p.inject_layer;
+    if (ws->pk && T <= ws->cap_T && S <= ws->cap_S && B <= ws->cap_B && train <= ws->train &&
+        first >= ws->first_layer)
+        return MOP_OK;
+    int32_t cT = MOP_MAX(T, ws->cap_T), cS = MOP_MAX(S, ws->cap_S), cB = MOP_MAX(B, ws->cap_B);
+    int32_t tr = MOP_MAX(train, ws->train);
+    int32_t fl = ws->pk ? MOP_MIN(first, ws->first_layer) : first;
+    gate_ws_free(ws);
+    ws->cap_T = cT, ws->cap_S = cS, ws->cap_B = cB, ws->train = tr, ws->first_layer = fl;
+
+    /* K and h are at most 256 and 8192; size the per-sequence gate buffers
+     * for the largest so mixtures of any shape on this model fit. */
+    const size_t d = (size_t)hp->n_embd, ff = (size_t)hp->n_ff, V = (size_t)hp->n_vocab;
+    const size_t qd = (size_t)hp->n_head * hp->head_dim, kvd = (size_t)hp->n_head_kv * hp->head_dim;
+    const size_t nL = (size_t)hp->n_layer, nS = (size_t)(hp->n_layer - fl), K = 256, H = 8192;
+    const size_t R = (size_t)MOP_MAX(cT, cS), ST = (size_t)cS + (size_t)cT;
+    const size_t Bn = (size_t)cB, Tn = (size_t)cT, Sn = (size_t)cS;
+    int fail = 0;
+    ws->u = ws_alloc(Bn * d, sizeof(float), &fail);
+    ws->a = ws_alloc(Bn * H, sizeof(float), &fail);
+    ws->pi = ws_alloc(Bn * K, sizeof(float), &fail);
+    ws->w = ws_alloc(Bn * K, sizeof(float), &fail);
+    ws->G = ws_alloc(Bn * K, sizeof(float), &fail);
+    ws->dz = ws_alloc(Bn * K, sizeof(float), &fail);
+    ws->tgt_count = ws_alloc(Bn, sizeof(int64_t), &fail);
+    ws->x = ws_alloc(Tn * d, sizeof(float), &fail);
+    ws->xp = ws_alloc(Sn * d, sizeof(float), &fail);
+    ws->bias = ws_alloc(Sn, sizeof(float), &fail);
+    ws->xn_out = ws_alloc(Tn * d, sizeof(float), &fail);
+    ws->rows = ws_alloc((size_t)FWD_HEAD_ROWS * d, sizeof(float), &fail);
+    ws->logits = ws_alloc((size_t)FWD_HEAD_ROWS * V, sizeof(float), &fail);
+    ws->row_idx = ws_alloc(Tn, sizeof(int32_t), &fail);
+    ws->pos = ws_alloc(Tn, sizeof(int32_t), &fail);
+    ws->ppos = ws_alloc(Sn, sizeof(int32_t), &fail);
+    ws->pk = ws_alloc(nL, sizeof(float *), &fail);
+    ws->pv = ws_alloc(nL, sizeof(float *), &fail);
+    ws->sv_in = ws_alloc(nL, sizeof(fwd_layer_saved), &fail);
+    ws->sv_pr = ws_alloc(nL, sizeof(fwd_layer_saved), &fail);
+    /* saved activations for every layer (a mixture uses those >= its L_p) */
+    size_t per_tok = saved_per_token(hp);
+    ws->sv_pr_buf = ws_alloc(nS * Sn * (tr ? per_tok : 2 * kvd), sizeof(float), &fail);
+    if (tr) {
+        ws->sv_in_buf = ws_alloc(nS * Tn * per_tok, sizeof(float), &fail);
+        ws->dx = ws_alloc(R * d, sizeof(float), &fail);
+        ws->dxn = ws_alloc(R * d, sizeof(float), &fail);
+        ws->dh = ws_alloc(R * ff, sizeof(float), &fail);
+        ws->dgate = ws_alloc(R * ff, sizeof(float), &fail);
+        ws->dup = ws_alloc(R * ff, sizeof(float), &fail);
+        ws->datt = ws_alloc(R * qd, sizeof(float), &fail);
+        ws->dq = ws_alloc(R * qd, sizeof(float), &fail);
+        ws->dqpre = ws_alloc(R * qd, sizeof(float), &fail);
+        ws->kcat = ws_alloc(ST * kvd, sizeof(float), &fail);
+        ws->vcat = ws_alloc(ST * kvd, sizeof(float), &fail);
+        ws->dkcat = ws_alloc(ST * kvd, sizeof(float), &fail);
+        ws->dvcat = ws_alloc(ST * kvd, sizeof(float), &fail);
+        ws->dkpre = ws_alloc(R * kvd, sizeof(float), &fail);
+        ws->scratch = ws_alloc(2 * ST, sizeof(float), &fail);
+        ws->dbias = ws_alloc(Sn, sizeof(float), &fail);
+        ws->dkp = ws_alloc(nS * Sn * kvd, sizeof(float), &fail);
+        ws->dvp = ws_alloc(nS * Sn * kvd, sizeof(float), &fail);
+        ws->inv_freq = ws_alloc((size_t)MOP_MAX(hp->n_rot / 2, 1), sizeof(float), &fail);
+    }
+    if (fail) {
+        gate_ws_free(ws);
+        return mop_fail(MOP_E_NOMEM,
+                        "mixture: out of memory for work buffers (%d tokens, %d prompt rows, %d "
+                        "sequences%s)",
+                        cT, cS, cB, tr ? ", training" : "");
+    }
+    /* bind the saved-activation views, layer by layer */
+    memset(ws->sv_in, 0, nL * sizeof(fwd_layer_saved));
+    memset(ws->sv_pr, 0, nL * sizeof(fwd_layer_saved));
+    memset((void *)ws->pk, 0, nL * sizeof(float *));
+    memset((void *)ws->pv, 0, nL * sizeof(float *));
+    for (size_t l = (size_t)fl; l < nL; l++) {
+        size_t i = l - (size_t)fl;
+        for (int s = 0; s < 2; s++) {
+            fwd_layer_saved *sv = s == 0 ? &ws->sv_pr[l] : &ws->sv_in[l];
+            size_t rows = s == 0 ? Sn : Tn;
+            float *base = s == 0 ? ws->sv_pr_buf : ws->sv_in_buf;
+            if (!base)
+                continue;
+            if (!tr) { /* prompt stream for inference: keys and values only */
+                sv->k = base + i * rows * 2 * kvd;
+                sv->v = sv->k + rows * kvd;
+                continue;
+            }
+            float *p = base + i * rows * per_tok;
+            sv->x_in = p, p += rows * d;
+            sv->x_mid = p, p += rows * d;
+            sv->q = p, p += rows * qd;
+            sv->k = p, p += rows * kvd;
+            sv->v = p, p += rows * kvd;
+            sv->lse = p, p += rows * (size_t)hp->n_head;
+            sv->gate = p, p += rows * ff;
+            sv->up = p;
+        }
+    }
+    if (tr)
+        for (int32_t i = 0; i < hp->n_rot / 2; i++)
+            ws->inv_freq[i] = 0.0f; /* filled from the ctx's RoPE table at use */
+    return MOP_OK;
+}
+
+/* ---- checks ------------------------------------------------------------------ */
+
+mop_status gate_check_batch(const mop_ctx *ctx, const mop_batch *batch, int32_t need_task_K,
+                            const char *fn)
+{
+    if (batch->struct_size < sizeof(mop_batch))
+        return mop_fail(MOP_E_INVALID_ARG, "%s: batch->struct_size %u (expected %zu)", fn,
+                        batch->struct_size, sizeof(mop_batch));
+    if (batch->n_seq < 1 || batch->seq_len < 2)
+        return mop_fail(MOP_E_INVALID_ARG, "%s: batch of %d sequences of %d tokens (need >= 1, >= 2)",
+                        fn, batch->n_seq, batch->seq_len);
+    if (!batch->tokens || !batch->lengths)
+        return mop_fail(MOP_E_INVALID_ARG, "%s: batch->tokens and batch->lengths are required", fn);
+    const int32_t V = ctx->model->hp.n_vocab, T = batch->seq_len;
+    for (int32_t b = 0; b < batch->n_seq; b++) {
+        int32_t len = batch->lengths[b];
+        if (len < 1 || len > T)
+            return mop_fail(MOP_E_INVALID_ARG, "%s: lengths[%d] = %d outside [1, seq_len %d]", fn,
+                            b, len, T);
+        if (len > ctx->params.n_batch)
+            return mop_fail(MOP_E_RANGE, "%s: sequence %d has %d tokens, more than the context's "
+                            "n_batch %d", fn, b, len, ctx->params.n_batch);
+        const int32_t *tok = batch->tokens + (int64_t)b * T;
+        for (int32_t t = 0; t < len; t++)
+            if (tok[t] < 0 || tok[t] >= V)
+                return mop_fail(MOP_E_INVALID_ARG, "%s: token %d at sequence %d, position %d "
+                                "outside [0, %d)", fn, tok[t], b, t, V);
+        if (batch->loss_mask)
+            for (int32_t t = 0; t < len; t++) {
+                uint8_t v = batch->loss_mask[(int64_t)b * T + t];
+                if (v > 1)
+                    return mop_fail(MOP_E_INVALID_ARG, "%s: loss_mask[%d][%d] = %u (need 0 or 1)",
+                                    fn, b, t, v);
+            }
+        if (need_task_K > 0) {
+            if (!batch->task)
+                return mop_fail(MOP_E_INVALID_ARG, "%s: gate supervision needs batch->task", fn);
+            if (batch->task[b] < 0 || batch->task[b] >= need_task_K)
+                return mop_fail(MOP_E_INVALID_ARG, "%s: task[%d] = %d outside [0, %d)", fn, b,
+                                batch->task[b], need_task_K);
+        }
+    }
+    return MOP_OK;
+}
+
+/* The stream of prompt rows must fit one forward call. */
+static mop_status check_stream(const mop_ctx *ctx, const mop_mixture *m, const char *fn)
+{
+    if (ctx->model != m->model)
+        return mop_fail(MOP_E_INVALID_ARG, "%s: the mixture and the context use different models",
+                        fn);
+    int32_t S = mixture_stream_len(&m->p);
+    if (S > ctx->params.n_batch)
+        return mop_fail(MOP_E_RANGE, "%s: the mixture's %d prompt rows exceed the context's "
+                        "n_batch %d", fn, S, ctx->params.n_batch);
+    return MOP_OK;
+}
+
+int32_t gate_targets(int32_t *row_idx, const mop_batch *batch, int32_t b)
+{
+    const int32_t T = batch->seq_len, len = batch->lengths[b];
+    const uint8_t *mask = batch->loss_mask ? batch->loss_mask + (int64_t)b * T : NULL;
+    int32_t n = 0;
+    for (int32_t t = 0; t + 1 < len; t++)
+        if (!mask || mask[t + 1]) {
+            if (row_idx)
+                row_idx[n] = t;
+            n++;
+        }
+    return n;
+}
+
+/* ---- gate -------------------------------------------------------------------- */
+
+static float gate_act_f(float a, int act)
+{
+    if (act == MOP_GATE_ACT_RELU)
+        return a > 0.0f ? a : 0.0f;
+    const float c = 0.7978845608028654f; /* sqrt(2/π); tanh GELU as in gate_mlp_backward */
+    return 0.5f * a * (1.0f + tanhf(c * (a + 0.044715f * a * a * a)));
+}
+
+void gate_forward_one(const mop_mixture *m, float *a, float *pi, float *w, const float *u)
+{
+    const mop_mixture_params *p = &m->p;
+    const int32_t K = p->n_experts, h = p->gate_hidden, d = m->model->hp.n_embd;
+    if (p->gate_mode == MOP_GATE_UNIFORM) {
+        for (int32_t k = 0; k < K; k++)
+            pi[k] = w[k] = 1.0f / (float)K;
+        return;
+    }
+    const float *W1 = m->params + m->off[GATE_T_W1], *b1 = m->params + m->off[GATE_T_B1];
+    const float *W2 = m->params + m->off[GATE_T_W2], *b2 = m->params + m->off[GATE_T_B2];
+    /* a (h) = W1 u + b1;  z (K) = W2 act(a) + b2;  pi = softmax(z / tau) */
+    for (int32_t j = 0; j < h; j++) {
+        double s = b1[j];
+        for (int32_t i = 0; i < d; i++)
+            s += (double)W1[(int64_t)j * d + i] * u[i];
+        a[j] = (float)s;
+    }
+    float z[256];
+    for (int32_t k = 0; k < K; k++) {
+        double s = b2[k];
+        for (int32_t j = 0; j < h; j++)
+            s += (double)W2[(int64_t)k * h + j] * gate_act_f(a[j], p->gate_act);
+        z[k] = (float)(s / p->gate_temperature);
+    }
+    softmax_forward(pi, z, K);
+    if (p->top_k == 0 || p->top_k == K) {
+        memcpy(w, pi, (size_t)K * sizeof(float));
+        return;
+    }
+    /* keep the top_k largest (ties: lower index first), renormalise */
+    uint8_t keep[256];
+    memset(keep, 0, sizeof keep);
+    double kept = 0.0;
+    for (int32_t r = 0; r < p->top_k; r++) {
+        int32_t best = -1;
+        for (int32_t k = 0; k < K; k++)
+            if (!keep[k] && (best < 0 || pi[k] > pi[best]))
+                best = k;
+        keep[best] = 1;
+        kept += pi[best];
+    }
+    for (int32_t k = 0; k < K; k++)
+        w[k] = keep[k] ? (float)(pi[k] / kept) : 0.0f;
+}
+
+void gate_embed_and_pool(mop_ctx *ctx, const mop_mixture *m, float *x, float *u,
+                         const int32_t *tokens, int32_t T, const int32_t *pos)
+{
+    const int64_t d = ctx->model->hp.n_embd;
+    ctx->n_past = 0;
+    forward_embed(ctx, x, tokens, T);
+    forward_layers(ctx, x, T, pos, 0, m->p.gate_layer, NULL);
+    for (int64_t i = 0; i < d; i++) {
+        double s = 0.0;
+        for (int32_t t = 0; t < T; t++)
+            s += x[t * d + i];
+        u[i] = (float)(s / T);
+    }
+}
+
+void gate_fill_bias(float *bias, const float *w, int32_t K, int32_t P)
+{
+    for (int32_t k = 0; k < K; k++) {
+        float lw = w[k] > 0.0f ? logf(w[k]) : -INFINITY;
+        for (int32_t j = 0; j < P; j++)
+            bias[k * P + j] = lw;
+    }
+}
+
+void gate_weighted_prompt(const mop_mixture *m, float *out, const float *w)
+{
+    const int64_t n = (int64_t)m->p.prompt_len * m->model->hp.n_embd;
+    const float *E = gate_experts(m);
+    memset(out, 0, (size_t)n * sizeof(float));
+    for (int32_t k = 0; k < m->p.n_experts; k++) {
+        if (w[k] == 0.0f)
+            continue;
+        for (int64_t i = 0; i < n; i++)
+            out[i] += w[k] * E[k * n + i];
+    }
+}
+
+void gate_prompt_stream(mop_ctx *ctx, const mop_mixture *m, float *xp, int32_t S,
+                        const int32_t *ppos, fwd_layer_saved *sv)
+{
+    attn_extra ex;
+    memset(&ex, 0, sizeof ex);
+    ex.saved = sv;
+    ctx->n_past = 0;
+    forward_layers(ctx, xp, S, ppos, m->p.inject_layer, m->model->hp.n_layer, &ex);
+}
+
+/* ---- inference cache of the prompt keys/values (attention-bias mode) ---------- */
+
+int gate_cache_fresh(const mop_mixture *m)
+{
+    return m->cache_valid && m->cache_kv &&
+           memcmp(m->cache_experts, gate_experts(m), m->size[GATE_T_EXPERTS] * sizeof(float)) == 0;
+}
+
+mop_status gate_cache_build(mop_ctx *ctx, mop_mixture *m)
+{
+    if (m->p.combine != MOP_COMBINE_ATTENTION_BIAS || gate_cache_fresh(m))
+        return MOP_OK;
+    const mop_hparams *hp = &m->model->hp;
+    const int32_t S = mixture_stream_len(&m->p), Lp = m->p.inject_layer;
+    const size_t kvd = (size_t)hp->n_head_kv * hp->head_dim, d = (size_t)hp->n_embd;
+    const size_t nL = (size_t)(hp->n_layer - Lp);
+    m->cache_valid = 0;
+    if (!m->cache_kv) {
+        m->cache_kv = mop_alloc(nL * 2 * (size_t)S * kvd * sizeof(float));
+        m->cache_experts = mop_alloc(m->size[GATE_T_EXPERTS] * sizeof(float));
+        if (!m->cache_kv || !m->cache_experts) {
+            mop_free(m->cache_kv);
+            mop_free(m->cache_experts);
+            m->cache_kv = m->cache_experts = NULL;
+            return mop_fail(MOP_E_NOMEM, "mixture: out of memory for the prompt K/V cache "
+                            "(%zu layers x %d rows)", nL, S);
+        }
+    }
+    fwd_layer_saved *sv = mop_calloc((size_t)hp->n_layer, sizeof *sv);
+    float *xp = mop_alloc((size_t)S * d * sizeof(float));
+    int32_t *ppos = mop_alloc((size_t)S * sizeof(int32_t));
+    if (!sv || !xp || !ppos) {
+        mop_free(sv), mop_free(xp), mop_free(ppos);
+        return mop_fail(MOP_E_NOMEM, "mixture: out of memory building the prompt K/V cache");
+    }
+    for (int32_t l = Lp; l < hp->n_layer; l++) {
+        sv[l].k = m->cache_kv + (size_t)(l - Lp) * 2 * (size_t)S * kvd;
+        sv[l].v = sv[l].k + (size_t)S * kvd;
+    }
+    for (int32_t i = 0; i < S; i++)
+        ppos[i] = i - S;
+    memcpy(xp, gate_experts(m), (size_t)S * d * sizeof(float));
+    memcpy(m->cache_experts, gate_experts(m), m->size[GATE_T_EXPERTS] * sizeof(float));
+    gate_prompt_stream(ctx, m, xp, S, ppos, sv);
+    mop_free(sv), mop_free(xp), mop_free(ppos);
+    m->cache_valid = 1;
+    return MOP_OK;
+}
+
+mop_status mop_mixture_prepare(mop_ctx *ctx, mop_mixture *m)
+{
+    MOP_CHECK_ARG(ctx);
+    MOP_CHECK_ARG(m);
+    MOP_TRY(check_stream(ctx, m, "mop_mixture_prepare"));
+    mop_ctx_reset(ctx);
+    return gate_cache_build(ctx, m);
+}
+
+/* Point pk/pv at the prompt K/V of each layer >= L_p: the mixture's cache
+ * when it is fresh, else the stream computed into ws->sv_pr. */
+static void bind_prefix(gate_ws *ws, const mop_mixture *m, int use_cache)
+{
+    const mop_hparams *hp = &m->model->hp;
+    const int32_t S = mixture_stream_len(&m->p), Lp = m->p.inject_layer;
+    const size_t kvd = (size_t)hp->n_head_kv * hp->head_dim;
+    for (int32_t l = 0; l < hp->n_layer; l++) {
+        if (l < Lp) {
+            ws->pk[l] = ws->pv[l] = NULL;
+        } else if (use_cache) {
+            ws->pk[l] = m->cache_kv + (size_t)(l - Lp) * 2 * (size_t)S * kvd;
+            ws->pv[l] = ws->pk[l] + (size_t)S * kvd;
+        } else {
+            ws->pk[l] = ws->sv_pr[l].k;
+            ws->pv[l] = ws->sv_pr[l].v;
+        }
+    }
+}
+
+/* ---- scoring ------------------------------------------------------------------ */
+
+/* Σ NLL of sequence b's targets from final hidden states x (T, d). */
+static double head_nll(mop_ctx *ctx, gate_ws *ws, const float *x, const mop_batch *batch, int32_t b)
+{
+    const mop_model *mod = ctx->model;
+    const int64_t d = mod->hp.n_embd, V = mod->hp.n_vocab;
+    const int32_t T = batch->lengths[b];
+    const int32_t *tok = batch->tokens + (int64_t)b * batch->seq_len;
+    int32_t n = gate_targets(ws->row_idx, batch, b);
+    double sum = 0.0;
+    for (int32_t r0 = 0; r0 < n; r0 += FWD_HEAD_ROWS) {
+        int32_t R = MOP_MIN(FWD_HEAD_ROWS, n - r0);
+        for (int32_t r = 0; r < R; r++)
+            memcpy(ws->rows + r * d, x + (int64_t)ws->row_idx[r0 + r] * d, (size_t)d * sizeof(float));
+        rmsnorm_forward(ws->rows, NULL, ws->rows, mod->out_norm, R, d, mod->hp.norm_eps);
+        mod->lm_head.ops->matmul(&mod->lm_head, ws->logits, ws->rows, R, ctx->pool);
+        for (int32_t r = 0; r < R; r++) {
+            const float *row = ws->logits + (int64_t)r * V;
+            sum += logsumexp(row, V) - (double)row[tok[ws->row_idx[r0 + r] + 1]];
+        }
+    }
+    (void)T;
+    return sum;
+}
+
+/* One sequence through the mixture (or the base model when m is NULL), no
+ * gradients; w_out (K) receives the gate weights. prompt_ready says whether
+ * ws->sv_pr already holds this mixture's prompt K/V (attention-bias mode). */
+static void eval_one(mop_ctx *ctx, gate_ws *ws, const mop_mixture *m, const mop_batch *batch,
+                     int32_t b, int *prompt_ready, double *nll, float *w_out)
+{
+    const int32_t T = batch->lengths[b], n_layer = ctx->model->hp.n_layer;
+    const int32_t *tok = batch->tokens + (int64_t)b * batch->seq_len;
+    for (int32_t t = 0; t < T; t++)
+        ws->pos[t] = t;
+    if (!m) {
+        ctx->n_past = 0;
+        forward_embed(ctx, ws->x, tok, T);
+        forward_layers(ctx, ws->x, T, ws->pos, 0, n_layer, NULL);
+        *nll = head_nll(ctx, ws, ws->x, batch, b);
+        return;
+    }
+    const mop_mixture_params *p = &m->p;
+    const int32_t S = mixture_stream_len(p);
+    gate_embed_and_pool(ctx, m, ws->x, ws->u, tok, T, ws->pos);
+    gate_forward_one(m, ws->a, ws->pi, ws->w, ws->u);
+    if (w_out)
+        memcpy(w_out, ws->w, (size_t)p->n_experts * sizeof(float));
+    forward_layers(ctx, ws->x, T, ws->pos, p->gate_layer, p->inject_layer, NULL);
+
+    for (int32_t i = 0; i < S; i++)
+        ws->ppos[i] = i - S;
+    attn_extra ex;
+    memset(&ex, 0, sizeof ex);
+    ex.P = S;
+    ex.prefix_k = ws->pk;
+    ex.prefix_v = ws->pv;
+    if (p->combine == MOP_COMBINE_ATTENTION_BIAS) {
+        int cached = gate_cache_fresh(m);
+        if (!cached && !*prompt_ready) {
+            memcpy(ws->xp, gate_experts(m), (size_t)m->size[GATE_T_EXPERTS] * sizeof(float));
+            gate_prompt_stream(ctx, m, ws->xp, S, ws->ppos, ws->sv_pr);
+            *prompt_ready = 1;
+        }
+        bind_prefix(ws, m, cached);
+        gate_fill_bias(ws->bias, ws->w, p->n_experts, p->prompt_len);
+        ex.prefix_bias = ws->bias;
+    } else {
+        gate_weighted_prompt(m, ws->xp, ws->w);
+        gate_prompt_stream(ctx, m, ws->xp, S, ws->ppos, ws->sv_pr);
+        bind_prefix(ws, m, 0);
+    }
+    ctx->n_past = 0;
+    forward_layers(ctx, ws->x, T, ws->pos, p->inject_layer, n_layer, &ex);
+    *nll = head_nll(ctx, ws, ws->x, batch, b);
+}
+
+mop_status mop_mixture_evaluate(mop_ctx *ctx, const mop_mixture *const *mixtures,
+                                int32_t n_mixtures, const mop_batch *batch, double *nll_sum,
+                                int32_t *n_targets, float *gate_w)
+{
+    static const char fn[] = "mop_mixture_evaluate";
+    MOP_CHECK_ARG(ctx);
+    MOP_CHECK_ARG(batch);
+    MOP_CHECK_ARG(n_mixtures >= 0);
+    MOP_CHECK_ARG(n_mixtures == 0 || mixtures);
+    MOP_TRY(gate_check_batch(ctx, batch, 0, fn));
+    const int32_t B = batch->n_seq;
+    if (n_mixtures != 0 && n_mixtures != 1 && n_mixtures != B)
+        return mop_fail(MOP_E_INVALID_ARG, "%s: n_mixtures %d must be 0, 1 or n_seq %d", fn,
+                        n_mixtures, B);
+    const mop_mixture *first = NULL;
+    int32_t maxS = 1, maxT = 1;
+    for (int32_t i = 0; i < n_mixtures; i++) {
+        const mop_mixture *m = mixtures[i];
+        if (!m)
+            continue;
+        MOP_TRY(check_stream(ctx, m, fn));
+        if (!first)
+            first = m;
+        if (gate_w && m->p.n_experts != first->p.n_experts)
+            return mop_fail(MOP_E_INVALID_ARG, "%s: gate_w needs every mixture to have K = %d "
+                            "experts (mixture %d has %d)", fn, first->p.n_experts, i,
+                            m->p.n_experts);
+        maxS = MOP_MAX(maxS, mixture_stream_len(&m->p));
+    }
+    for (int32_t b = 0; b < B; b++)
+        maxT = MOP_MAX(maxT, batch->lengths[b]);
+
+    /* Evaluation leaves the mixtures untouched (they may be shared), so its
+     * buffers are this call's. The base model's work needs a mixture only
+     * for sizes: use the first one, or none at all. */
+    gate_ws ws;
+    memset(&ws, 0, sizeof ws);
+    mop_mixture dummy;
+    memset(&dummy, 0, sizeof dummy);
+    dummy.model = ctx->model;
+    dummy.p = mop_mixture_default_params();
+    dummy.p.inject_layer = ctx->model->hp.n_layer - 1;
+    mop_status st = gate_ws_reserve(&ws, &dummy, maxT, maxS, 1, 0);
+    for (int32_t i = 0; i < n_mixtures && st == MOP_OK; i++)
+        if (mixtures[i])
+            st = gate_ws_reserve(&ws, mixtures[i], maxT, maxS, 1, 0);
+    if (st != MOP_OK)
+        return st;
+    mop_ctx_reset(ctx);
+    const mop_mixture *prev = NULL;
+    int prompt_ready = 0;
+    for (int32_t b = 0; b < B; b++) {
+        const mop_mixture *m = n_mixtures == 0 ? NULL : mixtures[n_mixtures == 1 ? 0 : b];
+        if (m != prev)
+            prompt_ready = 0;
+        prev = m;
+        double nll = 0.0;
+        float *wrow = gate_w && first ? gate_w + (int64_t)b * first->p.n_experts : NULL;
+        if (wrow && !m)
+            memset(wrow, 0, (size_t)first->p.n_experts * sizeof(float));
+        eval_one(ctx, &ws, m, batch, b, &prompt_ready, &nll, m ? wrow : NULL);
+        if (nll_sum)
+            nll_sum[b] = nll;
+        if (n_targets)
+            n_targets[b] = gate_targets(NULL, batch, b);
+    }
+    gate_ws_free(&ws);
+    mop_ctx_reset(ctx);
+    return MOP_OK;
+}
+
+mop_status mop_mixture_gate(mop_ctx *ctx, const mop_mixture *m, const mop_batch *batch, float *w)
+{
+    static const char fn[] = "mop_mixture_gate";
+    MOP_CHECK_ARG(ctx);
+    MOP_CHECK_ARG(m);
+    MOP_CHECK_ARG(batch);
+    MOP_CHECK_ARG(w);
+    if (ctx->model != m->model)
+        return mop_fail(MOP_E_INVALID_ARG, "%s: the mixture and the context use different models",
+                        fn);
+    MOP_TRY(gate_check_batch(ctx, batch, 0, fn));
+    int32_t maxT = 1;
+    for (int32_t b = 0; b < batch->n_seq; b++)
+        maxT = MOP_MAX(maxT, batch->lengths[b]);
+    gate_ws ws;
+    memset(&ws, 0, sizeof ws);
+    MOP_TRY(gate_ws_reserve(&ws, m, maxT, 1, 1, 0));
+    mop_ctx_reset(ctx);
+    for (int32_t b = 0; b < batch->n_seq; b++) {
+        const int32_t T = batch->lengths[b];
+        for (int32_t t = 0; t < T; t++)
+            ws.pos[t] = t;
+        gate_embed_and_pool(ctx, m, ws.x, ws.u, batch->tokens + (int64_t)b * batch->seq_len, T,
+                            ws.pos);
+        gate_forward_one(m, ws.a, ws.pi, w + (int64_t)b * m->p.n_experts, ws.u);
+    }
+    gate_ws_free(&ws);
+    mop_ctx_reset(ctx);
+    return MOP_OK;
+}
+
+/* ---- generation ---------------------------------------------------------------- */
+
+mop_status mop_mixture_generate(mop_ctx *ctx, mop_mixture *m, mop_sampler *sampler,
+                                const int32_t *prompt, int32_t n_prompt, int32_t max_new,
+                                mop_token_fn on_token, void *user, int32_t *n_generated)
+{
+    static const char fn[] = "mop_mixture_generate";
+    MOP_CHECK_ARG(ctx);
+    MOP_CHECK_ARG(m);
+    MOP_CHECK_ARG(sampler);
+    MOP_CHECK_ARG(prompt);
+    if (n_prompt < 1 || max_new < 0)
+        return mop_fail(MOP_E_INVALID_ARG, "%s: n_prompt %d (need >= 1), max_new %d (need >= 0)",
+                        fn, n_prompt, max_new);
+    MOP_TRY(check_stream(ctx, m, fn));
+    const mop_hparams *hp = &ctx->model->hp;
+    if (n_prompt > ctx->params.n_ctx)
+        return mop_fail(MOP_E_RANGE, "%s: prompt of %d tokens exceeds n_ctx %d", fn, n_prompt,
+                        ctx->params.n_ctx);
+    for (int32_t i = 0; i < n_prompt; i++)
+        if (prompt[i] < 0 || prompt[i] >= hp->n_vocab)
+            return mop_fail(MOP_E_INVALID_ARG, "%s: token %d at index %d outside [0, %d)", fn,
+                            prompt[i], i, hp->n_vocab);
+    const mop_mixture_params *p = &m->p;
+    const int32_t S = mixture_stream_len(p), nb = ctx->params.n_batch, L = hp->n_layer;
+    const int64_t d = hp->n_embd;
+    MOP_TRY(gate_ws_reserve(&m->ws, m, MOP_MIN(nb, n_prompt), S, 1, 0));
+    gate_ws *ws = &m->ws;
+    float *x_all = mop_alloc((size_t)n_prompt * (size_t)d * sizeof(float));
+    if (!x_all)
+        return mop_fail(MOP_E_NOMEM, "%s: out of memory for %d prompt tokens", fn, n_prompt);
+
+    mop_ctx_reset(ctx);
+    mop_status st = gate_cache_build(ctx, m); /* uses cache rows [0, S): before the prompt */
+    if (st != MOP_OK) {
+        mop_free(x_all);
+        return st;
+    }
+    /* layers [0, L_g) over the whole prompt, then the gate on its mean */
+    for (int32_t c0 = 0; c0 < n_prompt; c0 += nb) {
+        int32_t T = MOP_MIN(nb, n_prompt - c0);
+        for (int32_t t = 0; t < T; t++)
+            ws->pos[t] = c0 + t;
+        ctx->n_past = c0;
+        forward_embed(ctx, x_all + c0 * d, prompt + c0, T);
+        forward_layers(ctx, x_all + c0 * d, T, ws->pos, 0, p->gate_layer, NULL);
+    }
+    for (int64_t i = 0; i < d; i++) {
+        double s = 0.0;
+        for (int32_t t = 0; t < n_prompt; t++)
+            s += x_all[t * d + i];
+        ws->u[i] = (float)(s / n_prompt);
+    }
+    gate_forward_one(m, ws->a, ws->pi, ws->w, ws->u);
+    for (int32_t c0 = 0; c0 < n_prompt; c0 += nb) {
+        int32_t T = MOP_MIN(nb, n_prompt - c0);
+        for (int32_t t = 0; t < T; t++)
+            ws->pos[t] = c0 + t;
+        ctx->n_past = c0;
+        forward_layers(ctx, x_all + c0 * d, T, ws->pos, p->gate_layer, p->inject_layer, NULL);
+    }
+    attn_extra ex;
+    memset(&ex, 0, sizeof ex);
+    ex.P = S;
+    ex.prefix_k = ws->pk;
+    ex.prefix_v = ws->pv;
+    if (p->combine == MOP_COMBINE_ATTENTION_BIAS) {
+        bind_prefix(ws, m, 1);
+        gate_fill_bias(ws->bias, ws->w, p->n_experts, p->prompt_len);
+        ex.prefix_bias = ws->bias;
+    } else {
+        /* the input has not reached L_p yet, so cache rows [0, S) there are free */
+        for (int32_t i = 0; i < S; i++)
+            ws->ppos[i] = i - S;
+        gate_weighted_prompt(m, ws->xp, ws->w);
+        gate_prompt_stream(ctx, m, ws->xp, S, ws->ppos, ws->sv_pr);
+        bind_prefix(ws, m, 0);
+    }
+    for (int32_t c0 = 0; c0 < n_prompt; c0 += nb) {
+        int32_t T = MOP_MIN(nb, n_prompt - c0);
+        for (int32_t t = 0; t < T; t++)
+            ws->pos[t] = c0 + t;
+        ctx->n_past = c0;
+        forward_layers(ctx, x_all + c0 * d, T, ws->pos, p->inject_layer, L, &ex);
+    }
+    ctx->n_past = n_prompt;
+    forward_head(ctx, ctx->logits, x_all + (int64_t)(n_prompt - 1) * d, 1);
+    ctx->n_logits = 1;
+
+    int32_t eos = mop_model_special_token(ctx->model, MOP_TOKEN_EOS);
+    int32_t eot = mop_model_special_token(ctx->model, MOP_TOKEN_EOT);
+    int32_t gen = 0;
+    float *x1 = x_all; /* one row is enough from here on */
+    while (gen < max_new) {
+        int32_t tok;
+        st = mop_sampler_sample(sampler, ctx->logits, hp->n_vocab, &tok);
+        if (st != MOP_OK)
+            break;
+        if ((eos >= 0 && tok == eos) || (eot >= 0 && tok == eot))
+            break;
+        gen++;
+        if (on_token && on_token(tok, user))
+            break;
+        if (gen == max_new || ctx->n_past >= ctx->params.n_ctx)
+            break;
+        int32_t pos1 = ctx->n_past;
+        forward_embed(ctx, x1, &tok, 1);
+        forward_layers(ctx, x1, 1, &pos1, 0, p->inject_layer, NULL);
+        forward_layers(ctx, x1, 1, &pos1, p->inject_layer, L, &ex);
+        forward_head(ctx, ctx->logits, x1, 1);
+        ctx->n_past++;
+    }
+    mop_free(x_all);
+    if (st == MOP_OK && n_generated)
+        *n_generated = gen;
+    return st;
+}
