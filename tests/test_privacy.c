@@ -146,6 +146,8 @@ static void test_noise_moments(void **state)
         in1 += fabs(z) < 1.0;
     }
     double mean = s / NN, var = s2 / NN - mean * mean;
+    print_message("noise: mean %.5f std %.5f (target 1) E z^4 %.4f P(|z|<1) %.4f\n", mean,
+                  sqrt(var), s4 / NN, in1 / (double)NN);
     /* 100k draws: SE(mean) = 0.003, SE(std) = 0.0022 (relative). */
     assert_true(fabs(mean) < 0.015);
     assert_true(fabs(sqrt(var) - 1.0) < 0.02);     /* std within 2% */

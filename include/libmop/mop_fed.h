@@ -72,7 +72,11 @@ typedef struct mop_update_tensor_info {
 /** @brief Number of tensors. */
 MOP_API int32_t mop_update_tensor_count(const mop_update *u);
 
-/** @brief Describe tensor @p index, or look one up by @p name (index < 0). */
+/**
+ * @brief Describe tensor @p index, or look one up by @p name (index < 0).
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL, struct_size 0 or larger than
+ *         this header's), ::MOP_E_RANGE (index out of range, no such name)
+ */
 MOP_API MOP_NODISCARD mop_status mop_update_get_tensor(const mop_update *u, int32_t index,
                                                        const char *name,
                                                        mop_update_tensor_info *info);
@@ -86,11 +90,15 @@ typedef struct mop_update_header {
     double n_samples;
 } mop_update_header;
 
-/** @brief Read the provenance fields. */
+/** @brief Read the provenance fields. @return ::MOP_OK, ::MOP_E_INVALID_ARG */
 MOP_API MOP_NODISCARD mop_status mop_update_get_header(const mop_update *u,
                                                        mop_update_header *out);
 
-/** @brief Set a metadata string (copied; replaces an existing key). */
+/**
+ * @brief Set a metadata string (copied; replaces an existing key). Keys are
+ * 1..255 bytes of UTF-8, values 0..65535, at most 4096 keys.
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG, ::MOP_E_NOMEM
+ */
 MOP_API MOP_NODISCARD mop_status mop_update_set_meta(mop_update *u, const char *key,
                                                      const char *value);
 
@@ -120,6 +128,9 @@ MOP_API MOP_NODISCARD mop_status mop_update_parse(const uint8_t *buf, size_t n, 
  * NULL, else the DELTA m − base (same shapes required). @p gate_usage (K
  * floats, may be NULL) is stored as tensor "gate.usage" for MoP-aware
  * aggregation.
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL, bad n_samples/round, gate_usage
+ *         negative or NaN), ::MOP_E_SHAPE (@p base has other tensors or
+ *         shapes), ::MOP_E_NOMEM
  */
 MOP_API MOP_NODISCARD mop_status mop_update_from_mixture(mop_mixture *m, mop_mixture *base,
                                                          int64_t round, uint64_t client_id,
@@ -512,7 +523,7 @@ typedef struct mop_secagg_params {
     float scale;           /**< fixed-point scale: x ↦ round(x·scale); finite, > 0; default 2^32 */
     float clip_range;      /**< inputs clipped to [−clip_range, clip_range], finite, > 0; default 256.
                                 n·round(clip_range·scale) must be < 2^(ring_bits−1) so the sum
-                                cannot wrap (default: up to 2^23 clients) */
+                                cannot wrap (the defaults allow any n up to 65536) */
     int32_t min_survivors; /**< t: fewest survivors whose sum may be revealed, 2..n; default 2 */
 } mop_secagg_params;
 

@@ -5,7 +5,9 @@
  * A `mop_mixture` holds K experts E_k (P soft tokens of width d each) and a
  * gate MLP θ = (W1, b1, W2, b2). For an input, the gate reads the mean of the
  * frozen model's hidden states after layer L_g and gives weights w = softmax(z/τ)
- * over the experts. At layer L_p the experts are prepended; in the default
+ * over the experts (the mean is over the tokens before the first target of a
+ * training example, i.e. its prompt; over the whole prompt when generating).
+ * At layer L_p the experts are prepended; in the default
  * ::MOP_COMBINE_ATTENTION_BIAS mode every input query's attention score toward
  * expert k's positions gets + log w_k in every layer from L_p on.
  *

@@ -192,7 +192,9 @@ mop_status mop_update_get_tensor(const mop_update *u, int32_t index, const char 
 {
     MOP_CHECK_ARG(u != NULL);
     MOP_CHECK_ARG(info != NULL);
-    MOP_CHECK_ARG(info->struct_size >= sizeof *info);
+    if (info->struct_size < sizeof(uint32_t) || info->struct_size > sizeof *info)
+        return mop_fail(MOP_E_INVALID_ARG, "mop_update_get_tensor: info->struct_size %u (expected <= %zu)",
+                        (unsigned)info->struct_size, sizeof *info);
     const fed_tensor *t = NULL;
     if (index >= 0) {
         if (index >= u->n_tensors)
@@ -205,12 +207,18 @@ mop_status mop_update_get_tensor(const mop_update *u, int32_t index, const char 
         if (!t)
             return mop_fail(MOP_E_RANGE, "mop_update_get_tensor: no tensor named %s", name);
     }
-    info->name = t->name;
-    info->data = t->data;
-    info->size = t->size;
-    info->n_dims = t->n_dims;
+    /* fill a full struct, copy the caller's struct_size bytes (older callers
+     * pass a smaller struct) */
+    mop_update_tensor_info r;
+    memset(&r, 0, sizeof r);
+    r.struct_size = info->struct_size;
+    r.name = t->name;
+    r.data = t->data;
+    r.size = t->size;
+    r.n_dims = t->n_dims;
     for (int d = 0; d < FED_MAX_DIMS; d++)
-        info->dims[d] = d < t->n_dims ? t->dims[d] : 1;
+        r.dims[d] = d < t->n_dims ? t->dims[d] : 1;
+    memcpy(info, &r, info->struct_size);
     return MOP_OK;
 }
 
@@ -218,11 +226,17 @@ mop_status mop_update_get_header(const mop_update *u, mop_update_header *out)
 {
     MOP_CHECK_ARG(u != NULL);
     MOP_CHECK_ARG(out != NULL);
-    MOP_CHECK_ARG(out->struct_size >= sizeof *out);
-    out->kind = u->kind;
-    out->round = u->round;
-    out->client_id = u->client_id;
-    out->n_samples = u->n_samples;
+    if (out->struct_size < sizeof(uint32_t) || out->struct_size > sizeof *out)
+        return mop_fail(MOP_E_INVALID_ARG, "mop_update_get_header: out->struct_size %u (expected <= %zu)",
+                        (unsigned)out->struct_size, sizeof *out);
+    mop_update_header h;
+    memset(&h, 0, sizeof h);
+    h.struct_size = out->struct_size;
+    h.kind = u->kind;
+    h.round = u->round;
+    h.client_id = u->client_id;
+    h.n_samples = u->n_samples;
+    memcpy(out, &h, out->struct_size);
     return MOP_OK;
 }
 

@@ -105,9 +105,15 @@ mop_status gate_check_batch(const mop_ctx *ctx, const mop_batch *batch, int32_t 
  * a/pi; uniform sets w = pi = 1/K. */
 void gate_forward_one(const mop_mixture *m, float *a, float *pi, float *w, const float *u);
 
-/* Embed a sequence and run layers [0, L_g): x (T, d), u (d) = mean of rows. */
+/* Tokens of sequence b the gate averages: those before its first target (the
+ * instruction part of an example), so training gates on what generation sees
+ * (the prompt); all real tokens when the batch has no loss mask. */
+int32_t gate_pool_len(const mop_batch *batch, int32_t b);
+
+/* Embed a sequence and run layers [0, L_g): x (T, d), u (d) = mean of its
+ * first n_pool rows. */
 void gate_embed_and_pool(mop_ctx *ctx, const mop_mixture *m, float *x, float *u,
-                         const int32_t *tokens, int32_t T, const int32_t *pos);
+                         const int32_t *tokens, int32_t T, int32_t n_pool, const int32_t *pos);
 
 /* The prompt stream xp (S, d) (already filled with the prompt vectors)
  * through layers [L_p, n_layer) at positions ppos, saving into sv (n_layer,

@@ -255,7 +255,7 @@ mop_status mop_mixture_forward_backward(mop_ctx *ctx, mop_mixture *m, const mop_
         float *pib = ws->pi + b * K, *wb = ws->w + b * K, *Gb = ws->G + b * K;
         for (int32_t t = 0; t < T; t++)
             ws->pos[t] = t;
-        gate_embed_and_pool(ctx, m, ws->x, ub, tok, T, ws->pos);
+        gate_embed_and_pool(ctx, m, ws->x, ub, tok, T, gate_pool_len(batch, b), ws->pos);
         gate_forward_one(m, ab_, pib, wb, ub);
         if (!lm)
             continue;

@@ -287,8 +287,20 @@ void gate_forward_one(const mop_mixture *m, float *a, float *pi, float *w, const
         w[k] = keep[k] ? (float)(pi[k] / kept) : 0.0f;
 }
 
+int32_t gate_pool_len(const mop_batch *batch, int32_t b)
+{
+    const int32_t T = batch->lengths[b];
+    if (!batch->loss_mask)
+        return T;
+    const uint8_t *mask = batch->loss_mask + (int64_t)b * batch->seq_len;
+    for (int32_t t = 1; t < T; t++)
+        if (mask[t])
+            return t;
+    return T;
+}
+
 void gate_embed_and_pool(mop_ctx *ctx, const mop_mixture *m, float *x, float *u,
-                         const int32_t *tokens, int32_t T, const int32_t *pos)
+                         const int32_t *tokens, int32_t T, int32_t n_pool, const int32_t *pos)
 {
     const int64_t d = ctx->model->hp.n_embd;
     ctx->n_past = 0;
@@ -296,9 +308,9 @@ void gate_embed_and_pool(mop_ctx *ctx, const mop_mixture *m, float *x, float *u,
     forward_layers(ctx, x, T, pos, 0, m->p.gate_layer, NULL);
     for (int64_t i = 0; i < d; i++) {
         double s = 0.0;
-        for (int32_t t = 0; t < T; t++)
+        for (int32_t t = 0; t < n_pool; t++)
             s += x[t * d + i];
-        u[i] = (float)(s / T);
+        u[i] = (float)(s / n_pool);
     }
 }
 
@@ -457,7 +469,7 @@ static void eval_one(mop_ctx *ctx, gate_ws *ws, const mop_mixture *m, const mop_
     }
     const mop_mixture_params *p = &m->p;
     const int32_t S = mixture_stream_len(p);
-    gate_embed_and_pool(ctx, m, ws->x, ws->u, tok, T, ws->pos);
+    gate_embed_and_pool(ctx, m, ws->x, ws->u, tok, T, gate_pool_len(batch, b), ws->pos);
     gate_forward_one(m, ws->a, ws->pi, ws->w, ws->u);
     if (w_out)
         memcpy(w_out, ws->w, (size_t)p->n_experts * sizeof(float));
@@ -584,7 +596,7 @@ mop_status mop_mixture_gate(mop_ctx *ctx, const mop_mixture *m, const mop_batch 
         for (int32_t t = 0; t < T; t++)
             ws.pos[t] = t;
         gate_embed_and_pool(ctx, m, ws.x, ws.u, batch->tokens + (int64_t)b * batch->seq_len, T,
-                            ws.pos);
+                            gate_pool_len(batch, b), ws.pos);
         gate_forward_one(m, ws.a, ws.pi, w + (int64_t)b * m->p.n_experts, ws.u);
     }
     gate_ws_free(&ws);

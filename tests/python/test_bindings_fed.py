@@ -242,3 +242,111 @@ def test_no_leaks_updates():
     grown = rss_bytes() - rss0
     assert libmop.live_handles() == live0
     assert grown < 8 * 2**20, f"RSS grew by {grown / 2**20:.1f} MiB over 1000 cycles"
+
+
+DP_SYMBOLS = ["mop_update_clip", "mop_update_add_noise", "mop_rdp_default_params",
+              "mop_rdp_sampled_gaussian", "mop_rdp_epsilon", "mop_rdp_accountant_create",
+              "mop_rdp_accountant_free", "mop_rdp_accountant_add", "mop_rdp_accountant_epsilon"]
+SECAGG_SYMBOLS = ["mop_secagg_default_params", "mop_secagg_client_create",
+                  "mop_secagg_client_free", "mop_secagg_client_public_key",
+                  "mop_secagg_client_set_peer_keys", "mop_secagg_client_mask",
+                  "mop_secagg_client_mask_update", "mop_secagg_client_reveal",
+                  "mop_secagg_server_create", "mop_secagg_server_free",
+                  "mop_secagg_server_add_masked", "mop_secagg_server_add_recovery",
+                  "mop_secagg_server_finish"]
+
+
+def test_clip_and_noise():
+    need(UPDATE_SYMBOLS + DP_SYMBOLS)
+    x = np.full(100, 0.5, dtype=np.float32)  # norm 5
+    with make_update("delta", x=x, **{"gate.usage": np.array([9.0, 9.0])}) as u:
+        assert u.clip(10.0) == pytest.approx(5.0, rel=1e-6)
+        np.testing.assert_array_equal(u.tensor("x"), x)  # within the bound: unchanged
+        assert u.clip(1.0) == pytest.approx(5.0, rel=1e-6)
+        assert float(np.linalg.norm(u.tensor("x"))) == pytest.approx(1.0, rel=1e-5)
+        np.testing.assert_array_equal(u.tensor("gate.usage"), [9.0, 9.0])
+        with pytest.raises(MopError) as ei:
+            u.clip(0.0)
+        assert ei.value.name == "MOP_E_INVALID_ARG"
+    big = np.zeros(20000, dtype=np.float32)
+    with make_update("delta", x=big) as a, make_update("delta", x=big) as b:
+        a.add_noise(0.3, seed=5)
+        b.add_noise(0.3, seed=5)
+        na = a.tensor("x")
+        np.testing.assert_array_equal(na, b.tensor("x"))  # fixed seed: reproducible
+        assert float(na.std()) == pytest.approx(0.3, rel=0.03)  # 20000 draws: se 0.5%
+        assert abs(float(na.mean())) < 0.3 * 4 / np.sqrt(20000)
+        with pytest.raises(MopError) as ei:
+            a.add_noise(-1.0)
+        assert ei.value.name == "MOP_E_INVALID_ARG"
+
+
+def test_rdp_accounting():
+    need(DP_SYMBOLS)
+    # q = 1 is the plain Gaussian mechanism: RDP(α) = α / (2 z²)
+    assert libmop.rdp_sampled_gaussian(2.0, 1.0, 8.0) == pytest.approx(8 / (2 * 4), rel=1e-9)
+    assert libmop.rdp_sampled_gaussian(1.0, 0.0, 4.0) == 0.0
+    eps, order = libmop.rdp_epsilon(1.12, 256 / 60000, 14063, 1e-5)  # TF-Privacy's example
+    assert eps == pytest.approx(2.92, abs=0.01) and order > 1
+    with libmop.RdpAccountant() as acc:
+        acc.add(1.12, 256 / 60000, 14063)
+        assert acc.epsilon(1e-5)[0] == pytest.approx(eps, rel=1e-9)
+    with libmop.RdpAccountant("balle2020") as acc:
+        acc.add(1.12, 256 / 60000, 14063)
+        assert acc.epsilon(1e-5)[0] <= eps  # never larger than the classic bound
+    with libmop.RdpAccountant(orders=[2.0, 4.0, 8.0]) as acc:
+        acc.add(2.0, 1.0, 3)
+        e, o = acc.epsilon(1e-5)
+        ref = min(3 * a / 8 + np.log(1e5) / (a - 1) for a in (2.0, 4.0, 8.0))
+        assert e == pytest.approx(ref, rel=1e-9) and o in (2.0, 4.0, 8.0)
+    with pytest.raises(MopError) as ei:
+        libmop.rdp_epsilon(0.0, 0.1, 10, 1e-5)
+    assert ei.value.name == "MOP_E_INVALID_ARG"
+
+
+def test_secure_aggregation_with_dropout():
+    need(SECAGG_SYMBOLS)
+    n, length = 4, 50
+    rng = np.random.default_rng(2)
+    xs = [rng.uniform(-1, 1, length).astype(np.float32) for _ in range(n)]
+    params = dict(n_clients=n, length=length, round=1)
+    clients = [libmop.SecAggClient(i, **params) for i in range(n)]
+    keys = [c.public_key for c in clients]
+    assert all(len(k) == 32 for k in keys) and len(set(keys)) == n
+    for c in clients:
+        c.set_peer_keys(keys)
+    blobs = [c.mask(x) for c, x in zip(clients, xs)]
+    assert blobs[0] != blobs[1]
+    with libmop.SecAggServer(**params) as server:
+        for i in (0, 1, 2):  # client 3 drops
+            server.add_masked(blobs[i])
+        for i in (0, 1, 2):
+            server.add_recovery(clients[i].reveal([3]))
+        total, included = server.finish()
+    assert included.tolist() == [0, 1, 2]
+    np.testing.assert_allclose(total, xs[0] + xs[1] + xs[2], atol=1e-6)
+    # a corrupted blob is caught by its checksum
+    with libmop.SecAggServer(**params) as server:
+        bad = bytearray(blobs[0])
+        bad[10] ^= 1
+        with pytest.raises(MopError) as ei:
+            server.add_masked(bytes(bad))
+        assert ei.value.name == "MOP_E_CHECKSUM"
+    # mask_update on an update of the round's length
+    with libmop.SecAggClient(0, n_clients=2, length=6) as a, \
+            libmop.SecAggClient(1, n_clients=2, length=6) as b, \
+            libmop.SecAggServer(n_clients=2, length=6) as s:
+        ks = [a.public_key, b.public_key]
+        a.set_peer_keys(ks)
+        b.set_peer_keys(b"".join(ks))
+        with make_update("delta", p=np.arange(4.0), q=np.ones(2)) as ua, \
+                make_update("delta", p=np.ones(4), q=np.arange(2.0)) as ub:
+            s.add_masked(a.mask_update(ua))
+            s.add_masked(b.mask_update(ub))
+        total, inc = s.finish()
+        np.testing.assert_allclose(total, [1, 2, 3, 4, 1, 2], atol=1e-6)
+    for c in clients:
+        c.close()
+    with pytest.raises(MopError) as ei:
+        libmop.SecAggClient(0, n_clients=1, length=4)
+    assert ei.value.name in ("MOP_E_INVALID_ARG", "MOP_E_RANGE")

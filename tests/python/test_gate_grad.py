@@ -168,7 +168,10 @@ def reference_loss(ref, theta, tokens, lengths, mask, task, combine, top_k, lb, 
         with torch.no_grad():
             for l in range(LG):
                 x, _ = layer(ref, l, x, pos)
-        u = x.mean(0)
+        # The gate averages the tokens before the first target (docs/MIXTURE.md).
+        first = [t for t in range(1, n) if mask[b, t]]
+        n_pool = first[0] if first else n
+        u = x[:n_pool].mean(0)
         z = W2 @ gelu_tanh(W1 @ u + b1) + b2
         pi = torch.softmax(z / tau, dim=0)
         pis.append(pi)

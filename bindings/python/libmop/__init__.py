@@ -16,8 +16,9 @@ from .core import (Context, Model, ModelInfo, Sampler, TensorInfo, last_error,
 from .mixture import (Batch, EvalResult, LossResult, Mixture, MixtureTensor, Optimizer,
                       evaluate)
 from .sparse import prune, sparsity
-from .fed import (Aggregator, Update, UpdateHeader, partition_dirichlet, partition_iid,
-                  partition_skewed)
+from .fed import (Aggregator, RdpAccountant, SecAggClient, SecAggServer, Update, UpdateHeader,
+                  partition_dirichlet, partition_iid, partition_skewed, rdp_epsilon,
+                  rdp_sampled_gaussian)
 
 __version__ = _lib.VERSION
 
@@ -30,6 +31,7 @@ def has_symbol(name: str) -> bool:
 __all__ = ["MopError", "Model", "ModelInfo", "TensorInfo", "Context", "Sampler",
            "Mixture", "MixtureTensor", "Batch", "Optimizer", "LossResult", "EvalResult",
            "evaluate", "prune", "sparsity", "Update", "UpdateHeader", "Aggregator",
-           "partition_skewed", "partition_iid", "partition_dirichlet",
+           "partition_skewed", "partition_iid", "partition_dirichlet", "rdp_epsilon",
+           "rdp_sampled_gaussian", "RdpAccountant", "SecAggClient", "SecAggServer",
            "set_log_callback", "status_name", "status_str", "last_error", "version",
            "version_number", "live_handles", "library_path", "has_symbol", "__version__"]

@@ -18,7 +18,8 @@ from . import _lib as L
 from .mixture import Mixture
 
 __all__ = ["Update", "UpdateHeader", "Aggregator", "STRATEGY", "partition_skewed",
-           "partition_iid", "partition_dirichlet"]
+           "partition_iid", "partition_dirichlet", "rdp_sampled_gaussian", "rdp_epsilon",
+           "RdpAccountant", "SecAggClient", "SecAggServer"]
 
 KIND = {"delta": 0, "full": 1}
 _KIND_NAMES = {v: k for k, v in KIND.items()}
@@ -166,6 +167,18 @@ class Update(L.Closable):
         L.check(f(self._ptr, L.ptr(buf, c_uint8), buf.size, byref(n)))
         return buf[:n.value].tobytes()
 
+    def clip(self, max_norm: float) -> float:
+        """Scale all tensors (except "gate.usage") so their global L2 norm is at
+        most @p max_norm; returns the norm before clipping (mop_update_clip)."""
+        before = c_float(0)
+        L.check(L.fn("mop_update_clip")(self._ptr, float(max_norm), byref(before)))
+        return float(before.value)
+
+    def add_noise(self, std: float, seed: int = 0) -> None:
+        """Add N(0, std²) noise to every value (except "gate.usage"). seed 0 = OS
+        randomness (use it for real privacy); a fixed seed is reproducible."""
+        L.check(L.fn("mop_update_add_noise")(self._ptr, float(std), int(seed)))
+
     def __repr__(self) -> str:
         if self.closed:
             return "<libmop.Update closed>"
@@ -236,3 +249,180 @@ def partition_dirichlet(task: Any, n_clients: int, alpha: float, seed: int = 0) 
     L.check(L.fn("mop_partition_dirichlet")(L.ptr(t, c_int32), t.size, int(n_clients),
                                             float(alpha), int(seed), L.ptr(out, c_int32)))
     return out
+
+
+# ---------------------------------------------------------------------------
+# Differential privacy, RDP accounting, secure aggregation (mop_fed.h section B)
+
+RDP_CONVERSION = {"classic": 0, "balle2020": 1}
+SECAGG_KEY_BYTES = 32
+
+
+class RdpParams(Structure):
+    _fields_ = [("struct_size", c_uint32), ("conversion", c_int32),
+                ("orders", POINTER(ctypes.c_double)), ("n_orders", c_int32)]
+
+
+class SecAggParams(Structure):
+    _fields_ = [("struct_size", c_uint32), ("n_clients", c_int32), ("round", c_int64),
+                ("length", c_int64), ("ring_bits", c_int32), ("scale", c_float),
+                ("clip_range", c_float), ("min_survivors", c_int32)]
+
+
+_st, _vp, _P, _d = ctypes.c_int, c_void_p, POINTER, ctypes.c_double
+L._PROTOS.update({
+    "mop_update_clip": (_st, [_vp, c_float, _P(c_float)]),
+    "mop_update_add_noise": (_st, [_vp, c_float, c_uint64]),
+    "mop_rdp_default_params": (RdpParams, []),
+    "mop_rdp_sampled_gaussian": (_st, [_d, _d, _d, _P(_d)]),
+    "mop_rdp_epsilon": (_st, [_d, _d, c_int64, _d, _P(_d), _P(_d)]),
+    "mop_rdp_accountant_create": (_st, [_P(RdpParams), _P(_vp)]),
+    "mop_rdp_accountant_free": (None, [_vp]),
+    "mop_rdp_accountant_add": (_st, [_vp, _d, _d, c_int64]),
+    "mop_rdp_accountant_epsilon": (_st, [_vp, _d, _P(_d), _P(_d)]),
+    "mop_secagg_default_params": (SecAggParams, []),
+    "mop_secagg_client_create": (_st, [_P(SecAggParams), c_int32, _P(_vp)]),
+    "mop_secagg_client_free": (None, [_vp]),
+    "mop_secagg_client_public_key": (_st, [_vp, _P(c_uint8)]),
+    "mop_secagg_client_set_peer_keys": (_st, [_vp, _P(c_uint8), c_size_t]),
+    "mop_secagg_client_mask": (_st, [_vp, _P(c_float), c_int64, _P(c_uint8), c_size_t,
+                                     _P(c_size_t)]),
+    "mop_secagg_client_mask_update": (_st, [_vp, _vp, _P(c_uint8), c_size_t, _P(c_size_t)]),
+    "mop_secagg_client_reveal": (_st, [_vp, _P(c_int32), c_int32, _P(c_uint8), c_size_t,
+                                       _P(c_size_t)]),
+    "mop_secagg_server_create": (_st, [_P(SecAggParams), _P(_vp)]),
+    "mop_secagg_server_free": (None, [_vp]),
+    "mop_secagg_server_add_masked": (_st, [_vp, _P(c_uint8), c_size_t]),
+    "mop_secagg_server_add_recovery": (_st, [_vp, _P(c_uint8), c_size_t]),
+    "mop_secagg_server_finish": (_st, [_vp, _P(c_float), c_int64, _P(c_int32), _P(c_int32)]),
+})
+
+
+def rdp_sampled_gaussian(noise_multiplier: float, sample_rate: float, alpha: float) -> float:
+    """RDP (nats) of one step of the sampled Gaussian mechanism at order alpha."""
+    out = ctypes.c_double(0)
+    L.check(L.fn("mop_rdp_sampled_gaussian")(float(noise_multiplier), float(sample_rate),
+                                             float(alpha), byref(out)))
+    return float(out.value)
+
+
+def rdp_epsilon(noise_multiplier: float, sample_rate: float, steps: int,
+                delta: float) -> tuple[float, float]:
+    """(ε, best order) after @p steps steps (default orders, classic conversion)."""
+    eps, order = ctypes.c_double(0), ctypes.c_double(0)
+    L.check(L.fn("mop_rdp_epsilon")(float(noise_multiplier), float(sample_rate), int(steps),
+                                    float(delta), byref(eps), byref(order)))
+    return float(eps.value), float(order.value)
+
+
+class RdpAccountant(L.Closable):
+    """Running RDP total over heterogeneous steps (``mop_rdp_accountant``).
+    @p conversion "classic" or "balle2020"; @p orders: α values (> 1) or None."""
+
+    def __init__(self, conversion: Union[str, int] = "classic",
+                 orders: Optional[Any] = None) -> None:
+        p = L.fn("mop_rdp_default_params")()
+        p.conversion = L.enum_value(conversion, RDP_CONVERSION, "conversion")
+        keep = None
+        if orders is not None:
+            keep = np.ascontiguousarray(orders, dtype=np.float64)
+            p.orders = keep.ctypes.data_as(POINTER(ctypes.c_double))
+            p.n_orders = keep.size
+        self._h = L.create("mop_rdp_accountant",
+                           lambda out: L.fn("mop_rdp_accountant_create")(byref(p), out))
+
+    def add(self, noise_multiplier: float, sample_rate: float, steps: int = 1) -> None:
+        L.check(L.fn("mop_rdp_accountant_add")(self._ptr, float(noise_multiplier),
+                                               float(sample_rate), int(steps)))
+
+    def epsilon(self, delta: float) -> tuple[float, float]:
+        """(ε, best order) of everything composed so far."""
+        eps, order = ctypes.c_double(0), ctypes.c_double(0)
+        L.check(L.fn("mop_rdp_accountant_epsilon")(self._ptr, float(delta), byref(eps),
+                                                   byref(order)))
+        return float(eps.value), float(order.value)
+
+
+def _secagg_params(params: dict[str, Any]) -> SecAggParams:
+    p = L.fn("mop_secagg_default_params")()
+    return L.fill_params(p, params, "secagg")
+
+
+def _blob(call: Any) -> bytes:
+    n = c_size_t(0)
+    L.check(call(None, 0, byref(n)))
+    buf = np.empty(n.value, dtype=np.uint8)
+    L.check(call(L.ptr(buf, c_uint8), buf.size, byref(n)))
+    return buf[:n.value].tobytes()
+
+
+def _bytes_in(data: Union[bytes, bytearray, memoryview]) -> np.ndarray:
+    return np.frombuffer(bytes(data), dtype=np.uint8)
+
+
+class SecAggClient(L.Closable):
+    """One client of a secure-aggregation round (``mop_secagg_client``).
+    Keywords: n_clients, length (required), round, ring_bits, scale,
+    clip_range, min_survivors — equal on every client and the server."""
+
+    def __init__(self, index: int, **params: Any) -> None:
+        p = _secagg_params(params)
+        self._h = L.create("mop_secagg_client", lambda out: L.fn("mop_secagg_client_create")(
+            byref(p), int(index), out))
+
+    @property
+    def public_key(self) -> bytes:
+        pk = np.zeros(SECAGG_KEY_BYTES, dtype=np.uint8)
+        L.check(L.fn("mop_secagg_client_public_key")(self._ptr, L.ptr(pk, c_uint8)))
+        return pk.tobytes()
+
+    def set_peer_keys(self, keys: Any) -> None:
+        """All n public keys: a list of 32-byte keys, or their concatenation."""
+        if not isinstance(keys, (bytes, bytearray, memoryview)):
+            keys = b"".join(bytes(k) for k in keys)
+        k = _bytes_in(keys)
+        L.check(L.fn("mop_secagg_client_set_peer_keys")(self._ptr, L.ptr(k, c_uint8), k.size))
+
+    def mask(self, x: Any) -> bytes:
+        """Encode and mask a float vector of the round's length: the blob to send."""
+        a = L.float32_in(x, "x", ndim=1)
+        f, h = L.fn("mop_secagg_client_mask"), self._ptr
+        return _blob(lambda b, cap, n: f(h, L.ptr(a, c_float), a.size, b, cap, n))
+
+    def mask_update(self, update: Update) -> bytes:
+        """As :meth:`mask` on the concatenation of all tensors of @p update."""
+        f, h, u = L.fn("mop_secagg_client_mask_update"), self._ptr, update._ptr
+        return _blob(lambda b, cap, n: f(h, u, b, cap, n))
+
+    def reveal(self, dropped: Any) -> bytes:
+        """Recovery blob with the round keys shared with the @p dropped clients."""
+        d = L.int32_array(dropped, "dropped")
+        f, h = L.fn("mop_secagg_client_reveal"), self._ptr
+        return _blob(lambda b, cap, n: f(h, L.ptr(d, c_int32), d.size, b, cap, n))
+
+
+class SecAggServer(L.Closable):
+    """The server side of a secure-aggregation round (``mop_secagg_server``)."""
+
+    def __init__(self, **params: Any) -> None:
+        p = _secagg_params(params)
+        self.length, self.n_clients = int(p.length), int(p.n_clients)
+        self._h = L.create("mop_secagg_server",
+                           lambda out: L.fn("mop_secagg_server_create")(byref(p), out))
+
+    def add_masked(self, blob: bytes) -> None:
+        b = _bytes_in(blob)
+        L.check(L.fn("mop_secagg_server_add_masked")(self._ptr, L.ptr(b, c_uint8), b.size))
+
+    def add_recovery(self, blob: bytes) -> None:
+        b = _bytes_in(blob)
+        L.check(L.fn("mop_secagg_server_add_recovery")(self._ptr, L.ptr(b, c_uint8), b.size))
+
+    def finish(self) -> tuple[np.ndarray, np.ndarray]:
+        """(sum of the included clients' inputs (length,) float32, their indices)."""
+        s = np.zeros(self.length, dtype=np.float32)
+        inc = np.zeros(max(1, self.n_clients), dtype=np.int32)
+        n_inc = c_int32(0)
+        L.check(L.fn("mop_secagg_server_finish")(self._ptr, L.ptr(s, c_float), s.size,
+                                                 L.ptr(inc, c_int32), byref(n_inc)))
+        return s, inc[:n_inc.value].copy()
