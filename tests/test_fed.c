@@ -569,22 +569,132 @@ static void test_from_mixture_and_apply(void **state)
     mop_model_free(model);
 }
 
+/* ---- allocation failures ------------------------------------------------- */
+
+static long alloc_budget; /* allocations left before failing; < 0 = unlimited */
+
+static void *failing_alloc(size_t size, void *user)
+{
+    (void)user;
+    if (alloc_budget == 0)
+        return NULL;
+    if (alloc_budget > 0)
+        alloc_budget--;
+    void *p = NULL;
+    return posix_memalign(&p, 64, size ? (size + 63) & ~(size_t)63 : 64) == 0 ? p : NULL;
+}
+
+static void failing_free(void *p, void *user)
+{
+    (void)user;
+    free(p);
+}
+
+/* One federated round from blobs: parse 3 updates, aggregate, serialize. */
+static mop_status blob_round(const uint8_t *const *blobs, const size_t *ns, int32_t strategy)
+{
+    mop_aggregator_params p = mop_aggregator_default_params();
+    p.strategy = strategy;
+    p.krum_f = 0;
+    mop_aggregator *a = NULL;
+    mop_update *u = NULL, *g = NULL, *next = NULL;
+    mop_status s = mop_aggregator_create(&p, &a);
+    for (int i = 0; i < 3 && s == MOP_OK; i++) {
+        s = mop_update_parse(blobs[i], ns[i], &u);
+        if (s == MOP_OK)
+            s = mop_aggregator_add(a, u);
+        mop_update_free(u);
+        u = NULL;
+    }
+    if (s == MOP_OK)
+        s = mop_update_parse(blobs[3], ns[3], &g);
+    if (s == MOP_OK)
+        s = mop_aggregator_finish(a, g, &next);
+    uint8_t out[4096];
+    size_t n = 0;
+    if (s == MOP_OK)
+        s = mop_update_serialize(next, out, sizeof out, &n);
+    mop_update_free(g);
+    mop_update_free(next);
+    mop_aggregator_free(a);
+    return s;
+}
+
+static void test_every_allocation_failure(void **state)
+{
+    (void)state;
+    /* three client deltas and a FULL global with the same two tensors */
+    uint8_t *blobs[4];
+    size_t ns[4];
+    for (int i = 0; i < 4; i++) {
+        mop_update *u = NULL;
+        assert_int_equal(mop_update_create(i == 3 ? MOP_UPDATE_FULL : MOP_UPDATE_DELTA, 1, (uint64_t)i,
+                                           1.0 + i, &u), MOP_OK);
+        const float a[6] = {1.0f * i, 2, 3, -1, 0.5f, 4}, b[3] = {0.1f, 0.2f * i, 0.3f};
+        const int64_t da[2] = {2, 3}, db[1] = {3};
+        assert_int_equal(mop_update_add_tensor(u, "experts", a, 2, da), MOP_OK);
+        assert_int_equal(mop_update_add_tensor(u, "gate.b2", b, 1, db), MOP_OK);
+        assert_int_equal(mop_update_set_meta(u, "k", "v"), MOP_OK);
+        blobs[i] = blob_of(u, &ns[i]);
+        mop_update_free(u);
+    }
+    assert_int_equal(mop_alloc_live(), 0);
+    const int32_t strategies[4] = {MOP_AGG_FEDADAM, MOP_AGG_MEDIAN, MOP_AGG_TIES, MOP_AGG_KRUM};
+    const mop_allocator fa = {failing_alloc, failing_free, NULL};
+    for (int k = 0; k < 4; k++) {
+        int ok = 0;
+        for (long budget = 0; budget < 400 && !ok; budget++) {
+            alloc_budget = budget;
+            assert_int_equal(mop_set_allocator(&fa), MOP_OK);
+            mop_status s = blob_round((const uint8_t *const *)blobs, ns, strategies[k]);
+            if (s != MOP_OK && s != MOP_E_NOMEM)
+                fail_msg("strategy %d, budget %ld: %s (%s)", strategies[k], budget, mop_status_name(s),
+                         mop_last_error());
+            ok = s == MOP_OK;
+            if (mop_alloc_live() != 0)
+                fail_msg("strategy %d, budget %ld: %ld allocations leaked", strategies[k], budget,
+                         mop_alloc_live());
+            assert_int_equal(mop_set_allocator(NULL), MOP_OK);
+        }
+        assert_true(ok); /* and the round succeeds once there is enough memory */
+    }
+    for (int i = 0; i < 4; i++)
+        free(blobs[i]);
+}
+
+static int setup(void **state)
+{
+    *state = (void *)(intptr_t)mop_alloc_live();
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    long before = (long)(intptr_t)*state;
+    if (mop_alloc_live() != before)
+        fail_msg("leak: %ld live allocations before, %ld after", before, mop_alloc_live());
+    return 0;
+}
+
+#define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_object_accessors),
-        cmocka_unit_test(test_object_rejects_bad_input),
-        cmocka_unit_test(test_sha256_is_libsodium_fips_vector),
-        cmocka_unit_test(test_layout_matches_format_doc),
-        cmocka_unit_test(test_round_trip_is_bit_exact),
-        cmocka_unit_test(test_serialize_checks_capacity),
-        cmocka_unit_test(test_every_truncation_is_format_error),
-        cmocka_unit_test(test_trailing_bytes_rejected),
-        cmocka_unit_test(test_flipped_bytes_are_checksum_errors),
-        cmocka_unit_test(test_unknown_version_unsupported),
-        cmocka_unit_test(test_bad_content_with_valid_checksum),
-        cmocka_unit_test(test_parse_argument_checks),
-        cmocka_unit_test(test_from_mixture_and_apply),
+        T(test_object_accessors),
+        T(test_object_rejects_bad_input),
+        T(test_sha256_is_libsodium_fips_vector),
+        T(test_layout_matches_format_doc),
+        T(test_round_trip_is_bit_exact),
+        T(test_serialize_checks_capacity),
+        T(test_every_truncation_is_format_error),
+        T(test_trailing_bytes_rejected),
+        T(test_flipped_bytes_are_checksum_errors),
+        T(test_unknown_version_unsupported),
+        T(test_bad_content_with_valid_checksum),
+        T(test_parse_argument_checks),
+        T(test_every_allocation_failure),
+        T(test_from_mixture_and_apply),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -87,7 +87,8 @@ void fed_dare_mask(float *delta, size_t total, float drop, fed_rng *r);
 void fed_breadcrumbs_mask(float *delta, size_t size, float top, float bottom, int64_t *order);
 void fed_sum_scaled(double *out, float *const *deltas, int32_t n, size_t total, double lambda);
 
-/* Indices 0..n−1 ordered by |x| descending, ties by index ascending. */
+/* Indices 0..n−1 ordered by |x| descending, ties by index ascending. @p order
+ * must hold 2n int64: it doubles as the (|x|, index) pairs being sorted. */
 void fed_order_by_magnitude(int64_t *order, const float *x, size_t n);
 
 /* fedavg_family.c: server optimizer step, next = global + step(delta). */
