@@ -28,12 +28,22 @@
 extern "C" {
 #endif
 
+/**
+ * @def MOP_API
+ * @brief Marks a public function: exported from the shared library (every
+ * other symbol is hidden). Empty for users of the headers.
+ */
 #if defined(MOP_BUILDING_LIBRARY) && defined(__GNUC__)
 #define MOP_API __attribute__((visibility("default")))
 #else
 #define MOP_API
 #endif
 
+/**
+ * @def MOP_NODISCARD
+ * @brief Marks a function whose ::mop_status result must be checked (GCC and
+ * Clang warn when it is ignored).
+ */
 #if defined(__GNUC__)
 #define MOP_NODISCARD __attribute__((warn_unused_result))
 #else
@@ -66,6 +76,31 @@ typedef enum mop_status {
     MOP_STATUS_TABLE(MOP_STATUS_ENUM_)
 #undef MOP_STATUS_ENUM_
 } mop_status;
+
+/** @var MOP_OK
+ *  Success (0). */
+/** @var MOP_E_INVALID_ARG
+ *  Invalid argument: NULL, out of its documented domain, or inconsistent with another (-1). */
+/** @var MOP_E_IO
+ *  Input/output error: a file cannot be opened, read or written (-2). */
+/** @var MOP_E_FORMAT
+ *  Malformed or corrupt data: truncated file, bad header, NaN/Inf where not allowed (-3). */
+/** @var MOP_E_UNSUPPORTED
+ *  Unsupported feature or file type: architecture, tensor type, format version (-4). */
+/** @var MOP_E_NOMEM
+ *  Out of memory (-5). */
+/** @var MOP_E_SHAPE
+ *  Shape mismatch between tensors, or between a tensor and the model (-6). */
+/** @var MOP_E_CHECKSUM
+ *  Checksum mismatch: the data was altered or damaged (-7). */
+/** @var MOP_E_RANGE
+ *  A value out of range, or a caller's buffer too small (the call reports the size needed) (-8). */
+/** @var MOP_E_STATE
+ *  The call is not valid in the object's current state, e.g. pruning a model that a context holds (-9). */
+/** @var MOP_E_CANCELLED
+ *  Cancelled by the caller's progress callback (-10). */
+/** @var MOP_E_INTERNAL
+ *  Internal error: a bug in libmop, please report it (-11). */
 
 /** @brief Name of a status code, e.g. "MOP_E_FORMAT". Never NULL; static. */
 MOP_API const char *mop_status_name(mop_status s);
@@ -102,10 +137,10 @@ MOP_API uint32_t mop_version_number(void);
 
 /** Log levels passed to the log callback. */
 typedef enum mop_log_level {
-    MOP_LOG_ERROR = 0,
-    MOP_LOG_WARN = 1,
-    MOP_LOG_INFO = 2,
-    MOP_LOG_DEBUG = 3
+    MOP_LOG_ERROR = 0, /**< errors */
+    MOP_LOG_WARN = 1,  /**< warnings: something unexpected that libmop worked around */
+    MOP_LOG_INFO = 2,  /**< information, e.g. a feature unavailable for a model */
+    MOP_LOG_DEBUG = 3  /**< details for debugging */
 } mop_log_level;
 
 /** Receives one log line (no trailing newline). */
@@ -138,6 +173,7 @@ MOP_API MOP_NODISCARD mop_status mop_set_allocator(const mop_allocator *a);
  * @brief Progress callback for long work (loading, pruning, training...).
  * @param done  units finished so far
  * @param total units in all (0 if unknown)
+ * @param user  the pointer given with the callback, passed back unchanged
  * @return 0 to continue, non-zero to cancel (the call returns ::MOP_E_CANCELLED)
  */
 typedef int (*mop_progress_fn)(uint64_t done, uint64_t total, void *user);

@@ -62,11 +62,11 @@ MOP_API MOP_NODISCARD mop_status mop_update_add_tensor(mop_update *u, const char
 /** A tensor of an update, borrowed from it. */
 typedef struct mop_update_tensor_info {
     uint32_t struct_size; /**< set by the caller */
-    const char *name;
+    const char *name;     /**< the tensor's name (owned by the update) */
     float *data;          /**< writable view (valid while the update lives) */
     int64_t size;         /**< number of floats */
-    int32_t n_dims;
-    int64_t dims[4];
+    int32_t n_dims;       /**< number of dimensions, 1..4 */
+    int64_t dims[4];      /**< the shape, outermost first (entries past n_dims unused) */
 } mop_update_tensor_info;
 
 /** @brief Number of tensors. */
@@ -84,10 +84,10 @@ MOP_API MOP_NODISCARD mop_status mop_update_get_tensor(const mop_update *u, int3
 /** Provenance of an update. */
 typedef struct mop_update_header {
     uint32_t struct_size; /**< set by the caller */
-    int32_t kind;
-    int64_t round;
-    uint64_t client_id;
-    double n_samples;
+    int32_t kind;         /**< ::mop_update_kind */
+    int64_t round;        /**< federated round */
+    uint64_t client_id;   /**< the host's id of the client */
+    double n_samples;     /**< examples behind the update (its FedAvg weight) */
 } mop_update_header;
 
 /** @brief Read the provenance fields. @return ::MOP_OK, ::MOP_E_INVALID_ARG */

@@ -48,8 +48,8 @@ typedef enum mop_expert_init {
 
 /** Gate activation between its two linear layers. */
 typedef enum mop_gate_act {
-    MOP_GATE_ACT_GELU = 0,
-    MOP_GATE_ACT_RELU = 1
+    MOP_GATE_ACT_GELU = 0, /**< GELU (default) */
+    MOP_GATE_ACT_RELU = 1  /**< ReLU */
 } mop_gate_act;
 
 /** Shape of a mixture. Fill with mop_mixture_default_params(). */
@@ -136,8 +136,8 @@ typedef struct mop_mixture_tensor_info {
     const char *name;     /**< "experts" (K,P,d), "gate.w1" (h,d), "gate.b1" (h), "gate.w2" (K,h), "gate.b2" (K) */
     size_t offset;        /**< first float in the flat buffers */
     size_t size;          /**< floats */
-    int32_t n_dims;
-    int64_t dims[4];
+    int32_t n_dims;       /**< number of dimensions, 1..3 */
+    int64_t dims[4];      /**< the shape, outermost first (entries past n_dims unused) */
 } mop_mixture_tensor_info;
 
 /** @brief Number of named tensors (1 for a uniform-gate mixture, 5 with a gate). */

@@ -66,7 +66,7 @@ typedef struct mop_prune_params {
     int32_t lm_head_format;  /**< ::mop_lm_head_format; default ::MOP_LM_HEAD_F32 */
     int32_t n_threads;       /**< default 0 = all cores */
     mop_progress_fn progress; /**< optional, one unit per weight matrix */
-    void *progress_user;
+    void *progress_user;     /**< passed to @c progress */
 } mop_prune_params;
 
 /** @brief Default pruning options (magnitude, 2:4). */

@@ -10,8 +10,11 @@
 #ifndef MOP_VERSION_H
 #define MOP_VERSION_H
 
+/** Major version: changes only with an incompatible ABI (the soname's number). */
 #define MOP_VERSION_MAJOR 0
+/** Minor version: new symbols and struct fields, ABI compatible. */
 #define MOP_VERSION_MINOR 1
+/** Patch version: fixes only. */
 #define MOP_VERSION_PATCH 0
 
 /** The version as one comparable integer: major*10000 + minor*100 + patch. */
