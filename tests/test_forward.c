@@ -13,6 +13,7 @@
 #include <cmocka.h>
 
 #include "attention.h"
+#include "cpu.h"
 #include "forward.h"
 #include "internal.h"
 #include "model.h"
@@ -272,7 +273,10 @@ static void test_attention_gqa_prefix_causal(void **state)
     mop_pool *pool = NULL;
     assert_int_equal(mop_pool_create(2, &pool), MOP_OK);
 
-    for (int with_prefix = 0; with_prefix < 2; with_prefix++) {
+    /* both kernel paths: portable C, then AVX2 where the CPU has it */
+    for (int path = 0; path < 2 * 2; path++) {
+        int with_prefix = path % 2;
+        cpu_force_generic(path < 2);
         attn_prefix pre = {kp, vp, bias, P};
         const attn_prefix *pp = with_prefix ? &pre : NULL;
         attention_forward(out, lse, q, k, v, pp, OFF, T, NH, NKV, HD, NULL);
@@ -289,6 +293,7 @@ static void test_attention_gqa_prefix_causal(void **state)
                 assert_true(fabs(lse[t * NH + h] - l) < 1e-4);
             }
     }
+    cpu_force_generic(-1);
     /* no offset, single query: attends to exactly one key -> out = v[0] */
     attention_forward(out, NULL, q, k, v, NULL, 0, 1, NH, NKV, HD, NULL);
     for (int h = 0; h < NH; h++)

@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 
 #include <cmocka.h>
 
@@ -110,6 +111,60 @@ static void test_split_range_partitions_exactly(void **state)
     }
 }
 
+/* The hand-off spins, then sleeps (threadpool.c). Plain (non-atomic) data
+ * written by the caller before a job must be seen by every worker, and what
+ * workers write must be seen by the caller after the job, on both paths:
+ * back-to-back jobs (spinning) and jobs far apart or slow (blocking). */
+typedef struct handoff_arg {
+    int64_t value;          /* set by the caller before each job */
+    int64_t sum[8];         /* per thread: Σ value over the jobs it ran */
+    int slow_ith;           /* this thread sleeps inside the job; -1 = none */
+} handoff_arg;
+
+static void sleep_us(long us)
+{
+    struct timespec ts = {0, us * 1000};
+    nanosleep(&ts, NULL);
+}
+
+static void handoff_fn(void *p, int ith, int nth)
+{
+    handoff_arg *a = p;
+    (void)nth;
+    if (ith == a->slow_ith)
+        sleep_us(300); /* longer than the spin budget: the caller must block */
+    a->sum[ith] += a->value;
+}
+
+static void test_handoff_spin_and_sleep_paths(void **state)
+{
+    (void)state;
+    for (int n = 2; n <= 3; n++) {
+        mop_pool *pool = NULL;
+        assert_int_equal(mop_pool_create(n, &pool), MOP_OK);
+        handoff_arg a;
+        memset(&a, 0, sizeof a);
+        a.slow_ith = -1;
+        int64_t expect = 0;
+        for (int j = 0; j < 3000; j++) { /* back to back */
+            a.value = j + 1;
+            expect += j + 1;
+            mop_pool_run(pool, handoff_fn, &a);
+            assert_int_equal(a.sum[n - 1], expect);
+        }
+        for (int j = 0; j < 6; j++) { /* workers asleep, then slow workers */
+            sleep_us(j % 2 ? 1000 : 200);
+            a.slow_ith = j >= 3 ? n - 1 : -1;
+            a.value = 1000 + j;
+            expect += 1000 + j;
+            mop_pool_run(pool, handoff_fn, &a);
+            for (int i = 0; i < n; i++)
+                assert_int_equal(a.sum[i], expect);
+        }
+        mop_pool_free(pool);
+    }
+}
+
 static void test_create_arguments(void **state)
 {
     (void)state;
@@ -129,6 +184,7 @@ int main(void)
         cmocka_unit_test(test_each_index_runs_once_per_job),
         cmocka_unit_test(test_null_pool_runs_on_caller),
         cmocka_unit_test(test_split_range_partitions_exactly),
+        cmocka_unit_test(test_handoff_spin_and_sleep_paths),
         cmocka_unit_test(test_create_arguments),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

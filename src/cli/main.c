@@ -16,6 +16,7 @@ static const cli_command commands[] = {
     {"prune", "prune a model's linear weights (magnitude, Wanda, SparseGPT) and save it", cli_cmd_prune},
     {"train", "train a prompt mixture (or a baseline) on JSONL instruction data", cli_cmd_train},
     {"eval", "response perplexity per task, with a mixture or the base model", cli_cmd_eval},
+    {"fed-sim", "simulate federated training of a mixture (clients in-process)", cli_cmd_fed_sim},
     {"gate-stats", "per-task average gate weight of each expert, as CSV", cli_cmd_gate_stats},
 };
 

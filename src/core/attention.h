@@ -28,4 +28,12 @@ void attention_forward(float *out, float *lse, const float *q, const float *k, c
                        const attn_prefix *prefix, int32_t q_offset, int32_t T, int32_t n_head,
                        int32_t n_head_kv, int32_t head_dim, mop_pool *pool);
 
+/* AVX2 inner loops (attention_avx2.c), for head_dim a multiple of 8:
+ *   s (n)    = q (hd) · k[j] for keys j < n, rows strided by stride
+ *   acc (hd) += Σ_j p[j] v[j] */
+void attn_scores_avx2(float *s, const float *q, const float *k, int64_t n, int64_t stride,
+                      int32_t hd);
+void attn_accum_avx2(float *acc, const float *p, const float *v, int64_t n, int64_t stride,
+                     int32_t hd);
+
 #endif

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "forward.h"
+#include "weight_dense.h"
 
 /* Y (T, rows) = X (T, cols) · Wᵀ; the matrix-vector kernel for one token. */
 static void linear(const mop_weight *w, float *Y, const float *X, int32_t T, mop_pool *pool)
@@ -11,6 +12,17 @@ static void linear(const mop_weight *w, float *Y, const float *X, int32_t T, mop
         w->ops->matvec(w, Y, X, pool);
     else
         w->ops->matmul(w, Y, X, T, pool);
+}
+
+/* Y[i] = X · w[i]ᵀ for products sharing their input: one pool job for all of
+ * them when the weights are dense (weight_dense.h), else one by one. */
+static void linear_multi(const mop_weight *const *w, float *const *Y, int n_w, const float *X,
+                         int32_t T, mop_pool *pool)
+{
+    if (dense_linear_multi(w, Y, n_w, X, T, pool))
+        return;
+    for (int i = 0; i < n_w; i++)
+        linear(w[i], Y[i], X, T, pool);
 }
 
 /* ---- elementwise work split over rows -------------------------------------- */
@@ -135,9 +147,9 @@ void forward_layers(mop_ctx *ctx, float *x, int32_t T, const int32_t *pos, int32
         save(sv->x_in, x, T * d);
         rmsnorm_rows(ctx, xn, sv->rstd_attn, x, L->attn_norm, T);
         save(sv->xn_attn, xn, T * d);
-        linear(&L->wq, q, xn, T, pool);
-        linear(&L->wk, k_new, xn, T, pool);
-        linear(&L->wv, v_new, xn, T, pool);
+        const mop_weight *qkv_w[3] = {&L->wq, &L->wk, &L->wv};
+        float *qkv_y[3] = {q, k_new, v_new};
+        linear_multi(qkv_w, qkv_y, 3, xn, T, pool);
         rope_rows(ctx, q, pos, T, hp->n_head);
         rope_rows(ctx, k_new, pos, T, hp->n_head_kv);
         save(sv->q, q, T * qd);
@@ -158,8 +170,9 @@ void forward_layers(mop_ctx *ctx, float *x, int32_t T, const int32_t *pos, int32
         /* MLP block: x += down(silu(gate(xn)) * up(xn)), xn = norm(x) */
         rmsnorm_rows(ctx, xn, sv->rstd_ffn, x, L->ffn_norm, T);
         save(sv->xn_ffn, xn, T * d);
-        linear(&L->w_gate, gate, xn, T, pool);
-        linear(&L->w_up, up, xn, T, pool);
+        const mop_weight *gu_w[2] = {&L->w_gate, &L->w_up};
+        float *gu_y[2] = {gate, up};
+        linear_multi(gu_w, gu_y, 2, xn, T, pool);
         save(sv->gate, gate, T * ff);
         save(sv->up, up, T * ff);
         rows_job sw = {.op = ROWS_SWIGLU, .out = gate, .a = gate, .b = up, .T = T, .width = ff};

@@ -6,6 +6,9 @@
  *   matmul_t  dX (n, cols) += dY (n, rows) · W  own kernels for n < 8,
  *                                              OpenBLAS sgemm per thread above
  *
+ * dense_linear_multi (weight_dense.h) runs several products of one input
+ * (q/k/v, gate/up) as a single pool job with the same kernels.
+ *
  * Work is split over the caller's pool in contiguous blocks (rows of W for
  * matvec/matmul, columns of dX for matmul_t); every thread writes a disjoint
  * part of the output. The own kernels fix the summation order per output
@@ -170,6 +173,62 @@ static void tn_job_run(void *arg, int ith, int nth)
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)j->n, (int)(c1 - c0),
                 (int)j->rows, 1.0f, j->dY, (int)j->rows, j->W + c0, (int)j->cols, 1.0f,
                 j->dX + c0, (int)j->cols);
+}
+
+/* ---- several weights, one input, one pool job ------------------------------ */
+
+typedef struct multi_job {
+    dense_nt_fn fn;             /* own kernel, or NULL for OpenBLAS */
+    const mop_weight *const *w; /* (n_w) dense, all with `cols` columns */
+    float *const *Y;            /* (n_w) -> (n, w[i]->rows) */
+    const float *X;             /* (n, cols) */
+    int64_t n, cols, units;     /* units: Σ_i ceil(rows_i / DENSE_ROW_UNIT) */
+    int n_w;
+} multi_job;
+
+/* Thread ith takes a contiguous range of the row units of all weights laid
+ * end to end, so the split balances the total, whatever the shapes. */
+static void multi_job_run(void *arg, int ith, int nth)
+{
+    const multi_job *j = arg;
+    int64_t lo, hi, base = 0;
+    mop_split_range(j->units, ith, nth, &lo, &hi);
+    for (int i = 0; i < j->n_w && lo < hi; i++) {
+        const mop_weight *w = j->w[i];
+        int64_t u = (w->rows + DENSE_ROW_UNIT - 1) / DENSE_ROW_UNIT;
+        int64_t a = MOP_MAX(lo, base), b = MOP_MIN(hi, base + u);
+        if (a < b) {
+            int64_t r0 = (a - base) * DENSE_ROW_UNIT, r1 = MOP_MIN((b - base) * DENSE_ROW_UNIT, w->rows);
+            if (j->fn)
+                j->fn(j->Y[i], w->rows, j->X, w->data, j->n, r0, r1, j->cols);
+            else
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)j->n, (int)(r1 - r0),
+                            (int)j->cols, 1.0f, j->X, (int)j->cols, w->data + r0 * j->cols,
+                            (int)j->cols, 0.0f, j->Y[i] + r0, (int)w->rows);
+        }
+        base += u;
+    }
+}
+
+int dense_linear_multi(const mop_weight *const *w, float *const *Y, int n_w, const float *X,
+                       int64_t n, mop_pool *pool)
+{
+    if (n_w < 1 || n <= 0)
+        return 0;
+    int64_t units = 0, macs = 0;
+    for (int i = 0; i < n_w; i++) {
+        if (w[i]->ops != &mop_weight_dense_ops || w[i]->cols != w[0]->cols)
+            return 0;
+        units += (w[i]->rows + DENSE_ROW_UNIT - 1) / DENSE_ROW_UNIT;
+        macs += w[i]->rows * w[i]->cols * n;
+    }
+    multi_job j = {dense_nt_kernel(), w, Y, X, n, w[0]->cols, units, n_w};
+    if (n >= DENSE_BLAS_MIN_N) {
+        pthread_once(&blas_once, blas_single_thread);
+        j.fn = NULL;
+    }
+    mop_pool_run(macs < DENSE_MIN_PARALLEL_MACS ? NULL : pool, multi_job_run, &j);
+    return 1;
 }
 
 /* ---- the ops -------------------------------------------------------------- */

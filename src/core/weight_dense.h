@@ -36,6 +36,17 @@ void dense_tn_generic(float *dX, const float *dY, const float *W, int64_t n, int
 void dense_tn_avx2(float *dX, const float *dY, const float *W, int64_t n, int64_t rows,
                    int64_t c0, int64_t c1, int64_t cols);
 
+/* Y[i] (n, w[i]->rows) = X (n, cols) · w[i]ᵀ for i < n_w: products that share
+ * their input (q/k/v, gate/up) in one pool job instead of n_w, so a decoded
+ * token pays one hand-off per group and the small k/v products run in
+ * parallel too. Same kernels and per-row results as the ops one by one.
+ * Returns 1 when done; 0, doing nothing, unless every weight is dense F32
+ * with the same number of columns (the caller then runs them one by one). */
+struct mop_weight;
+struct mop_pool;
+int dense_linear_multi(const struct mop_weight *const *w, float *const *Y, int n_w,
+                       const float *X, int64_t n, struct mop_pool *pool);
+
 /* The kernels for the current CPU path (cpu_current()). */
 dense_nt_fn dense_nt_kernel(void);
 dense_tn_fn dense_tn_kernel(void);

@@ -52,6 +52,7 @@ mop_status calib_create(mop_model *m, const int32_t *tokens, int64_t n_tokens, i
                         int32_t n_threads, int32_t layer, calib **out)
 {
     MOP_CHECK_ARG(m && tokens && n_tokens > 0 && seq_len > 0 && out);
+    prune_blas_init();
     const mop_hparams *hp = &m->hp;
     int32_t T = n_tokens < seq_len ? (int32_t)n_tokens : seq_len;
     int64_t n_seq = n_tokens / T;

@@ -43,6 +43,9 @@ mop_status prune_scored(float *W, int64_t rows, int64_t cols, const prune_cfg *c
 mop_status prune_sparsegpt(float *W, int64_t rows, int64_t cols, const prune_cfg *cfg, float *H,
                            mop_pool *pool);
 
+/* Apply libmop's OpenBLAS policy (one thread) before the first BLAS call. */
+void prune_blas_init(void);
+
 /* ---- calibration (calibration.c) ------------------------------------------ */
 
 /* The four distinct inputs of a block's linear weights. */

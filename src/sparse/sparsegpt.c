@@ -21,10 +21,26 @@
  * the whole block, and is chosen before the rows split. */
 #include <cblas.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "prune.h"
+
+/* libmop's BLAS policy (docs/DEPENDENCIES.md): OpenBLAS runs single-threaded
+ * and parallelism comes from libmop's pool. Pruning may be the process's
+ * first BLAS user, so it applies the policy too; a threaded OpenBLAS would
+ * also make the Hessians' summation order, and so the masks, vary per run. */
+static pthread_once_t blas_once = PTHREAD_ONCE_INIT;
+static void blas_single_thread(void)
+{
+    openblas_set_num_threads(1);
+}
+
+void prune_blas_init(void)
+{
+    pthread_once(&blas_once, blas_single_thread);
+}
 
 /* LAPACK (shipped in OpenBLAS), Fortran calling convention. */
 void dpotrf_(const char *uplo, const int *n, double *a, const int *lda, int *info);
@@ -186,6 +202,7 @@ mop_status prune_sparsegpt(float *W, int64_t rows, int64_t cols, const prune_cfg
                            mop_pool *pool)
 {
     MOP_CHECK_ARG(W && cfg && H && rows > 0 && cols > 0);
+    prune_blas_init();
     int64_t B = MOP_MAX(1, MOP_MIN(cfg->block, 512));
     if (cfg->pattern == MOP_PATTERN_NM) /* groups never straddle blocks */
         B = MOP_MAX(cfg->m, B - B % cfg->m);

@@ -1,0 +1,599 @@
+"""Federated prompt-mixture training with Flower (https://flower.ai) and libmop.
+
+Two pieces, usable apart:
+
+* :class:`MopClient` — a Flower ``NumPyClient`` that holds one libmop
+  :class:`~libmop.Mixture` (and a :class:`~libmop.Context`) on a shared
+  :class:`~libmop.Model` and trains it on its own examples.
+  ``get_parameters`` = the mixture's named tensors as numpy arrays (in
+  :meth:`Mixture.tensor_info` order); ``fit`` = set them, run S local AdamW
+  steps, return the new values, the number of local examples and metrics
+  ``{"loss", "gate_usage", "client_id"}``; ``evaluate`` = response-token
+  perplexity on the client's validation examples.
+* :class:`MopStrategy` — a Flower ``Strategy`` that aggregates with libmop's
+  aggregators (:class:`~libmop.Aggregator`: any strategy name, its options
+  passed through), optionally with differential privacy (central or local
+  clip + Gaussian noise, ``docs/PRIVACY.md``) and secure aggregation (the
+  clients mask their deltas with :class:`~libmop.SecAggClient`; the server
+  only adds masked blobs). Flower parameters are converted to and from
+  :class:`~libmop.Update` by name.
+
+:func:`run_inprocess` drives the same client and strategy objects round by
+round in this process, without Flower's simulation engine (no Ray): for
+tests and machines where Ray is not wanted. Flower's own engine is
+``flwr.simulation.run_simulation``; see examples/flower_mop.py and
+docs/FLOWER.md.
+
+Flower's telemetry and Ray's usage statistics are switched off when this
+module is imported (``FLWR_TELEMETRY_ENABLED=0``, ``RAY_USAGE_STATS_ENABLED=0``)
+unless the environment already sets them.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import math  # noqa: E402
+import threading  # noqa: E402
+from typing import Any, Callable, Optional, Sequence, Union  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+try:
+    import flwr  # noqa: E402
+    from flwr.client import NumPyClient  # noqa: E402
+    from flwr.common import (EvaluateIns, EvaluateRes, FitIns, FitRes, GetPropertiesIns,  # noqa: E402
+                             Parameters, Scalar, ndarrays_to_parameters,
+                             parameters_to_ndarrays)
+    from flwr.server.client_manager import ClientManager  # noqa: E402
+    from flwr.server.client_proxy import ClientProxy  # noqa: E402
+    from flwr.server.strategy import Strategy  # noqa: E402
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "libmop.flower needs Flower: pip install 'flwr[simulation]==1.12.0' "
+        f"(see scripts/requirements-dev.txt and docs/FLOWER.md); import failed: {e}") from e
+
+from .core import Context, Model  # noqa: E402
+from .fed import STRATEGY, Aggregator, SecAggClient, SecAggServer, Update  # noqa: E402
+from .mixture import Batch, Mixture, Optimizer, evaluate  # noqa: E402
+
+__all__ = ["MopClient", "MopStrategy", "shared_model", "register_model", "mixture_arrays",
+           "set_mixture_arrays", "make_batches", "perplexity", "run_inprocess",
+           "FLWR_VERSION"]
+
+FLWR_VERSION: str = flwr.__version__
+Example = Any   # (instruction, response) tuple or {"instruction", "response", "task"} dict
+
+# ---------------------------------------------------------------------------
+# One model per process, shared by every client that runs in it.
+
+_models: dict[str, Model] = {}
+_models_lock = threading.Lock()
+
+
+def register_model(key: str, model: Model) -> None:
+    """Make @p model the process's model for @p key (e.g. a pruned model kept
+    in memory under the path it was saved to): :func:`shared_model` returns it
+    instead of loading the file."""
+    with _models_lock:
+        _models[os.fspath(key)] = model
+
+
+def shared_model(path: Union[str, os.PathLike], n_threads: int = 0) -> Model:
+    """The process's :class:`Model` for @p path, loaded on first use. Models
+    are read-only and thread-safe, so every client in a process shares one."""
+    key = os.fspath(path)
+    with _models_lock:
+        m = _models.get(key)
+        if m is None or m.closed:
+            m = _models[key] = Model(key, n_threads=n_threads)
+        return m
+
+
+# ---------------------------------------------------------------------------
+# Mixture parameters <-> numpy arrays
+
+
+def mixture_arrays(mixture: Mixture) -> list[np.ndarray]:
+    """Copies of the mixture's named tensors, in :meth:`Mixture.tensor_info` order."""
+    return [np.array(a, dtype=np.float32, copy=True) for a in mixture.tensors().values()]
+
+
+def set_mixture_arrays(mixture: Mixture, arrays: Sequence[np.ndarray]) -> None:
+    """Write @p arrays (as from :func:`mixture_arrays`) into the mixture's buffer."""
+    views = mixture.tensors()
+    if len(arrays) != len(views):
+        raise ValueError(f"expected {len(views)} arrays ({', '.join(views)}), got {len(arrays)}")
+    for (name, v), a in zip(views.items(), arrays):
+        a = np.asarray(a)
+        if a.shape != v.shape:
+            raise ValueError(f"tensor {name}: expected shape {v.shape}, got {a.shape}")
+        v[...] = a
+
+
+def _example_pair(ex: Example) -> tuple[str, str]:
+    if isinstance(ex, dict):
+        return ex["instruction"], ex["response"]
+    return ex[0], ex[1]
+
+
+def make_batches(model: Model, examples: Sequence[Example], batch_size: int,
+                 max_len: int) -> list[Batch]:
+    """Consecutive batches of @p batch_size examples (the last may be smaller)."""
+    return [Batch.from_examples(model, [_example_pair(e) for e in examples[i:i + batch_size]],
+                                max_len=max_len)
+            for i in range(0, len(examples), batch_size)]
+
+
+def perplexity(ctx: Context, mixture: Optional[Mixture], batches: Sequence[Batch]
+               ) -> tuple[float, float, int]:
+    """(perplexity, Σ NLL, Σ targets) over the response tokens of @p batches,
+    with @p mixture or the base model (None)."""
+    nll, n = 0.0, 0
+    for b in batches:
+        r = evaluate(ctx, [] if mixture is None else [mixture], b)
+        nll += float(r.nll_sum.sum())
+        n += int(r.n_targets.sum())
+    return (math.exp(nll / n) if n else float("nan")), nll, n
+
+
+def _usage_str(u: np.ndarray) -> str:
+    return ",".join(f"{x:.6g}" for x in u)
+
+
+def _usage_parse(s: Any) -> Optional[np.ndarray]:
+    if not isinstance(s, str) or not s:
+        return None
+    return np.array([float(x) for x in s.split(",")], dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------
+# Client
+
+
+class MopClient(NumPyClient):
+    """A Flower client training a prompt mixture with libmop.
+
+    @p model is shared (see :func:`shared_model`); the client owns its
+    :class:`Mixture` (created with @p mixture_params: n_experts, prompt_len,
+    gate_mode, ...; ``seed`` should be equal on all clients and the server so
+    their layouts agree) and a :class:`Context`. @p train / @p val are the
+    client's examples. Fit config keys (from the strategy) override the
+    defaults given here: ``local_steps``, ``lr``, ``batch_size``, ``round``;
+    ``clip_norm`` / ``noise_std`` / ``noise_seed`` (local DP) and the
+    ``secagg_*`` keys (secure aggregation) are set by :class:`MopStrategy`.
+    @p progress(message) is called once per fit with a summary line.
+    """
+
+    def __init__(self, model: Model, train: Sequence[Example], val: Sequence[Example] = (),
+                 *, client_id: int = 0, local_steps: int = 4, batch_size: int = 2,
+                 max_len: int = 96, lr: float = 3e-3, weight_decay: float = 0.0,
+                 n_threads: int = 0, seed: int = 0, progress: Optional[Callable[[str], Any]] = None,
+                 **mixture_params: Any) -> None:
+        if not train:
+            raise ValueError(f"client {client_id}: no training examples")
+        self.model = model
+        self.client_id = int(client_id)
+        self.train = list(train)
+        self.val = list(val)
+        self.local_steps, self.batch_size = int(local_steps), int(batch_size)
+        self.max_len, self.lr, self.weight_decay = int(max_len), float(lr), float(weight_decay)
+        self.seed = int(seed)
+        self.progress = progress
+        self.mixture = Mixture(model, **mixture_params)
+        P = self.mixture.config["prompt_len"]
+        self.ctx = Context(model, n_ctx=self.max_len + P + 8, n_batch=self.max_len + P + 8,
+                           n_threads=n_threads)
+        self._val_batches: Optional[list[Batch]] = None
+
+    # -- Flower API ---------------------------------------------------------
+    def get_parameters(self, config: dict[str, Scalar]) -> list[np.ndarray]:
+        return mixture_arrays(self.mixture)
+
+    def get_properties(self, config: dict[str, Scalar]) -> dict[str, Scalar]:
+        """Secure aggregation setup: with ``secagg_round`` in @p config, create
+        this round's :class:`SecAggClient` and return its public key."""
+        if "secagg_round" not in config:
+            return {"client_id": self.client_id}
+        sa = SecAggClient(int(config["secagg_index"]), **_secagg_kwargs(config))
+        _secagg_clients[(self.client_id, int(config["secagg_round"]))] = sa
+        return {"client_id": self.client_id, "public_key": sa.public_key}
+
+    def fit(self, parameters: list[np.ndarray], config: dict[str, Scalar]
+            ) -> tuple[list[np.ndarray], int, dict[str, Scalar]]:
+        rnd = int(config.get("round", 0))
+        steps = int(config.get("local_steps", self.local_steps))
+        bs = int(config.get("batch_size", self.batch_size))
+        lr = float(config.get("lr", self.lr))
+        set_mixture_arrays(self.mixture, parameters)
+        opt = Optimizer(self.mixture, lr=lr, weight_decay=self.weight_decay, total_steps=steps,
+                        warmup_steps=0, min_lr_ratio=1.0)
+        rng = np.random.default_rng([self.seed, rnd, self.client_id])
+        losses, seen = [], []
+        for _ in range(steps):
+            idx = rng.choice(len(self.train), size=min(bs, len(self.train)), replace=False)
+            exs = [_example_pair(self.train[i]) for i in idx]
+            seen.extend(exs)
+            b = Batch.from_examples(self.model, exs, max_len=self.max_len)
+            self.mixture.zero_grad()
+            r = self.mixture.forward_backward(self.ctx, b)
+            opt.step()
+            losses.append(r.mean_nll)
+        opt.close()
+        if self.progress:
+            self.progress(f"client {self.client_id} round {rnd}: {steps} local steps on "
+                          f"{len(self.train)} examples, mean loss {np.mean(losses):.3f}")
+        usage = self._gate_usage(seen)
+        metrics: dict[str, Scalar] = {"loss": float(np.mean(losses)) if losses else float("nan"),
+                                      "gate_usage": _usage_str(usage),
+                                      "client_id": self.client_id}
+        out = mixture_arrays(self.mixture)
+        if "clip_norm" in config or "secagg_round" in config:
+            delta = Update("delta", round=rnd, client_id=self.client_id,
+                           n_samples=float(len(self.train)),
+                           tensors={t.name: o - np.asarray(p) for t, o, p in
+                                    zip(self.mixture.tensor_info(), out, parameters)})
+            if "clip_norm" in config:            # local DP (docs/PRIVACY.md)
+                metrics["norm_before_clip"] = delta.clip(float(config["clip_norm"]))
+                if float(config.get("noise_std", 0.0)) > 0:
+                    delta.add_noise(float(config["noise_std"]), int(config.get("noise_seed", 0)))
+            if "secagg_round" in config:         # send only the masked delta
+                key = (self.client_id, int(config["secagg_round"]))
+                sa = _secagg_clients.pop(key, None)
+                if sa is None:
+                    raise RuntimeError(f"client {self.client_id}: no secure-aggregation state "
+                                       f"for round {key[1]} (get_properties was not called "
+                                       "in this process)")
+                sa.set_peer_keys(config["secagg_keys"])
+                blob = sa.mask_update(delta)
+                sa.close()
+                return [np.frombuffer(blob, dtype=np.uint8).copy()], len(self.train), metrics
+            out = [np.asarray(p, dtype=np.float32) + d
+                   for p, d in zip(parameters, delta.tensors().values())]
+        return out, len(self.train), metrics
+
+    def evaluate(self, parameters: list[np.ndarray], config: dict[str, Scalar]
+                 ) -> tuple[float, int, dict[str, Scalar]]:
+        if not self.val:
+            return float("nan"), 0, {"ppl": float("nan")}
+        set_mixture_arrays(self.mixture, parameters)
+        if self._val_batches is None:
+            self._val_batches = make_batches(self.model, self.val, max(1, self.batch_size * 2),
+                                             self.max_len)
+        ppl, nll, n = perplexity(self.ctx, self.mixture, self._val_batches)
+        return nll / max(1, n), len(self.val), {"ppl": ppl, "n_targets": n}
+
+    # -- helpers ------------------------------------------------------------
+    def _gate_usage(self, examples: list[tuple[str, str]]) -> np.ndarray:
+        """Mean gate weight per expert over @p examples (the local data seen)."""
+        K = self.mixture.n_experts
+        if K == 1 or not examples:
+            return np.ones(K, dtype=np.float32)
+        b = Batch.from_examples(self.model, examples, max_len=self.max_len)
+        return self.mixture.gate(self.ctx, b).mean(axis=0).astype(np.float32)
+
+    def close(self) -> None:
+        self.ctx.close()
+        self.mixture.close()
+
+
+# Secure-aggregation client state between get_properties (keys) and fit
+# (masking) of one round, per (client id, round), in the client's process.
+_secagg_clients: dict[tuple[int, int], SecAggClient] = {}
+_SECAGG_KEYS = ("n_clients", "length", "round", "ring_bits", "scale", "clip_range",
+                "min_survivors")
+
+
+def _secagg_kwargs(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: config[f"secagg_{k}"] for k in _SECAGG_KEYS if f"secagg_{k}" in config}
+
+
+# ---------------------------------------------------------------------------
+# Strategy
+
+
+class MopStrategy(Strategy):
+    """A Flower strategy aggregating prompt mixtures with libmop.
+
+    @p initial: the global mixture to start from (a :class:`Mixture`, whose
+    values are copied) or ``(names, arrays)``. @p strategy: any libmop
+    aggregator name (``fedavg``, ``median``, ``mop_aware``, ... see
+    :data:`libmop.fed.STRATEGY`); @p aggregator_params are passed to
+    :class:`Aggregator` (server_lr, trim_ratio, krum_f, ...).
+
+    Privacy (docs/PRIVACY.md): ``dp="central"`` clips each client's delta to
+    @p clip_norm on the server, weighs clients equally and adds
+    N(0, (server_lr·z·C/n)²) to the new global values (z =
+    @p noise_multiplier); ``dp="local"`` makes each client clip and add
+    N(0, (z·C)²) itself (with @p secure_aggregation: z·C/√n each, the
+    distributed-DP recipe). @p noise_seed 0 = OS randomness.
+
+    @p secure_aggregation: before each round the server asks every sampled
+    client for a fresh public key (Flower ``get_properties``), sends all keys
+    with the fit instructions, and receives masked deltas only; it sums them
+    with :class:`SecAggServer` and sees no single update. Only sum-based
+    rules work then (fedavg with equal weights and the server optimizers
+    fedavgm/fedadam/fedyogi/fedadagrad); a dropped client fails the round.
+    @p secagg_params: clip_range, scale, ring_bits (libmop defaults).
+
+    @p fit_config: extra keys sent to clients (``local_steps``, ``lr``,
+    ``batch_size``). @p evaluate_fn(round, arrays) -> (loss, metrics) runs
+    on the server after each round (and before the first). Aggregated
+    metrics: ``loss`` (example-weighted mean of the clients' training loss).
+    :attr:`history` keeps per-round dicts; :attr:`global_arrays` the current
+    global values.
+    """
+
+    def __init__(self, initial: Union[Mixture, tuple[Sequence[str], Sequence[np.ndarray]]],
+                 strategy: str = "fedavg", *, fraction_fit: float = 1.0,
+                 min_fit_clients: int = 2, min_available_clients: int = 2,
+                 fraction_evaluate: float = 0.0, min_evaluate_clients: int = 1,
+                 fit_config: Optional[dict[str, Scalar]] = None,
+                 evaluate_fn: Optional[Callable[[int, list[np.ndarray]],
+                                                Optional[tuple[float, dict[str, Scalar]]]]] = None,
+                 dp: Optional[str] = None, clip_norm: float = 1.0, noise_multiplier: float = 0.0,
+                 noise_seed: int = 0, secure_aggregation: bool = False,
+                 secagg_params: Optional[dict[str, Any]] = None,
+                 seed: int = 0, **aggregator_params: Any) -> None:
+        super().__init__()
+        if isinstance(initial, Mixture):
+            self.names = [t.name for t in initial.tensor_info()]
+            arrays = mixture_arrays(initial)
+        else:
+            names, arrays = initial
+            self.names = list(names)
+            arrays = [np.array(a, dtype=np.float32, copy=True) for a in arrays]
+            if len(arrays) != len(self.names):
+                raise ValueError(f"initial: {len(self.names)} names but {len(arrays)} arrays")
+        self.global_arrays: list[np.ndarray] = arrays
+        if strategy not in STRATEGY:
+            raise ValueError(f"unknown libmop strategy {strategy!r}; known: {', '.join(STRATEGY)}")
+        if dp not in (None, "central", "local"):
+            raise ValueError(f"dp must be None, 'central' or 'local', got {dp!r}")
+        if dp is not None and not clip_norm > 0:
+            raise ValueError(f"dp={dp!r} needs clip_norm > 0, got {clip_norm}")
+        if secure_aggregation and strategy not in ("fedavg", "fedavgm", "fedadam", "fedyogi",
+                                                   "fedadagrad"):
+            raise ValueError(f"secure aggregation gives the server only the sum of the "
+                             f"updates; strategy {strategy!r} needs each update")
+        if secure_aggregation and dp == "central":
+            raise ValueError("dp='central' clips each update on the server, which secure "
+                             "aggregation hides: use dp='local' (distributed DP)")
+        self.strategy_name = strategy
+        self.aggregator = Aggregator(strategy, seed=seed, **aggregator_params)
+        self.aggregator_params = dict(self.aggregator.params)
+        self.fraction_fit, self.fraction_evaluate = fraction_fit, fraction_evaluate
+        self.min_fit_clients, self.min_available_clients = min_fit_clients, min_available_clients
+        self.min_evaluate_clients = min_evaluate_clients
+        self.fit_config = dict(fit_config or {})
+        self.evaluate_fn = evaluate_fn
+        self.dp, self.clip_norm = dp, float(clip_norm)
+        self.noise_multiplier, self.noise_seed = float(noise_multiplier), int(noise_seed)
+        self.secure_aggregation = bool(secure_aggregation)
+        self.secagg_params = dict(secagg_params or {})
+        self.history: list[dict[str, Any]] = []
+
+    def __repr__(self) -> str:
+        return f"<MopStrategy {self.strategy_name} dp={self.dp} secagg={self.secure_aggregation}>"
+
+    # -- Flower API ---------------------------------------------------------
+    def initialize_parameters(self, client_manager: ClientManager) -> Optional[Parameters]:
+        return ndarrays_to_parameters(self.global_arrays)
+
+    def _sample(self, client_manager: ClientManager, fraction: float,
+                minimum: int) -> list[ClientProxy]:
+        n = max(int(client_manager.num_available() * fraction), minimum)
+        return client_manager.sample(num_clients=n, min_num_clients=self.min_available_clients)
+
+    def configure_fit(self, server_round: int, parameters: Parameters,
+                      client_manager: ClientManager) -> list[tuple[ClientProxy, FitIns]]:
+        clients = self._sample(client_manager, self.fraction_fit, self.min_fit_clients)
+        config: dict[str, Scalar] = dict(self.fit_config, round=server_round)
+        n = len(clients)
+        if self.dp == "local":
+            z = self.noise_multiplier / (math.sqrt(n) if self.secure_aggregation else 1.0)
+            config.update(clip_norm=self.clip_norm, noise_std=z * self.clip_norm,
+                          noise_seed=self.noise_seed)
+        if not self.secure_aggregation:
+            return [(c, FitIns(parameters, dict(config))) for c in clients]
+        # secure aggregation: one fresh key pair per client and round
+        length = sum(int(a.size) for a in self.global_arrays)
+        sa = dict(self.secagg_params, n_clients=n, length=length, round=server_round)
+        config.update({f"secagg_{k}": v for k, v in sa.items()})
+        keys = []
+        for i, c in enumerate(clients):
+            res = c.get_properties(GetPropertiesIns(dict(config, secagg_index=i)),
+                                   timeout=None, group_id=server_round)
+            pk = res.properties.get("public_key")
+            if not isinstance(pk, bytes):
+                raise RuntimeError(f"client {c.cid} returned no secure-aggregation key")
+            keys.append(pk)
+        self._secagg_round = (clients, sa)
+        config["secagg_keys"] = b"".join(keys)
+        return [(c, FitIns(parameters, dict(config, secagg_index=i)))
+                for i, c in enumerate(clients)]
+
+    def client_update(self, arrays: Sequence[np.ndarray], n_samples: float, client_id: int,
+                      server_round: int, gate_usage: Optional[np.ndarray] = None) -> Update:
+        """The DELTA update (client values − global) a client's arrays stand for."""
+        if len(arrays) != len(self.names):
+            raise ValueError(f"client {client_id}: expected {len(self.names)} arrays, "
+                             f"got {len(arrays)}")
+        u = Update("delta", round=server_round, client_id=client_id, n_samples=n_samples,
+                   tensors={n: np.asarray(a, dtype=np.float32) - g
+                            for n, a, g in zip(self.names, arrays, self.global_arrays)})
+        if gate_usage is not None:
+            u.add_tensor("gate.usage", gate_usage)
+        return u
+
+    def global_update(self, server_round: int) -> Update:
+        return Update("full", round=server_round, tensors=dict(zip(self.names, self.global_arrays)))
+
+    def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
+                      failures: list[Any]) -> tuple[Optional[Parameters], dict[str, Scalar]]:
+        if not results:
+            return None, {}
+        if failures and self.secure_aggregation:
+            raise RuntimeError(f"round {server_round}: {len(failures)} client(s) failed; "
+                               "secure aggregation cannot unmask the sum without them")
+        n_ex = [int(r.num_examples) for _, r in results]
+        losses = [float(r.metrics.get("loss", float("nan"))) for _, r in results]
+        if self.secure_aggregation:
+            self._aggregate_masked(server_round, results)
+        else:
+            for i, (_, r) in enumerate(results):
+                cid = int(r.metrics.get("client_id", i))
+                usage = _usage_parse(r.metrics.get("gate_usage"))
+                u = self.client_update(parameters_to_ndarrays(r.parameters),
+                                       1.0 if self.dp == "central" else float(r.num_examples),
+                                       cid, server_round, usage)
+                if self.dp == "central":
+                    u.clip(self.clip_norm)
+                self.aggregator.add(u)
+                u.close()
+            nxt = self.aggregator.finish(self.global_update(server_round))
+            if self.dp == "central" and self.noise_multiplier > 0:
+                eta = float(self.aggregator_params.get("server_lr", 1.0))
+                nxt.add_noise(eta * self.noise_multiplier * self.clip_norm / len(results),
+                              self.noise_seed)
+            self.global_arrays = [np.array(nxt.tensor(n), copy=True) for n in self.names]
+            nxt.close()
+        loss = float(np.average(losses, weights=n_ex)) if sum(n_ex) else float("nan")
+        rec = {"round": server_round, "loss": loss, "n_clients": len(results),
+               "n_examples": sum(n_ex)}
+        self.history.append(rec)
+        return ndarrays_to_parameters(self.global_arrays), {"loss": loss}
+
+    def _aggregate_masked(self, server_round: int,
+                          results: list[tuple[ClientProxy, FitRes]]) -> None:
+        clients, sa = self._secagg_round
+        server = SecAggServer(**sa)
+        for _, r in results:
+            server.add_masked(parameters_to_ndarrays(r.parameters)[0].tobytes())
+        total, included = server.finish()
+        server.close()
+        n = len(included)
+        # sum of deltas -> equal-weight mean as one DELTA update (n_samples = n)
+        mean, off = {}, 0
+        for name, g in zip(self.names, self.global_arrays):
+            mean[name] = (total[off:off + g.size] / n).reshape(g.shape)
+            off += g.size
+        u = Update("delta", round=server_round, n_samples=float(n), tensors=mean)
+        self.aggregator.add(u)
+        u.close()
+        nxt = self.aggregator.finish(self.global_update(server_round))
+        self.global_arrays = [np.array(nxt.tensor(n_), copy=True) for n_ in self.names]
+        nxt.close()
+
+    def configure_evaluate(self, server_round: int, parameters: Parameters,
+                           client_manager: ClientManager) -> list[tuple[ClientProxy, EvaluateIns]]:
+        if self.fraction_evaluate <= 0:
+            return []
+        clients = self._sample(client_manager, self.fraction_evaluate, self.min_evaluate_clients)
+        return [(c, EvaluateIns(parameters, {"round": server_round})) for c in clients]
+
+    def aggregate_evaluate(self, server_round: int, results: list[tuple[ClientProxy, EvaluateRes]],
+                           failures: list[Any]) -> tuple[Optional[float], dict[str, Scalar]]:
+        results = [(c, r) for c, r in results if r.num_examples > 0]
+        if not results:
+            return None, {}
+        # loss = mean NLL per target token; combine by target counts
+        nll = sum(float(r.loss) * int(r.metrics.get("n_targets", r.num_examples))
+                  for _, r in results)
+        n = sum(int(r.metrics.get("n_targets", r.num_examples)) for _, r in results)
+        loss = nll / max(1, n)
+        for rec in self.history:
+            if rec["round"] == server_round:
+                rec["client_val_ppl"] = math.exp(loss)
+        return loss, {"ppl": math.exp(loss)}
+
+    def evaluate(self, server_round: int, parameters: Parameters
+                 ) -> Optional[tuple[float, dict[str, Scalar]]]:
+        if self.evaluate_fn is None:
+            return None
+        out = self.evaluate_fn(server_round, parameters_to_ndarrays(parameters))
+        if out is not None:
+            for rec in self.history:
+                if rec["round"] == server_round:
+                    rec.update({f"val_{k}": v for k, v in out[1].items()})
+        return out
+
+
+# ---------------------------------------------------------------------------
+# The same client and strategy objects, driven in this process (no Ray)
+
+
+class _LocalProxy(ClientProxy):
+    """A ClientProxy calling a client object directly (for run_inprocess)."""
+
+    def __init__(self, cid: str, make: Callable[[], MopClient]) -> None:
+        super().__init__(cid)
+        self._make = make
+        self._client: Optional[MopClient] = None
+
+    @property
+    def client(self) -> MopClient:
+        if self._client is None:
+            self._client = self._make()
+        return self._client
+
+    def get_properties(self, ins, timeout, group_id):  # type: ignore[no-untyped-def]
+        from flwr.common import Code, GetPropertiesRes, Status
+        return GetPropertiesRes(Status(Code.OK, ""), self.client.get_properties(ins.config))
+
+    def get_parameters(self, ins, timeout, group_id):  # type: ignore[no-untyped-def]
+        from flwr.common import Code, GetParametersRes, Status
+        return GetParametersRes(Status(Code.OK, ""),
+                                ndarrays_to_parameters(self.client.get_parameters(ins.config)))
+
+    def fit(self, ins, timeout, group_id):  # type: ignore[no-untyped-def]
+        from flwr.common import Code, Status
+        arrs, n, m = self.client.fit(parameters_to_ndarrays(ins.parameters), ins.config)
+        return FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrs), n, m)
+
+    def evaluate(self, ins, timeout, group_id):  # type: ignore[no-untyped-def]
+        from flwr.common import Code, Status
+        loss, n, m = self.client.evaluate(parameters_to_ndarrays(ins.parameters), ins.config)
+        return EvaluateRes(Status(Code.OK, ""), loss, n, m)
+
+    def reconnect(self, ins, timeout, group_id):  # type: ignore[no-untyped-def]
+        raise NotImplementedError
+
+
+def run_inprocess(strategy: MopStrategy, client_fns: Sequence[Callable[[], MopClient]],
+                  num_rounds: int, log: Optional[Callable[[str], Any]] = print) -> MopStrategy:
+    """Run @p num_rounds rounds of @p strategy over the clients made by
+    @p client_fns (one factory per client, called once) in this process,
+    with Flower's ClientManager and message types but no simulation engine.
+    Returns @p strategy (its :attr:`~MopStrategy.history` and
+    :attr:`~MopStrategy.global_arrays` hold the results)."""
+    from flwr.server.client_manager import SimpleClientManager
+    cm = SimpleClientManager()
+    proxies = [_LocalProxy(str(i), f) for i, f in enumerate(client_fns)]
+    for p in proxies:
+        cm.register(p)
+    params = strategy.initialize_parameters(cm)
+    assert params is not None
+    strategy.evaluate(0, params)
+    for rnd in range(1, num_rounds + 1):
+        ins = strategy.configure_fit(rnd, params, cm)
+        results = [(c, c.fit(i, None, rnd)) for c, i in ins]
+        new, metrics = strategy.aggregate_fit(rnd, results, [])
+        if new is not None:
+            params = new
+        ev = strategy.evaluate(rnd, params)
+        eins = strategy.configure_evaluate(rnd, params, cm)
+        if eins:
+            strategy.aggregate_evaluate(rnd, [(c, c.evaluate(i, None, rnd)) for c, i in eins], [])
+        if log:
+            msg = f"round {rnd}: train loss {metrics.get('loss', float('nan')):.3f}"
+            if ev is not None:
+                msg += "".join(f", val {k} {v:.2f}" for k, v in ev[1].items()
+                               if isinstance(v, float))
+            log(msg)
+    for p in proxies:
+        if p._client is not None:
+            p._client.close()
+    return strategy

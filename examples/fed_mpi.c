@@ -1,0 +1,441 @@
+/* fed_mpi: federated Mixture-of-Prompts training over MPI.
+ *
+ *   mpirun -np 4 fed_mpi MODEL train.jsonl val.jsonl ROUNDS LOCAL_STEPS [STRATEGY [K P MAX_LEN]]
+ *
+ * Rank 0 is the server, ranks 1..n-1 are the clients (client c = rank c+1).
+ * Each round the server broadcasts the global mixture as a serialized FULL
+ * update; every client copies it into its mixtures, takes LOCAL_STEPS AdamW
+ * steps on its share of the training data (an IID split) and sends back the
+ * serialized DELTA (size first, then the bytes); the server parses each blob
+ * (the parser rejects corrupt ones), aggregates with STRATEGY (default
+ * fedavg; names as in `mop fed-sim --help`), applies the result and prints
+ * the validation perplexity. Last line: `perplexity: X`.
+ *
+ * The logic, seeds and order are those of `mop fed-sim --split iid --batch 2
+ * --lr 3e-3 --seed 1234`, which prints the same numbers. Public API only;
+ * one compute thread per rank. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+#include <libmop/mop.h>
+#include <mpi.h>
+
+#define BATCH 2
+#define LR 3e-3f
+#define SEED 1234u
+
+static const char *const strategy_names[] = {
+    "fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "median", "trimmed-mean", "krum",
+    "multi-krum", "task-arithmetic", "ties", "dare", "breadcrumbs", "mop-aware"}; /* enum order */
+
+static int rank;
+
+/* Print the library's error and stop every rank. */
+static void check(mop_status st, const char *what)
+{
+    if (st == MOP_OK)
+        return;
+    fprintf(stderr, "fed_mpi rank %d: %s: %s\n", rank, what, mop_last_error());
+    MPI_Abort(MPI_COMM_WORLD, 1);
+}
+
+static void die(const char *what)
+{
+    fprintf(stderr, "fed_mpi rank %d: %s\n", rank, what);
+    MPI_Abort(MPI_COMM_WORLD, 1);
+}
+
+/* ---- data: JSONL {instruction, response} in the chat template ------------ */
+typedef struct example {
+    int32_t *tokens;
+    uint8_t *mask; /* 1 on target tokens (the response) */
+    int32_t len;
+} example;
+
+typedef struct dataset {
+    example *ex;
+    size_t n;
+    int32_t max_len;
+} dataset;
+
+/* Examples cut to max_len tokens; those with no target left are dropped. */
+static void load_jsonl(const mop_model *model, const char *path, int32_t max_len, dataset *ds)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        die("cannot open a data file");
+    memset(ds, 0, sizeof *ds);
+    char *line = NULL;
+    size_t cap = 0, room = 0;
+    while (getline(&line, &cap, f) > 0) {
+        cJSON *obj = cJSON_Parse(line);
+        const cJSON *ins = cJSON_GetObjectItemCaseSensitive(obj, "instruction");
+        const cJSON *res = cJSON_GetObjectItemCaseSensitive(obj, "response");
+        if (!cJSON_IsString(ins) || !cJSON_IsString(res)) {
+            cJSON_Delete(obj);
+            continue; /* blank or malformed line */
+        }
+        size_t n = 0;
+        mop_status st = mop_tokenize_example(model, ins->valuestring, res->valuestring, NULL,
+                                             NULL, 0, &n); /* size query */
+        if (st != MOP_E_RANGE)
+            check(st, "tokenizing");
+        example e = {malloc(n * sizeof(int32_t)), malloc(n), 0};
+        if (!e.tokens || !e.mask)
+            die("out of memory");
+        check(mop_tokenize_example(model, ins->valuestring, res->valuestring, e.tokens, e.mask,
+                                   n, &n), "tokenizing");
+        cJSON_Delete(obj);
+        e.len = n < (size_t)max_len ? (int32_t)n : max_len;
+        e.mask[0] = 0;
+        int32_t targets = 0;
+        for (int32_t t = 1; t < e.len; t++)
+            targets += e.mask[t];
+        if (targets == 0) {
+            free(e.tokens);
+            free(e.mask);
+            continue;
+        }
+        if (ds->n == room) {
+            room = room ? 2 * room : 64;
+            if (!(ds->ex = realloc(ds->ex, room * sizeof *ds->ex)))
+                die("out of memory");
+        }
+        ds->ex[ds->n++] = e;
+        if (e.len > ds->max_len)
+            ds->max_len = e.len;
+    }
+    free(line);
+    fclose(f);
+    if (ds->n == 0)
+        die("no usable example in a data file");
+}
+
+/* A batch of examples idx[0..n), padded to the longest. */
+typedef struct batch {
+    int32_t tokens[BATCH * 4096], lengths[BATCH];
+    uint8_t mask[BATCH * 4096];
+    mop_batch b;
+} batch;
+
+static void fill_batch(batch *bt, const dataset *ds, const size_t *idx, int32_t n)
+{
+    int32_t T = 2;
+    for (int32_t b = 0; b < n; b++)
+        T = ds->ex[idx[b]].len > T ? ds->ex[idx[b]].len : T;
+    memset(bt->tokens, 0, sizeof bt->tokens);
+    memset(bt->mask, 0, sizeof bt->mask);
+    for (int32_t b = 0; b < n; b++) {
+        const example *e = &ds->ex[idx[b]];
+        memcpy(bt->tokens + b * T, e->tokens, (size_t)e->len * sizeof(int32_t));
+        memcpy(bt->mask + b * T, e->mask, (size_t)e->len);
+        bt->lengths[b] = e->len;
+    }
+    bt->b = (mop_batch){.struct_size = sizeof(mop_batch), .n_seq = n, .seq_len = T,
+                        .tokens = bt->tokens, .lengths = bt->lengths, .loss_mask = bt->mask};
+}
+
+/* ---- seeds: splitmix64, as `mop fed-sim` ---------------------------------- */
+static uint64_t splitmix64(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static uint64_t client_seed(uint64_t seed, int64_t round, int32_t client, uint64_t salt)
+{
+    uint64_t s = seed + 1000003ull * (uint64_t)round + 7919ull * (uint64_t)client + salt;
+    uint64_t r = splitmix64(&s);
+    return r ? r : 1;
+}
+
+static void shuffle(size_t *v, size_t n, uint64_t *state)
+{
+    for (size_t i = n; i > 1; i--) {
+        size_t j = (size_t)(splitmix64(state) % i), t = v[i - 1];
+        v[i - 1] = v[j];
+        v[j] = t;
+    }
+}
+
+/* ---- updates over MPI: the size, then the serialized bytes ---------------- */
+static void send_update(const mop_update *u, int dest)
+{
+    uint64_t n = 0;
+    size_t sz = 0;
+    uint8_t *buf = NULL;
+    if (u) {
+        check(mop_update_serialize(u, NULL, 0, &sz), "sizing an update");
+        if (!(buf = malloc(sz)))
+            die("out of memory");
+        check(mop_update_serialize(u, buf, sz, &sz), "serializing an update");
+        n = sz;
+    }
+    MPI_Send(&n, 1, MPI_UINT64_T, dest, 0, MPI_COMM_WORLD);
+    if (n)
+        MPI_Send(buf, (int)n, MPI_BYTE, dest, 1, MPI_COMM_WORLD);
+    free(buf);
+}
+
+/* NULL when the client had nothing to send (no data). */
+static mop_update *recv_update(int src)
+{
+    uint64_t n = 0;
+    MPI_Recv(&n, 1, MPI_UINT64_T, src, 0, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+    if (n == 0)
+        return NULL;
+    uint8_t *buf = malloc(n);
+    if (!buf)
+        die("out of memory");
+    MPI_Recv(buf, (int)n, MPI_BYTE, src, 1, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+    mop_update *u = NULL;
+    check(mop_update_parse(buf, n, &u), "parsing a client's update"); /* checksum, shapes, NaN */
+    free(buf);
+    return u;
+}
+
+/* The global values from rank 0 to everyone (u is only read on rank 0). */
+static mop_update *bcast_update(const mop_update *u)
+{
+    uint64_t n = 0;
+    size_t sz = 0;
+    uint8_t *buf = NULL;
+    if (rank == 0) {
+        check(mop_update_serialize(u, NULL, 0, &sz), "sizing the global update");
+        n = sz;
+    }
+    MPI_Bcast(&n, 1, MPI_UINT64_T, 0, MPI_COMM_WORLD);
+    if (!(buf = malloc(n)))
+        die("out of memory");
+    if (rank == 0)
+        check(mop_update_serialize(u, buf, n, &sz), "serializing the global update");
+    MPI_Bcast(buf, (int)n, MPI_BYTE, 0, MPI_COMM_WORLD);
+    mop_update *out = NULL;
+    if (rank != 0)
+        check(mop_update_parse(buf, n, &out), "parsing the global update");
+    free(buf);
+    return out;
+}
+
+/* ---- the two roles --------------------------------------------------------- */
+
+/* exp(Σ NLL / Σ targets) over the validation set. */
+static double perplexity(mop_ctx *ctx, const mop_mixture *m, const dataset *val, batch *bt)
+{
+    double nll = 0.0, seq_nll[BATCH];
+    int64_t count = 0;
+    int32_t seq_tgt[BATCH];
+    for (size_t first = 0; first < val->n; first += BATCH) {
+        size_t idx[BATCH];
+        int32_t n = val->n - first < BATCH ? (int32_t)(val->n - first) : BATCH;
+        for (int32_t b = 0; b < n; b++)
+            idx[b] = first + (size_t)b;
+        fill_batch(bt, val, idx, n);
+        check(mop_mixture_evaluate(ctx, &m, 1, &bt->b, seq_nll, seq_tgt, NULL), "evaluating");
+        for (int32_t b = 0; b < n; b++) {
+            nll += seq_nll[b];
+            count += seq_tgt[b];
+        }
+    }
+    return exp(nll / (double)count);
+}
+
+/* Client c, round r: copy the global values, S AdamW steps on batches of its
+ * shuffled examples (cycling), mean gate weights if the server needs them,
+ * and the DELTA update (with the mean loss as metadata). */
+static mop_update *client_round(mop_ctx *ctx, mop_mixture *base, mop_mixture *local,
+                                const mop_update *global, const dataset *ds, const size_t *mine,
+                                size_t n_mine, int32_t r, int32_t c, int32_t steps, int need_usage,
+                                batch *bt)
+{
+    check(mop_update_apply(global, base, 1.0f), "copying the global mixture");
+    check(mop_update_apply(global, local, 1.0f), "copying the global mixture");
+    size_t *order = malloc(n_mine * sizeof *order);
+    if (!order)
+        die("out of memory");
+    memcpy(order, mine, n_mine * sizeof *order);
+    uint64_t rng = client_seed(SEED, r, c, 1);
+    shuffle(order, n_mine, &rng);
+
+    float *params, *grads;
+    size_t n;
+    check(mop_mixture_data(local, &params, &grads, &n), "mixture data");
+    mop_adamw_params ap = mop_adamw_default_params();
+    ap.lr = LR;
+    mop_optimizer *opt = NULL;
+    check(mop_optimizer_create(n, &ap, &opt), "creating the optimizer");
+    mop_loss_params lp = mop_loss_default_params();
+    int32_t B = n_mine < BATCH ? (int32_t)n_mine : BATCH;
+    double loss = 0.0;
+    for (int32_t s = 0; s < steps; s++) {
+        size_t idx[BATCH];
+        for (int32_t b = 0; b < B; b++)
+            idx[b] = order[((size_t)s * (size_t)B + (size_t)b) % n_mine];
+        fill_batch(bt, ds, idx, B);
+        mop_loss_result res = {.struct_size = sizeof res};
+        mop_mixture_zero_grad(local);
+        check(mop_mixture_forward_backward(ctx, local, &bt->b, &lp, &res), "local step");
+        check(mop_optimizer_step(opt, params, grads, n, 1.0f, NULL, NULL), "optimizer step");
+        loss += res.loss;
+    }
+    mop_optimizer_free(opt);
+    free(order);
+
+    float usage[256], w[BATCH * 256];
+    double sum[256] = {0};
+    mop_mixture_params mp = {.struct_size = sizeof mp};
+    check(mop_mixture_get_params(local, &mp), "mixture params");
+    for (size_t first = 0; need_usage && first < n_mine; first += (size_t)B) {
+        int32_t nb = n_mine - first < (size_t)B ? (int32_t)(n_mine - first) : B;
+        fill_batch(bt, ds, mine + first, nb);
+        check(mop_mixture_gate(ctx, local, &bt->b, w), "gate weights");
+        for (int32_t b = 0; b < nb; b++)
+            for (int32_t k = 0; k < mp.n_experts; k++)
+                sum[k] += w[b * mp.n_experts + k];
+    }
+    for (int32_t k = 0; k < mp.n_experts; k++)
+        usage[k] = (float)(sum[k] / (double)n_mine);
+    mop_update *u = NULL;
+    check(mop_update_from_mixture(local, base, r, (uint64_t)c, (double)n_mine,
+                                  need_usage ? usage : NULL, &u), "building the update");
+    char text[64];
+    snprintf(text, sizeof text, "%.17g", loss / steps);
+    check(mop_update_set_meta(u, "loss", text), "update metadata");
+    return u;
+}
+
+int main(int argc, char **argv)
+{
+    MPI_Init(&argc, &argv);
+    int size;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    if (argc < 6 || size < 2) {
+        if (rank == 0)
+            fprintf(stderr, "usage: mpirun -np N fed_mpi MODEL train.jsonl val.jsonl ROUNDS "
+                            "LOCAL_STEPS [STRATEGY [K P MAX_LEN]]   (N >= 2)\n");
+        MPI_Finalize();
+        return 2;
+    }
+    int32_t rounds = atoi(argv[4]), steps = atoi(argv[5]), n_clients = size - 1;
+    int32_t strategy = 0;
+    if (argc > 6)
+        for (strategy = 0; strategy < 14 && strcmp(argv[6], strategy_names[strategy]); strategy++)
+            ;
+    if (strategy == 14 || rounds < 1 || steps < 1)
+        die("bad ROUNDS, LOCAL_STEPS or STRATEGY");
+    mop_mixture_params mp = mop_mixture_default_params();
+    mp.n_experts = argc > 7 ? atoi(argv[7]) : 4;
+    mp.prompt_len = argc > 8 ? atoi(argv[8]) : 4;
+    mp.seed = SEED;
+    int32_t max_len = argc > 9 ? atoi(argv[9]) : 128;
+    if (mp.n_experts < 1 || mp.n_experts > 256 || max_len < 2 || max_len > 4096)
+        die("bad K or MAX_LEN");
+    int need_usage = strategy == MOP_AGG_MOP_AWARE;
+
+    /* every rank: the model, its data, a mixture and a one-thread context */
+    mop_model_params lp = mop_model_default_params();
+    lp.n_threads = 1;
+    mop_model *model = NULL;
+    check(mop_model_load(argv[1], &lp, &model), "loading the model");
+    dataset ds;
+    load_jsonl(model, rank == 0 ? argv[3] : argv[2], max_len, &ds); /* server: val; clients: train */
+    mop_mixture *global = NULL, *local = NULL;
+    check(mop_mixture_create(model, &mp, &global), "creating the mixture");
+    mop_ctx_params cp = mop_ctx_default_params();
+    cp.n_threads = 1;
+    cp.n_batch = cp.n_ctx = mp.n_experts * mp.prompt_len + ds.max_len;
+    mop_ctx *ctx = NULL;
+    check(mop_ctx_create(model, &cp, &ctx), "creating a context");
+    static batch bt;
+
+    /* client c: its examples of the IID split, in file order */
+    size_t *mine = NULL, n_mine = 0;
+    if (rank > 0) {
+        check(mop_mixture_create(model, &mp, &local), "creating the mixture");
+        int32_t *client_of = malloc(ds.n * sizeof *client_of);
+        mine = malloc(ds.n * sizeof *mine);
+        if (!client_of || !mine)
+            die("out of memory");
+        check(mop_partition_iid((int64_t)ds.n, n_clients, SEED, client_of), "splitting");
+        for (size_t i = 0; i < ds.n; i++)
+            if (client_of[i] == rank - 1)
+                mine[n_mine++] = i;
+        free(client_of);
+    }
+
+    mop_aggregator *agg = NULL;
+    double ppl = 0.0;
+    if (rank == 0) {
+        mop_aggregator_params ap = mop_aggregator_default_params();
+        ap.strategy = strategy;
+        ap.server_lr = strategy >= MOP_AGG_FEDADAM && strategy <= MOP_AGG_FEDADAGRAD ? 0.01f : 1.0f;
+        ap.seed = SEED;
+        check(mop_aggregator_create(&ap, &agg), "creating the aggregator");
+        ppl = perplexity(ctx, global, &ds, &bt);
+        printf("fed_mpi: %d clients, %d rounds x %d local steps, strategy %s\n", (int)n_clients,
+               (int)rounds, (int)steps, strategy_names[strategy]);
+        printf("round 0: validation perplexity %.4f\n", ppl);
+        fflush(stdout);
+    }
+
+    for (int32_t r = 0; r < rounds; r++) {
+        mop_update *gu = NULL;
+        if (rank == 0)
+            check(mop_update_from_mixture(global, NULL, r, 0, 0.0, NULL, &gu), "global update");
+        mop_update *received = bcast_update(gu);
+        if (rank > 0) { /* client */
+            mop_update *u = n_mine ? client_round(ctx, global, local, received, &ds, mine, n_mine,
+                                                  r, rank - 1, steps, need_usage, &bt)
+                                   : NULL;
+            send_update(u, 0);
+            mop_update_free(u);
+            mop_update_free(received);
+            continue;
+        }
+        double loss = 0.0; /* server: clients in order, aggregate, apply, evaluate */
+        int n_loss = 0;
+        for (int src = 1; src < size; src++) {
+            mop_update *u = recv_update(src);
+            if (!u)
+                continue;
+            const char *text;
+            if (mop_update_get_meta(u, "loss", &text) == MOP_OK) {
+                loss += atof(text);
+                n_loss++;
+            }
+            check(mop_aggregator_add(agg, u), "aggregating a client's update");
+            mop_update_free(u);
+        }
+        mop_update *next = NULL;
+        check(mop_aggregator_finish(agg, gu, &next), "finishing the round");
+        check(mop_update_apply(next, global, 1.0f), "applying the aggregate");
+        mop_update_free(next);
+        mop_update_free(gu);
+        ppl = perplexity(ctx, global, &ds, &bt);
+        printf("round %d: validation perplexity %.4f, client loss %.4f\n", (int)r + 1, ppl,
+               n_loss ? loss / n_loss : 0.0);
+        fflush(stdout);
+    }
+    if (rank == 0)
+        printf("perplexity: %.6f\n", ppl);
+
+    for (size_t i = 0; i < ds.n; i++) {
+        free(ds.ex[i].tokens);
+        free(ds.ex[i].mask);
+    }
+    free(ds.ex);
+    free(mine);
+    mop_aggregator_free(agg);
+    mop_ctx_free(ctx);
+    mop_mixture_free(local);
+    mop_mixture_free(global);
+    mop_model_free(model);
+    MPI_Finalize();
+    return 0;
+}

@@ -1,0 +1,766 @@
+/* mop fed-sim MODEL --data FILE --val FILE: federated training of a prompt
+ * mixture, simulated in one process (clients run one after the other).
+ *
+ * One round: every client copies the global mixture (a FULL update applied
+ * to its own mixture), takes S AdamW steps on its partition, and sends the
+ * DELTA with its mean gate weights ("gate.usage"); optionally clipped and
+ * noised (local DP), poisoned (the first M clients) and masked (secure
+ * aggregation). The server aggregates with the chosen rule and applies the
+ * next global values. examples/fed_mpi.c runs the same logic over MPI and
+ * gives the same numbers with --split iid (docs/FEDERATED.md, "Simulation"). */
+#include <ctype.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "cli_data.h"
+
+typedef struct fed_opts {
+    const char *data, *val, *out, *csv, *strategy, *split, *baseline, *attack;
+    int32_t n_clients, rounds, local_steps, K, P, B, max_len, n_threads, malicious, krum_f;
+    int32_t secure_agg, split_kind; /* 0 skewed, 1 iid, 2 dirichlet */
+    float alpha, lr, skew_ratio, prox_mu, dp_clip, dp_noise, dp_delta, server_lr, trim_ratio;
+    uint64_t seed;
+} fed_opts;
+
+static const struct {
+    const char *name;
+    int32_t id;
+} strategies[] = {
+    {"fedavg", MOP_AGG_FEDAVG},         {"fedavgm", MOP_AGG_FEDAVGM},
+    {"fedadam", MOP_AGG_FEDADAM},       {"fedyogi", MOP_AGG_FEDYOGI},
+    {"fedadagrad", MOP_AGG_FEDADAGRAD}, {"median", MOP_AGG_MEDIAN},
+    {"trimmed-mean", MOP_AGG_TRIMMED_MEAN}, {"krum", MOP_AGG_KRUM},
+    {"multi-krum", MOP_AGG_MULTI_KRUM}, {"task-arithmetic", MOP_AGG_TASK_ARITHMETIC},
+    {"ties", MOP_AGG_TIES},             {"dare", MOP_AGG_DARE},
+    {"breadcrumbs", MOP_AGG_BREADCRUMBS}, {"mop-aware", MOP_AGG_MOP_AWARE},
+};
+#define N_STRATEGIES ((int32_t)(sizeof strategies / sizeof strategies[0]))
+
+/* Strategy id of `s` ('_' accepted for '-', any case), or -1. */
+static int32_t strategy_id(const char *s)
+{
+    for (int32_t i = 0; i < N_STRATEGIES; i++) {
+        const char *a = strategies[i].name, *b = s;
+        while (*a && *b && (*a == tolower((unsigned char)*b) || (*a == '-' && *b == '_')))
+            a++, b++;
+        if (!*a && !*b)
+            return strategies[i].id;
+    }
+    return -1;
+}
+
+static int is_fedavg_family(int32_t id)
+{
+    return id <= MOP_AGG_FEDADAGRAD;
+}
+
+/* Seed of one (round, client, purpose): the same formula in examples/fed_mpi.c. */
+static uint64_t client_seed(uint64_t seed, int64_t round, int32_t client, uint64_t salt)
+{
+    uint64_t s = seed + 1000003ull * (uint64_t)round + 7919ull * (uint64_t)client + salt;
+    uint64_t r = cli_rand(&s);
+    return r ? r : 1; /* 0 would mean "OS randomness" to mop_update_add_noise */
+}
+
+/* Everything a round needs. */
+typedef struct fed_state {
+    const fed_opts *o;
+    const cli_dataset *ds, *val;
+    mop_ctx *ctx;
+    mop_mixture *global, *local;
+    int32_t K, learned_gate, need_usage;
+    cli_batch cb;
+    int32_t *client_of;      /* (ds->n) */
+    size_t **members;        /* (n_clients) example indices of each client, dataset order */
+    size_t *n_members;       /* (n_clients) */
+    size_t *order, *idx;     /* scratch: (ds->n), (B) */
+    float *usage, *w;        /* (K), (B, K) */
+} fed_state;
+
+/* Local training of client c from the global values `gu` (FULL): S AdamW
+ * steps on batches of its shuffled examples (cycling), then the mean gate
+ * weights over all its examples. */
+static int client_train(fed_state *fs, const mop_update *gu, int64_t round, int32_t c,
+                        double *loss_mean)
+{
+    const fed_opts *o = fs->o;
+    size_t n_c = fs->n_members[c];
+    mop_status st = mop_update_apply(gu, fs->local, 1.0f);
+    if (st != MOP_OK)
+        return cli_fail(st, "client %d: cannot copy the global mixture", (int)c);
+    mop_loss_params lp = mop_loss_default_params();
+    lp.prox_mu = o->prox_mu;
+    if (o->prox_mu > 0.0f && (st = mop_mixture_set_prox_reference(fs->local)) != MOP_OK)
+        return cli_fail(st, "client %d: cannot set the FedProx reference", (int)c);
+
+    memcpy(fs->order, fs->members[c], n_c * sizeof *fs->order);
+    uint64_t rng = client_seed(o->seed, round, c, 1);
+    cli_shuffle(fs->order, n_c, &rng);
+
+    float *params, *grads;
+    size_t n;
+    if ((st = mop_mixture_data(fs->local, &params, &grads, &n)) != MOP_OK)
+        return cli_fail(st, "cannot access the client mixture");
+    mop_adamw_params ap = mop_adamw_default_params();
+    ap.lr = o->lr;
+    mop_optimizer *opt = NULL;
+    if ((st = mop_optimizer_create(n, &ap, &opt)) != MOP_OK)
+        return cli_fail(st, "cannot create the client optimizer");
+    int32_t B = (size_t)o->B < n_c ? o->B : (int32_t)n_c;
+    double loss = 0.0;
+    for (int32_t s = 0; s < o->local_steps; s++) {
+        for (int32_t b = 0; b < B; b++)
+            fs->idx[b] = fs->order[((size_t)s * (size_t)B + (size_t)b) % n_c];
+        cli_batch_fill(&fs->cb, fs->ds, fs->idx, B);
+        mop_loss_result res;
+        memset(&res, 0, sizeof res);
+        res.struct_size = sizeof res;
+        mop_mixture_zero_grad(fs->local);
+        st = mop_mixture_forward_backward(fs->ctx, fs->local, &fs->cb.b, &lp, &res);
+        if (st == MOP_OK)
+            st = mop_optimizer_step(opt, params, grads, n, 1.0f, NULL, NULL);
+        if (st != MOP_OK) {
+            mop_optimizer_free(opt);
+            return cli_fail(st, "round %d, client %d: local step %d failed", (int)round + 1,
+                            (int)c, (int)s + 1);
+        }
+        loss += res.loss;
+    }
+    mop_optimizer_free(opt);
+    *loss_mean = loss / o->local_steps;
+
+    /* gate usage: mean gate weights over the client's examples (only
+     * mop-aware reads it: the other rules skip the extra gate passes) */
+    for (int32_t k = 0; k < fs->K; k++)
+        fs->usage[k] = 1.0f / (float)fs->K;
+    if (!fs->learned_gate || !fs->need_usage)
+        return CLI_OK;
+    double *acc = calloc((size_t)fs->K, sizeof *acc);
+    if (!acc)
+        return cli_error("out of memory");
+    for (size_t first = 0; first < n_c; first += (size_t)B) {
+        int32_t nb = n_c - first < (size_t)B ? (int32_t)(n_c - first) : B;
+        cli_batch_fill(&fs->cb, fs->ds, fs->members[c] + first, nb);
+        if ((st = mop_mixture_gate(fs->ctx, fs->local, &fs->cb.b, fs->w)) != MOP_OK) {
+            free(acc);
+            return cli_fail(st, "client %d: gate weights failed", (int)c);
+        }
+        for (int32_t b = 0; b < nb; b++)
+            for (int32_t k = 0; k < fs->K; k++)
+                acc[k] += fs->w[(size_t)b * fs->K + k];
+    }
+    for (int32_t k = 0; k < fs->K; k++)
+        fs->usage[k] = (float)(acc[k] / (double)n_c);
+    free(acc);
+    return CLI_OK;
+}
+
+/* What a malicious client sends instead of its delta: −5·Δ (sign-flip) or
+ * N(0, 10²) in every value (noise). "gate.usage" is left alone. */
+static int poison(mop_update *u, const char *attack, uint64_t seed)
+{
+    int flip = strcmp(attack, "sign-flip") == 0;
+    for (int32_t i = 0; i < mop_update_tensor_count(u); i++) {
+        mop_update_tensor_info ti;
+        memset(&ti, 0, sizeof ti);
+        ti.struct_size = sizeof ti;
+        mop_status st = mop_update_get_tensor(u, i, NULL, &ti);
+        if (st != MOP_OK)
+            return cli_fail(st, "cannot read an update tensor");
+        if (strcmp(ti.name, "gate.usage") == 0)
+            continue;
+        for (int64_t j = 0; j < ti.size; j++)
+            ti.data[j] = flip ? -5.0f * ti.data[j] : 0.0f;
+    }
+    mop_status st = flip ? MOP_OK : mop_update_add_noise(u, 10.0f, seed);
+    return st == MOP_OK ? CLI_OK : cli_fail(st, "cannot add the attack noise");
+}
+
+/* Secure aggregation of one round: the clients' handles and the server's. */
+typedef struct fed_secagg {
+    mop_secagg_params sp;
+    mop_secagg_client **clients; /* (n_clients) */
+    mop_secagg_server *server;
+    float *vec;                  /* (length) n_i·Δ_i flattened, then n_i */
+    uint8_t *blob;
+    size_t blob_cap;
+} fed_secagg;
+
+static void secagg_free(fed_secagg *sa, int32_t n_clients)
+{
+    if (sa->clients)
+        for (int32_t c = 0; c < n_clients; c++)
+            mop_secagg_client_free(sa->clients[c]);
+    free(sa->clients);
+    mop_secagg_server_free(sa->server);
+    free(sa->vec);
+    free(sa->blob);
+    memset(sa, 0, sizeof *sa);
+}
+
+/* Steps 1-2 of the protocol: key pairs, public keys to everyone. The vector
+ * of each client is its n_i-weighted delta followed by n_i, so the server
+ * learns only Σ n_i Δ_i and Σ n_i: weighted FedAvg without seeing a delta. */
+static int secagg_begin(fed_secagg *sa, int32_t n_clients, int64_t round, int64_t n_floats)
+{
+    memset(sa, 0, sizeof *sa);
+    sa->sp = mop_secagg_default_params();
+    sa->sp.n_clients = n_clients;
+    sa->sp.round = round;
+    sa->sp.length = n_floats + 1;
+    sa->sp.clip_range = 1048576.0f; /* 2^20 with scale 2^32: up to 2047 clients */
+    sa->clients = calloc((size_t)n_clients, sizeof *sa->clients);
+    sa->vec = malloc((size_t)sa->sp.length * sizeof *sa->vec);
+    uint8_t *keys = malloc((size_t)n_clients * MOP_SECAGG_KEY_BYTES);
+    int rc = CLI_ERROR;
+    if (!sa->clients || !sa->vec || !keys) {
+        cli_error("out of memory");
+        goto out;
+    }
+    mop_status st = mop_secagg_server_create(&sa->sp, &sa->server);
+    for (int32_t c = 0; st == MOP_OK && c < n_clients; c++) {
+        st = mop_secagg_client_create(&sa->sp, c, &sa->clients[c]);
+        if (st == MOP_OK)
+            st = mop_secagg_client_public_key(sa->clients[c], keys + (size_t)c * MOP_SECAGG_KEY_BYTES);
+    }
+    for (int32_t c = 0; st == MOP_OK && c < n_clients; c++)
+        st = mop_secagg_client_set_peer_keys(sa->clients[c], keys,
+                                             (size_t)n_clients * MOP_SECAGG_KEY_BYTES);
+    if (st == MOP_OK)
+        st = mop_secagg_client_mask(sa->clients[0], NULL, sa->sp.length, NULL, 0, &sa->blob_cap);
+    if (st != MOP_OK) {
+        cli_fail(st, "secure aggregation setup failed");
+        goto out;
+    }
+    if (!(sa->blob = malloc(sa->blob_cap))) {
+        cli_error("out of memory");
+        goto out;
+    }
+    rc = CLI_OK;
+out:
+    free(keys);
+    return rc;
+}
+
+/* Step 3: client c masks n_c·Δ (u may be NULL: a client without data sends 0)
+ * in the tensor order of the global update `gu`; the server adds the blob. */
+static int secagg_send(fed_secagg *sa, int32_t c, const mop_update *u, const mop_update *gu,
+                       double n_c)
+{
+    int64_t pos = 0;
+    for (int32_t i = 0; i < mop_update_tensor_count(gu); i++) {
+        mop_update_tensor_info gi, ti;
+        memset(&gi, 0, sizeof gi);
+        gi.struct_size = sizeof gi;
+        ti = gi;
+        mop_status st = mop_update_get_tensor(gu, i, NULL, &gi);
+        if (st == MOP_OK && u)
+            st = mop_update_get_tensor(u, -1, gi.name, &ti);
+        if (st != MOP_OK)
+            return cli_fail(st, "secure aggregation: client %d", (int)c);
+        for (int64_t j = 0; j < gi.size; j++)
+            sa->vec[pos + j] = u ? (float)(n_c * (double)ti.data[j]) : 0.0f;
+        pos += gi.size;
+    }
+    sa->vec[pos] = (float)n_c;
+    size_t n_blob = 0;
+    mop_status st = mop_secagg_client_mask(sa->clients[c], sa->vec, sa->sp.length, sa->blob,
+                                           sa->blob_cap, &n_blob);
+    if (st == MOP_OK)
+        st = mop_secagg_server_add_masked(sa->server, sa->blob, n_blob);
+    return st == MOP_OK ? CLI_OK : cli_fail(st, "secure aggregation: client %d", (int)c);
+}
+
+/* Step 5: the server decodes Σ n_i Δ_i and Σ n_i and turns them into one
+ * DELTA update Σ n_i Δ_i / Σ n_i carrying weight Σ n_i. */
+static int secagg_finish(fed_secagg *sa, const mop_update *gu, int64_t round, mop_update **out)
+{
+    mop_status st = mop_secagg_server_finish(sa->server, sa->vec, sa->sp.length, NULL, NULL);
+    if (st != MOP_OK)
+        return cli_fail(st, "secure aggregation: the server cannot decode the sum");
+    double total = sa->vec[sa->sp.length - 1];
+    if (!(total > 0.5))
+        return cli_error("secure aggregation: the clients' total sample count is %g", total);
+    if ((st = mop_update_create(MOP_UPDATE_DELTA, round, 0, floor(total + 0.5), out)) != MOP_OK)
+        return cli_fail(st, "cannot create the aggregate update");
+    int64_t pos = 0;
+    for (int32_t i = 0; i < mop_update_tensor_count(gu); i++) {
+        mop_update_tensor_info gi;
+        memset(&gi, 0, sizeof gi);
+        gi.struct_size = sizeof gi;
+        st = mop_update_get_tensor(gu, i, NULL, &gi);
+        for (int64_t j = 0; st == MOP_OK && j < gi.size; j++)
+            sa->vec[pos + j] = (float)((double)sa->vec[pos + j] / total);
+        if (st == MOP_OK)
+            st = mop_update_add_tensor(*out, gi.name, sa->vec + pos, gi.n_dims, gi.dims);
+        if (st != MOP_OK) {
+            mop_update_free(*out);
+            *out = NULL;
+            return cli_fail(st, "cannot build the aggregate update");
+        }
+        pos += gi.size;
+    }
+    return CLI_OK;
+}
+
+static int validate(fed_state *fs, double *ppl)
+{
+    double nll;
+    int64_t count;
+    if (cli_evaluate(fs->ctx, fs->global, fs->val, &fs->cb, fs->o->B, NULL, NULL, NULL, &nll,
+                     &count) != CLI_OK)
+        return CLI_ERROR;
+    *ppl = exp(nll / (double)count);
+    return CLI_OK;
+}
+
+/* Assign the training examples to clients and list each client's examples. */
+static int partition(fed_state *fs)
+{
+    const fed_opts *o = fs->o;
+    size_t n = fs->ds->n;
+    int32_t N = o->n_clients;
+    int32_t *task = malloc(n * sizeof *task);
+    fs->client_of = malloc(n * sizeof *fs->client_of);
+    fs->members = calloc((size_t)N, sizeof *fs->members);
+    fs->n_members = calloc((size_t)N, sizeof *fs->n_members);
+    if (!task || !fs->client_of || !fs->members || !fs->n_members) {
+        free(task);
+        return cli_error("out of memory");
+    }
+    for (size_t i = 0; i < n; i++)
+        task[i] = fs->ds->ex[i].task;
+    mop_status st;
+    if (o->split_kind == 0)
+        st = mop_partition_skewed(task, (int64_t)n, N, o->skew_ratio, o->seed, fs->client_of);
+    else if (o->split_kind == 1)
+        st = mop_partition_iid((int64_t)n, N, o->seed, fs->client_of);
+    else
+        st = mop_partition_dirichlet(task, (int64_t)n, N, o->alpha, o->seed, fs->client_of);
+    free(task);
+    if (st != MOP_OK)
+        return cli_fail(st, "cannot split %zu examples of '%s' over %d clients", n, o->data, (int)N);
+    for (size_t i = 0; i < n; i++)
+        fs->n_members[fs->client_of[i]]++;
+    for (int32_t c = 0; c < N; c++)
+        if (!(fs->members[c] = malloc((fs->n_members[c] ? fs->n_members[c] : 1) * sizeof(size_t))))
+            return cli_error("out of memory");
+    memset(fs->n_members, 0, (size_t)N * sizeof *fs->n_members);
+    for (size_t i = 0; i < n; i++) {
+        int32_t c = fs->client_of[i];
+        fs->members[c][fs->n_members[c]++] = i;
+    }
+    return CLI_OK;
+}
+
+static void progress(int32_t r, int32_t R, int32_t c, int32_t N, double elapsed)
+{
+    if (!cli_progress_enabled())
+        return;
+    int64_t done = (int64_t)r * N + c, total = (int64_t)R * N;
+    char bar[21];
+    int filled = (int)(20 * done / total);
+    for (int i = 0; i < 20; i++)
+        bar[i] = i < filled ? '#' : '.';
+    bar[20] = '\0';
+    cli_progress("fed-sim [%s] round %d/%d, client %d/%d, %.0f s", bar, (int)r + 1, (int)R,
+                 (int)c + 1, (int)N, elapsed);
+}
+
+static int run(mop_model *model, const fed_opts *o, const mop_mixture_params *mp,
+               const cli_dataset *ds, const cli_dataset *val)
+{
+    fed_state fs;
+    memset(&fs, 0, sizeof fs);
+    fs.o = o;
+    fs.ds = ds;
+    fs.val = val;
+    mop_aggregator *agg = NULL;
+    mop_rdp_accountant *acc = NULL;
+    mop_update *gu = NULL, *u = NULL, *next = NULL;
+    fed_secagg sa;
+    memset(&sa, 0, sizeof sa);
+    FILE *csv = NULL;
+    int rc = CLI_ERROR;
+    int32_t N = o->n_clients;
+
+    mop_status st = mop_mixture_create(model, mp, &fs.global);
+    if (st == MOP_OK)
+        st = mop_mixture_create(model, mp, &fs.local);
+    if (st != MOP_OK) {
+        cli_fail(st, "cannot create the mixture");
+        goto out;
+    }
+    mop_mixture_params got;
+    memset(&got, 0, sizeof got);
+    got.struct_size = sizeof got;
+    if ((st = mop_mixture_get_params(fs.global, &got)) != MOP_OK) {
+        cli_fail(st, "cannot read the mixture's parameters");
+        goto out;
+    }
+    fs.K = got.n_experts;
+    fs.learned_gate = got.gate_mode == MOP_GATE_LEARNED;
+    fs.need_usage = strategy_id(o->strategy) == MOP_AGG_MOP_AWARE;
+    int32_t max_len = ds->max_len > val->max_len ? ds->max_len : val->max_len;
+    fs.ctx = cli_make_ctx(model, cli_prompt_rows(&got), max_len, o->n_threads);
+    if (!fs.ctx || cli_batch_init(&fs.cb, o->B, max_len) != CLI_OK)
+        goto out;
+    fs.order = malloc(ds->n * sizeof *fs.order);
+    fs.idx = malloc((size_t)o->B * sizeof *fs.idx);
+    fs.usage = malloc((size_t)fs.K * sizeof *fs.usage);
+    fs.w = malloc((size_t)o->B * (size_t)fs.K * sizeof *fs.w);
+    if (!fs.order || !fs.idx || !fs.usage || !fs.w) {
+        cli_error("out of memory");
+        goto out;
+    }
+    if (partition(&fs) != CLI_OK)
+        goto out;
+
+    mop_aggregator_params ap = mop_aggregator_default_params();
+    ap.strategy = strategy_id(o->strategy);
+    ap.server_lr = o->server_lr;
+    ap.krum_f = o->krum_f;
+    ap.trim_ratio = o->trim_ratio;
+    ap.seed = o->seed;
+    if ((st = mop_aggregator_create(&ap, &agg)) != MOP_OK) {
+        cli_fail(st, "cannot create the aggregator");
+        goto out;
+    }
+    if (o->dp_noise > 0.0f && (st = mop_rdp_accountant_create(NULL, &acc)) != MOP_OK) {
+        cli_fail(st, "cannot create the privacy accountant");
+        goto out;
+    }
+    if (o->csv) {
+        if (!(csv = fopen(o->csv, "w"))) {
+            cli_error("cannot write '%s'", o->csv);
+            goto out;
+        }
+        fprintf(csv, "round,val_ppl,client_loss,seconds,epsilon\n");
+        fflush(csv);
+    }
+
+    printf("fed-sim: %d clients, %d rounds x %d local steps, strategy %s%s, split %s\n", (int)N,
+           (int)o->rounds, (int)o->local_steps, o->strategy,
+           o->secure_agg ? " (secure aggregation)" : "", o->split);
+    printf("mixture: K=%d P=%d gate=%s params=%zu\n", (int)got.n_experts, (int)got.prompt_len,
+           fs.learned_gate ? "learned" : "uniform", mop_mixture_n_params(fs.global));
+    printf("data: %zu training examples (%d tasks), %zu validation examples; client sizes:",
+           ds->n, (int)ds->n_tasks, val->n);
+    for (int32_t c = 0; c < N; c++)
+        printf(" %zu", fs.n_members[c]);
+    printf("\n");
+    if (o->malicious > 0)
+        printf("malicious: clients 0..%d (%s)\n", (int)o->malicious - 1, o->attack);
+    double ppl;
+    if (validate(&fs, &ppl) != CLI_OK)
+        goto out;
+    printf("round 0: validation perplexity %.4f\n", ppl);
+    fflush(stdout);
+
+    double t_start = cli_now(), eps = 0.0;
+    for (int32_t r = 0; r < o->rounds; r++) {
+        double t0 = cli_now(), loss_sum = 0.0;
+        int32_t n_trained = 0;
+        if ((st = mop_update_from_mixture(fs.global, NULL, r, 0, 0.0, NULL, &gu)) != MOP_OK) {
+            cli_fail(st, "cannot snapshot the global mixture");
+            goto out;
+        }
+        if (o->secure_agg &&
+            secagg_begin(&sa, N, r, (int64_t)mop_mixture_n_params(fs.global)) != CLI_OK)
+            goto out;
+        for (int32_t c = 0; c < N; c++) {
+            progress(r, o->rounds, c, N, cli_now() - t_start);
+            double n_c = (double)fs.n_members[c];
+            if (fs.n_members[c] == 0) { /* nothing to learn from; still a secagg peer */
+                if (o->secure_agg && secagg_send(&sa, c, NULL, gu, 0.0) != CLI_OK)
+                    goto out;
+                continue;
+            }
+            double loss = 0.0;
+            if (client_train(&fs, gu, r, c, &loss) != CLI_OK)
+                goto out;
+            loss_sum += loss;
+            n_trained++;
+            st = mop_update_from_mixture(fs.local, fs.global, r, (uint64_t)c, n_c,
+                                         fs.need_usage ? fs.usage : NULL, &u);
+            if (st == MOP_OK && o->dp_clip > 0.0f)
+                st = mop_update_clip(u, o->dp_clip, NULL);
+            if (st == MOP_OK && o->dp_noise > 0.0f)
+                st = mop_update_add_noise(u, o->dp_noise * o->dp_clip,
+                                          client_seed(o->seed, r, c, 2));
+            if (st != MOP_OK) {
+                cli_fail(st, "round %d, client %d: cannot build the update", (int)r + 1, (int)c);
+                goto out;
+            }
+            if (c < o->malicious && poison(u, o->attack, client_seed(o->seed, r, c, 3)) != CLI_OK)
+                goto out;
+            if (o->secure_agg) {
+                if (secagg_send(&sa, c, u, gu, n_c) != CLI_OK)
+                    goto out;
+            } else if ((st = mop_aggregator_add(agg, u)) != MOP_OK) {
+                cli_fail(st, "round %d: the server rejected client %d's update", (int)r + 1,
+                         (int)c);
+                goto out;
+            }
+            mop_update_free(u);
+            u = NULL;
+        }
+        cli_progress_end();
+        if (o->secure_agg) {
+            if (secagg_finish(&sa, gu, r, &u) != CLI_OK)
+                goto out;
+            secagg_free(&sa, N);
+            if ((st = mop_aggregator_add(agg, u)) != MOP_OK) {
+                cli_fail(st, "round %d: cannot aggregate the secure sum", (int)r + 1);
+                goto out;
+            }
+            mop_update_free(u);
+            u = NULL;
+        }
+        st = mop_aggregator_finish(agg, gu, &next);
+        if (st == MOP_OK)
+            st = mop_update_apply(next, fs.global, 1.0f);
+        if (st != MOP_OK) {
+            cli_fail(st, "round %d: aggregation failed", (int)r + 1);
+            goto out;
+        }
+        mop_update_free(next);
+        mop_update_free(gu);
+        next = gu = NULL;
+        if (validate(&fs, &ppl) != CLI_OK)
+            goto out;
+        if (acc) {
+            st = mop_rdp_accountant_add(acc, o->dp_noise, 1.0, 1);
+            if (st == MOP_OK)
+                st = mop_rdp_accountant_epsilon(acc, o->dp_delta, &eps, NULL);
+            if (st != MOP_OK) {
+                cli_fail(st, "privacy accounting failed");
+                goto out;
+            }
+        }
+        double dt = cli_now() - t0, loss_mean = n_trained ? loss_sum / n_trained : 0.0;
+        printf("round %d: validation perplexity %.4f, client loss %.4f, %.1f s", (int)r + 1, ppl,
+               loss_mean, dt);
+        if (acc)
+            printf(", epsilon %.4f", eps);
+        printf("\n");
+        fflush(stdout);
+        if (csv) {
+            fprintf(csv, "%d,%.6f,%.6f,%.3f,", (int)r + 1, ppl, loss_mean, dt);
+            if (acc)
+                fprintf(csv, "%.6f", eps);
+            fprintf(csv, "\n");
+            fflush(csv);
+        }
+    }
+    if (o->out) {
+        if ((st = mop_mixture_save(fs.global, o->out)) != MOP_OK) {
+            cli_fail(st, "cannot save the mixture to '%s'", o->out);
+            goto out;
+        }
+        printf("saved %s\n", o->out);
+    }
+    if (acc)
+        printf("privacy: epsilon %.4f at delta %g after %d rounds (local DP, clip %g, noise "
+               "multiplier %g, every client in every round)\n",
+               eps, (double)o->dp_delta, (int)o->rounds, (double)o->dp_clip,
+               (double)o->dp_noise);
+    printf("perplexity: %.6f\n", ppl);
+    rc = CLI_OK;
+out:
+    cli_progress_end();
+    if (csv && fclose(csv) != 0 && rc == CLI_OK)
+        rc = cli_error("cannot write '%s'", o->csv);
+    secagg_free(&sa, N);
+    mop_update_free(u);
+    mop_update_free(gu);
+    mop_update_free(next);
+    mop_rdp_accountant_free(acc);
+    mop_aggregator_free(agg);
+    if (fs.members)
+        for (int32_t c = 0; c < N; c++)
+            free(fs.members[c]);
+    free(fs.members);
+    free(fs.n_members);
+    free(fs.client_of);
+    free(fs.order);
+    free(fs.idx);
+    free(fs.usage);
+    free(fs.w);
+    cli_batch_free(&fs.cb);
+    mop_ctx_free(fs.ctx);
+    mop_mixture_free(fs.local);
+    mop_mixture_free(fs.global);
+    return rc;
+}
+
+int cli_cmd_fed_sim(int argc, char **argv)
+{
+    mop_mixture_params defaults = mop_mixture_default_params();
+    fed_opts o = {
+        .strategy = "fedavg", .split = "skewed", .attack = "sign-flip", .n_clients = 8,
+        .rounds = 10, .local_steps = 10, .K = defaults.n_experts, .P = defaults.prompt_len,
+        .B = 4, .max_len = 256, .krum_f = 1, .lr = 3e-3f, .skew_ratio = 15.0f,
+        .dp_delta = 1e-5f, .server_lr = 0.0f, .trim_ratio = 0.1f, .seed = 1234,
+    };
+    const cli_opt opts[] = {
+        {"data", 'd', CLI_STRING, &o.data, "FILE", "training data, JSONL {task, instruction, response}; required"},
+        {"val", 0, CLI_STRING, &o.val, "FILE", "validation data (global perplexity after every round); required"},
+        {"clients", 0, CLI_INT, &o.n_clients, "N", "number of clients, all in every round; default 8"},
+        {"rounds", 0, CLI_INT, &o.rounds, "R", "federated rounds; default 10"},
+        {"local-steps", 0, CLI_INT, &o.local_steps, "S", "AdamW steps per client per round; default 10"},
+        {"strategy", 0, CLI_STRING, &o.strategy, "NAME", "server rule (list below); default fedavg"},
+        {"server-lr", 0, CLI_FLOAT, &o.server_lr, "ETA", "server step; default 1, 0.01 for fedadam/fedyogi/fedadagrad"},
+        {"krum-f", 0, CLI_INT, &o.krum_f, "F", "Byzantine clients assumed by krum/multi-krum (needs N >= 2F+3); default 1"},
+        {"trim-ratio", 0, CLI_FLOAT, &o.trim_ratio, "X", "fraction trimmed from each end by trimmed-mean; default 0.1"},
+        {"split", 0, CLI_STRING, &o.split, "KIND", "skewed | iid | dirichlet:ALPHA; default skewed"},
+        {"skew-ratio", 0, CLI_FLOAT, &o.skew_ratio, "X", "skewed split: big part / small part per task; default 15"},
+        {"baseline", 0, CLI_STRING, &o.baseline, "single|uniform", "single: one K*P-token prompt; uniform: K experts, uniform gate"},
+        {"experts", 'K', CLI_INT, &o.K, "K", "number of experts; default 8"},
+        {"prompt-len", 'P', CLI_INT, &o.P, "P", "soft tokens per expert; default 8"},
+        {"batch", 'b', CLI_INT, &o.B, "B", "sequences per local step (and per evaluation call); default 4"},
+        {"lr", 0, CLI_FLOAT, &o.lr, "LR", "client AdamW learning rate (fresh optimizer each round); default 3e-3"},
+        {"max-len", 0, CLI_INT, &o.max_len, "T", "cut examples to T tokens; default 256"},
+        {"prox-mu", 0, CLI_FLOAT, &o.prox_mu, "MU", "FedProx: client loss + (MU/2)||theta - theta_global||^2; default 0"},
+        {"dp-clip", 0, CLI_FLOAT, &o.dp_clip, "C", "clip each client delta to L2 norm C; default off"},
+        {"dp-noise", 0, CLI_FLOAT, &o.dp_noise, "Z", "local DP: add N(0, (Z*C)^2) to each clipped delta (needs --dp-clip); default 0"},
+        {"dp-delta", 0, CLI_FLOAT, &o.dp_delta, "D", "delta of the reported (epsilon, delta); default 1e-5"},
+        {"secure-agg", 0, CLI_FLAG, &o.secure_agg, NULL, "pairwise-masked secure aggregation (FedAvg family only)"},
+        {"malicious", 0, CLI_INT, &o.malicious, "M", "clients 0..M-1 send an attack instead of their delta; default 0"},
+        {"attack", 0, CLI_STRING, &o.attack, "KIND", "sign-flip (-5 x delta) | noise (N(0, 10^2) values); default sign-flip"},
+        {"csv", 0, CLI_STRING, &o.csv, "FILE", "write round,val_ppl,client_loss,seconds,epsilon per round"},
+        {"output", 'o', CLI_STRING, &o.out, "MIXTURE", "save the final global mixture (.safetensors)"},
+        {"seed", 0, CLI_U64, &o.seed, "S", "seed of the mixture, split, shuffles and noise; default 1234"},
+        {"threads", 't', CLI_INT, &o.n_threads, "N", "compute threads, 0 = all cores; default 0"},
+        {NULL, 0, CLI_FLAG, NULL, NULL, NULL},
+    };
+    const cli_spec spec = {
+        "fed-sim", "MODEL --data FILE --val FILE [options]",
+        "Simulate federated training of a Mixture of Prompts in one process. The\n"
+        "training data is split over --clients (the paper's skewed split by default:\n"
+        "per task one part --skew-ratio times larger than the others). Each round,\n"
+        "every client starts from the global mixture, takes --local-steps AdamW steps\n"
+        "on its own examples and sends the delta with its mean gate weights; the\n"
+        "server aggregates the deltas with --strategy and updates the global mixture,\n"
+        "whose validation perplexity (response tokens) is printed after every round.\n"
+        "Strategies: fedavg fedavgm fedadam fedyogi fedadagrad median trimmed-mean\n"
+        "krum multi-krum task-arithmetic ties dare breadcrumbs mop-aware.\n"
+        "--dp-clip/--dp-noise: local DP, epsilon from the RDP accountant (sample\n"
+        "rate 1, one step per round). --secure-agg: clients mask n_i*delta_i and n_i,\n"
+        "the server only learns the sums and takes their FedAvg (FedAvg family only).\n"
+        "--malicious M: the first M clients attack (robustness experiments).\n"
+        "Progress on stderr. The last line of stdout is 'perplexity: X' (final\n"
+        "global mixture on --val).",
+        opts, 1};
+    const char *pos[1];
+    int done;
+    int rc = cli_parse(&spec, argc, argv, pos, &done);
+    if (rc != CLI_OK || done)
+        return rc;
+    const char *cmd = "fed-sim";
+    if (!o.data)
+        return cli_usage_error(cmd, "--data FILE is required");
+    if (!o.val)
+        return cli_usage_error(cmd, "--val FILE is required");
+    int32_t sid = strategy_id(o.strategy);
+    if (sid < 0)
+        return cli_usage_error(cmd, "unknown --strategy '%s' (fedavg, fedavgm, fedadam, fedyogi, "
+                                    "fedadagrad, median, trimmed-mean, krum, multi-krum, "
+                                    "task-arithmetic, ties, dare, breadcrumbs, mop-aware)",
+                               o.strategy);
+    o.strategy = strategies[0].name;
+    for (int32_t i = 0; i < N_STRATEGIES; i++)
+        if (strategies[i].id == sid)
+            o.strategy = strategies[i].name;
+    if (o.n_clients < 1 || o.n_clients > 2047)
+        return cli_usage_error(cmd, "--clients must be in 1..2047, got %d", (int)o.n_clients);
+    if (o.rounds < 1 || o.local_steps < 1 || o.B < 1)
+        return cli_usage_error(cmd, "--rounds, --local-steps and --batch must be >= 1");
+    if (o.K < 1 || o.P < 1)
+        return cli_usage_error(cmd, "--experts and --prompt-len must be >= 1");
+    if (o.max_len < 2)
+        return cli_usage_error(cmd, "--max-len must be >= 2, got %d", (int)o.max_len);
+    if (o.n_threads < 0)
+        return cli_usage_error(cmd, "--threads must be >= 0");
+    if (!(o.lr > 0.0f) || !isfinite(o.lr))
+        return cli_usage_error(cmd, "--lr must be > 0");
+    if (o.server_lr == 0.0f)
+        o.server_lr = sid >= MOP_AGG_FEDADAM && sid <= MOP_AGG_FEDADAGRAD ? 0.01f : 1.0f;
+    if (!(o.server_lr > 0.0f) || !isfinite(o.server_lr))
+        return cli_usage_error(cmd, "--server-lr must be > 0");
+    if ((sid == MOP_AGG_KRUM || sid == MOP_AGG_MULTI_KRUM) &&
+        (o.krum_f < 0 || o.n_clients < 2 * o.krum_f + 3))
+        return cli_usage_error(cmd, "--strategy %s with --krum-f %d needs --clients >= %d, got %d",
+                               o.strategy, (int)o.krum_f, 2 * (int)o.krum_f + 3,
+                               (int)o.n_clients);
+    if (!(o.trim_ratio >= 0.0f && o.trim_ratio < 0.5f))
+        return cli_usage_error(cmd, "--trim-ratio must be in [0, 0.5)");
+    if (strcmp(o.split, "skewed") == 0) {
+        o.split_kind = 0;
+    } else if (strcmp(o.split, "iid") == 0) {
+        o.split_kind = 1;
+    } else if (strncmp(o.split, "dirichlet:", 10) == 0) {
+        char *end;
+        o.split_kind = 2;
+        o.alpha = strtof(o.split + 10, &end);
+        if (end == o.split + 10 || *end || !(o.alpha > 0.0f) || !isfinite(o.alpha))
+            return cli_usage_error(cmd, "--split dirichlet:ALPHA needs a number ALPHA > 0, got '%s'",
+                                   o.split);
+    } else {
+        return cli_usage_error(cmd, "--split must be skewed, iid or dirichlet:ALPHA, got '%s'",
+                               o.split);
+    }
+    if (!(o.skew_ratio >= 1.0f) || !isfinite(o.skew_ratio))
+        return cli_usage_error(cmd, "--skew-ratio must be >= 1");
+    if (!(o.prox_mu >= 0.0f) || !isfinite(o.prox_mu))
+        return cli_usage_error(cmd, "--prox-mu must be >= 0");
+    if (!(o.dp_clip >= 0.0f) || !isfinite(o.dp_clip) || !(o.dp_noise >= 0.0f) ||
+        !isfinite(o.dp_noise))
+        return cli_usage_error(cmd, "--dp-clip and --dp-noise must be >= 0");
+    if (o.dp_noise > 0.0f && o.dp_clip == 0.0f)
+        return cli_usage_error(cmd, "--dp-noise needs --dp-clip C (the noise std is Z*C)");
+    if (!(o.dp_delta > 0.0f && o.dp_delta < 1.0f))
+        return cli_usage_error(cmd, "--dp-delta must be in (0, 1)");
+    if (o.malicious < 0 || o.malicious > o.n_clients)
+        return cli_usage_error(cmd, "--malicious must be in 0..--clients (%d), got %d",
+                               (int)o.n_clients, (int)o.malicious);
+    if (strcmp(o.attack, "sign-flip") != 0 && strcmp(o.attack, "noise") != 0)
+        return cli_usage_error(cmd, "--attack must be sign-flip or noise, got '%s'", o.attack);
+    if (o.secure_agg && !is_fedavg_family(sid))
+        return cli_usage_error(cmd, "--secure-agg gives the server only the sum of the updates: "
+                                    "use fedavg, fedavgm, fedadam, fedyogi or fedadagrad, not %s",
+                               o.strategy);
+    if (o.secure_agg && o.n_clients < 2)
+        return cli_usage_error(cmd, "--secure-agg needs --clients >= 2");
+
+    mop_mixture_params mp = defaults;
+    mp.n_experts = o.K;
+    mp.prompt_len = o.P;
+    mp.seed = o.seed;
+    if (o.baseline) {
+        if (strcmp(o.baseline, "single") == 0) {
+            mp.n_experts = 1;
+            mp.prompt_len = o.K * o.P;
+        } else if (strcmp(o.baseline, "uniform") != 0) {
+            return cli_usage_error(cmd, "--baseline must be 'single' or 'uniform', got '%s'",
+                                   o.baseline);
+        }
+        mp.gate_mode = MOP_GATE_UNIFORM;
+    }
+
+    mop_model *model = cli_load_model(pos[0], o.n_threads);
+    if (!model)
+        return CLI_ERROR;
+    cli_dataset ds = {0}, val = {0};
+    rc = CLI_ERROR;
+    if (cli_dataset_load(&ds, o.data, model, o.max_len) == CLI_OK &&
+        cli_dataset_load(&val, o.val, model, o.max_len) == CLI_OK)
+        rc = run(model, &o, &mp, &ds, &val);
+    cli_dataset_free(&ds);
+    cli_dataset_free(&val);
+    mop_model_free(model);
+    return rc;
+}
