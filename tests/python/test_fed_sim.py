@@ -93,8 +93,8 @@ def test_secure_aggregation_matches_plain(plain, mop_bin, model_path, data, tmp_
     _, plain_rows = plain
     for a, b in zip(rows, plain_rows):
         assert float(a["val_ppl"]) == pytest.approx(float(b["val_ppl"]), rel=1e-3)
-        # the clients' training does not depend on the masking at all
-        assert float(a["client_loss"]) == pytest.approx(float(b["client_loss"]), rel=1e-5)
+        # round 1 losses are identical; later rounds start from the quantised global
+        assert float(a["client_loss"]) == pytest.approx(float(b["client_loss"]), rel=1e-3)  # later rounds start from the fixed-point-quantised global
 
 
 def reference_epsilon(z, rounds, delta):
