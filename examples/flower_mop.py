@@ -179,6 +179,8 @@ def run_ray(strategy, make: Callable[[int], Any], n_clients: int, rounds: int,
                    backend_config={"client_resources": {"num_cpus": threads, "num_gpus": 0.0},
                                    "init_args": {"num_cpus": threads,
                                                  "include_dashboard": False,
+                                                 # keep Ray on loopback: no traffic to other addresses
+                                                 "_node_ip_address": "127.0.0.1",
                                                  "ignore_reinit_error": True}})
     if len(strategy.history) < rounds:
         raise RuntimeError(f"the Flower simulation finished {len(strategy.history)} of "
