@@ -62,7 +62,7 @@ if [ "${MOP_SKIP_FUZZ:-0}" != 1 ] && command -v clang >/dev/null; then
   fuzzers=$(cd tests/fuzz && ls fuzz_*.c | sed 's/\.c$//; s|^|tests/fuzz/|')
   if ninja -C build-fuzz $fuzzers >/dev/null 2>&1; then
     for fz in build-fuzz/tests/fuzz/fuzz_*; do
-      [ -x "$fz" ] || continue
+      [ -f "$fz" ] && [ -x "$fz" ] || continue
       name=$(basename "$fz")
       corpus="tests/fuzz/corpus/${name#fuzz_}"
       work=$(mktemp -d)
