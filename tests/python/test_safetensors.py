@@ -144,18 +144,13 @@ def info(lib, m):
     return i
 
 
-def have_forward(lib):
-    try:
-        lib.mop_ctx_create, lib.mop_ctx_decode, lib.mop_ctx_get_logits
-    except AttributeError:
-        return False
+def prototype_forward(lib):
     lib.mop_ctx_default_params.restype = CtxParams
     lib.mop_ctx_create.argtypes = [C.c_void_p, C.POINTER(CtxParams), C.POINTER(C.c_void_p)]
     lib.mop_ctx_free.argtypes = [C.c_void_p]
     lib.mop_ctx_decode.argtypes = [C.c_void_p, C.POINTER(C.c_int32), C.c_int32, C.c_int32]
     lib.mop_ctx_get_logits.argtypes = [C.c_void_p, C.POINTER(C.POINTER(C.c_float)),
                                        C.POINTER(C.c_int32)]
-    return True
 
 
 def all_logits(lib, m, tokens, n_vocab=49152):
@@ -201,8 +196,7 @@ def test_same_hparams(lib, models, hf_dir):
 
 
 def test_logits_match_gguf(lib, models):
-    if not have_forward(lib):
-        pytest.skip("forward pass (mop_ctx_*) not in this build yet")
+    prototype_forward(lib)
     for tokens in SEQUENCES:
         a, b = all_logits(lib, models[0], tokens), all_logits(lib, models[1], tokens)
         assert np.isfinite(a).all() and np.isfinite(b).all()
@@ -218,8 +212,7 @@ def test_permutation_matters(lib, models, hf_dir, tmp_path):
     """Control: layer 0's Q rows written in llama.cpp order (an HF file
     written wrongly) change the logits far beyond the tolerance, so the
     comparison above can see a layout mistake."""
-    if not have_forward(lib):
-        pytest.skip("forward pass (mop_ctx_*) not in this build yet")
+    prototype_forward(lib)
     src = (hf_dir / "model.safetensors").read_bytes()
     n = struct.unpack("<Q", src[:8])[0]
     header = json.loads(src[8:8 + n])
