@@ -18,24 +18,9 @@
 #include "internal.h"
 #include "model.h"
 #include "ops.h"
+#include "tiny_model.h"
 
 /* ---- helpers ------------------------------------------------------------- */
-
-static uint64_t rng_state = 88172645463325252ull;
-
-static float frand(void) /* uniform in [-1, 1) */
-{
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (float)((double)(rng_state >> 11) * 0x1.0p-53 * 2.0 - 1.0);
-}
-
-static void fill(float *x, size_t n, float scale)
-{
-    for (size_t i = 0; i < n; i++)
-        x[i] = frand() * scale;
-}
 
 static double max_abs_diff(const float *a, const double *b, size_t n)
 {
@@ -311,56 +296,7 @@ static void test_attention_gqa_prefix_causal(void **state)
 
 /* ---- a tiny random Llama ----------------------------------------------------- */
 
-enum { TL = 2, TD = 32, TNH = 4, TNKV = 2, THD = 8, TFF = 48, TV = 50, TCTX = 64 };
-
-static float *model_buf(mop_model *m, size_t n, float scale)
-{
-    float *p = mop_alloc(n * sizeof(float));
-    assert_non_null(p);
-    assert_int_equal(mop_model_add_buffer(m, p), MOP_OK);
-    fill(p, n, scale);
-    return p;
-}
-
-static mop_model *tiny_model(void)
-{
-    mop_model *m = NULL;
-    assert_int_equal(mop_model_alloc(&m), MOP_OK);
-    mop_hparams *hp = &m->hp;
-    *hp = (mop_hparams){.n_layer = TL, .n_embd = TD, .n_ff = TFF, .n_head = TNH,
-                        .n_head_kv = TNKV, .head_dim = THD, .n_vocab = TV,
-                        .n_ctx_train = TCTX, .n_rot = THD, .rope_theta = 10000.0f,
-                        .norm_eps = 1e-5f};
-    strcpy(m->arch, "llama");
-    float ws = 1.0f / sqrtf(TD);
-    m->tok_embd = model_buf(m, (size_t)TV * TD, 1.0f);
-    float *on = model_buf(m, TD, 0.2f);
-    for (int i = 0; i < TD; i++)
-        on[i] += 1.0f;
-    m->out_norm = on;
-    mop_weight_dense_init(&m->lm_head, model_buf(m, (size_t)TV * TD, 2.0f * ws), TV, TD);
-    m->layers = mop_calloc(TL, sizeof(mop_layer));
-    assert_non_null(m->layers);
-    for (int l = 0; l < TL; l++) {
-        mop_layer *L = &m->layers[l];
-        float *an = model_buf(m, TD, 0.2f), *fn = model_buf(m, TD, 0.2f);
-        for (int i = 0; i < TD; i++) {
-            an[i] += 1.0f;
-            fn[i] += 1.0f;
-        }
-        L->attn_norm = an;
-        L->ffn_norm = fn;
-        mop_weight_dense_init(&L->wq, model_buf(m, (size_t)TNH * THD * TD, 2 * ws), TNH * THD, TD);
-        mop_weight_dense_init(&L->wk, model_buf(m, (size_t)TNKV * THD * TD, 2 * ws), TNKV * THD, TD);
-        mop_weight_dense_init(&L->wv, model_buf(m, (size_t)TNKV * THD * TD, ws), TNKV * THD, TD);
-        mop_weight_dense_init(&L->wo, model_buf(m, (size_t)TD * TNH * THD, ws), TD, TNH * THD);
-        mop_weight_dense_init(&L->w_gate, model_buf(m, (size_t)TFF * TD, ws), TFF, TD);
-        mop_weight_dense_init(&L->w_up, model_buf(m, (size_t)TFF * TD, ws), TFF, TD);
-        mop_weight_dense_init(&L->w_down, model_buf(m, (size_t)TD * TFF, 1.0f / sqrtf(TFF)), TD,
-                              TFF);
-    }
-    return m;
-}
+enum { TL = 2 }; /* blocks of the tiny model (tiny_model.h has the other sizes) */
 
 /* Prefix keys/values per layer for the naive forward (NULL = none). */
 typedef struct ref_prefix {
@@ -445,17 +381,6 @@ static void ref_forward(double *logits, double *hidden, const mop_model *m, cons
     free(x), free(xn), free(q), free(o), free(k), free(v), free(g), free(u), free(y), free(s);
 }
 
-static mop_ctx *tiny_ctx(mop_model *m, int32_t n_ctx, int32_t n_batch, int32_t n_threads)
-{
-    mop_ctx_params p = mop_ctx_default_params();
-    p.n_ctx = n_ctx;
-    p.n_batch = n_batch;
-    p.n_threads = n_threads;
-    mop_ctx *c = NULL;
-    assert_int_equal(mop_ctx_create(m, &p, &c), MOP_OK);
-    return c;
-}
-
 static void random_tokens(int32_t *tok, int n)
 {
     for (int i = 0; i < n; i++)
@@ -469,7 +394,7 @@ static void test_decode_matches_naive_forward(void **state)
 {
     (void)state;
     enum { T = 23 };
-    mop_model *m = tiny_model();
+    mop_model *m = tiny_model(TL);
     int32_t tok[T];
     random_tokens(tok, T);
     double *ref = malloc(sizeof(double) * T * TV);
@@ -511,7 +436,7 @@ static void test_nll_and_perplexity(void **state)
 {
     (void)state;
     enum { T = 30, W = 8 };
-    mop_model *m = tiny_model();
+    mop_model *m = tiny_model(TL);
     int32_t tok[T];
     random_tokens(tok, T);
     double *ref = malloc(sizeof(double) * T * TV);
@@ -579,7 +504,7 @@ static int cancel_after_one(uint64_t done, uint64_t total, void *user)
 static void test_perplexity_cancel(void **state)
 {
     (void)state;
-    mop_model *m = tiny_model();
+    mop_model *m = tiny_model(TL);
     mop_ctx *c = tiny_ctx(m, 16, 16, 1);
     int32_t tok[40];
     random_tokens(tok, 40);
@@ -598,7 +523,7 @@ static void test_prefix_bias_and_saved_activations(void **state)
     (void)state;
     enum { T = 9, P = 3 };
     const int kvd = TNKV * THD;
-    mop_model *m = tiny_model();
+    mop_model *m = tiny_model(TL);
     int32_t tok[T], pos[T];
     random_tokens(tok, T);
     float pk[TL][P * TNKV * THD], pv[TL][P * TNKV * THD], bias[P] = {0.5f, -1.0f, 2.0f};
@@ -656,7 +581,7 @@ static void test_prefix_bias_and_saved_activations(void **state)
 static void test_context_arguments(void **state)
 {
     (void)state;
-    mop_model *m = tiny_model();
+    mop_model *m = tiny_model(TL);
     mop_ctx_params p = mop_ctx_default_params();
     mop_ctx *c = NULL;
     assert_int_equal(mop_ctx_create(m, &p, &c), MOP_E_RANGE); /* 2048 > n_ctx_train 64 */
@@ -714,7 +639,7 @@ static void test_generate_greedy(void **state)
 {
     (void)state;
     enum { NP = 5, NEW = 6 };
-    mop_model *m = tiny_model();
+    mop_model *m = tiny_model(TL);
     mop_ctx *c = tiny_ctx(m, TCTX, 4, 1);
     mop_sampler_params sp = mop_sampler_default_params();
     sp.temperature = 0.0f;
@@ -845,7 +770,7 @@ static const char *real_model_path(void)
 static void test_two_threads_share_a_model(void **state)
 {
     (void)state;
-    mop_model *m = tiny_model();
+    mop_model *m = tiny_model(TL);
     int32_t tok[40];
     random_tokens(tok, 40);
     check_two_threads(m, tok, 40, 20);
@@ -866,23 +791,6 @@ static void test_two_threads_share_a_model(void **state)
 
 /* ---- allocation failures ------------------------------------------------------- */
 
-static long alloc_count, alloc_limit = -1; /* -1: never fail */
-
-static void *failing_alloc(size_t n, void *user)
-{
-    (void)user;
-    if (alloc_limit >= 0 && alloc_count++ >= alloc_limit)
-        return NULL;
-    void *p = NULL;
-    return posix_memalign(&p, 64, n ? n : 64) == 0 ? p : NULL;
-}
-
-static void plain_free(void *p, void *user)
-{
-    (void)user;
-    free(p);
-}
-
 /* Every allocation of mop_ctx_create, of a wider LOGITS_ALL decode and of the
  * sampler fails in turn: each returns MOP_E_NOMEM and leaks nothing. */
 static void test_alloc_failures(void **state)
@@ -891,7 +799,7 @@ static void test_alloc_failures(void **state)
     mop_allocator a = {failing_alloc, plain_free, NULL};
     alloc_limit = -1;
     assert_int_equal(mop_set_allocator(&a), MOP_OK);
-    mop_model *m = tiny_model();
+    mop_model *m = tiny_model(TL);
     long base = mop_alloc_live();
     mop_ctx_params p = mop_ctx_default_params();
     p.n_ctx = 32;

@@ -26,92 +26,21 @@
 #include "internal.h"
 #include "libmop/mop_gate.h"
 #include "model.h"
+#include "tiny_model.h"
 
 #define FD_H 1e-2
 #define FD_TOL 1e-2
 
-/* ---- helpers ------------------------------------------------------------- */
+/* ---- the tiny model (tests/tiny_model.h) ------------------------------------- */
 
-static uint64_t rng_state = 88172645463325252ull;
-
-static float frand(void) /* uniform in [-1, 1) */
-{
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (float)((double)(rng_state >> 11) * 0x1.0p-53 * 2.0 - 1.0);
-}
-
-static void fill(float *x, size_t n, float scale)
-{
-    for (size_t i = 0; i < n; i++)
-        x[i] = frand() * scale;
-}
-
-/* ---- a tiny random Llama (as tests/test_forward.c builds it) -------------- */
-
-enum { TL = 4, TD = 32, TNH = 4, TNKV = 2, THD = 8, TFF = 48, TV = 50, TCTX = 64 };
-
-static float *model_buf(mop_model *m, size_t n, float scale)
-{
-    float *p = mop_alloc(n * sizeof(float));
-    assert_non_null(p);
-    assert_int_equal(mop_model_add_buffer(m, p), MOP_OK);
-    fill(p, n, scale);
-    return p;
-}
-
-static mop_model *tiny_model(void)
-{
-    mop_model *m = NULL;
-    assert_int_equal(mop_model_alloc(&m), MOP_OK);
-    mop_hparams *hp = &m->hp;
-    *hp = (mop_hparams){.n_layer = TL, .n_embd = TD, .n_ff = TFF, .n_head = TNH,
-                        .n_head_kv = TNKV, .head_dim = THD, .n_vocab = TV,
-                        .n_ctx_train = TCTX, .n_rot = THD, .rope_theta = 10000.0f,
-                        .norm_eps = 1e-5f};
-    strcpy(m->arch, "llama");
-    float ws = 1.0f / sqrtf(TD);
-    m->tok_embd = model_buf(m, (size_t)TV * TD, 1.0f);
-    float *on = model_buf(m, TD, 0.2f);
-    for (int i = 0; i < TD; i++)
-        on[i] += 1.0f;
-    m->out_norm = on;
-    mop_weight_dense_init(&m->lm_head, model_buf(m, (size_t)TV * TD, 2.0f * ws), TV, TD);
-    m->layers = mop_calloc(TL, sizeof(mop_layer));
-    assert_non_null(m->layers);
-    for (int l = 0; l < TL; l++) {
-        mop_layer *L = &m->layers[l];
-        float *an = model_buf(m, TD, 0.2f), *fn = model_buf(m, TD, 0.2f);
-        for (int i = 0; i < TD; i++) {
-            an[i] += 1.0f;
-            fn[i] += 1.0f;
-        }
-        L->attn_norm = an;
-        L->ffn_norm = fn;
-        mop_weight_dense_init(&L->wq, model_buf(m, (size_t)TNH * THD * TD, 2 * ws), TNH * THD, TD);
-        mop_weight_dense_init(&L->wk, model_buf(m, (size_t)TNKV * THD * TD, 2 * ws), TNKV * THD, TD);
-        mop_weight_dense_init(&L->wv, model_buf(m, (size_t)TNKV * THD * TD, ws), TNKV * THD, TD);
-        mop_weight_dense_init(&L->wo, model_buf(m, (size_t)TD * TNH * THD, ws), TD, TNH * THD);
-        mop_weight_dense_init(&L->w_gate, model_buf(m, (size_t)TFF * TD, ws), TFF, TD);
-        mop_weight_dense_init(&L->w_up, model_buf(m, (size_t)TFF * TD, ws), TFF, TD);
-        mop_weight_dense_init(&L->w_down, model_buf(m, (size_t)TD * TFF, 1.0f / sqrtf(TFF)), TD,
-                              TFF);
-    }
-    return m;
-}
+enum { TL = 4 }; /* blocks */
 
 static int32_t ctx_threads = 2;
 
-static mop_ctx *tiny_ctx(mop_model *m, int32_t n_batch)
+/* A context of the model's full length with ctx_threads threads. */
+static mop_ctx *gate_ctx(mop_model *m, int32_t n_batch)
 {
-    mop_ctx_params p = mop_ctx_default_params();
-    p.n_ctx = TCTX;
-    p.n_batch = n_batch;
-    p.n_threads = ctx_threads;
-    mop_ctx *c = NULL;
-    assert_int_equal(mop_ctx_create(m, &p, &c), MOP_OK);
-    return c;
+    return tiny_ctx(m, TCTX, n_batch, ctx_threads);
 }
 
 /* A mixture with random (non-uniform, tie-free) parameters. */
@@ -207,8 +136,8 @@ static void check_grads(mop_ctx *c, mop_mixture *mx, const mop_batch *b, const m
 static void fd_case(int32_t combine, int32_t top_k, int32_t gate_mode, int32_t act,
                     const mop_loss_params *lp, const char *what)
 {
-    mop_model *m = tiny_model();
-    mop_ctx *c = tiny_ctx(m, 16);
+    mop_model *m = tiny_model(TL);
+    mop_ctx *c = gate_ctx(m, 16);
     mop_mixture *mx = tiny_mixture(m, combine, top_k, gate_mode, act);
     mop_batch b = tiny_batch();
     check_grads(c, mx, &b, lp, what);
@@ -255,8 +184,8 @@ static void test_fd_loss_terms(void **state)
 static void test_prox(void **state)
 {
     (void)state;
-    mop_model *m = tiny_model();
-    mop_ctx *c = tiny_ctx(m, 16);
+    mop_model *m = tiny_model(TL);
+    mop_ctx *c = gate_ctx(m, 16);
     mop_mixture *mx = tiny_mixture(m, MOP_COMBINE_ATTENTION_BIAS, 0, MOP_GATE_LEARNED,
                                    MOP_GATE_ACT_GELU);
     mop_batch b = tiny_batch();
@@ -293,8 +222,8 @@ static void test_prox(void **state)
 static void test_padding_invariance(void **state)
 {
     (void)state;
-    mop_model *m = tiny_model();
-    mop_ctx *c = tiny_ctx(m, 20);
+    mop_model *m = tiny_model(TL);
+    mop_ctx *c = gate_ctx(m, 20);
     for (int mode = 0; mode < 2; mode++) {
         mop_mixture *mx = tiny_mixture(m, mode, 0, MOP_GATE_LEARNED, MOP_GATE_ACT_GELU);
         mop_batch b = tiny_batch();
@@ -352,8 +281,8 @@ static void test_padding_invariance(void **state)
 static void test_cache_matches_uncached(void **state)
 {
     (void)state;
-    mop_model *m = tiny_model();
-    mop_ctx *c = tiny_ctx(m, 16);
+    mop_model *m = tiny_model(TL);
+    mop_ctx *c = gate_ctx(m, 16);
     mop_mixture *mx = tiny_mixture(m, MOP_COMBINE_ATTENTION_BIAS, 0, MOP_GATE_LEARNED,
                                    MOP_GATE_ACT_GELU);
     mop_batch b = tiny_batch();
@@ -425,8 +354,8 @@ static void test_cache_matches_uncached(void **state)
 static void test_generate_matches_evaluate(void **state)
 {
     (void)state;
-    mop_model *m = tiny_model();
-    mop_ctx *c = tiny_ctx(m, 4); /* prompt of 7 in chunks of 4 */
+    mop_model *m = tiny_model(TL);
+    mop_ctx *c = gate_ctx(m, 4); /* prompt of 7 in chunks of 4 */
     for (int mode = 0; mode < 2; mode++) {
         mop_mixture *mx = tiny_mixture(m, mode, 0, MOP_GATE_LEARNED, MOP_GATE_ACT_GELU);
         /* n_batch 4 is too small for K·P = 8 prompt rows in bias mode */
@@ -450,7 +379,7 @@ static void test_generate_matches_evaluate(void **state)
         assert_int_equal(mop_ctx_get_logits(c, &lg, &rows), MOP_OK);
         /* NLL of token 8 after the 7-token prompt */
         double nll_gen = logsumexp(lg, TV) - lg[8];
-        mop_ctx *c2 = tiny_ctx(m, 16);
+        mop_ctx *c2 = gate_ctx(m, 16);
         uint8_t mask[8] = {0, 0, 0, 0, 0, 0, 0, 1};
         int32_t len = 8;
         mop_batch b = {.struct_size = sizeof b, .n_seq = 1, .seq_len = 8, .tokens = tok,
@@ -482,8 +411,8 @@ static void test_generate_matches_evaluate(void **state)
 static void test_evaluate_per_sequence(void **state)
 {
     (void)state;
-    mop_model *m = tiny_model();
-    mop_ctx *c = tiny_ctx(m, 16);
+    mop_model *m = tiny_model(TL);
+    mop_ctx *c = gate_ctx(m, 16);
     mop_mixture *a = tiny_mixture(m, MOP_COMBINE_ATTENTION_BIAS, 0, MOP_GATE_LEARNED,
                                   MOP_GATE_ACT_GELU);
     mop_mixture *w = tiny_mixture(m, MOP_COMBINE_WEIGHTED_SUM, 2, MOP_GATE_LEARNED,
@@ -564,7 +493,7 @@ static void test_save_load_roundtrip(void **state)
 {
     (void)state;
     make_tmp();
-    mop_model *m = tiny_model();
+    mop_model *m = tiny_model(TL);
     for (int g = 0; g < 2; g++) {
         mop_mixture *mx = tiny_mixture(m, g ? MOP_COMBINE_WEIGHTED_SUM : MOP_COMBINE_ATTENTION_BIAS,
                                        g ? 0 : 3, g ? MOP_GATE_UNIFORM : MOP_GATE_LEARNED,
@@ -625,7 +554,7 @@ static void test_load_rejects_corrupt(void **state)
 {
     (void)state;
     make_tmp();
-    mop_model *m = tiny_model();
+    mop_model *m = tiny_model(TL);
     mop_mixture *mx = tiny_mixture(m, MOP_COMBINE_ATTENTION_BIAS, 0, MOP_GATE_LEARNED,
                                    MOP_GATE_ACT_GELU);
     assert_int_equal(mop_mixture_save(mx, tmp_path), MOP_OK);
@@ -687,7 +616,7 @@ static void test_load_rejects_corrupt(void **state)
 static void test_invalid_params(void **state)
 {
     (void)state;
-    mop_model *m = tiny_model();
+    mop_model *m = tiny_model(TL);
     mop_mixture *mx = NULL;
     struct {
         int field;
@@ -751,7 +680,7 @@ static void test_invalid_params(void **state)
     }
 
     /* batches and loss options */
-    mop_ctx *c = tiny_ctx(m, 16);
+    mop_ctx *c = gate_ctx(m, 16);
     mop_mixture *small = tiny_mixture(m, MOP_COMBINE_ATTENTION_BIAS, 0, MOP_GATE_LEARNED,
                                       MOP_GATE_ACT_GELU);
     mop_batch b = tiny_batch();
@@ -788,7 +717,7 @@ static void test_invalid_params(void **state)
     lp = mop_loss_default_params();
     lp.load_balance = -1.0f;
     assert_int_equal(mop_mixture_forward_backward(c, small, &b, &lp, &r), MOP_E_INVALID_ARG);
-    mop_ctx *c4 = tiny_ctx(m, 8); /* a sequence of 9 tokens does not fit */
+    mop_ctx *c4 = gate_ctx(m, 8); /* a sequence of 9 tokens does not fit */
     assert_int_equal(mop_mixture_forward_backward(c4, small, &b, NULL, &r), MOP_E_RANGE);
     mop_ctx_free(c4);
     mop_mixture *uni = tiny_mixture(m, MOP_COMBINE_ATTENTION_BIAS, 0, MOP_GATE_UNIFORM,
@@ -807,23 +736,6 @@ static void test_invalid_params(void **state)
 
 /* ---- allocation failures ---------------------------------------------------------- */
 
-static long alloc_count, alloc_limit = -1;
-
-static void *failing_alloc(size_t n, void *user)
-{
-    (void)user;
-    if (alloc_limit >= 0 && alloc_count++ >= alloc_limit)
-        return NULL;
-    void *p = NULL;
-    return posix_memalign(&p, 64, n ? n : 64) == 0 ? p : NULL;
-}
-
-static void plain_free(void *p, void *user)
-{
-    (void)user;
-    free(p);
-}
-
 /* Every allocation of create, a training step, prepare and save/load fails
  * in turn: MOP_E_NOMEM each time, nothing leaked. */
 static void test_alloc_failures(void **state)
@@ -833,9 +745,9 @@ static void test_alloc_failures(void **state)
     mop_allocator a = {failing_alloc, plain_free, NULL};
     alloc_limit = -1;
     assert_int_equal(mop_set_allocator(&a), MOP_OK);
-    mop_model *m = tiny_model();
+    mop_model *m = tiny_model(TL);
     ctx_threads = 1; /* a worker frees its start-up block whenever it starts: not countable */
-    mop_ctx *c = tiny_ctx(m, 16);
+    mop_ctx *c = gate_ctx(m, 16);
     ctx_threads = 2;
     mop_batch b = tiny_batch();
     long base = mop_alloc_live();

@@ -22,17 +22,11 @@
 #include "sparse/prune.h"
 #include "sparse/sparse.h"
 
+/* this file's random stream (frand() of tiny_model.h) */
+#define TINY_RNG_SEED 0x9E3779B97F4A7C15ull
+#include "tiny_model.h"
+
 /* ---- helpers ------------------------------------------------------------- */
-
-static uint64_t rng = 0x9E3779B97F4A7C15ull;
-
-static float frand(void) /* uniform in [-1, 1) */
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (float)((double)(rng >> 11) * 0x1.0p-53 * 2.0 - 1.0);
-}
 
 static float *rand_matrix(int64_t n)
 {
@@ -607,23 +601,6 @@ static void test_state_and_params(void **state)
 }
 
 /* ---- allocation failures ----------------------------------------------------- */
-
-static long alloc_count, alloc_limit = -1;
-
-static void *failing_alloc(size_t n, void *user)
-{
-    (void)user;
-    if (alloc_limit >= 0 && alloc_count++ >= alloc_limit)
-        return NULL;
-    void *p = NULL;
-    return posix_memalign(&p, 64, n ? n : 64) == 0 ? p : NULL;
-}
-
-static void plain_free(void *p, void *user)
-{
-    (void)user;
-    free(p);
-}
 
 /* Every allocation of a Wanda prune (with a compact head) fails in turn: each
  * returns MOP_E_NOMEM, leaks nothing and leaves the model as it was. */

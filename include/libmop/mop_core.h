@@ -102,17 +102,26 @@ typedef enum mop_status {
 /** @var MOP_E_INTERNAL
  *  Internal error: a bug in libmop, please report it (-11). */
 
-/** @brief Name of a status code, e.g. "MOP_E_FORMAT". Never NULL; static. */
+/**
+ * @brief Name of a status code, e.g. "MOP_E_FORMAT".
+ * @param s any value, also one outside ::mop_status
+ * @return a static string, never NULL; "MOP_E_UNKNOWN" for a value not in the table
+ */
 MOP_API const char *mop_status_name(mop_status s);
 
-/** @brief Short description of a status code. Never NULL; static. */
+/**
+ * @brief Short description of a status code, e.g. "malformed or corrupt data".
+ * @param s any value, also one outside ::mop_status
+ * @return a static string, never NULL; "unknown status" for a value not in the table
+ */
 MOP_API const char *mop_status_str(mop_status s);
 
 /**
  * @brief Detail of the last failing call in this thread.
  *
- * Thread-local; valid until the next failing libmop call in the same thread.
- * Empty string (never NULL) if nothing has failed yet.
+ * @return the message of the last failure in the calling thread, owned by
+ *         libmop: thread-local, valid until the next failing libmop call in
+ *         the same thread. Empty string (never NULL) if nothing has failed yet.
  */
 MOP_API const char *mop_last_error(void);
 
@@ -122,10 +131,13 @@ MOP_API const char *mop_last_error(void);
 /** @name Version
  *  @{ */
 
-/** @brief Version string of the linked library, e.g. "0.1.0". Static. */
+/** @brief Version of the linked library.
+ *  @return a static string such as "0.1.0", never NULL */
 MOP_API const char *mop_version(void);
 
-/** @brief ::MOP_VERSION_NUMBER of the linked library; compare with the header's. */
+/** @brief Version of the linked library as one integer.
+ *  @return the library's ::MOP_VERSION_NUMBER (major*10000 + minor*100 + patch);
+ *          compare with the header's to detect a mismatch */
 MOP_API uint32_t mop_version_number(void);
 
 /** @} */
@@ -196,7 +208,8 @@ typedef struct mop_model_params {
     void *progress_user;      /**< passed to @c progress; default NULL */
 } mop_model_params;
 
-/** @brief Default model load options. */
+/** @brief Default model load options.
+ *  @return the defaults documented on each field, with @c struct_size set */
 MOP_API mop_model_params mop_model_default_params(void);
 
 /**
@@ -219,7 +232,11 @@ MOP_API MOP_NODISCARD mop_status mop_model_load(const char *path,
                                                 const mop_model_params *params,
                                                 mop_model **out);
 
-/** @brief Release a model reference. Accepts NULL. Contexts keep their own reference. */
+/**
+ * @brief Release the caller's reference on a model. Contexts and mixtures
+ * keep their own reference: the memory is freed when the last one goes.
+ * @param model the model, or NULL (no-op)
+ */
 MOP_API void mop_model_free(mop_model *model);
 
 /** Architecture and size of a loaded model. */
@@ -247,7 +264,9 @@ typedef struct mop_model_info {
 
 /**
  * @brief Describe a model.
- * @param[in,out] info caller sets @c struct_size; filled on success
+ * @param[in]     model the model
+ * @param[in,out] info  caller sets @c struct_size (at most sizeof(mop_model_info));
+ *                      the fields that fit are filled on success
  * @return ::MOP_OK, ::MOP_E_INVALID_ARG
  */
 MOP_API MOP_NODISCARD mop_status mop_model_get_info(const mop_model *model,
@@ -262,12 +281,19 @@ typedef struct mop_tensor_info {
     int64_t dims[4];          /**< dims[0] = rows (outputs), last = contiguous */
 } mop_tensor_info;
 
-/** @brief Number of tensors read from the file(s). */
+/** @brief Number of tensors read from the file(s).
+ *  @param model the model, or NULL
+ *  @return the count, 0 for NULL */
 MOP_API int32_t mop_model_tensor_count(const mop_model *model);
 
 /**
  * @brief Describe tensor @p index (0 <= index < mop_model_tensor_count()).
- * @return ::MOP_OK, ::MOP_E_INVALID_ARG, ::MOP_E_RANGE
+ * @param[in]     model the model
+ * @param[in]     index tensor index, in file order
+ * @param[in,out] info  caller sets @c struct_size; filled on success (the
+ *                      name is owned by the model and lives as long as it)
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL, bad @c struct_size),
+ *         ::MOP_E_RANGE (@p index out of range)
  */
 MOP_API MOP_NODISCARD mop_status mop_model_tensor_get_info(const mop_model *model,
                                                            int32_t index,
@@ -294,19 +320,28 @@ typedef enum mop_special_token {
     MOP_TOKEN_PAD = 3   /**< padding */
 } mop_special_token;
 
-/** @brief Id of a special token, or -1 if the model has none. */
+/**
+ * @brief Id of a special token.
+ * @param model the model, or NULL
+ * @param which a ::mop_special_token value
+ * @return the token id, or -1 if the model has no such token (or @p model is
+ *         NULL, or @p which is unknown)
+ */
 MOP_API int32_t mop_model_special_token(const mop_model *model, int32_t which);
 
 /**
  * @brief Convert UTF-8 text to token ids (byte-level BPE from the model file).
+ * @param[in]  model  the model whose tokenizer is used
  * @param[in]  text   UTF-8 bytes (need not be NUL-terminated)
  * @param[in]  len    number of bytes in @p text
  * @param[in]  flags  ::MOP_TOKENIZE_ADD_BOS | ::MOP_TOKENIZE_PARSE_SPECIAL
  * @param[out] tokens receives up to @p cap ids; may be NULL when @p cap is 0
  * @param[in]  cap    capacity of @p tokens
  * @param[out] n_out  number of ids the text needs (also when too small)
- * @return ::MOP_OK, ::MOP_E_INVALID_ARG, ::MOP_E_RANGE (@p cap too small;
- *         @p n_out holds the size needed)
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL, unknown flags, text not valid
+ *         UTF-8), ::MOP_E_UNSUPPORTED (the model has no tokenizer),
+ *         ::MOP_E_RANGE (@p cap too small; @p n_out holds the size needed),
+ *         ::MOP_E_NOMEM
  */
 MOP_API MOP_NODISCARD mop_status mop_tokenize(const mop_model *model, const char *text,
                                               size_t len, int32_t flags, int32_t *tokens,
@@ -314,10 +349,17 @@ MOP_API MOP_NODISCARD mop_status mop_tokenize(const mop_model *model, const char
 
 /**
  * @brief Convert token ids back to UTF-8 text.
- * @param[out] buf   receives up to @p cap bytes, NUL-terminated when room allows
- * @param[out] n_out number of bytes of text (without the NUL), also when too small
- * @param[in]  flags ::MOP_TOKENIZE_PARSE_SPECIAL renders control tokens, else they are skipped
- * @return ::MOP_OK, ::MOP_E_INVALID_ARG (id out of range), ::MOP_E_RANGE
+ * @param[in]  model    the model whose tokenizer is used
+ * @param[in]  tokens   @p n_tokens ids in [0, n_vocab); may be NULL when @p n_tokens is 0
+ * @param[in]  n_tokens number of ids
+ * @param[in]  flags    ::MOP_TOKENIZE_PARSE_SPECIAL renders control tokens, else they are skipped
+ * @param[out] buf      receives up to @p cap bytes, NUL-terminated when room
+ *                      allows (@p n_out < @p cap); may be NULL when @p cap is 0
+ * @param[in]  cap      capacity of @p buf in bytes
+ * @param[out] n_out    number of bytes of text (without the NUL), also when too small
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL, unknown flags, id out of range),
+ *         ::MOP_E_UNSUPPORTED (the model has no tokenizer),
+ *         ::MOP_E_RANGE (@p cap too small; @p n_out holds the size needed)
  */
 MOP_API MOP_NODISCARD mop_status mop_detokenize(const mop_model *model, const int32_t *tokens,
                                                 size_t n_tokens, int32_t flags, char *buf,
@@ -334,10 +376,19 @@ typedef struct mop_chat_message {
  *
  * Supports the ChatML family of templates ("<|im_start|>role\n...<|im_end|>\n"),
  * including the default system message SmolLM2's template inserts.
+ * @param[in]  model      the model whose chat template (from its file) is used
+ * @param[in]  messages   @p n_messages messages, each with a non-empty role and
+ *                        a content; may be NULL when @p n_messages is 0
+ * @param[in]  n_messages number of messages
  * @param[in]  add_assistant_prompt 1 to end with the opening of an assistant turn
- * @param[out] buf, cap, n_out as for mop_detokenize()
- * @return ::MOP_OK, ::MOP_E_INVALID_ARG, ::MOP_E_UNSUPPORTED (template not
- *         recognised), ::MOP_E_RANGE
+ * @param[out] buf        receives up to @p cap bytes, NUL-terminated when room
+ *                        allows; may be NULL when @p cap is 0
+ * @param[in]  cap        capacity of @p buf in bytes
+ * @param[out] n_out      number of bytes of text (without the NUL), also when too small
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL, a message without role or
+ *         content), ::MOP_E_UNSUPPORTED (no tokenizer, no chat template, or
+ *         template not recognised), ::MOP_E_RANGE (@p cap too small; @p n_out
+ *         holds the size needed)
  */
 MOP_API MOP_NODISCARD mop_status mop_chat_format(const mop_model *model,
                                                  const mop_chat_message *messages,
@@ -364,24 +415,37 @@ typedef struct mop_ctx_params {
                                 process-wide setting (see docs/DEPENDENCIES.md) */
 } mop_ctx_params;
 
-/** @brief Default context options. */
+/** @brief Default context options.
+ *  @return the defaults documented on each field, with @c struct_size set */
 MOP_API mop_ctx_params mop_ctx_default_params(void);
 
 /**
  * @brief Create a context on @p model. Takes a reference on the model.
- * @return ::MOP_OK, ::MOP_E_INVALID_ARG, ::MOP_E_RANGE (n_ctx, n_batch or
- *         n_threads out of range), ::MOP_E_NOMEM
+ *
+ * All buffers (KV cache, activations, logits of one row per batch token) are
+ * allocated here; n_batch larger than n_ctx is lowered to n_ctx.
+ * @param[in]  model  the model (its reference count is raised)
+ * @param[in]  params options (copied), or NULL for the defaults
+ * @param[out] out    the context; free with mop_ctx_free()
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL, bad @c struct_size),
+ *         ::MOP_E_RANGE (n_ctx outside [1, the model's n_ctx_train], n_batch
+ *         < 1, n_threads negative or too large), ::MOP_E_UNSUPPORTED (head
+ *         layout the kernels do not handle), ::MOP_E_NOMEM
  */
 MOP_API MOP_NODISCARD mop_status mop_ctx_create(mop_model *model, const mop_ctx_params *params,
                                                 mop_ctx **out);
 
-/** @brief Free a context. Accepts NULL. */
+/** @brief Free a context and drop its reference on the model.
+ *  @param ctx the context, or NULL (no-op) */
 MOP_API void mop_ctx_free(mop_ctx *ctx);
 
-/** @brief Forget all cached tokens. */
+/** @brief Forget all cached tokens (and the logits of the last decode).
+ *  @param ctx the context, or NULL (no-op) */
 MOP_API void mop_ctx_reset(mop_ctx *ctx);
 
-/** @brief Number of tokens in the KV cache. */
+/** @brief Number of tokens in the KV cache.
+ *  @param ctx the context, or NULL
+ *  @return the position the next decoded token gets; 0 for NULL */
 MOP_API int32_t mop_ctx_n_past(const mop_ctx *ctx);
 
 /** Which logits mop_ctx_decode() keeps. */
@@ -396,15 +460,21 @@ enum {
  * Tokens are processed in chunks of at most n_batch (matrix-matrix prefill);
  * a single token uses the matrix-vector decode path. Positions continue from
  * mop_ctx_n_past().
- * @param[in] logits_mode ::MOP_LOGITS_LAST or ::MOP_LOGITS_ALL
- * @return ::MOP_OK, ::MOP_E_INVALID_ARG (token id out of range, n < 1),
- *         ::MOP_E_RANGE (the cache would overflow n_ctx; nothing is run)
+ * @param[in,out] ctx    the context; its cache grows by @p n tokens
+ * @param[in]     tokens @p n ids in [0, n_vocab)
+ * @param[in]     n      number of tokens, >= 1
+ * @param[in]     logits_mode ::MOP_LOGITS_LAST or ::MOP_LOGITS_ALL
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL, token id out of range, n < 1,
+ *         unknown @p logits_mode), ::MOP_E_RANGE (the cache would overflow
+ *         n_ctx; nothing is run), ::MOP_E_NOMEM (::MOP_LOGITS_ALL wider than
+ *         any call before and the larger logits buffer cannot be allocated)
  */
 MOP_API MOP_NODISCARD mop_status mop_ctx_decode(mop_ctx *ctx, const int32_t *tokens, int32_t n,
                                                 int32_t logits_mode);
 
 /**
  * @brief Logits of the last mop_ctx_decode() call.
+ * @param[in]  ctx    the context
  * @param[out] logits borrowed pointer to @p n_rows × n_vocab floats, valid
  *                    until the next call on @p ctx
  * @param[out] n_rows rows available (1, or n of the last call)
@@ -418,9 +488,14 @@ MOP_API MOP_NODISCARD mop_status mop_ctx_get_logits(const mop_ctx *ctx, const fl
  *
  * nll[i] = -log p(tokens[i+1] | tokens[0..i]) for i in [0, n-1). The cache is
  * reset before and left holding the sequence after. n must be <= n_ctx.
- * @param[out] nll   n-1 values (may be NULL)
- * @param[out] total sum of the n-1 values (may be NULL)
- * @return ::MOP_OK, ::MOP_E_INVALID_ARG, ::MOP_E_RANGE
+ * NLL values are in nats (natural logarithm).
+ * @param[in,out] ctx    the context; its cache is reset, then holds the sequence
+ * @param[in]     tokens @p n ids in [0, n_vocab)
+ * @param[in]     n      number of tokens, 1..n_ctx (1 gives no value and total 0)
+ * @param[out]    nll    n-1 values (may be NULL)
+ * @param[out]    total  sum of the n-1 values (may be NULL)
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL, n < 1, id out of range),
+ *         ::MOP_E_RANGE (n > n_ctx)
  */
 MOP_API MOP_NODISCARD mop_status mop_ctx_nll(mop_ctx *ctx, const int32_t *tokens, int32_t n,
                                              float *nll, double *total);
@@ -430,9 +505,18 @@ MOP_API MOP_NODISCARD mop_status mop_ctx_nll(mop_ctx *ctx, const int32_t *tokens
  *
  * The sequence is cut into windows of @p window tokens (0 = n_ctx); each is
  * scored from an empty cache and the first token of each window is context
- * only. ppl = exp(sum of NLL / number of scored tokens).
- * @param[in] progress optional, called once per window
- * @return ::MOP_OK, ::MOP_E_INVALID_ARG (n < 2), ::MOP_E_RANGE, ::MOP_E_CANCELLED
+ * only. ppl = exp(sum of NLL / number of scored tokens). A trailing window
+ * of a single token has nothing to score and is skipped.
+ * @param[in,out] ctx      the context; its cache is used as scratch
+ * @param[in]     tokens   @p n ids in [0, n_vocab)
+ * @param[in]     n        number of tokens, >= 2
+ * @param[in]     window   tokens per window, 2..n_ctx, or 0 for n_ctx
+ * @param[in]     progress optional, called once per window with (windows
+ *                         done, windows in all, @p user); non-zero cancels
+ * @param[in]     user     passed to @p progress unchanged
+ * @param[out]    ppl      the perplexity
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL, n < 2, id out of range),
+ *         ::MOP_E_RANGE (@p window out of range), ::MOP_E_CANCELLED
  */
 MOP_API MOP_NODISCARD mop_status mop_ctx_perplexity(mop_ctx *ctx, const int32_t *tokens,
                                                     int32_t n, int32_t window,
@@ -457,23 +541,31 @@ typedef struct mop_sampler_params {
 /** A token sampler: parameters plus its random state. Opaque. */
 typedef struct mop_sampler mop_sampler;
 
-/** @brief Default sampler options. */
+/** @brief Default sampler options.
+ *  @return the defaults documented on each field, with @c struct_size set */
 MOP_API mop_sampler_params mop_sampler_default_params(void);
 
 /**
  * @brief Create a sampler.
- * @return ::MOP_OK, ::MOP_E_INVALID_ARG (temperature < 0, top_k < 0,
- *         top_p outside (0, 1]), ::MOP_E_NOMEM
+ * @param[in]  params options (copied); required, fill with mop_sampler_default_params()
+ * @param[out] out    the sampler; free with mop_sampler_free()
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL argument, bad @c struct_size,
+ *         temperature < 0, top_k < 0, top_p outside (0, 1]), ::MOP_E_NOMEM
  */
 MOP_API MOP_NODISCARD mop_status mop_sampler_create(const mop_sampler_params *params,
                                                     mop_sampler **out);
 
-/** @brief Free a sampler. Accepts NULL. */
+/** @brief Free a sampler.
+ *  @param s the sampler, or NULL (no-op) */
 MOP_API void mop_sampler_free(mop_sampler *s);
 
 /**
- * @brief Draw one token from a row of logits.
- * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL, n_vocab < 1, NaN in logits)
+ * @brief Draw one token from a row of logits (advances the sampler's random state).
+ * @param[in,out] s       the sampler
+ * @param[in]     logits  @p n_vocab unnormalised log-probabilities
+ * @param[in]     n_vocab number of logits, >= 1
+ * @param[out]    token   the drawn id, in [0, n_vocab)
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL, n_vocab < 1, NaN or +inf in logits)
  */
 MOP_API MOP_NODISCARD mop_status mop_sampler_sample(mop_sampler *s, const float *logits,
                                                     int32_t n_vocab, int32_t *token);
@@ -487,8 +579,17 @@ typedef int (*mop_token_fn)(int32_t token, void *user);
  * Resets the cache, prefills the prompt, then samples until @p max_new tokens,
  * an end-of-sequence/end-of-turn token (not passed to @p on_token), the
  * context end, or @p on_token returning non-zero.
- * @param[out] n_generated tokens generated (may be NULL)
- * @return ::MOP_OK, ::MOP_E_INVALID_ARG, ::MOP_E_RANGE (prompt longer than n_ctx)
+ * @param[in,out] ctx      the context; its cache is reset and then holds the
+ *                         prompt and the generated tokens
+ * @param[in,out] sampler  draws each token (its random state advances)
+ * @param[in]     prompt   @p n_prompt ids in [0, n_vocab)
+ * @param[in]     n_prompt number of prompt tokens, 1..n_ctx
+ * @param[in]     max_new  most tokens to generate, >= 0
+ * @param[in]     on_token optional, called with each generated token and @p user
+ * @param[in]     user     passed to @p on_token unchanged
+ * @param[out]    n_generated tokens generated (may be NULL)
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL, n_prompt < 1, max_new < 0, id
+ *         out of range), ::MOP_E_RANGE (prompt longer than n_ctx)
  */
 MOP_API MOP_NODISCARD mop_status mop_generate(mop_ctx *ctx, mop_sampler *sampler,
                                               const int32_t *prompt, int32_t n_prompt,

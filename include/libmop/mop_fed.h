@@ -41,17 +41,25 @@ typedef enum mop_update_kind {
  * @param round      federated round (>= 0)
  * @param client_id  any id the host uses
  * @param n_samples  examples behind this update (weight in FedAvg), >= 0, finite
- * @return ::MOP_OK, ::MOP_E_INVALID_ARG, ::MOP_E_NOMEM
+ * @param out        the update, with no tensor and no metadata; free with mop_update_free()
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL @p out, unknown kind, round < 0,
+ *         bad n_samples), ::MOP_E_NOMEM
  */
 MOP_API MOP_NODISCARD mop_status mop_update_create(int32_t kind, int64_t round,
                                                    uint64_t client_id, double n_samples,
                                                    mop_update **out);
 
-/** @brief Free an update. Accepts NULL. */
+/** @brief Free an update with its tensors and metadata.
+ *  @param u the update, or NULL (no-op) */
 MOP_API void mop_update_free(mop_update *u);
 
 /**
  * @brief Append a tensor (copied). Names are unique, 1..255 bytes of UTF-8.
+ * @param u      the update
+ * @param name   the tensor's name (copied)
+ * @param data   Π dims floats, all finite (copied)
+ * @param n_dims number of dimensions, 1..4
+ * @param dims   @p n_dims sizes, outermost first, each >= 1
  * @return ::MOP_OK, ::MOP_E_INVALID_ARG (duplicate or bad name, NaN/Inf
  *         values, dims < 1), ::MOP_E_NOMEM
  */
@@ -69,11 +77,18 @@ typedef struct mop_update_tensor_info {
     int64_t dims[4];      /**< the shape, outermost first (entries past n_dims unused) */
 } mop_update_tensor_info;
 
-/** @brief Number of tensors. */
+/** @brief Number of tensors.
+ *  @param u the update, or NULL
+ *  @return the count ("gate.usage" included); 0 for NULL */
 MOP_API int32_t mop_update_tensor_count(const mop_update *u);
 
 /**
  * @brief Describe tensor @p index, or look one up by @p name (index < 0).
+ * @param[in]     u     the update
+ * @param[in]     index 0 <= index < mop_update_tensor_count(), or < 0 to use @p name
+ * @param[in]     name  the name to look up when @p index < 0 (ignored otherwise)
+ * @param[in,out] info  caller sets @c struct_size; filled with views borrowed
+ *                      from @p u (valid while it lives)
  * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL, struct_size 0 or larger than
  *         this header's), ::MOP_E_RANGE (index out of range, no such name)
  */
@@ -90,26 +105,44 @@ typedef struct mop_update_header {
     double n_samples;     /**< examples behind the update (its FedAvg weight) */
 } mop_update_header;
 
-/** @brief Read the provenance fields. @return ::MOP_OK, ::MOP_E_INVALID_ARG */
+/**
+ * @brief Read the provenance fields.
+ * @param[in]     u   the update
+ * @param[in,out] out caller sets @c struct_size; the fields that fit are filled
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL, bad @c struct_size)
+ */
 MOP_API MOP_NODISCARD mop_status mop_update_get_header(const mop_update *u,
                                                        mop_update_header *out);
 
 /**
  * @brief Set a metadata string (copied; replaces an existing key). Keys are
  * 1..255 bytes of UTF-8, values 0..65535, at most 4096 keys.
+ * @param u     the update
+ * @param key   NUL-terminated key (copied)
+ * @param value NUL-terminated value (copied)
  * @return ::MOP_OK, ::MOP_E_INVALID_ARG, ::MOP_E_NOMEM
  */
 MOP_API MOP_NODISCARD mop_status mop_update_set_meta(mop_update *u, const char *key,
                                                      const char *value);
 
-/** @brief Get a metadata string (borrowed), or ::MOP_E_RANGE if absent. */
+/**
+ * @brief Get a metadata string.
+ * @param[in]  u     the update
+ * @param[in]  key   NUL-terminated key
+ * @param[out] value the value, borrowed from @p u: valid until the key is set
+ *                   again or the update is freed
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL), ::MOP_E_RANGE (no such key)
+ */
 MOP_API MOP_NODISCARD mop_status mop_update_get_meta(const mop_update *u, const char *key,
                                                      const char **value);
 
 /**
  * @brief Serialize (format in docs/FORMAT.md: magic, version, header,
  * metadata, tensor table, payload, SHA-256 over all preceding bytes).
- * @param buf NULL with cap 0 to query the size in @p n_out
+ * @param[in]  u     the update
+ * @param[out] buf   receives the bytes; NULL with @p cap 0 to query the size in @p n_out
+ * @param[in]  cap   capacity of @p buf in bytes
+ * @param[out] n_out bytes the serialized update takes (also when @p cap is too small)
  * @return ::MOP_OK, ::MOP_E_INVALID_ARG, ::MOP_E_RANGE (@p cap too small)
  */
 MOP_API MOP_NODISCARD mop_status mop_update_serialize(const mop_update *u, uint8_t *buf,
@@ -118,6 +151,9 @@ MOP_API MOP_NODISCARD mop_status mop_update_serialize(const mop_update *u, uint8
 /**
  * @brief Parse a serialized update. Rejects truncation, trailing bytes,
  * unknown versions, bad names or shapes, NaN/Inf and checksum mismatch.
+ * @param[in]  buf @p n bytes written by mop_update_serialize() (only read during the call)
+ * @param[in]  n   number of bytes, exactly the serialized size
+ * @param[out] out the update; free with mop_update_free()
  * @return ::MOP_OK, ::MOP_E_INVALID_ARG, ::MOP_E_FORMAT, ::MOP_E_UNSUPPORTED
  *         (version), ::MOP_E_CHECKSUM, ::MOP_E_NOMEM
  */
@@ -128,6 +164,13 @@ MOP_API MOP_NODISCARD mop_status mop_update_parse(const uint8_t *buf, size_t n, 
  * NULL, else the DELTA m − base (same shapes required). @p gate_usage (K
  * floats, may be NULL) is stored as tensor "gate.usage" for MoP-aware
  * aggregation.
+ * @param[in]  m          the mixture (only read)
+ * @param[in]  base       the reference mixture for a DELTA, or NULL for FULL values
+ * @param[in]  round      federated round, >= 0
+ * @param[in]  client_id  any id the host uses
+ * @param[in]  n_samples  examples behind the update, >= 0, finite
+ * @param[in]  gate_usage K floats (may be NULL)
+ * @param[out] out        the update; free with mop_update_free()
  * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL, bad n_samples/round, gate_usage
  *         negative or NaN), ::MOP_E_SHAPE (@p base has other tensors or
  *         shapes), ::MOP_E_NOMEM
@@ -141,7 +184,12 @@ MOP_API MOP_NODISCARD mop_status mop_update_from_mixture(mop_mixture *m, mop_mix
 /**
  * @brief Apply an update to a mixture: FULL sets the values, DELTA adds
  * @p scale × delta. Tensors are matched by name and shape ("gate.usage" ignored).
- * @return ::MOP_OK, ::MOP_E_INVALID_ARG, ::MOP_E_SHAPE (a name or shape does not match)
+ * Every tensor is checked before anything changes.
+ * @param[in]     u     the update
+ * @param[in,out] m     the mixture whose parameters are set or moved
+ * @param[in]     scale factor on a DELTA, finite (ignored for FULL)
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL, @p scale not finite),
+ *         ::MOP_E_SHAPE (a name or shape does not match; the mixture is unchanged)
  */
 MOP_API MOP_NODISCARD mop_status mop_update_apply(const mop_update *u, mop_mixture *m, float scale);
 
@@ -222,24 +270,30 @@ typedef struct mop_aggregator_params {
 /** Server-side aggregation state. Opaque; belongs to one thread at a time. */
 typedef struct mop_aggregator mop_aggregator;
 
-/** @brief The defaults documented on each field. */
+/** @brief Default aggregator settings.
+ *  @return the defaults documented on each field, with @c struct_size set */
 MOP_API mop_aggregator_params mop_aggregator_default_params(void);
 
 /**
  * @brief Create an aggregator.
  * @param params settings (copied), or NULL for the defaults
+ * @param out    the aggregator, at round start with empty server state; free
+ *               with mop_aggregator_free()
  * @return ::MOP_OK, ::MOP_E_INVALID_ARG (a field out of range: the message
  *         names it), ::MOP_E_NOMEM
  */
 MOP_API MOP_NODISCARD mop_status mop_aggregator_create(const mop_aggregator_params *params,
                                                        mop_aggregator **out);
 
-/** @brief Free an aggregator and its state. Accepts NULL. */
+/** @brief Free an aggregator and its state.
+ *  @param agg the aggregator, or NULL (no-op) */
 MOP_API void mop_aggregator_free(mop_aggregator *agg);
 
 /**
  * @brief Add one client update to the current round. @p u is only read during
  * the call (the aggregator accumulates or copies what it needs).
+ * @param agg the aggregator
+ * @param u   a client's DELTA, or FULL update (turned into a delta at finish)
  * @return ::MOP_OK;
  *         ::MOP_E_INVALID_ARG (NULL argument; "gate.usage" negative for MoP-aware);
  *         ::MOP_E_SHAPE (a tensor missing, extra, or of another shape than in
@@ -249,12 +303,15 @@ MOP_API void mop_aggregator_free(mop_aggregator *agg);
  */
 MOP_API MOP_NODISCARD mop_status mop_aggregator_add(mop_aggregator *agg, const mop_update *u);
 
-/** @brief Updates added to the current round so far. */
+/** @brief Updates added to the current round so far.
+ *  @param agg the aggregator, or NULL
+ *  @return the count (0 after mop_aggregator_finish()); 0 for NULL */
 MOP_API int32_t mop_aggregator_count(const mop_aggregator *agg);
 
 /**
  * @brief Close the round: reduce its updates, take the server step and return
  * the next global values.
+ * @param agg        the aggregator
  * @param global     current global values, a FULL update holding every
  *                   aggregated tensor with the same shape
  * @param next_global receives a new FULL update (the caller frees it): the
@@ -289,9 +346,12 @@ MOP_API MOP_NODISCARD mop_status mop_aggregator_finish(mop_aggregator *agg,
  * are dealt to the N clients in random order, so every client gets one part
  * of every category.
  * @param task       (n) category of each example
+ * @param n          number of examples, >= 1
+ * @param n_clients  N, number of clients, >= 1
  * @param ratio      size of the big part over each small one, >= 1 (the paper: 15)
+ * @param seed       seed of the shuffles (any value; the split depends only on it and the arguments)
  * @param client_of  (n) out: client 0..n_clients−1 of each example
- * @return ::MOP_OK, ::MOP_E_INVALID_ARG, ::MOP_E_RANGE (a category with
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL, n < 1, n_clients < 1, bad ratio), ::MOP_E_RANGE (a category with
  *         fewer than ratio + N − 1 examples: some client would get none),
  *         ::MOP_E_NOMEM
  */
@@ -302,7 +362,11 @@ MOP_API MOP_NODISCARD mop_status mop_partition_skewed(const int32_t *task, int64
 /**
  * @brief Uniform random split: a seeded shuffle dealt round-robin, so client
  * sizes differ by at most one.
- * @return ::MOP_OK, ::MOP_E_INVALID_ARG, ::MOP_E_NOMEM
+ * @param n          number of examples, >= 1
+ * @param n_clients  number of clients, >= 1
+ * @param seed       seed of the shuffle
+ * @param client_of  (n) out: client 0..n_clients−1 of each example
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL, n < 1, n_clients < 1), ::MOP_E_NOMEM
  */
 MOP_API MOP_NODISCARD mop_status mop_partition_iid(int64_t n, int32_t n_clients, uint64_t seed,
                                                    int32_t *client_of);
@@ -312,8 +376,14 @@ MOP_API MOP_NODISCARD mop_status mop_partition_iid(int64_t n, int32_t n_clients,
  * p ~ Dir(alpha, ..., alpha); the category's shuffled examples are cut at
  * round(c · cumsum(p)). Large alpha → near-equal shares; small alpha → each
  * category concentrated on few clients. A client may get no example.
- * @param alpha concentration, finite and > 0
- * @return ::MOP_OK, ::MOP_E_INVALID_ARG, ::MOP_E_NOMEM
+ * @param task       (n) category of each example
+ * @param n          number of examples, >= 1
+ * @param n_clients  number of clients, >= 1
+ * @param alpha      concentration, finite and > 0
+ * @param seed       seed of the shuffles and of the Dirichlet draws
+ * @param client_of  (n) out: client 0..n_clients−1 of each example
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL, n < 1, n_clients < 1, bad
+ *         alpha), ::MOP_E_NOMEM
  */
 MOP_API MOP_NODISCARD mop_status mop_partition_dirichlet(const int32_t *task, int64_t n,
                                                          int32_t n_clients, float alpha,
@@ -359,9 +429,11 @@ MOP_API MOP_NODISCARD mop_status mop_update_clip(mop_update *u, float max_norm, 
  * platform with the same libm); for @p seed = 0 the key comes from
  * randombytes_buf() (the OS CSPRNG): use 0 for real privacy, a fixed seed
  * only for tests and reproducible experiments.
+ * @param u    the update, edited in place
  * @param std  standard deviation, finite and >= 0 (0 leaves @p u unchanged)
+ * @param seed 0 for OS randomness, else the seed of a reproducible stream
  * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL @p u, @p std negative or not
- *         finite), ::MOP_E_INTERNAL (libsodium failed to initialise)
+ *         finite), ::MOP_E_INTERNAL (libsodium failed to initialise), ::MOP_E_NOMEM
  */
 MOP_API MOP_NODISCARD mop_status mop_update_add_noise(mop_update *u, float std, uint64_t seed);
 
@@ -401,7 +473,8 @@ typedef struct mop_rdp_params {
     int32_t n_orders;      /**< entries in @p orders, 1..4096; ignored when orders is NULL; default 0 */
 } mop_rdp_params;
 
-/** @brief The defaults documented on each field. */
+/** @brief Default accountant settings.
+ *  @return the defaults documented on each field, with @c struct_size set */
 MOP_API mop_rdp_params mop_rdp_default_params(void);
 
 /**
@@ -410,7 +483,8 @@ MOP_API mop_rdp_params mop_rdp_default_params(void);
  * @param sample_rate      q in [0, 1]
  * @param alpha            order, finite and > 1
  * @param rdp              out: RDP(α) in nats (0 when q = 0)
- * @return ::MOP_OK, ::MOP_E_INVALID_ARG (an argument out of range; the message names it)
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (an argument out of range; the message names it),
+ *         ::MOP_E_INTERNAL (the fractional-order series did not converge)
  */
 MOP_API MOP_NODISCARD mop_status mop_rdp_sampled_gaussian(double noise_multiplier,
                                                           double sample_rate, double alpha,
@@ -420,11 +494,13 @@ MOP_API MOP_NODISCARD mop_status mop_rdp_sampled_gaussian(double noise_multiplie
  * @brief ε after @p steps steps of the sampled Gaussian mechanism, with the
  * default orders and the classic conversion (TF-Privacy's numbers: z = 1.12,
  * q = 256/60000, 14063 steps, δ = 1e-5 → ε = 2.92).
+ * @param noise_multiplier z = noise std / sensitivity, finite and > 0
+ * @param sample_rate      q in [0, 1]
  * @param steps      T >= 0 (0 gives ε = 0)
  * @param delta      δ in (0, 1)
  * @param eps        out: ε (+inf when no order gives a finite bound)
  * @param best_order out, may be NULL: the minimising α
- * @return ::MOP_OK, ::MOP_E_INVALID_ARG
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG, ::MOP_E_INTERNAL (a series did not converge)
  */
 MOP_API MOP_NODISCARD mop_status mop_rdp_epsilon(double noise_multiplier, double sample_rate,
                                                  int64_t steps, double delta, double *eps,
@@ -435,19 +511,26 @@ typedef struct mop_rdp_accountant mop_rdp_accountant;
 
 /**
  * @brief Create an accountant with zero privacy spent.
- * @param params settings (copied), or NULL for the defaults
+ * @param params settings (copied, @c orders included), or NULL for the defaults
+ * @param out    the accountant; free with mop_rdp_accountant_free()
  * @return ::MOP_OK, ::MOP_E_INVALID_ARG (conversion unknown, n_orders out of
  *         range, an order not finite or <= 1), ::MOP_E_NOMEM
  */
 MOP_API MOP_NODISCARD mop_status mop_rdp_accountant_create(const mop_rdp_params *params,
                                                            mop_rdp_accountant **out);
 
-/** @brief Free an accountant. Accepts NULL. */
+/** @brief Free an accountant.
+ *  @param acc the accountant, or NULL (no-op) */
 MOP_API void mop_rdp_accountant_free(mop_rdp_accountant *acc);
 
 /**
  * @brief Compose @p steps more steps of the sampled Gaussian mechanism.
- * @return ::MOP_OK, ::MOP_E_INVALID_ARG (as mop_rdp_sampled_gaussian(); steps < 0).
+ * @param acc              the accountant
+ * @param noise_multiplier z of these steps, finite and > 0
+ * @param sample_rate      q of these steps, in [0, 1]
+ * @param steps            number of steps, >= 0
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (as mop_rdp_sampled_gaussian(); steps < 0),
+ *         ::MOP_E_INTERNAL (a series did not converge).
  *         On error the total is unchanged.
  */
 MOP_API MOP_NODISCARD mop_status mop_rdp_accountant_add(mop_rdp_accountant *acc,
@@ -456,6 +539,11 @@ MOP_API MOP_NODISCARD mop_status mop_rdp_accountant_add(mop_rdp_accountant *acc,
 
 /**
  * @brief ε for @p delta of everything composed so far.
+ * @param acc        the accountant
+ * @param delta      δ in (0, 1)
+ * @param eps        out: ε with the accountant's conversion (0 when nothing
+ *                   was composed, +inf when no order gives a finite bound)
+ * @param best_order out, may be NULL: the minimising α
  * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL, δ outside (0, 1))
  */
 MOP_API MOP_NODISCARD mop_status mop_rdp_accountant_epsilon(const mop_rdp_accountant *acc,
@@ -527,7 +615,8 @@ typedef struct mop_secagg_params {
     int32_t min_survivors; /**< t: fewest survivors whose sum may be revealed, 2..n; default 2 */
 } mop_secagg_params;
 
-/** @brief The defaults documented on each field. */
+/** @brief Default secure aggregation settings (n_clients and length still to set).
+ *  @return the defaults documented on each field, with @c struct_size set */
 MOP_API mop_secagg_params mop_secagg_default_params(void);
 
 /** One client's side of one round. Opaque; holds its X25519 secret key (wiped on free). */
@@ -538,6 +627,9 @@ typedef struct mop_secagg_server mop_secagg_server;
 /**
  * @brief Create client @p index of a round, with a fresh X25519 key pair
  * from the OS CSPRNG.
+ * @param params the round's settings (copied); required
+ * @param index  this client's index, 0..n_clients−1
+ * @param out    the client; free with mop_secagg_client_free()
  * @return ::MOP_OK, ::MOP_E_INVALID_ARG (a parameter out of range, index not
  *         in 0..n−1), ::MOP_E_RANGE (n·clip_range·scale does not fit the
  *         ring), ::MOP_E_NOMEM, ::MOP_E_INTERNAL (libsodium failed to initialise)
@@ -546,10 +638,13 @@ MOP_API MOP_NODISCARD mop_status mop_secagg_client_create(const mop_secagg_param
                                                           int32_t index,
                                                           mop_secagg_client **out);
 
-/** @brief Free a client, wiping its keys. Accepts NULL. */
+/** @brief Free a client, wiping its keys.
+ *  @param c the client, or NULL (no-op) */
 MOP_API void mop_secagg_client_free(mop_secagg_client *c);
 
 /** @brief Copy the client's public key (::MOP_SECAGG_KEY_BYTES bytes) to @p pk.
+ *  @param c  the client
+ *  @param pk out: ::MOP_SECAGG_KEY_BYTES bytes
  *  @return ::MOP_OK, ::MOP_E_INVALID_ARG */
 MOP_API MOP_NODISCARD mop_status mop_secagg_client_public_key(const mop_secagg_client *c,
                                                               uint8_t *pk);
@@ -557,8 +652,10 @@ MOP_API MOP_NODISCARD mop_status mop_secagg_client_public_key(const mop_secagg_c
 /**
  * @brief Give the client every participant's public key and derive the
  * pairwise round keys. Call once.
- * @param keys n·::MOP_SECAGG_KEY_BYTES bytes, client j's key at j·32; slot
- *             index must hold this client's own key
+ * @param c       the client
+ * @param keys    n·::MOP_SECAGG_KEY_BYTES bytes, client j's key at j·32; slot
+ *                index must hold this client's own key
+ * @param n_bytes size of @p keys, 32·n_clients
  * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL, @p n_bytes ≠ 32·n, own slot
  *         not this client's key, two equal keys, a low-order point);
  *         ::MOP_E_STATE (keys already set)
@@ -571,8 +668,13 @@ MOP_API MOP_NODISCARD mop_status mop_secagg_client_set_peer_keys(mop_secagg_clie
  * @brief Encode and mask @p x (length floats) into a blob for the server.
  * Allowed once per client: masking two inputs with the same masks would
  * reveal their difference.
- * @param buf NULL with @p cap 0 to query the blob size in @p n_out (does not
- *            use up the single masking)
+ * @param c     the client
+ * @param x     @p n floats, finite (clipped to ±clip_range before encoding)
+ * @param n     must equal the round's length
+ * @param buf   out: the blob; NULL with @p cap 0 to query the blob size in
+ *              @p n_out (does not use up the single masking)
+ * @param cap   capacity of @p buf in bytes
+ * @param n_out bytes of the blob (also when @p cap is too small)
  * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL, NaN/Inf in @p x),
  *         ::MOP_E_SHAPE (@p n ≠ length), ::MOP_E_RANGE (@p cap too small),
  *         ::MOP_E_STATE (peer keys not set, or already masked), ::MOP_E_NOMEM
@@ -585,6 +687,13 @@ MOP_API MOP_NODISCARD mop_status mop_secagg_client_mask(mop_secagg_client *c, co
  * @brief As mop_secagg_client_mask() on the concatenation of all tensors of
  * @p u in index order ("gate.usage" included if present); their total size
  * must equal length.
+ * @param c     the client
+ * @param u     the update whose tensors are masked (only read)
+ * @param buf   out: the blob; NULL with @p cap 0 to query its size
+ * @param cap   capacity of @p buf in bytes
+ * @param n_out bytes of the blob (also when @p cap is too small)
+ * @return as mop_secagg_client_mask(), ::MOP_E_SHAPE when the total size
+ *         differs from length
  */
 MOP_API MOP_NODISCARD mop_status mop_secagg_client_mask_update(mop_secagg_client *c,
                                                                const mop_update *u,
@@ -596,7 +705,13 @@ MOP_API MOP_NODISCARD mop_status mop_secagg_client_mask_update(mop_secagg_client
  * server can remove their masks. Only after masking. May be called again
  * for clients that drop later; the union of all dropped sets must leave at
  * least min_survivors clients.
- * @param buf NULL with @p cap 0 to query the size in @p n_out
+ * @param c         the client
+ * @param dropped   @p n_dropped indices of dropped clients, distinct, not this
+ *                  client's; may be NULL when @p n_dropped is 0
+ * @param n_dropped number of entries, 0..n_clients−1
+ * @param buf       out: the recovery blob; NULL with @p cap 0 to query the size in @p n_out
+ * @param cap       capacity of @p buf in bytes
+ * @param n_out     bytes of the blob (also when @p cap is too small)
  * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL, an index out of range, a
  *         duplicate, this client itself), ::MOP_E_RANGE (@p cap too small),
  *         ::MOP_E_STATE (not masked yet; fewer than min_survivors would remain)
@@ -608,16 +723,22 @@ MOP_API MOP_NODISCARD mop_status mop_secagg_client_reveal(mop_secagg_client *c,
 
 /**
  * @brief Create the server side of a round (the sum starts at 0).
+ * @param params the round's settings (copied); must equal the clients'
+ * @param out    the server; free with mop_secagg_server_free()
  * @return as mop_secagg_client_create()
  */
 MOP_API MOP_NODISCARD mop_status mop_secagg_server_create(const mop_secagg_params *params,
                                                           mop_secagg_server **out);
 
-/** @brief Free a server. Accepts NULL. */
+/** @brief Free a server.
+ *  @param s the server, or NULL (no-op) */
 MOP_API void mop_secagg_server_free(mop_secagg_server *s);
 
 /**
  * @brief Add a client's masked blob to the running sum.
+ * @param s    the server
+ * @param blob @p n bytes from mop_secagg_client_mask() (only read during the call)
+ * @param n    size of @p blob
  * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL), ::MOP_E_FORMAT (bad magic,
  *         truncated, trailing bytes, client index out of range),
  *         ::MOP_E_UNSUPPORTED (version), ::MOP_E_CHECKSUM,
@@ -632,6 +753,9 @@ MOP_API MOP_NODISCARD mop_status mop_secagg_server_add_masked(mop_secagg_server 
 /**
  * @brief Apply a survivor's recovery blob: remove the masks it shared with
  * each dropped client it names.
+ * @param s    the server
+ * @param blob @p n bytes from mop_secagg_client_reveal() (only read during the call)
+ * @param n    size of @p blob
  * @return ::MOP_OK, ::MOP_E_INVALID_ARG, ::MOP_E_FORMAT, ::MOP_E_UNSUPPORTED,
  *         ::MOP_E_CHECKSUM (as above); ::MOP_E_STATE (the survivor's own
  *         blob is not in the sum; a named client's blob is in the sum; a key
@@ -644,6 +768,7 @@ MOP_API MOP_NODISCARD mop_status mop_secagg_server_add_recovery(mop_secagg_serve
 /**
  * @brief Decode the sum of the included clients' inputs (exact in fixed
  * point: Σ_i round(clip(x_i)·scale) / scale, rounded once to float).
+ * @param s          the server
  * @param sum        out (length floats)
  * @param n          must equal length
  * @param included   out, may be NULL: indices of the clients whose input is

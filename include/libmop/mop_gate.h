@@ -73,7 +73,8 @@ typedef struct mop_mixture_params {
 /** A prompt mixture (experts + gate + gradients). Opaque. */
 typedef struct mop_mixture mop_mixture;
 
-/** @brief Default mixture shape. */
+/** @brief Default mixture shape.
+ *  @return the defaults documented on each field, with @c struct_size set */
 MOP_API mop_mixture_params mop_mixture_default_params(void);
 
 /**
@@ -81,6 +82,10 @@ MOP_API mop_mixture_params mop_mixture_default_params(void);
  *
  * Takes a reference on the model. Experts initialised per @c params.init;
  * gate W1 ~ N(0, init_std²), W2 = 0, biases 0 (so the gate starts uniform).
+ * Gradients start at zero.
+ * @param[in]  model  the frozen model the mixture adapts (its reference count is raised)
+ * @param[in]  params shape and initialisation (copied), or NULL for the defaults
+ * @param[out] out    the mixture; free with mop_mixture_free()
  * @return ::MOP_OK, ::MOP_E_INVALID_ARG, ::MOP_E_RANGE (K, P, layers or sizes
  *         out of range: 1 <= K <= 256, 1 <= P <= 512, 0 <= gate_layer <=
  *         inject_layer < n_layer, 1 <= gate_hidden <= 8192, τ > 0,
@@ -91,22 +96,34 @@ MOP_API MOP_NODISCARD mop_status mop_mixture_create(mop_model *model,
                                                     const mop_mixture_params *params,
                                                     mop_mixture **out);
 
-/** @brief Free a mixture. Accepts NULL. */
+/** @brief Free a mixture and drop its reference on the model.
+ *  @param m the mixture, or NULL (no-op) */
 MOP_API void mop_mixture_free(mop_mixture *m);
 
-/** @brief The mixture's shape (with -1 defaults resolved). @p out->struct_size set by the caller. */
+/**
+ * @brief The mixture's shape (with -1 defaults resolved).
+ * @param[in]     m   the mixture
+ * @param[in,out] out caller sets @c struct_size (at most sizeof(mop_mixture_params));
+ *                    the fields that fit are filled
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL, bad @c struct_size)
+ */
 MOP_API MOP_NODISCARD mop_status mop_mixture_get_params(const mop_mixture *m,
                                                         mop_mixture_params *out);
 
 /**
  * @brief Save as a safetensors file (tensors F32, shape in JSON metadata).
- * Written atomically (temporary file, fsync, rename).
- * @return ::MOP_OK, ::MOP_E_INVALID_ARG, ::MOP_E_IO
+ * Written atomically (temporary file, fsync, rename). Gradients are not saved.
+ * @param[in] m    the mixture
+ * @param[in] path file to write (replaced if it exists)
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG, ::MOP_E_IO, ::MOP_E_NOMEM
  */
 MOP_API MOP_NODISCARD mop_status mop_mixture_save(const mop_mixture *m, const char *path);
 
 /**
  * @brief Load a mixture saved by mop_mixture_save() for a model of the same width.
+ * @param[in]  model the model the mixture is used with (its reference count is raised)
+ * @param[in]  path  a file written by mop_mixture_save()
+ * @param[out] out   the mixture (gradients zero); free with mop_mixture_free()
  * @return ::MOP_OK, ::MOP_E_INVALID_ARG, ::MOP_E_IO, ::MOP_E_FORMAT (corrupt,
  *         missing tensor or metadata, NaN/Inf values), ::MOP_E_SHAPE (d_model
  *         or layer count does not match @p model), ::MOP_E_UNSUPPORTED (a newer
@@ -117,17 +134,25 @@ MOP_API MOP_NODISCARD mop_status mop_mixture_load(mop_model *model, const char *
 
 /**
  * @brief The flat parameter and gradient buffers (borrowed; valid while @p m lives).
- * @param[out] params @p n floats: all trainable values, in tensor order
- * @param[out] grads  @p n floats: their gradients (accumulated by training calls)
- * @param[out] n      number of trainable floats (= mop_mixture_n_params())
+ *
+ * Writing through @p params is how optimizers and federated code change the
+ * mixture; the prompt cache notices the change (see mop_mixture_prepare()).
+ * @param[in]  m      the mixture
+ * @param[out] params @p n floats: all trainable values, in tensor order (may be NULL)
+ * @param[out] grads  @p n floats: their gradients (accumulated by training calls; may be NULL)
+ * @param[out] n      number of trainable floats (= mop_mixture_n_params(); may be NULL)
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (@p m NULL)
  */
 MOP_API MOP_NODISCARD mop_status mop_mixture_data(mop_mixture *m, float **params, float **grads,
                                                   size_t *n);
 
-/** @brief Number of trainable floats. */
+/** @brief Number of trainable floats.
+ *  @param m the mixture, or NULL
+ *  @return the length of the flat buffers of mop_mixture_data(); 0 for NULL */
 MOP_API size_t mop_mixture_n_params(const mop_mixture *m);
 
-/** @brief Set every gradient to zero. */
+/** @brief Set every gradient to zero.
+ *  @param m the mixture, or NULL (no-op) */
 MOP_API void mop_mixture_zero_grad(mop_mixture *m);
 
 /** A named view into the flat buffers. */
@@ -140,10 +165,19 @@ typedef struct mop_mixture_tensor_info {
     int64_t dims[4];      /**< the shape, outermost first (entries past n_dims unused) */
 } mop_mixture_tensor_info;
 
-/** @brief Number of named tensors (1 for a uniform-gate mixture, 5 with a gate). */
+/** @brief Number of named tensors.
+ *  @param m the mixture, or NULL
+ *  @return 1 for a uniform-gate mixture, 5 with a gate; 0 for NULL */
 MOP_API int32_t mop_mixture_tensor_count(const mop_mixture *m);
 
-/** @brief Describe tensor @p index. @return ::MOP_OK, ::MOP_E_INVALID_ARG, ::MOP_E_RANGE */
+/**
+ * @brief Describe tensor @p index.
+ * @param[in]     m     the mixture
+ * @param[in]     index 0 <= index < mop_mixture_tensor_count()
+ * @param[in,out] info  caller sets @c struct_size; filled on success (the name is static)
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL, bad @c struct_size),
+ *         ::MOP_E_RANGE (@p index out of range)
+ */
 MOP_API MOP_NODISCARD mop_status mop_mixture_tensor_get_info(const mop_mixture *m, int32_t index,
                                                              mop_mixture_tensor_info *info);
 
@@ -171,7 +205,8 @@ typedef struct mop_loss_params {
     float prox_mu;          /**< FedProx: (mu/2)·||θ − θ_ref||² with mop_mixture_set_prox_reference(); default 0 */
 } mop_loss_params;
 
-/** @brief Default loss options (plain next-token NLL). */
+/** @brief Default loss options (plain next-token NLL).
+ *  @return every weight 0, with @c struct_size set */
 MOP_API mop_loss_params mop_loss_default_params(void);
 
 /** What one training or evaluation call measured. */
@@ -190,9 +225,14 @@ typedef struct mop_loss_result {
  * Sequences are processed one at a time at their real length (padding never
  * enters the computation). The context's KV cache is used as scratch and
  * left reset.
- * @param ctx  a context on the mixture's model with n_batch >= the longest
- *             real length and >= the prompt stream (K·P rows in attention-bias
- *             mode, P in weighted-sum mode)
+ * @param[in,out] ctx    a context on the mixture's model with n_batch >= the longest
+ *                       real length and >= the prompt stream (K·P rows in attention-bias
+ *                       mode, P in weighted-sum mode)
+ * @param[in,out] m      the mixture; its gradient buffer is added to
+ * @param[in]     batch  the sequences, targets and optional task labels
+ * @param[in]     loss   loss options, or NULL for mop_loss_default_params()
+ * @param[in,out] result caller sets @c struct_size; filled with the loss,
+ *                       Σ NLL (nats) and target count (may be NULL)
  * @return ::MOP_OK, ::MOP_E_INVALID_ARG (bad ids, lengths, masks, task labels;
  *         load_balance / gate_supervision / gate_only with a uniform gate),
  *         ::MOP_E_RANGE (batch too long for @p ctx), ::MOP_E_STATE (prox_mu > 0
@@ -209,9 +249,20 @@ MOP_API MOP_NODISCARD mop_status mop_mixture_forward_backward(mop_ctx *ctx, mop_
  * Serving form: sequence b uses @p mixtures[b] (n_mixtures == B), or all use
  * @p mixtures[0] (n_mixtures == 1); n_mixtures == 0 or a NULL entry scores
  * the base model. Mixtures must share the context's model.
- * @param[out] nll_sum   (B) Σ NLL over each sequence's targets (may be NULL)
- * @param[out] n_targets (B) target counts (may be NULL)
- * @param[out] gate_w    (B, K) gate weights, K of the first mixture (may be NULL; rows of base-model sequences are 0)
+ * @param[in,out] ctx        a context on the mixtures' model (n_batch as for
+ *                           mop_mixture_forward_backward()); its cache is used as scratch
+ * @param[in]     mixtures   @p n_mixtures mixtures (entries may be NULL); not modified
+ * @param[in]     n_mixtures 0, 1 or B
+ * @param[in]     batch      the sequences and their targets (task labels are ignored)
+ * @param[out]    nll_sum    (B) Σ NLL in nats over each sequence's targets (may be NULL)
+ * @param[out]    n_targets  (B) target counts (may be NULL)
+ * @param[out]    gate_w     (B, K) gate weights, K of the first mixture; every
+ *                           mixture must then have K experts (may be NULL;
+ *                           rows of base-model sequences are 0)
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL, bad batch, n_mixtures not 0, 1
+ *         or B, a mixture on another model, mixtures with different K while
+ *         @p gate_w is given), ::MOP_E_RANGE (a sequence or a prompt stream
+ *         longer than n_batch), ::MOP_E_NOMEM
  */
 MOP_API MOP_NODISCARD mop_status mop_mixture_evaluate(mop_ctx *ctx,
                                                       const mop_mixture *const *mixtures,
@@ -221,7 +272,12 @@ MOP_API MOP_NODISCARD mop_status mop_mixture_evaluate(mop_ctx *ctx,
 
 /**
  * @brief Gate weights for each sequence of a batch (runs layers [0, L_g) only).
- * @param[out] w (B, K)
+ * @param[in,out] ctx   a context on the mixture's model; its cache is used as scratch
+ * @param[in]     m     the mixture (not modified)
+ * @param[in]     batch the sequences (the gate reads the tokens before each first target)
+ * @param[out]    w     (B, K) weights; each row sums to 1
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL, bad batch, mixture on another
+ *         model), ::MOP_E_RANGE (a sequence longer than n_batch), ::MOP_E_NOMEM
  */
 MOP_API MOP_NODISCARD mop_status mop_mixture_gate(mop_ctx *ctx, const mop_mixture *m,
                                                   const mop_batch *batch, float *w);
@@ -231,6 +287,20 @@ MOP_API MOP_NODISCARD mop_status mop_mixture_gate(mop_ctx *ctx, const mop_mixtur
  * mop_generate() does with the experts prepended at L_p. With
  * ::MOP_COMBINE_ATTENTION_BIAS the experts' keys/values are computed once per
  * mixture and reused across calls (until the mixture's parameters change).
+ * @param[in,out] ctx      a context on the mixture's model with n_batch >= the
+ *                         prompt stream; its cache is reset
+ * @param[in,out] m        the mixture (its prompt cache may be rebuilt)
+ * @param[in,out] sampler  draws each token
+ * @param[in]     prompt   @p n_prompt ids in [0, n_vocab)
+ * @param[in]     n_prompt number of prompt tokens, 1..n_ctx
+ * @param[in]     max_new  most tokens to generate, >= 0
+ * @param[in]     on_token optional, called with each generated token and @p user;
+ *                         non-zero stops
+ * @param[in]     user     passed to @p on_token unchanged
+ * @param[out]    n_generated tokens generated (may be NULL)
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL, n_prompt < 1, max_new < 0, id
+ *         out of range, mixture on another model), ::MOP_E_RANGE (prompt
+ *         longer than n_ctx, prompt stream longer than n_batch), ::MOP_E_NOMEM
  */
 MOP_API MOP_NODISCARD mop_status mop_mixture_generate(mop_ctx *ctx, mop_mixture *m,
                                                       mop_sampler *sampler,
@@ -250,14 +320,18 @@ MOP_API MOP_NODISCARD mop_status mop_mixture_generate(mop_ctx *ctx, mop_mixture 
  * uses a fresh cache and otherwise computes the keys/values for the call
  * without touching the mixture, so a prepared mixture may be evaluated from
  * several threads at once (each with its own context).
- * @param ctx a context on the mixture's model with n_batch >= K·P; its KV cache is reset
- * @return ::MOP_OK, ::MOP_E_INVALID_ARG, ::MOP_E_RANGE, ::MOP_E_NOMEM
+ * @param[in,out] ctx a context on the mixture's model with n_batch >= K·P; its KV cache is reset
+ * @param[in,out] m   the mixture whose cache is built
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL, mixture on another model),
+ *         ::MOP_E_RANGE (K·P > n_batch), ::MOP_E_NOMEM
  */
 MOP_API MOP_NODISCARD mop_status mop_mixture_prepare(mop_ctx *ctx, mop_mixture *m);
 
 /**
- * @brief Remember the current parameters as the FedProx reference θ_ref.
- * @return ::MOP_OK, ::MOP_E_NOMEM
+ * @brief Remember the current parameters as the FedProx reference θ_ref
+ * (a copy; later calls overwrite it).
+ * @param m the mixture
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL), ::MOP_E_NOMEM
  */
 MOP_API MOP_NODISCARD mop_status mop_mixture_set_prox_reference(mop_mixture *m);
 
@@ -271,10 +345,18 @@ MOP_API MOP_NODISCARD mop_status mop_mixture_set_prox_reference(mop_mixture *m);
  * @brief Tokenize one instruction example with the model's chat template:
  * user turn = @p instruction, assistant turn = @p response. loss_mask marks
  * the response tokens and the closing end-of-turn token (the targets).
- * @param[out] tokens, loss_mask up to @p cap entries each
- * @param[out] n_out tokens needed (also when @p cap is too small)
+ * @param[in]  model       the model whose tokenizer and chat template are used
+ * @param[in]  instruction UTF-8, NUL-terminated
+ * @param[in]  response    UTF-8, NUL-terminated
+ * @param[out] tokens      up to @p cap token ids (may be NULL when @p cap is 0)
+ * @param[out] loss_mask   up to @p cap entries, 1 on targets, else 0 (may be
+ *                         NULL when @p cap is 0)
+ * @param[in]  cap         capacity of @p tokens and of @p loss_mask
+ * @param[out] n_out       tokens needed (also when @p cap is too small)
  * @return ::MOP_OK, ::MOP_E_INVALID_ARG, ::MOP_E_UNSUPPORTED (no chat
- *         template), ::MOP_E_RANGE (@p cap too small)
+ *         template, or one that does not render the response verbatim and
+ *         close it with the end-of-turn token), ::MOP_E_RANGE (@p cap too
+ *         small), ::MOP_E_NOMEM
  */
 MOP_API MOP_NODISCARD mop_status mop_tokenize_example(const mop_model *model,
                                                       const char *instruction,
@@ -307,34 +389,48 @@ typedef struct mop_adamw_params {
 /** An optimizer's state (moments, step count). Opaque. */
 typedef struct mop_optimizer mop_optimizer;
 
-/** @brief Default AdamW settings. */
+/** @brief Default AdamW settings.
+ *  @return the defaults documented on each field, with @c struct_size set */
 MOP_API mop_adamw_params mop_adamw_default_params(void);
 
 /**
- * @brief Create AdamW state for @p n_params floats.
- * @return ::MOP_OK, ::MOP_E_INVALID_ARG (lr < 0, betas outside [0,1), eps <= 0,
- *         ...), ::MOP_E_NOMEM
+ * @brief Create AdamW state for @p n_params floats (moments zero, step 0).
+ * @param[in]  n_params length of the buffers mop_optimizer_step() updates, > 0
+ * @param[in]  params   settings (copied); required, fill with mop_adamw_default_params()
+ * @param[out] out      the optimizer; free with mop_optimizer_free()
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL, n_params = 0, bad @c struct_size,
+ *         lr < 0, betas outside [0,1), eps <= 0, ...), ::MOP_E_NOMEM
  */
 MOP_API MOP_NODISCARD mop_status mop_optimizer_create(size_t n_params,
                                                       const mop_adamw_params *params,
                                                       mop_optimizer **out);
 
-/** @brief Free an optimizer. Accepts NULL. */
+/** @brief Free an optimizer.
+ *  @param opt the optimizer, or NULL (no-op) */
 MOP_API void mop_optimizer_free(mop_optimizer *opt);
 
 /**
  * @brief One update: grads are scaled by @p grad_scale (e.g. 1/accumulation
  * steps), clipped, then params are updated in place. grads are not cleared.
- * @param[out] lr_used   learning rate of this step (may be NULL)
- * @param[out] grad_norm global gradient norm before clipping (may be NULL)
- * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL, n differs from create, NaN/Inf gradient)
+ * @param[in,out] opt        the optimizer; its step count advances on success
+ * @param[in,out] params     @p n values updated in place (e.g. from mop_mixture_data())
+ * @param[in]     grads      @p n gradients
+ * @param[in]     n          must equal the n_params given at creation
+ * @param[in]     grad_scale factor applied to @p grads, finite and >= 0
+ * @param[out]    lr_used    learning rate of this step (may be NULL)
+ * @param[out]    grad_norm  global L2 norm of the scaled gradient before clipping (may be NULL)
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL, n differs from create, bad
+ *         @p grad_scale, NaN/Inf gradient: nothing is updated)
  */
 MOP_API MOP_NODISCARD mop_status mop_optimizer_step(mop_optimizer *opt, float *params,
                                                     const float *grads, size_t n,
                                                     float grad_scale, float *lr_used,
                                                     float *grad_norm);
 
-/** @brief Learning rate the schedule gives at @p step (0-based). */
+/** @brief Learning rate the schedule gives at @p step (0-based).
+ *  @param opt  the optimizer, or NULL
+ *  @param step step index, >= 0
+ *  @return the warmup/cosine learning rate; 0 for NULL or a negative @p step */
 MOP_API float mop_optimizer_lr_at(const mop_optimizer *opt, int64_t step);
 
 /** @} */

@@ -69,11 +69,14 @@ typedef struct mop_prune_params {
     void *progress_user;     /**< passed to @c progress */
 } mop_prune_params;
 
-/** @brief Default pruning options (magnitude, 2:4). */
+/** @brief Default pruning options (magnitude, 2:4).
+ *  @return the defaults documented on each field, with @c struct_size set */
 MOP_API mop_prune_params mop_prune_default_params(void);
 
 /**
  * @brief Prune @p model in place and store the pruned weights packed.
+ * @param[in,out] model  the model; no context or mixture may hold it
+ * @param[in]     params options; required, fill with mop_prune_default_params()
  * @return ::MOP_OK, ::MOP_E_INVALID_ARG, ::MOP_E_RANGE (N, M, ratio or layers
  *         out of range), ::MOP_E_STATE (a context or mixture holds the model),
  *         ::MOP_E_INVALID_ARG (Wanda/SparseGPT without calibration tokens),
@@ -82,8 +85,14 @@ MOP_API mop_prune_params mop_prune_default_params(void);
 MOP_API MOP_NODISCARD mop_status mop_model_prune(mop_model *model, const mop_prune_params *params);
 
 /**
- * @brief Fraction of zero weights over the pruned linear layers, and the
- * storage format name of the first pruned weight ("f32", "nm", "bitmask", ...).
+ * @brief Fraction of zero weights over the linear weights of the transformer
+ * blocks, and the storage format name of the first pruned weight ("f32",
+ * "nm", "bitmask", ...).
+ * @param[in]  model    the model
+ * @param[out] sparsity zeros / weights over all block linear layers, in [0, 1]
+ * @param[out] format   static string: the format of the first sparse weight,
+ *                      else of the first weight ("f32" for a dense model)
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL), ::MOP_E_NOMEM
  */
 MOP_API MOP_NODISCARD mop_status mop_model_sparsity(const mop_model *model, double *sparsity,
                                                     const char **format);
@@ -93,7 +102,11 @@ MOP_API MOP_NODISCARD mop_status mop_model_sparsity(const mop_model *model, doub
  * tokenizer of the source, dense tensors as F32, packed sparse weights as the
  * extra tensor types documented in docs/FORMAT.md. Written atomically.
  * mop_model_load() reads it back, validating every index and count.
- * @return ::MOP_OK, ::MOP_E_INVALID_ARG, ::MOP_E_IO, ::MOP_E_NOMEM
+ * @param[in] model the model
+ * @param[in] path  file to write (replaced if it exists)
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG, ::MOP_E_IO, ::MOP_E_UNSUPPORTED
+ *         (Llama 3.1 RoPE scaling, which GGUF metadata cannot carry back),
+ *         ::MOP_E_NOMEM
  */
 MOP_API MOP_NODISCARD mop_status mop_model_save(const mop_model *model, const char *path);
 

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "cli_common.h"
 
 /* ---- options ------------------------------------------------------------- */
 
@@ -327,4 +328,31 @@ double cli_median(double *v, size_t n)
         return 0.0;
     qsort(v, n, sizeof *v, cmp_double);
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* ---- data commands (cli_common.h) ---------------------------------------- */
+
+int cli_check_data_opts(const char *command, int32_t batch, int32_t max_len, int32_t n_threads)
+{
+    if (batch < 1 || max_len < 2 || n_threads < 0)
+        return cli_usage_error(command, "--batch must be >= 1, --max-len >= 2, --threads >= 0");
+    return CLI_OK;
+}
+
+int cli_load_mixture(mop_model *model, const char *path, mop_mixture **out,
+                     mop_mixture_params *params)
+{
+    *out = NULL;
+    mop_mixture *m = NULL;
+    mop_status st = mop_mixture_load(model, path, &m);
+    if (st != MOP_OK)
+        return cli_fail(st, "cannot load mixture '%s'", path);
+    memset(params, 0, sizeof *params);
+    params->struct_size = sizeof *params;
+    if ((st = mop_mixture_get_params(m, params)) != MOP_OK) {
+        mop_mixture_free(m);
+        return cli_fail(st, "cannot read the mixture's parameters");
+    }
+    *out = m;
+    return CLI_OK;
 }

@@ -3,9 +3,9 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 
 #include "cli.h"
+#include "cli_common.h"
 #include "cli_data.h"
 
 int cli_cmd_eval(int argc, char **argv)
@@ -13,12 +13,12 @@ int cli_cmd_eval(int argc, char **argv)
     const char *data = NULL, *mix_path = NULL;
     int32_t B = 4, n_threads = 0, max_len = 1024;
     const cli_opt opts[] = {
-        {"data", 'd', CLI_STRING, &data, "FILE", "JSONL {task, instruction, response}; required"},
-        {"mixture", 'm', CLI_STRING, &mix_path, "FILE", "a mixture from 'mop train'; default: the base model"},
-        {"batch", 'b', CLI_INT, &B, "B", "sequences per call; default 4"},
-        {"max-len", 0, CLI_INT, &max_len, "T", "cut examples to T tokens; default 1024"},
-        {"threads", 't', CLI_INT, &n_threads, "N", "compute threads, 0 = all cores; default 0"},
-        {NULL, 0, CLI_FLAG, NULL, NULL, NULL},
+        CLI_OPT_DATA(&data),
+        CLI_OPT_MIXTURE(&mix_path, "default: the base model"),
+        CLI_OPT_BATCH(&B, "4"),
+        CLI_OPT_MAX_LEN(&max_len, "1024"),
+        CLI_OPT_THREADS(&n_threads),
+        CLI_OPT_END,
     };
     const cli_spec spec = {
         "eval", "MODEL --data FILE [--mixture FILE] [options]",
@@ -34,8 +34,8 @@ int cli_cmd_eval(int argc, char **argv)
         return rc;
     if (!data)
         return cli_usage_error("eval", "--data FILE is required");
-    if (B < 1 || max_len < 2 || n_threads < 0)
-        return cli_usage_error("eval", "--batch must be >= 1, --max-len >= 2, --threads >= 0");
+    if ((rc = cli_check_data_opts("eval", B, max_len, n_threads)) != CLI_OK)
+        return rc;
 
     mop_model *model = cli_load_model(pos[0], n_threads);
     if (!model)
@@ -48,20 +48,11 @@ int cli_cmd_eval(int argc, char **argv)
     int64_t *task_tgt = NULL, *task_n = NULL;
     rc = CLI_ERROR;
 
-    mop_status st;
     int32_t rows = 0;
     if (mix_path) {
-        if ((st = mop_mixture_load(model, mix_path, &m)) != MOP_OK) {
-            cli_fail(st, "cannot load mixture '%s'", mix_path);
-            goto out;
-        }
         mop_mixture_params mp;
-        memset(&mp, 0, sizeof mp);
-        mp.struct_size = sizeof mp;
-        if ((st = mop_mixture_get_params(m, &mp)) != MOP_OK) {
-            cli_fail(st, "cannot read the mixture's parameters");
+        if (cli_load_mixture(model, mix_path, &m, &mp) != CLI_OK)
             goto out;
-        }
         rows = cli_prompt_rows(&mp);
     }
     if (cli_dataset_load(&ds, data, model, max_len) != CLI_OK)

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "cli_common.h"
 #include "cli_data.h"
 
 /* A CSV field, quoted when it holds a comma, quote or line break. */
@@ -29,13 +30,13 @@ int cli_cmd_gate_stats(int argc, char **argv)
     const char *data = NULL, *mix_path = NULL, *out_path = NULL;
     int32_t B = 8, n_threads = 0, max_len = 1024;
     const cli_opt opts[] = {
-        {"mixture", 'm', CLI_STRING, &mix_path, "FILE", "a mixture from 'mop train'; required"},
-        {"data", 'd', CLI_STRING, &data, "FILE", "JSONL {task, instruction, response}; required"},
+        CLI_OPT_MIXTURE(&mix_path, "required"),
+        CLI_OPT_DATA(&data),
         {"output", 'o', CLI_STRING, &out_path, "CSV", "where to write the table; required"},
-        {"batch", 'b', CLI_INT, &B, "B", "sequences per call; default 8"},
-        {"max-len", 0, CLI_INT, &max_len, "T", "cut examples to T tokens; default 1024"},
-        {"threads", 't', CLI_INT, &n_threads, "N", "compute threads, 0 = all cores; default 0"},
-        {NULL, 0, CLI_FLAG, NULL, NULL, NULL},
+        CLI_OPT_BATCH(&B, "8"),
+        CLI_OPT_MAX_LEN(&max_len, "1024"),
+        CLI_OPT_THREADS(&n_threads),
+        CLI_OPT_END,
     };
     const cli_spec spec = {
         "gate-stats", "MODEL --mixture FILE --data FILE -o CSV [options]",
@@ -51,8 +52,8 @@ int cli_cmd_gate_stats(int argc, char **argv)
         return rc;
     if (!mix_path || !data || !out_path)
         return cli_usage_error("gate-stats", "--mixture, --data and -o are required");
-    if (B < 1 || max_len < 2 || n_threads < 0)
-        return cli_usage_error("gate-stats", "--batch must be >= 1, --max-len >= 2, --threads >= 0");
+    if ((rc = cli_check_data_opts("gate-stats", B, max_len, n_threads)) != CLI_OK)
+        return rc;
 
     mop_model *model = cli_load_model(pos[0], n_threads);
     if (!model)
@@ -68,18 +69,10 @@ int cli_cmd_gate_stats(int argc, char **argv)
     FILE *f = NULL;
     rc = CLI_ERROR;
 
-    mop_status st = mop_mixture_load(model, mix_path, &m);
-    if (st != MOP_OK) {
-        cli_fail(st, "cannot load mixture '%s'", mix_path);
-        goto out;
-    }
+    mop_status st;
     mop_mixture_params mp;
-    memset(&mp, 0, sizeof mp);
-    mp.struct_size = sizeof mp;
-    if ((st = mop_mixture_get_params(m, &mp)) != MOP_OK) {
-        cli_fail(st, "cannot read the mixture's parameters");
+    if (cli_load_mixture(model, mix_path, &m, &mp) != CLI_OK)
         goto out;
-    }
     const int32_t K = mp.n_experts;
     if (cli_dataset_load(&ds, data, model, max_len) != CLI_OK)
         goto out;

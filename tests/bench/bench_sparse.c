@@ -2,7 +2,10 @@
  * layers. Not a test: prints the table of docs/PERFORMANCE.md, "Sparse
  * kernels".
  *
- *   build-x/tests/bench/bench_sparse [threads=2] [layers=30]
+ *   build-x/tests/bench/bench_sparse [threads=2] [layers=30] [patterns]
+ *
+ * `patterns` (optional) is a comma-separated list of pattern names to run,
+ * e.g. "2:4,blocked 90%"; all of them by default.
  *
  * One layer is q 576x576, k 192x576, v 192x576, o 576x576, gate 1536x576,
  * up 1536x576, down 576x1536; `layers` distinct copies (random values, so
@@ -129,6 +132,24 @@ static void prune(float *dst, const float *src, int64_t rows, int64_t cols, cons
         }
 }
 
+/* 1 when name is one of the comma-separated entries of list (NULL: all). */
+static int selected(const char *list, const char *name)
+{
+    if (!list)
+        return 1;
+    const size_t n = strlen(name);
+    for (const char *p = list; *p;) {
+        const char *e = strchr(p, ',');
+        const size_t len = e ? (size_t)(e - p) : strlen(p);
+        if (len == n && strncmp(p, name, n) == 0)
+            return 1;
+        if (!e)
+            break;
+        p = e + 1;
+    }
+    return 0;
+}
+
 static uint64_t set_bytes(const set *s)
 {
     uint64_t b = 0;
@@ -141,6 +162,7 @@ int main(int argc, char **argv)
 {
     int nth = argc > 1 ? atoi(argv[1]) : 2;
     int layers = argc > 2 ? atoi(argv[2]) : 30;
+    const char *only = argc > 3 ? argv[3] : NULL;
     if (nth < 1 || layers < 1)
         return 1;
     mop_pool *pool;
@@ -187,6 +209,8 @@ int main(int argc, char **argv)
     double t75[N_PATTERNS] = {0};
     for (int p = 0; p < N_PATTERNS; p++) {
         const pattern *pt = &patterns[p];
+        if (!selected(only, pt->name))
+            continue;
         for (int i = 0; i < count; i++) {
             const int64_t rows = shapes[i % 7][0], cols = shapes[i % 7][1];
             prune(tmp, dense[i], rows, cols, pt);
