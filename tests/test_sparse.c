@@ -19,6 +19,7 @@
  * bytes() against the formulas of docs/FORMAT.md, pack rejections, and the
  * byte stream: round trip, every truncation, corrupted counts and indices. */
 #include <math.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -297,7 +298,7 @@ static void test_to_dense_exact_and_bytes_formula(void **state)
             uint64_t want;
             if (pt->n) {
                 const uint64_t slots = (C + pt->m - 1) / pt->m * pt->n;
-                want = R * slots * 4 + R * ((slots + 1) / 2) + slots * 4;
+                want = R * slots * 4 + R * ((slots + 1) / 2) + slots * 8; /* + base, lane */
             } else if (pt->fmt == SPARSE_BITMASK) {
                 want = R * ((C + 7) / 8) + nnz * 4 + (R + 1) * 8;
             } else {
@@ -539,6 +540,54 @@ static void test_bitwise_independent_of_pool(void **state)
     mop_pool_free(p2);
 }
 
+/* matmul_t builds W's transpose on first use and caches it in the shared
+ * weight: four threads racing on a fresh weight all get the single-thread
+ * result bit for bit, and release frees whichever copy was published. */
+typedef struct race_arg {
+    const mop_weight *w;
+    const float *dY;
+    float *dX;
+    int64_t n;
+} race_arg;
+
+static void *race_matmul_t(void *p)
+{
+    race_arg *a = p;
+    a->w->ops->matmul_t(a->w, a->dX, a->dY, a->n, NULL);
+    return NULL;
+}
+
+static void test_transpose_cache_shared_by_threads(void **state)
+{
+    (void)state;
+    const int64_t rows = 192, cols = 577, n = 9;
+    long live = mop_alloc_live();
+    for (int p = 0; p < N_PATTERNS; p += 3) {
+        float *W = pruned(&patterns[p], rows, cols), *dY = rand_floats(n * rows);
+        float *ref = calloc((size_t)(n * cols), sizeof *ref);
+        mop_weight w1, w4;
+        assert_int_equal(pack(&w1, &patterns[p], W, rows, cols), MOP_OK);
+        assert_int_equal(pack(&w4, &patterns[p], W, rows, cols), MOP_OK);
+        w1.ops->matmul_t(&w1, ref, dY, n, NULL);
+        pthread_t th[4];
+        race_arg args[4];
+        for (int t = 0; t < 4; t++) {
+            args[t] = (race_arg){&w4, dY, calloc((size_t)(n * cols), sizeof(float)), n};
+            assert_non_null(args[t].dX);
+            assert_int_equal(pthread_create(&th[t], NULL, race_matmul_t, &args[t]), 0);
+        }
+        for (int t = 0; t < 4; t++) {
+            assert_int_equal(pthread_join(th[t], NULL), 0);
+            assert_memory_equal(args[t].dX, ref, (size_t)(n * cols) * sizeof *ref);
+            free(args[t].dX);
+        }
+        w1.ops->release(&w1);
+        w4.ops->release(&w4);
+        free(W), free(dY), free(ref);
+    }
+    assert_int_equal(mop_alloc_live(), live);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -549,6 +598,7 @@ int main(void)
         cmocka_unit_test(test_deserialize_rejects_corruption),
         cmocka_unit_test(test_bitwise_independent_of_pool),
         cmocka_unit_test(test_products_match_dense),
+        cmocka_unit_test(test_transpose_cache_shared_by_threads),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

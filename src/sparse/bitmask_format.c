@@ -16,6 +16,7 @@ static void bitmask_release(mop_weight *w)
     sparse_bitmask *p = w->impl;
     if (!p)
         return;
+    sparse_release_transpose(&p->h);
     mop_free(p->mask);
     mop_free(p->row_off);
     mop_free(p->vals);
@@ -23,18 +24,20 @@ static void bitmask_release(mop_weight *w)
     w->impl = NULL;
 }
 
-/* Whole 64-bit words of mask per call (at most SPARSE_CHUNK entries). */
-static int bitmask_decode(const mop_weight *w, sparse_iter *it, int32_t *cols,
+/* Whole 64-bit words of mask per call (at most SPARSE_CHUNK entries); the
+ * granule is 64 columns. */
+static int bitmask_decode(const mop_weight *w, sparse_iter *it, int64_t col_end, int32_t *cols,
                           const float **vals)
 {
     const sparse_bitmask *p = w->impl;
     const uint8_t *mask = p->mask + it->r * p->mask_stride;
+    const int64_t b_end = MOP_MIN(p->mask_stride, (col_end + 7) / 8);
     if (it->pos == 0)
         it->voff = p->row_off[it->r];
     *vals = p->vals + it->voff;
     int cnt = 0;
-    while (it->pos < p->mask_stride && cnt + 64 <= SPARSE_CHUNK) {
-        int64_t b0 = it->pos, b1 = MOP_MIN(b0 + 8, p->mask_stride);
+    while (it->pos < b_end && cnt + 64 <= SPARSE_CHUNK) {
+        int64_t b0 = it->pos, b1 = MOP_MIN(b0 + 8, b_end);
         uint64_t bits = 0;
         for (int64_t b = b0; b < b1; b++)
             bits |= (uint64_t)mask[b] << ((b - b0) * 8);
@@ -48,7 +51,7 @@ static int bitmask_decode(const mop_weight *w, sparse_iter *it, int32_t *cols,
     return cnt;
 }
 
-static const sparse_format bitmask_format = {2, bitmask_decode, bitmask_matvec_avx2};
+static const sparse_format bitmask_format = {2, bitmask_decode, bitmask_decode_avx2, bitmask_matvec_avx2};
 
 const mop_weight_ops sparse_bitmask_ops = {
     .format = "bitmask",

@@ -16,6 +16,7 @@ static void blocked_release(mop_weight *w)
     sparse_blocked *p = w->impl;
     if (!p)
         return;
+    sparse_release_transpose(&p->h);
     mop_free(p->cnt);
     mop_free(p->row_off);
     mop_free(p->idx);
@@ -24,17 +25,19 @@ static void blocked_release(mop_weight *w)
     w->impl = NULL;
 }
 
-/* Whole blocks per call; a block has at most 256 = SPARSE_CHUNK entries. */
-static int blocked_decode(const mop_weight *w, sparse_iter *it, int32_t *cols,
+/* Whole blocks per call; a block has at most 256 = SPARSE_CHUNK entries. The
+ * granule is one block (256 columns). */
+static int blocked_decode(const mop_weight *w, sparse_iter *it, int64_t col_end, int32_t *cols,
                           const float **vals)
 {
     const sparse_blocked *p = w->impl;
     const uint16_t *cnt = p->cnt + it->r * p->nblk;
+    const int64_t blk_end = MOP_MIN(p->nblk, (col_end + SPARSE_BLOCK_COLS - 1) / SPARSE_BLOCK_COLS);
     if (it->pos == 0)
         it->voff = p->row_off[it->r];
     *vals = p->vals + it->voff;
     int n = 0;
-    while (it->pos < p->nblk && n + cnt[it->pos] <= SPARSE_CHUNK) {
+    while (it->pos < blk_end && n + cnt[it->pos] <= SPARSE_CHUNK) {
         const uint8_t *idx = p->idx + it->voff + n;
         int32_t base = (int32_t)(it->pos * SPARSE_BLOCK_COLS);
         for (int k = 0; k < cnt[it->pos]; k++)
@@ -46,7 +49,7 @@ static int blocked_decode(const mop_weight *w, sparse_iter *it, int32_t *cols,
     return n;
 }
 
-static const sparse_format blocked_format = {3, blocked_decode, blocked_matvec_avx2};
+static const sparse_format blocked_format = {3, blocked_decode, NULL, blocked_matvec_avx2};
 
 const mop_weight_ops sparse_blocked_ops = {
     .format = "blocked",

@@ -20,17 +20,22 @@ static void nm_release(mop_weight *w)
     sparse_nm *p = w->impl;
     if (!p)
         return;
+    sparse_release_transpose(&p->h);
     mop_free(p->vals);
     mop_free(p->idx);
     mop_free(p->base);
+    mop_free(p->lane);
     mop_free(p);
     w->impl = NULL;
 }
 
-static int nm_decode(const mop_weight *w, sparse_iter *it, int32_t *cols, const float **vals)
+static int nm_decode(const mop_weight *w, sparse_iter *it, int64_t col_end, int32_t *cols,
+                     const float **vals)
 {
     const sparse_nm *p = w->impl;
-    int64_t s0 = it->pos, s1 = MOP_MIN(s0 + SPARSE_CHUNK, p->slots);
+    int64_t s0 = it->pos, s1 = MOP_MIN(s0 + SPARSE_CHUNK, nm_slot_end(p, col_end));
+    if (s1 <= s0)
+        return 0;
     const uint8_t *idx = p->idx + it->r * p->idx_stride;
     for (int64_t s = s0; s < s1; s++)
         cols[s - s0] = p->base[s] + ((idx[s >> 1] >> ((s & 1) * 4)) & 15);
@@ -39,7 +44,7 @@ static int nm_decode(const mop_weight *w, sparse_iter *it, int32_t *cols, const 
     return (int)(s1 - s0);
 }
 
-static const sparse_format nm_format = {1, nm_decode, nm_matvec_avx2};
+static const sparse_format nm_format = {1, nm_decode, nm_decode_avx2, nm_matvec_avx2};
 
 const mop_weight_ops sparse_nm_ops = {
     .format = "nm",
@@ -69,12 +74,13 @@ mop_status nm_alloc(mop_weight *w, int64_t rows, int64_t cols, int n, int m)
     p->vals = mop_calloc(1, (size_t)(rows * p->slots) * sizeof(float) + PAD_BYTES);
     p->idx = mop_calloc(1, (size_t)(rows * p->idx_stride) + PAD_BYTES);
     p->base = mop_calloc(1, (size_t)p->slots * sizeof(int32_t) + PAD_BYTES);
+    p->lane = mop_calloc(1, (size_t)p->slots * sizeof(int32_t) + PAD_BYTES);
     w->ops = &sparse_nm_ops;
     w->rows = rows;
     w->cols = cols;
     w->data = NULL;
     w->impl = p;
-    if (!p->vals || !p->idx || !p->base) {
+    if (!p->vals || !p->idx || !p->base || !p->lane) {
         nm_release(w);
         w->ops = NULL;
         return mop_fail(MOP_E_NOMEM, "sparse N:M: out of memory for %lldx%lld %d:%d",
@@ -88,9 +94,20 @@ void nm_finish(mop_weight *w)
     sparse_nm *p = w->impl;
     for (int64_t s = 0; s < p->slots; s++)
         p->base[s] = (int32_t)(s / p->n * p->m);
+    /* The permute matvec needs each 8-slot step's columns inside a 16-column
+     * window of x: true for 2:4, 4:8, 3:4, 7:8, 1:2 (not 1:4: 32 columns). */
+    p->win_end = 0;
+    for (int64_t s0 = 0; s0 + 8 <= p->slots; s0 += 8) {
+        const int64_t w0 = p->base[s0];
+        if (p->base[s0 + 7] + p->m - w0 > 16 || w0 + 16 > w->cols)
+            break;
+        for (int64_t s = s0; s < s0 + 8; s++)
+            p->lane[s] = (int32_t)(p->base[s] - w0);
+        p->win_end = s0 + 8;
+    }
     p->h.stored = w->rows * p->slots;
     p->h.bytes = (uint64_t)(w->rows * p->slots) * 4 + (uint64_t)(w->rows * p->idx_stride) +
-                 (uint64_t)p->slots * 4;
+                 (uint64_t)p->slots * 8;
 }
 
 mop_status sparse_pack_nm(mop_weight *out, const float *dense, int64_t rows, int64_t cols,

@@ -19,6 +19,7 @@
 #ifndef MOP_SPARSE_H
 #define MOP_SPARSE_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -75,17 +76,22 @@ mop_status sparse_weight_deserialize(mop_weight *out, const void *buf, size_t si
 
 /* Entries handed out per decoder call (bounded so buffers live on the stack). */
 #define SPARSE_CHUNK 256
+/* Size of a decoder's cols[] buffer: vector decoders may write up to 8
+ * entries past the count they return. */
+#define SPARSE_CHUNK_CAP (SPARSE_CHUNK + 8)
 
 /* Row decoder state: row r, position in the format's row encoding. */
 typedef struct sparse_iter {
     int64_t r, pos, voff;
 } sparse_iter;
 
-/* Next up to SPARSE_CHUNK entries of row it->r: column of each in cols[],
- * their values at *vals (contiguous). Returns the count, 0 at the row's end.
- * Entries come in a fixed order, so every kernel sums in that order. */
-typedef int (*sparse_decode_fn)(const mop_weight *w, sparse_iter *it, int32_t *cols,
-                                const float **vals);
+/* Next up to SPARSE_CHUNK entries of row it->r with column < col_end: column
+ * of each in cols[], their values at *vals (contiguous). Returns the count, 0
+ * when the row has no more entries before col_end. col_end is w->cols or a
+ * multiple of the format's granule (sparse_col_block), so a row can be walked
+ * block by block with one iterator. Entries come in a fixed order. */
+typedef int (*sparse_decode_fn)(const mop_weight *w, sparse_iter *it, int64_t col_end,
+                                int32_t *cols, const float **vals);
 /* y[r] = W[r,:]·x for r in [r0, r1). */
 typedef void (*sparse_rows_fn)(const mop_weight *w, float *y, const float *x, int64_t r0,
                                int64_t r1);
@@ -93,6 +99,7 @@ typedef void (*sparse_rows_fn)(const mop_weight *w, float *y, const float *x, in
 typedef struct sparse_format {
     int32_t id; /* serialised format number */
     sparse_decode_fn decode;
+    sparse_decode_fn decode_avx2; /* same entries, same order; NULL: decode */
     sparse_rows_fn matvec_avx2;
 } sparse_format;
 
@@ -100,8 +107,16 @@ typedef struct sparse_format {
 typedef struct sparse_head {
     const sparse_format *fmt;
     int64_t stored; /* stored entries (values), for the thread threshold */
-    uint64_t bytes; /* everything the weight owns, see docs/FORMAT.md */
+    uint64_t bytes; /* the packed weight, see docs/FORMAT.md (not the cache below) */
+    /* Wᵀ packed (blocked format), built by the first matmul_t and kept:
+     * dX = dY·W then runs as the gather-form product dY·(Wᵀ)ᵀ instead of a
+     * scatter. Published once with a compare-and-swap (weights are shared
+     * between threads); NULL until then or if it could not be built. */
+    _Atomic(mop_weight *) transpose;
 } sparse_head;
+
+/* Free the cached transpose (every format's release calls it). */
+void sparse_release_transpose(sparse_head *h);
 
 typedef struct sparse_nm {
     sparse_head h;
@@ -111,6 +126,9 @@ typedef struct sparse_nm {
     float *vals;        /* (rows, slots) */
     uint8_t *idx;       /* (rows, idx_stride), slot s: byte s/2, low nibble when even */
     int32_t *base;      /* (slots) first column of slot s's group: (s/n)·m */
+    int32_t *lane;      /* (slots) base[s] − base[s & ~7]: column within the step's window */
+    int64_t win_end;    /* slots [0, win_end) go in 8-slot steps whose columns lie in
+                           [base[s0], base[s0] + 16) ⊂ [0, cols): the permute matvec */
 } sparse_nm;
 
 typedef struct sparse_bitmask {
@@ -141,10 +159,11 @@ uint64_t sparse_bytes(const mop_weight *w);
 void sparse_to_dense(const mop_weight *w, float *out);
 
 /* Panel kernels (sparse_kernels.c generic, sparse_kernels_avx2.c). A panel
- * holds SPARSE_T tokens per column: P[c*SPARSE_T + t].
- *   acc    acc[j*SPARSE_T + t] += vals[k]·P[cols[k]*SPARSE_T + t], j = k % 4
+ * holds SPARSE_T tokens per column: P[c*SPARSE_T + t]. Four YMM registers
+ * per panel row: one broadcast of a value feeds four FMAs.
+ *   acc    acc[t] += Σ_k vals[k]·P[cols[k]*SPARSE_T + t] (two chains, k % 2)
  *   scat   D[cols[k]*SPARSE_T + t] += vals[k]·a[t] */
-#define SPARSE_T 16
+#define SPARSE_T 32
 typedef void (*sparse_acc_fn)(float *acc, const int32_t *cols, const float *vals, int cnt,
                               const float *P);
 typedef void (*sparse_scat_fn)(float *D, const int32_t *cols, const float *vals, int cnt,
@@ -153,6 +172,19 @@ void sparse_acc_avx2(float *acc, const int32_t *cols, const float *vals, int cnt
                      const float *P);
 void sparse_scat_avx2(float *D, const int32_t *cols, const float *vals, int cnt,
                       const float *a);
+
+/* Format decoders (AVX2). */
+int nm_decode_avx2(const mop_weight *w, sparse_iter *it, int64_t col_end, int32_t *cols,
+                   const float **vals);
+int bitmask_decode_avx2(const mop_weight *w, sparse_iter *it, int64_t col_end, int32_t *cols,
+                        const float **vals);
+/* First slot of the group holding column col_end (col_end a multiple of m or
+ * w->cols). */
+static inline int64_t nm_slot_end(const sparse_nm *p, int64_t col_end)
+{
+    const int64_t s = (col_end + p->m - 1) / p->m * p->n;
+    return s < p->slots ? s : p->slots;
+}
 
 /* Format matvec kernels (AVX2). */
 void nm_matvec_avx2(const mop_weight *w, float *y, const float *x, int64_t r0, int64_t r1);

@@ -6,17 +6,20 @@
  *   matmul    Y (n, rows)   = X (n, cols) · Wᵀ
  *   matmul_t  dX (n, cols) += dY (n, rows) · W
  *
- * matmul packs SPARSE_T = 16 tokens of X into a column-major panel
- * P (cols, 16) and walks each row's entries once per panel: every stored
- * value is loaded once per 16 tokens and feeds two 8-wide FMAs
- * (acc[k%4] += v·P[col]; four accumulator sets for independent chains, summed
- * in a fixed order at the end of the row). Threads take contiguous blocks of
- * W's rows and all panels.
+ * matmul packs SPARSE_T = 32 tokens of X into a column-major panel
+ * P (cols, 32); every stored value is loaded once per 32 tokens, broadcast,
+ * and feeds four 8-wide FMAs with P's row at its column. The columns are
+ * walked in blocks (sparse_col_block) and, per block, every row of the
+ * thread's share applies its entries there, so the panel rows in use stay in
+ * L1 (a whole panel does not fit: row-at-a-time was L2-bound). Each row keeps
+ * its decoder position and a T-float accumulator between blocks. Threads take
+ * contiguous blocks of W's rows.
  *
- * matmul_t is the scatter form: panels dYp (rows, 16) and dXp (cols, 16);
- * per row r and entry (c, v): dXp[c] += v·dYp[r]; then dX += dXpᵀ. Threads
- * take whole panels of tokens, so they never write the same dX element and
- * each element sums its terms in row order whatever the pool size.
+ * matmul_t is the scatter form: panels dYp (rows, 32) and dXp (cols, 32);
+ * per row r and entry (c, v): dXp[c] += v·dYp[r], block by block of columns
+ * (dXp's block stays in L1); then dX += dXpᵀ. Threads take whole panels of
+ * tokens, so they never write the same dX element and each element sums its
+ * terms in row order whatever the pool size.
  *
  * Both need a panel buffer per thread (mop_alloc, once per call). If that
  * allocation fails the product still completes on a slower path that needs
@@ -34,16 +37,18 @@
  * (W's entries come from cache for the later tokens). */
 #define SPARSE_PANEL_MIN_N 4
 
-/* matmul / matmul_t decode a row once for up to SPARSE_MAX_GROUP panels,
- * as many as fit in this many bytes (kept in L2 while the rows stream). */
-#define SPARSE_GROUP_BYTES (192 * 1024)
-#define SPARSE_MAX_GROUP 8
-
 #define T SPARSE_T
 
 static const sparse_format *fmt_of(const mop_weight *w)
 {
     return ((const sparse_head *)w->impl)->fmt;
+}
+
+/* The format's fastest row decoder on this CPU (all yield the same entries). */
+static sparse_decode_fn decoder_of(const mop_weight *w)
+{
+    const sparse_format *f = fmt_of(w);
+    return cpu_current() == CPU_AVX2 && f->decode_avx2 ? f->decode_avx2 : f->decode;
 }
 
 int sparse_is_sparse(const mop_weight *w)
@@ -60,14 +65,14 @@ uint64_t sparse_bytes(const mop_weight *w)
 void sparse_to_dense(const mop_weight *w, float *out)
 {
     const sparse_format *f = fmt_of(w);
-    int32_t cols[SPARSE_CHUNK];
+    int32_t cols[SPARSE_CHUNK_CAP];
     memset(out, 0, (size_t)(w->rows * w->cols) * sizeof(float));
     for (int64_t r = 0; r < w->rows; r++) {
         float *o = out + r * w->cols;
         sparse_iter it = {r, 0, 0};
         const float *v;
         int cnt;
-        while ((cnt = f->decode(w, &it, cols, &v)) > 0)
+        while ((cnt = f->decode(w, &it, w->cols, cols, &v)) > 0)
             for (int k = 0; k < cnt; k++)
                 o[cols[k]] += v[k]; /* N:M padding adds 0 */
     }
@@ -79,13 +84,13 @@ static void matvec_rows_generic(const mop_weight *w, float *y, const float *x, i
                                 int64_t r1)
 {
     const sparse_format *f = fmt_of(w);
-    int32_t cols[SPARSE_CHUNK];
+    int32_t cols[SPARSE_CHUNK_CAP];
     for (int64_t r = r0; r < r1; r++) {
         sparse_iter it = {r, 0, 0};
         const float *v;
         float s[4] = {0};
         int cnt;
-        while ((cnt = f->decode(w, &it, cols, &v)) > 0)
+        while ((cnt = f->decode(w, &it, w->cols, cols, &v)) > 0)
             for (int k = 0; k < cnt; k++)
                 s[k & 3] += v[k] * x[cols[k]];
         y[r] = (s[0] + s[1]) + (s[2] + s[3]);
@@ -95,12 +100,14 @@ static void matvec_rows_generic(const mop_weight *w, float *y, const float *x, i
 static void acc_generic(float *acc, const int32_t *cols, const float *vals, int cnt,
                         const float *P)
 {
+    float a[2][T] = {{0}};
     for (int k = 0; k < cnt; k++) {
         const float v = vals[k], *p = P + (int64_t)cols[k] * T;
-        float *a = acc + (k & 3) * T;
         for (int t = 0; t < T; t++)
-            a[t] += v * p[t];
+            a[k & 1][t] += v * p[t];
     }
+    for (int t = 0; t < T; t++)
+        acc[t] += a[0][t] + a[1][t];
 }
 
 static void scat_generic(float *D, const int32_t *cols, const float *vals, int cnt,
@@ -152,7 +159,37 @@ void sparse_matvec(const mop_weight *w, float *y, const float *x, mop_pool *pool
     matvec_tokens(w, y, x, 1, pool);
 }
 
-/* ---- matmul --------------------------------------------------------------- */
+/* ---- matmul and matmul_t: column blocks ---------------------------------- */
+
+/* Columns per block: the block's panel rows (block × T floats, 16 KiB at 128
+ * columns) stay in L1 while every row's entries in the block are applied.
+ * A multiple of the format's decode granule; for N:M also a whole number of
+ * 8-slot steps per block (nm_decode_avx2 starts at multiples of 8). */
+static int64_t sparse_col_block(const mop_weight *w)
+{
+    const sparse_format *f = fmt_of(w);
+    if (f->id == 1) {
+        const sparse_nm *p = w->impl;
+        int64_t groups = (128 + p->m - 1) / p->m;
+        while (groups * p->n % 8)
+            groups++;
+        return groups * p->m;
+    }
+    return f->id == 2 ? 128 : SPARSE_BLOCK_COLS;
+}
+
+/* Ask for the entries row it->r holds before col_end (N:M only for now). */
+static void sparse_prefetch(const mop_weight *w, const sparse_iter *it, int64_t col_end)
+{
+    if (fmt_of(w)->id != 1)
+        return;
+    const sparse_nm *p = w->impl;
+    const int64_t s0 = it->pos, s1 = nm_slot_end(p, col_end);
+    const char *v = (const char *)(p->vals + it->r * p->slots);
+    for (int64_t b = s0 * 4; b < s1 * 4; b += 64)
+        __builtin_prefetch(v + b);
+    __builtin_prefetch(p->idx + it->r * p->idx_stride + s0 / 2);
+}
 
 /* P (cols, T) = X[t0 .. t0+tv)ᵀ, zero past tv. */
 static void pack_panel(float *P, const float *X, int64_t t0, int64_t tv, int64_t cols)
@@ -173,75 +210,87 @@ typedef struct mm_job {
     float *Y;       /* (n, rows) */
     const float *X; /* (n, cols) */
     int64_t n;
-    int64_t group;  /* panels per pass */
-    float *panels;  /* nth × group × (cols, T) */
+    int64_t cb;     /* columns per block */
+    char *work;     /* per thread: panel (cols, T), acc (rows, T), iterators (rows) */
+    size_t per_thread;
+    int accumulate; /* Y += X·Wᵀ instead of Y = X·Wᵀ */
 } mm_job;
 
+/* Y[t, r] for this thread's rows: per panel of T tokens, per column block,
+ * every row's entries in the block; row r's sum runs over the blocks in
+ * order, so the result does not depend on the thread count. */
 static void mm_job_run(void *arg, int ith, int nth)
 {
     const mm_job *j = arg;
     const mop_weight *w = j->w;
-    const sparse_format *f = fmt_of(w);
-    const int64_t rows = w->rows, cols = w->cols, G = j->group;
+    const sparse_decode_fn decode = decoder_of(w);
+    const int64_t rows = w->rows, cols = w->cols;
     int64_t units = (rows + SPARSE_ROW_UNIT - 1) / SPARSE_ROW_UNIT, lo, hi;
     mop_split_range(units, ith, nth, &lo, &hi);
-    int64_t r0 = lo * SPARSE_ROW_UNIT, r1 = MOP_MIN(hi * SPARSE_ROW_UNIT, rows);
-    if (r0 >= r1)
+    const int64_t r0 = lo * SPARSE_ROW_UNIT, r1 = MOP_MIN(hi * SPARSE_ROW_UNIT, rows), nr = r1 - r0;
+    if (nr <= 0)
         return;
-    float *P = j->panels + (int64_t)ith * G * cols * T;
-    int32_t ci[SPARSE_CHUNK];
-    float acc[SPARSE_MAX_GROUP][4 * T];
-    for (int64_t t0 = 0; t0 < j->n; t0 += G * T) {
-        const int64_t g1 = MOP_MIN(G, (j->n - t0 + T - 1) / T);
-        for (int64_t g = 0; g < g1; g++)
-            pack_panel(P + g * cols * T, j->X, t0 + g * T, MOP_MIN(T, j->n - t0 - g * T), cols);
-        for (int64_t r = r0; r < r1; r++) {
-            memset(acc, 0, sizeof acc);
-            sparse_iter it = {r, 0, 0};
-            const float *v;
-            int cnt;
-            while ((cnt = f->decode(w, &it, ci, &v)) > 0) /* once per G panels */
-                for (int64_t g = 0; g < g1; g++)
-                    j->acc(acc[g], ci, v, cnt, P + g * cols * T);
-            for (int64_t g = 0; g < g1; g++) {
-                const float *a = acc[g];
-                const int64_t tb = t0 + g * T, tv = MOP_MIN(T, j->n - tb);
-                for (int64_t t = 0; t < tv; t++)
-                    j->Y[(tb + t) * rows + r] = (a[t] + a[T + t]) + (a[2 * T + t] + a[3 * T + t]);
+    char *base = j->work + (size_t)ith * j->per_thread;
+    float *P = (float *)base, *acc = P + cols * T;
+    sparse_iter *its = (sparse_iter *)(acc + rows * T);
+    int32_t ci[SPARSE_CHUNK_CAP];
+    for (int64_t t0 = 0; t0 < j->n; t0 += T) {
+        const int64_t tv = MOP_MIN(T, j->n - t0);
+        pack_panel(P, j->X, t0, tv, cols);
+        memset(acc, 0, (size_t)(nr * T) * sizeof(float));
+        for (int64_t r = 0; r < nr; r++)
+            its[r] = (sparse_iter){r0 + r, 0, 0};
+        for (int64_t c1 = MOP_MIN(j->cb, cols);; c1 = MOP_MIN(c1 + j->cb, cols)) {
+            for (int64_t r = 0; r < nr; r++) {
+                const float *v;
+                int cnt;
+                if (r + 4 < nr)
+                    sparse_prefetch(w, &its[r + 4], c1);
+                while ((cnt = decode(w, &its[r], c1, ci, &v)) > 0)
+                    j->acc(acc + r * T, ci, v, cnt, P);
             }
+            if (c1 == cols)
+                break;
+        }
+        for (int64_t t = 0; t < tv; t++) {
+            float *y = j->Y + (t0 + t) * rows + r0;
+            if (j->accumulate)
+                for (int64_t r = 0; r < nr; r++)
+                    y[r] += acc[r * T + t];
+            else
+                for (int64_t r = 0; r < nr; r++)
+                    y[r] = acc[r * T + t];
         }
     }
 }
 
-/* Panels per decoded row: as many as fit in SPARSE_GROUP_BYTES (L2). */
-static int64_t panel_group(int64_t floats_per_panel, int64_t n)
+/* Y = X·Wᵀ, or Y += X·Wᵀ when accumulate. Returns 0 when the work buffer
+ * could not be allocated (nothing done). */
+static int matmul_panels(const mop_weight *w, float *Y, const float *X, int64_t n,
+                         mop_pool *pool, int accumulate)
 {
-    int64_t g = SPARSE_GROUP_BYTES / (floats_per_panel * (int64_t)sizeof(float));
-    g = MOP_MIN(g, (n + T - 1) / T);
-    return MOP_MAX(1, MOP_MIN(g, SPARSE_MAX_GROUP));
+    if (((const sparse_head *)w->impl)->stored * n < SPARSE_MIN_PARALLEL)
+        pool = NULL;
+    const int nth = pool ? mop_pool_size(pool) : 1;
+    const size_t per_thread = (size_t)((w->cols + w->rows) * T) * sizeof(float) +
+                              (size_t)w->rows * sizeof(sparse_iter) + 64;
+    char *work = mop_alloc((size_t)nth * per_thread);
+    if (!work)
+        return 0;
+    mm_job j = {w, cpu_current() == CPU_AVX2 ? sparse_acc_avx2 : acc_generic, Y, X, n,
+                sparse_col_block(w), work, per_thread, accumulate};
+    mop_pool_run(pool, mm_job_run, &j);
+    mop_free(work);
+    return 1;
 }
 
 void sparse_matmul(const mop_weight *w, float *Y, const float *X, int64_t n, mop_pool *pool)
 {
     if (n <= 0)
         return;
-    if (((const sparse_head *)w->impl)->stored * n < SPARSE_MIN_PARALLEL)
-        pool = NULL;
-    const int nth = pool ? mop_pool_size(pool) : 1;
-    const int64_t G = panel_group(w->cols * T, n);
-    float *panels = n >= SPARSE_PANEL_MIN_N
-                        ? mop_alloc((size_t)nth * (size_t)(G * w->cols) * T * sizeof(float))
-                        : NULL;
-    if (!panels) {
+    if (n < SPARSE_PANEL_MIN_N || !matmul_panels(w, Y, X, n, pool, 0))
         matvec_tokens(w, Y, X, n, pool);
-        return;
-    }
-    mm_job j = {w, cpu_current() == CPU_AVX2 ? sparse_acc_avx2 : acc_generic, Y, X, n, G, panels};
-    mop_pool_run(pool, mm_job_run, &j);
-    mop_free(panels);
 }
-
-/* ---- matmul_t ------------------------------------------------------------- */
 
 typedef struct mt_job {
     const mop_weight *w;
@@ -249,43 +298,47 @@ typedef struct mt_job {
     float *dX;       /* (n, cols) */
     const float *dY; /* (n, rows) */
     int64_t n;
-    int64_t group;   /* panels per pass */
-    float *panels;   /* nth × group × [(rows, T) + (cols, T)] */
+    int64_t cb;      /* columns per block */
+    char *work;      /* per thread: dYp (rows, T), dXp (cols, T), iterators (rows) */
+    size_t per_thread;
 } mt_job;
 
+/* Threads take whole panels of T tokens, so they never write the same dX
+ * element; per panel, column block by column block, every row scatters its
+ * entries in the block into dXp, rows in order (the sum order of each dX
+ * element does not depend on the thread count). */
 static void mt_job_run(void *arg, int ith, int nth)
 {
     const mt_job *j = arg;
     const mop_weight *w = j->w;
-    const sparse_format *f = fmt_of(w);
-    const int64_t rows = w->rows, cols = w->cols, G = j->group, per = (rows + cols) * T;
-    int64_t blocks = (j->n + T - 1) / T, lo, hi;
-    mop_split_range(blocks, ith, nth, &lo, &hi);
-    float *base = j->panels + (int64_t)ith * G * per;
-    int32_t ci[SPARSE_CHUNK];
-    for (int64_t b0 = lo; b0 < hi; b0 += G) {
-        const int64_t g1 = MOP_MIN(G, hi - b0);
-        for (int64_t g = 0; g < g1; g++) { /* panel g: dYp (rows, T), then dXp (cols, T) */
-            const int64_t t0 = (b0 + g) * T;
-            pack_panel(base + g * per, j->dY, t0, MOP_MIN(T, j->n - t0), rows);
-            memset(base + g * per + rows * T, 0, (size_t)(cols * T) * sizeof(float));
-        }
-        for (int64_t r = 0; r < rows; r++) {
-            sparse_iter it = {r, 0, 0};
-            const float *v;
-            int cnt;
-            while ((cnt = f->decode(w, &it, ci, &v)) > 0)
-                for (int64_t g = 0; g < g1; g++)
-                    j->scat(base + g * per + rows * T, ci, v, cnt, base + g * per + r * T);
-        }
-        for (int64_t g = 0; g < g1; g++) {
-            const int64_t t0 = (b0 + g) * T, tv = MOP_MIN(T, j->n - t0);
-            const float *dXp = base + g * per + rows * T;
-            for (int64_t t = 0; t < tv; t++) {
-                float *dx = j->dX + (t0 + t) * cols;
-                for (int64_t c = 0; c < cols; c++)
-                    dx[c] += dXp[c * T + t];
+    const sparse_decode_fn decode = decoder_of(w);
+    const int64_t rows = w->rows, cols = w->cols;
+    int64_t panels = (j->n + T - 1) / T, lo, hi;
+    mop_split_range(panels, ith, nth, &lo, &hi);
+    char *base = j->work + (size_t)ith * j->per_thread;
+    float *dYp = (float *)base, *dXp = dYp + rows * T;
+    sparse_iter *its = (sparse_iter *)(dXp + cols * T);
+    int32_t ci[SPARSE_CHUNK_CAP];
+    for (int64_t b = lo; b < hi; b++) {
+        const int64_t t0 = b * T, tv = MOP_MIN(T, j->n - t0);
+        pack_panel(dYp, j->dY, t0, tv, rows);
+        memset(dXp, 0, (size_t)(cols * T) * sizeof(float));
+        for (int64_t r = 0; r < rows; r++)
+            its[r] = (sparse_iter){r, 0, 0};
+        for (int64_t c1 = MOP_MIN(j->cb, cols);; c1 = MOP_MIN(c1 + j->cb, cols)) {
+            for (int64_t r = 0; r < rows; r++) {
+                const float *v;
+                int cnt;
+                while ((cnt = decode(w, &its[r], c1, ci, &v)) > 0)
+                    j->scat(dXp, ci, v, cnt, dYp + r * T);
             }
+            if (c1 == cols)
+                break;
+        }
+        for (int64_t t = 0; t < tv; t++) {
+            float *dx = j->dX + (t0 + t) * cols;
+            for (int64_t c = 0; c < cols; c++)
+                dx[c] += dXp[c * T + t];
         }
     }
 }
@@ -294,7 +347,7 @@ static void mt_job_run(void *arg, int ith, int nth)
 static void matmul_t_direct(const mop_weight *w, float *dX, const float *dY, int64_t n)
 {
     const sparse_format *f = fmt_of(w);
-    int32_t ci[SPARSE_CHUNK];
+    int32_t ci[SPARSE_CHUNK_CAP];
     for (int64_t t = 0; t < n; t++)
         for (int64_t r = 0; r < w->rows; r++) {
             const float a = dY[t * w->rows + r];
@@ -302,10 +355,58 @@ static void matmul_t_direct(const mop_weight *w, float *dX, const float *dY, int
             sparse_iter it = {r, 0, 0};
             const float *v;
             int cnt;
-            while ((cnt = f->decode(w, &it, ci, &v)) > 0)
+            while ((cnt = f->decode(w, &it, w->cols, ci, &v)) > 0)
                 for (int k = 0; k < cnt; k++)
                     dx[ci[k]] += a * v[k];
         }
+}
+
+/* Wᵀ packed in the blocked format, built on first use and cached in the
+ * weight (see sparse_head); NULL if memory ran out. */
+static const mop_weight *transpose_of(const mop_weight *w)
+{
+    sparse_head *h = w->impl;
+    mop_weight *t = atomic_load_explicit(&h->transpose, memory_order_acquire);
+    if (t)
+        return t;
+    const int64_t rows = w->rows, cols = w->cols;
+    float *dense = mop_alloc((size_t)(rows * cols) * sizeof(float));
+    float *dt = mop_alloc((size_t)(rows * cols) * sizeof(float));
+    t = mop_alloc(sizeof *t);
+    if (dense && dt && t) {
+        sparse_to_dense(w, dense);
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t c = 0; c < cols; c++)
+                dt[c * rows + r] = dense[r * cols + c];
+        if (sparse_pack_unstructured(t, dt, cols, rows, SPARSE_BLOCKED) != MOP_OK) {
+            mop_free(t);
+            t = NULL;
+        }
+    } else {
+        mop_free(t);
+        t = NULL;
+    }
+    mop_free(dense);
+    mop_free(dt);
+    if (!t)
+        return NULL;
+    mop_weight *expected = NULL;
+    if (!atomic_compare_exchange_strong_explicit(&h->transpose, &expected, t,
+                                                 memory_order_acq_rel, memory_order_acquire)) {
+        t->ops->release(t); /* another thread published first */
+        mop_free(t);
+        return expected;
+    }
+    return t;
+}
+
+void sparse_release_transpose(sparse_head *h)
+{
+    mop_weight *t = atomic_exchange_explicit(&h->transpose, NULL, memory_order_acq_rel);
+    if (t) {
+        t->ops->release(t);
+        mop_free(t);
+    }
 }
 
 void sparse_matmul_t(const mop_weight *w, float *dX, const float *dY, int64_t n,
@@ -313,18 +414,26 @@ void sparse_matmul_t(const mop_weight *w, float *dX, const float *dY, int64_t n,
 {
     if (n <= 0)
         return;
+    /* Batches: dX += dY·(Wᵀ)ᵀ through the gather-form matmul on the cached
+     * transpose (a scatter stores every product; the gather keeps them in
+     * registers). */
+    if (n >= SPARSE_PANEL_MIN_N) {
+        const mop_weight *t = transpose_of(w);
+        if (t && matmul_panels(t, dX, dY, n, pool, 1))
+            return;
+    }
     if (((const sparse_head *)w->impl)->stored * n < SPARSE_MIN_PARALLEL)
         pool = NULL;
     const int nth = pool ? mop_pool_size(pool) : 1;
-    const int64_t G = panel_group((w->rows + w->cols) * T, n);
-    float *panels =
-        mop_alloc((size_t)nth * (size_t)(G * (w->rows + w->cols)) * T * sizeof(float));
-    if (!panels) {
+    const size_t per_thread = (size_t)((w->rows + w->cols) * T) * sizeof(float) +
+                              (size_t)w->rows * sizeof(sparse_iter) + 64;
+    char *work = mop_alloc((size_t)nth * per_thread);
+    if (!work) {
         matmul_t_direct(w, dX, dY, n);
         return;
     }
-    mt_job j = {w, cpu_current() == CPU_AVX2 ? sparse_scat_avx2 : scat_generic, dX, dY, n, G,
-                panels};
+    mt_job j = {w, cpu_current() == CPU_AVX2 ? sparse_scat_avx2 : scat_generic, dX, dY, n,
+                sparse_col_block(w), work, per_thread};
     mop_pool_run(pool, mt_job_run, &j);
-    mop_free(panels);
+    mop_free(work);
 }
