@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -d build-abi ] || meson setup build-abi --buildtype=debugoptimized -Dtests=false -Dexamples=false >/dev/null
-ninja -C build-abi libmop.so >/dev/null
+ninja -C build-abi >/dev/null
 mkdir -p abi
 abidw --headers-dir include/libmop --no-corpus-path build-abi/libmop.so > abi/libmop.abi
 echo "wrote abi/libmop.abi"

@@ -44,7 +44,7 @@ cpu_level cpu_detected(void)
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_os_saves_ymm()) {
         unsigned int a, b, c, d;
-        if (__get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C))
+        if (__get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C) && (c & bit_POPCNT))
             lvl = CPU_AVX2;
     }
 #endif
