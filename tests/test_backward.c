@@ -339,7 +339,7 @@ static void attention_case(int64_t T, int64_t P, int nh, int nkv, int hd, int wi
     fill(c.r, nq, 1.0);
     float *qf = to_f(c.q, nq), *kf = to_f(c.k, nkvn), *vf = to_f(c.v, nkvn);
     float *bf = with_bias ? to_f(c.bias, P) : NULL;
-    float *scratch = malloc((size_t)(2 * (P + T)) * sizeof(float));
+    float *scratch = malloc((size_t)attention_backward_scratch(P + T, nh, hd) * sizeof(float));
 
     /* forward against the naive loop */
     float *outf = malloc((size_t)nq * sizeof(float)), *lsef = malloc((size_t)(T * nh) * sizeof(float));
@@ -359,7 +359,7 @@ static void attention_case(int64_t T, int64_t P, int nh, int nkv, int hd, int wi
     float *dq = grad_buf(nq, &f0), *dk = grad_buf(nkvn, &f1), *dv = grad_buf(nkvn, &f2);
     float *db = P ? grad_buf(P, &f3) : NULL;
     attention_backward(dq, dk, dv, db, scratch, doutf, qf, kf, vf, use_lse ? lsef : NULL, bf, T,
-                       P, nh, nkv, hd);
+                       P, nh, nkv, hd, NULL);
     unfill(dq, f0, nq);
     unfill(dk, f1, nkvn);
     unfill(dv, f2, nkvn);
@@ -385,6 +385,8 @@ static void test_attention_prefix_bias_gqa(void **state)
     (void)state;
     attention_case(6, 4, 4, 2, 6, 1, 1, "attn P=4 bias gqa lse");
     attention_case(6, 4, 4, 2, 6, 1, 0, "attn P=4 bias gqa recompute");
+    /* head_dim 16: the AVX2 inner loops (when the CPU has them) */
+    attention_case(6, 4, 4, 2, 16, 1, 1, "attn P=4 bias gqa hd16 lse");
 }
 
 static void test_attention_prefix_no_bias(void **state)
@@ -411,16 +413,16 @@ static void test_attention_null_outputs(void **state)
     double qd[T * NH * HD], kd[(P + T) * NKV * HD], vd[(P + T) * NKV * HD], dd[T * NH * HD];
     fill(qd, nq, 1.0), fill(kd, nk, 1.0), fill(vd, nk, 1.0), fill(dd, nq, 1.0);
     float *q = to_f(qd, nq), *k = to_f(kd, nk), *v = to_f(vd, nk), *dout = to_f(dd, nq);
-    float scratch[2 * (P + T)];
+    float *scratch = malloc((size_t)attention_backward_scratch(P + T, NH, HD) * sizeof(float));
     float dq[T * NH * HD] = {0}, dk[(P + T) * NKV * HD] = {0}, dv[(P + T) * NKV * HD] = {0},
           db[P] = {0}, db2[P] = {0};
-    attention_backward(dq, dk, dv, db, scratch, dout, q, k, v, NULL, NULL, T, P, NH, NKV, HD);
+    attention_backward(dq, dk, dv, db, scratch, dout, q, k, v, NULL, NULL, T, P, NH, NKV, HD, NULL);
     float dq2[T * NH * HD] = {0};
     attention_backward(dq2, NULL, NULL, db2, scratch, dout, q, k, v, NULL, NULL, T, P, NH, NKV,
-                       HD);
+                       HD, NULL);
     assert_memory_equal(dq, dq2, sizeof dq);
     assert_memory_equal(db, db2, sizeof db);
-    free(q), free(k), free(v), free(dout);
+    free(q), free(k), free(v), free(dout), free(scratch);
 }
 
 /* Large scores (|s| ~ 1e3): both backward paths stay finite and agree, and
@@ -434,13 +436,14 @@ static void attention_scores_case(double qk_scale)
     const double bd[P] = {-50.0, 0.0, 30.0};
     float *q = to_f(qd, nq), *k = to_f(kd, nk), *v = to_f(vd, nk), *dout = to_f(dd, nq);
     float *b = to_f(bd, P);
-    float scratch[2 * (P + T)], out[T * NH * HD], lse[T * NH];
+    float *scratch = malloc((size_t)attention_backward_scratch(P + T, NH, HD) * sizeof(float));
+    float out[T * NH * HD], lse[T * NH];
     attention_forward_lse(out, lse, scratch, q, k, v, b, T, P, NH, NKV, HD);
     float g1[3][T * NH * HD > (P + T) * NKV * HD ? T * NH * HD : (P + T) * NKV * HD];
     float g2[3][sizeof g1[0] / sizeof(float)], db1[P] = {0}, db2[P] = {0};
     memset(g1, 0, sizeof g1), memset(g2, 0, sizeof g2);
-    attention_backward(g1[0], g1[1], g1[2], db1, scratch, dout, q, k, v, lse, b, T, P, NH, NKV, HD);
-    attention_backward(g2[0], g2[1], g2[2], db2, scratch, dout, q, k, v, NULL, b, T, P, NH, NKV, HD);
+    attention_backward(g1[0], g1[1], g1[2], db1, scratch, dout, q, k, v, lse, b, T, P, NH, NKV, HD, NULL);
+    attention_backward(g2[0], g2[1], g2[2], db2, scratch, dout, q, k, v, NULL, b, T, P, NH, NKV, HD, NULL);
     double worst = 0.0;
     for (int a = 0; a < 3; a++)
         for (size_t i = 0; i < sizeof g1[0] / sizeof(float); i++) {
@@ -451,7 +454,7 @@ static void attention_scores_case(double qk_scale)
         worst = fmax(worst, fabs(db1[j] - db2[j]) / fmax(1.0, fabs(db2[j])));
     print_message("  attn q,k scale %-13g lse vs recompute max rel diff %.2e\n", qk_scale, worst);
     assert_true(worst <= 1e-3);
-    free(q), free(k), free(v), free(dout), free(b);
+    free(q), free(k), free(v), free(dout), free(b), free(scratch);
 }
 
 static void test_attention_large_scores(void **state)
@@ -459,6 +462,43 @@ static void test_attention_large_scores(void **state)
     (void)state;
     attention_scores_case(5.0);  /* |s| ~ 10: soft rows */
     attention_scores_case(40.0); /* |s| ~ 1e3: saturated rows */
+}
+
+/* Split by head over a pool: the same bits as on the caller alone (each
+ * head's dk, dv, dbias terms are summed into its own block, added in order). */
+static void test_attention_backward_pool_independent(void **state)
+{
+    (void)state;
+    enum { T = 9, P = 5, NH = 9, NKV = 3, HD = 64 };
+    const int64_t nq = T * NH * HD, nk = (P + T) * NKV * HD;
+    double *qd = dalloc(nq), *kd = dalloc(nk), *vd = dalloc(nk), *dd = dalloc(nq), bd[P];
+    fill(qd, nq, 1.0), fill(kd, nk, 1.0), fill(vd, nk, 1.0), fill(dd, nq, 1.0);
+    for (int j = 0; j < P; j++)
+        bd[j] = -0.3 * j;
+    float *q = to_f(qd, nq), *k = to_f(kd, nk), *v = to_f(vd, nk), *dout = to_f(dd, nq);
+    float *b = to_f(bd, P);
+    float *scratch = malloc((size_t)attention_backward_scratch(P + T, NH, HD) * sizeof(float));
+    float *g[2][4];
+    mop_pool *pool;
+    assert_int_equal(mop_pool_create(2, &pool), MOP_OK);
+    for (int r = 0; r < 2; r++) {
+        g[r][0] = calloc((size_t)nq, sizeof(float));
+        g[r][1] = calloc((size_t)nk, sizeof(float));
+        g[r][2] = calloc((size_t)nk, sizeof(float));
+        g[r][3] = calloc(P, sizeof(float));
+        attention_backward(g[r][0], g[r][1], g[r][2], g[r][3], scratch, dout, q, k, v, NULL, b, T, P,
+                           NH, NKV, HD, r ? pool : NULL);
+    }
+    assert_memory_equal(g[0][0], g[1][0], (size_t)nq * sizeof(float));
+    assert_memory_equal(g[0][1], g[1][1], (size_t)nk * sizeof(float));
+    assert_memory_equal(g[0][2], g[1][2], (size_t)nk * sizeof(float));
+    assert_memory_equal(g[0][3], g[1][3], P * sizeof(float));
+    for (int r = 0; r < 2; r++)
+        for (int a = 0; a < 4; a++)
+            free(g[r][a]);
+    mop_pool_free(pool);
+    free(qd), free(kd), free(vd), free(dd), free(q), free(k), free(v), free(dout), free(b),
+        free(scratch);
 }
 
 /* ---- Cross-entropy ------------------------------------------------------ */
@@ -734,14 +774,15 @@ static void test_chain_gate_through_attention(void **state)
     softmax_tau_ref(w, c.z, K, c.tau);
     float *qf = to_f(c.a.q, nq), *kf = to_f(c.a.k, nkvn), *vf = to_f(c.a.v, nkvn);
     float *bf = to_f(c.a.bias, P), *dout = to_f(c.a.r, nq), *wf = to_f(w, K);
-    float scratch[2 * (P + T)], dbias[P] = {0}, G[K] = {0}, dz[K] = {0};
+    float *scratch = malloc((size_t)attention_backward_scratch(P + T, NH, HD) * sizeof(float));
+    float dbias[P] = {0}, G[K] = {0}, dz[K] = {0};
     attention_backward(NULL, NULL, NULL, dbias, scratch, dout, qf, kf, vf, NULL, bf, T, P, NH, NKV,
-                       HD);
+                       HD, NULL);
     for (int j = 0; j < P; j++)
         G[j / PK] += dbias[j];
     gate_softmax_backward(dz, G, wf, 1, K, (float)c.tau);
     fd_check("chain z -> log w -> attention", c.z, K, dz, chain_loss, &c);
-    free(qf), free(kf), free(vf), free(bf), free(dout), free(wf);
+    free(qf), free(kf), free(vf), free(bf), free(dout), free(wf), free(scratch);
     free(c.a.q), free(c.a.k), free(c.a.v), free(c.a.bias), free(c.a.r), free(c.a.out), free(c.z);
 }
 
@@ -756,6 +797,7 @@ int main(void)
         cmocka_unit_test(test_attention_causal_prompt),
         cmocka_unit_test(test_attention_null_outputs),
         cmocka_unit_test(test_attention_large_scores),
+        cmocka_unit_test(test_attention_backward_pool_independent),
         cmocka_unit_test(test_cross_entropy),
         cmocka_unit_test(test_cross_entropy_large_vocab),
         cmocka_unit_test(test_gate_softmax_backward),

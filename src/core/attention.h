@@ -35,5 +35,7 @@ void attn_scores_avx2(float *s, const float *q, const float *k, int64_t n, int64
                       int32_t hd);
 void attn_accum_avx2(float *acc, const float *p, const float *v, int64_t n, int64_t stride,
                      int32_t hd);
+/* D (n, hd) += c[j] x for each row j (attention backward's dk, dv terms). */
+void attn_outer_avx2(float *D, const float *c, const float *x, int64_t n, int32_t hd);
 
 #endif

@@ -65,3 +65,19 @@ void attn_accum_avx2(float *acc, const float *p, const float *v, int64_t n, int6
         _mm256_storeu_ps(acc + i0, a);
     }
 }
+
+void attn_outer_avx2(float *D, const float *c, const float *x, int64_t n, int32_t hd)
+{
+    for (int32_t i0 = 0; i0 < hd; i0 += 32) { /* 32 dims of x in registers */
+        const int32_t w = hd - i0 < 32 ? hd - i0 : 32;
+        __m256 xv[4];
+        for (int m = 0; m < w / 8; m++)
+            xv[m] = _mm256_loadu_ps(x + i0 + 8 * m);
+        for (int64_t j = 0; j < n; j++) {
+            const __m256 cj = _mm256_broadcast_ss(c + j);
+            float *d = D + j * hd + i0;
+            for (int m = 0; m < w / 8; m++)
+                _mm256_storeu_ps(d + 8 * m, _mm256_fmadd_ps(cj, xv[m], _mm256_loadu_ps(d + 8 * m)));
+        }
+    }
+}

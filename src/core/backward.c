@@ -140,58 +140,6 @@ void attention_forward_lse(float *out, float *lse, float *scratch, const float *
         }
 }
 
-void attention_backward(float *dq, float *dk, float *dv, float *dbias, float *scratch,
-                        const float *dout, const float *q, const float *k, const float *v,
-                        const float *lse, const float *bias, int64_t T, int64_t n_prefix,
-                        int n_head, int n_head_kv, int head_dim)
-{
-    int group = n_head / n_head_kv;
-    float inv_sqrt = (float)(1.0 / sqrt((double)head_dim));
-    float *p = scratch;                       /* (n_keys) probabilities */
-    float *dp = scratch + n_prefix + T;       /* (n_keys) dL/dp, then dL/ds */
-    for (int64_t t = 0; t < T; t++)
-        for (int h = 0; h < n_head; h++) {
-            int kvh = h / group;
-            int64_t row = (t * n_head + h) * (int64_t)head_dim;
-            const float *qh = q + row, *doh = dout + row;
-            int64_t n_keys =
-                attention_scores(p, qh, k, bias, t, n_prefix, n_head_kv, kvh, head_dim, inv_sqrt);
-            if (lse) {
-                float l = lse[t * n_head + h];
-                for (int64_t j = 0; j < n_keys; j++)
-                    p[j] = expf(p[j] - l);
-            } else {
-                (void)softmax_row(p, n_keys);
-            }
-            /* dP_j = dout·v_j, D = Σ_j p_j dP_j */
-            double D = 0.0;
-            for (int64_t j = 0; j < n_keys; j++) {
-                const float *vj = v + (j * n_head_kv + kvh) * (int64_t)head_dim;
-                dp[j] = dot_f(doh, vj, head_dim);
-                D += (double)p[j] * dp[j];
-            }
-            float Df = (float)D;
-            for (int64_t j = 0; j < n_keys; j++) {
-                float ds = p[j] * (dp[j] - Df); /* dL/ds_j */
-                int64_t kv = (j * n_head_kv + kvh) * (int64_t)head_dim;
-                if (dbias && j < n_prefix)
-                    dbias[j] += ds;
-                float dsc = ds * inv_sqrt;
-                if (dq)
-                    for (int i = 0; i < head_dim; i++)
-                        dq[row + i] += dsc * k[kv + i];
-                if (dk)
-                    for (int i = 0; i < head_dim; i++)
-                        dk[kv + i] += dsc * qh[i];
-                if (dv) {
-                    float pj = p[j];
-                    for (int i = 0; i < head_dim; i++)
-                        dv[kv + i] += pj * doh[i];
-                }
-            }
-        }
-}
-
 /* ---- Cross-entropy ------------------------------------------------------ */
 
 static int ce_counted(int32_t target, int64_t V)

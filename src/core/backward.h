@@ -17,6 +17,8 @@
 
 #include <stdint.h>
 
+#include "threadpool.h"
+
 /* ---- RMSNorm ------------------------------------------------------------
  * Forward: y (T, d) = x / sqrt(mean(x²) + eps) * weight (d).
  * dx (T, d) += dy · ∂y/∂x.  dy, x (T, d). No weight gradient. */
@@ -59,21 +61,27 @@ void attention_forward_lse(float *out, float *lse, float *scratch, const float *
                            const float *k, const float *v, const float *bias, int64_t T,
                            int64_t n_prefix, int n_head, int n_head_kv, int head_dim);
 
-/* Backward of the above. Design choice: probabilities are RECOMPUTED from
- * q, k (and bias) one query row at a time, never stored as a (T, n_keys)
- * matrix per head, so memory stays O(n_keys) for long sequences. If the
- * forward's lse is given, p_j = exp(s_j − lse) exactly as the forward had it;
- * with lse == NULL each row is re-normalised with a stable (max-subtracted)
- * softmax, which costs one more pass over the row's scores.
+/* Backward of the above (attention_backward.c). Design choice: probabilities
+ * are RECOMPUTED from q, k (and bias) one query row at a time, never stored
+ * as a (T, n_keys) matrix per head, so memory stays O(n_keys) for long
+ * sequences. If the forward's lse is given, p_j = exp(s_j − lse) as the
+ * forward had it; with lse == NULL each row is re-normalised with a stable
+ * (max-subtracted) softmax, which costs one more pass over the row's scores.
  *   dP_j = dout·v_j,  D = Σ_j p_j dP_j,  dS_j = p_j (dP_j − D)
  *   dq += Σ_j dS_j k_j / sqrt(hd),  dk_j += dS_j q / sqrt(hd),  dv_j += p_j dout
  *   dbias[j] += Σ over heads and queries of dS_j   (j < n_prefix; NULL: skipped)
  * dq, dk, dv are accumulated (+=); dk, dv sum over the query heads of a kv
- * head (GQA). Any of dq, dk, dv may be NULL to skip it. */
+ * head (GQA). Any of dq, dk, dv may be NULL to skip it.
+ * Work is split by query head on pool (NULL = caller only): each head sums
+ * its dk, dv and dbias terms into its own part of scratch, and the parts are
+ * added in head order afterwards, so the result does not depend on the pool.
+ * scratch holds attention_backward_scratch(n_prefix + T, ...) floats. */
 void attention_backward(float *dq, float *dk, float *dv, float *dbias, float *scratch,
                         const float *dout, const float *q, const float *k, const float *v,
                         const float *lse, const float *bias, int64_t T, int64_t n_prefix,
-                        int n_head, int n_head_kv, int head_dim);
+                        int n_head, int n_head_kv, int head_dim, mop_pool *pool);
+/* Floats of scratch attention_backward needs for up to n_keys keys. */
+int64_t attention_backward_scratch(int64_t n_keys, int n_head, int head_dim);
 
 /* ---- Cross-entropy fused with log-softmax -------------------------------
  * logits (T, V), targets (T): a class in [0, V), or -1 = ignored (any value

@@ -54,7 +54,7 @@ typedef struct gate_ws {
     float *kcat, *vcat;           /* (S + T, kvd) prefix rows then the sequence's */
     float *dkcat, *dvcat;         /* (S + T, kvd) */
     float *dkpre;                 /* (R, kvd) */
-    float *scratch;               /* (2 (S + T)) attention backward workspace */
+    float *scratch;               /* attention_backward_scratch(S + T) workspace */
     float *dbias;                 /* (S) */
     float *dkp, *dvp;             /* (n_layer - first_layer, cap_S, kvd) prompt K/V gradients */
     float *inv_freq;              /* (n_rot / 2) */

@@ -80,7 +80,7 @@ static void layer_backward(mop_ctx *ctx, gate_ws *ws, float *dx, const layer_bwd
         memcpy(ws->vcat + n_pre * kvd, sv->v, (size_t)(T * kvd) * sizeof(float));
         attention_backward(ws->dq, ws->dkcat, ws->dvcat, a->dbias, ws->scratch, ws->datt, sv->q,
                            ws->kcat, ws->vcat, sv->lse, a->bias, T, n_pre, hp->n_head,
-                           hp->n_head_kv, hp->head_dim);
+                           hp->n_head_kv, hp->head_dim, pool);
         if (a->dpre_k) {
             add_inplace(a->dpre_k, ws->dkcat, n_pre * kvd);
             add_inplace(a->dpre_v, ws->dvcat, n_pre * kvd);

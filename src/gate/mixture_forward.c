@@ -3,6 +3,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "backward.h"
 #include "gate.h"
 
 /* ---- work buffers ------------------------------------------------------------ */
@@ -111,7 +112,9 @@ mop_status gate_ws_reserve(gate_ws *ws, const mop_mixture *m, int32_t T, int32_t
         ws->dkcat = ws_alloc(ST * kvd, sizeof(float), &fail);
         ws->dvcat = ws_alloc(ST * kvd, sizeof(float), &fail);
         ws->dkpre = ws_alloc(R * kvd, sizeof(float), &fail);
-        ws->scratch = ws_alloc(2 * ST, sizeof(float), &fail);
+        ws->scratch = ws_alloc((size_t)attention_backward_scratch((int64_t)ST, hp->n_head,
+                                                                  hp->head_dim),
+                               sizeof(float), &fail);
         ws->dbias = ws_alloc(Sn, sizeof(float), &fail);
         ws->dkp = ws_alloc(nS * Sn * kvd, sizeof(float), &fail);
         ws->dvp = ws_alloc(nS * Sn * kvd, sizeof(float), &fail);
