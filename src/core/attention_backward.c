@@ -13,6 +13,7 @@
 #include "attention.h"
 #include "backward.h"
 #include "cpu.h"
+#include "ops.h"
 
 /* Per-head scratch layout (floats): p (n_keys), ds (n_keys), dk (n_keys·hd),
  * dv (n_keys·hd), dbias (n_keys). */
@@ -107,17 +108,7 @@ static void attn_bwd_worker(void *arg, int ith, int nth)
                 for (int64_t j = 0; j < n; j++)
                     p[j] = expf(p[j] - l);
             } else {
-                float mx = p[0];
-                for (int64_t j = 1; j < n; j++)
-                    mx = p[j] > mx ? p[j] : mx;
-                double sum = 0.0;
-                for (int64_t j = 0; j < n; j++) {
-                    p[j] = expf(p[j] - mx);
-                    sum += p[j];
-                }
-                const float inv = (float)(1.0 / sum);
-                for (int64_t j = 0; j < n; j++)
-                    p[j] *= inv;
+                softmax_forward(p, p, n);
             }
             dots(ds, doh, vg, n, kvs, hd, a->avx2); /* dP_j */
             double D = 0.0;
