@@ -18,7 +18,7 @@ cd "$(dirname "$0")/../.."
 BUILD=${1:-build-fedres}
 OUT=${2:-$BUILD/federated}
 ROUNDS=${ROUNDS:-4} LOCAL=${LOCAL:-2} BATCH=${BATCH:-4} LR=${LR:-1e-2} MAXLEN=${MAXLEN:-128}
-K=${K:-9} P=${P:-4} CLIENTS=${CLIENTS:-8} THREADS=${THREADS:-1} NVAL=${NVAL:-4} NTEST=${NTEST:-10}
+K=${K:-9} P=${P:-4} CLIENTS=${CLIENTS:-8} THREADS=${THREADS:-1} NVAL=${NVAL:-4} NTEST=${NTEST:-30}
 DP_CLIP=${DP_CLIP:-2.5} DP_NOISE=${DP_NOISE:-1.0}
 PARTS=${PARTS:-main robust dp tables}
 PY=.venv/bin/python
@@ -83,17 +83,17 @@ fed() { # model tag extra-args...
 
 evaluate() { # model tag
     m=$1 tag=$2
-    [ -f "$OUT/$m/$tag.eval.txt" ] && return 0
+    [ -f "$OUT/$m/$tag.test$NTEST.txt" ] && return 0
     "$MOP" eval "$(model_file "$m")" --mixture "$OUT/$m/$tag.safetensors" --data "$TEST" \
-        -b 8 -t "$THREADS" >"$OUT/$m/$tag.eval.tmp"
-    mv "$OUT/$m/$tag.eval.tmp" "$OUT/$m/$tag.eval.txt"
+        -b 8 -t "$THREADS" >"$OUT/$m/$tag.test$NTEST.tmp"
+    mv "$OUT/$m/$tag.test$NTEST.tmp" "$OUT/$m/$tag.test$NTEST.txt"
 }
 
 gate_stats() { # model tag
     m=$1 tag=$2
-    [ -f "$OUT/$m/$tag.gate.csv" ] ||
+    [ -f "$OUT/$m/$tag.gate$NTEST.csv" ] ||
         "$MOP" gate-stats "$(model_file "$m")" --mixture "$OUT/$m/$tag.safetensors" --data "$TEST" \
-            -t "$THREADS" -o "$OUT/$m/$tag.gate.csv" >/dev/null
+            -t "$THREADS" -o "$OUT/$m/$tag.gate$NTEST.csv" >/dev/null
 }
 
 case " $PARTS " in *" main "*)
@@ -109,7 +109,7 @@ case " $PARTS " in *" main "*)
     gate_stats dense mop
     "$PY" examples/plot_gate_heatmap.py --annotate \
         --titles "federated MoP: initial global mixture,after $ROUNDS rounds (fedavg)" \
-        -o docs/img/fed_gate_heatmap_dense.png "$OUT/dense/init.gate.csv" "$OUT/dense/mop.gate.csv"
+        -o docs/img/fed_gate_heatmap_dense.png "$OUT/dense/init.gate$NTEST.csv" "$OUT/dense/mop.gate$NTEST.csv"
     for m in 2of4w u75w; do
         case $m in 2of4w) prune "$m" 2:4 ;; u75w) prune "$m" unstructured:0.75 ;; esac
         fed "$m" mop
@@ -135,9 +135,9 @@ case " $PARTS " in *" dp "*)
 esac
 
 case " $PARTS " in *" tables "*)
-    "$PY" - "$OUT" >"$OUT/tables.md" <<'EOF'
+    "$PY" - "$OUT" "$NTEST" >"$OUT/tables.md" <<'EOF'
 import csv, os, sys
-out = sys.argv[1]
+out, ntest = sys.argv[1], sys.argv[2]
 def final(m, tag):
     p = f"{out}/{m}/{tag}.log"
     if not os.path.exists(p):
@@ -151,7 +151,7 @@ def eps(m, tag):
     rows = list(csv.DictReader(open(p))) if os.path.exists(p) else []
     return rows[-1]["epsilon"] if rows else ""
 def evals(m, tag):
-    rows, p = {}, f"{out}/{m}/{tag}.eval.txt"
+    rows, p = {}, f"{out}/{m}/{tag}.test{ntest}.txt"
     if os.path.exists(p):
         for line in open(p):
             f = line.split()
@@ -168,7 +168,7 @@ for m in ["dense", "2of4w", "u75w"]:
 print(f"\ninitial (dense, untrained): {final('dense', 'init'):.2f}\n")
 for m in ["dense", "2of4w", "u75w"]:
     a, b = evals(m, "mop"), evals(m, "single")
-    print(f"### test {m}\n\n| task | targets | MoP | single |\n|---|---:|---:|---:|")
+    print(f"### test ({ntest} per task) {m}\n\n| task | targets | MoP | single |\n|---|---:|---:|---:|")
     for t in sorted(x for x in a if x != "all") + ["all"]:
         if t in a and t in b:
             print(f"| {t} | {a[t][0]} | {a[t][1]:.1f} | {b[t][1]:.1f} |")
