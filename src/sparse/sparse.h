@@ -108,7 +108,7 @@ typedef struct sparse_head {
     const sparse_format *fmt;
     int64_t stored; /* stored entries (values), for the thread threshold */
     uint64_t bytes; /* the packed weight, see docs/FORMAT.md (not the cache below) */
-    /* Wᵀ packed (blocked format), built by the first matmul_t and kept:
+    /* Wᵀ packed (unstructured format), built by the first matmul_t and kept:
      * dX = dY·W then runs as the gather-form product dY·(Wᵀ)ᵀ instead of a
      * scatter. Published once with a compare-and-swap (weights are shared
      * between threads); NULL until then or if it could not be built. */
