@@ -15,13 +15,15 @@
  * its decoder position and a T-float accumulator between blocks. Threads take
  * contiguous blocks of W's rows.
  *
- * matmul_t is the scatter form: panels dYp (rows, 32) and dXp (cols, 32);
+ * matmul_t (n >= 4) runs as matmul on Wᵀ, packed once and cached in the
+ * weight (transpose_of), accumulating into dX. Without that copy, and for
+ * n < 4, it is the scatter form: panels dYp (rows, 32) and dXp (cols, 32);
  * per row r and entry (c, v): dXp[c] += v·dYp[r], block by block of columns
  * (dXp's block stays in L1); then dX += dXpᵀ. Threads take whole panels of
  * tokens, so they never write the same dX element and each element sums its
  * terms in row order whatever the pool size.
  *
- * Both need a panel buffer per thread (mop_alloc, once per call). If that
+ * All need a work buffer per thread (mop_alloc, once per call). If an
  * allocation fails the product still completes on a slower path that needs
  * no memory (matvec per token; scalar scatter), since the ops cannot fail. */
 #include <string.h>
