@@ -1,7 +1,10 @@
-/* AVX2 matvec for bitmask weights: 8 columns per mask byte. expand[b] is the
- * permutation placing the popcount(b) next values in the lanes of b's set
- * bits; lanes of clear bits hold a negative index, whose sign bit blends the
- * lane to zero. Then one FMA with x[8j .. 8j+8). */
+/* AVX2 matvec and row decoder for bitmask weights. Matvec: 8 columns per
+ * mask byte; expand[b] is the permutation placing the popcount(b) next
+ * values in the lanes of b's set bits; lanes of clear bits hold a negative
+ * index, whose sign bit blends the lane to zero; then one FMA with
+ * x[8j .. 8j+8). Eight bytes (64 columns) per loop step, each byte's first
+ * value found by a popcount of the word below it. Decoder: positions[b]
+ * lists b's set bits, 8 column numbers stored per byte. */
 #include <pthread.h>
 #include <string.h>
 
