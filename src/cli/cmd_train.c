@@ -12,7 +12,7 @@ typedef struct train_opts {
     const char *data, *val, *out, *baseline, *combine;
     int32_t K, P, steps, B, accum, warmup, gate_layer, inject_layer, top_k, pretrain_steps;
     int32_t max_len, n_threads, eval_every, gate_hidden;
-    float lr, load_balance, weight_decay, clip;
+    float lr, gate_lr, load_balance, weight_decay, clip;
     uint64_t seed;
 } train_opts;
 
@@ -149,7 +149,7 @@ static int run(mop_model *model, const train_opts *o, const mop_mixture_params *
 {
     mop_mixture *m = NULL;
     mop_ctx *ctx = NULL;
-    mop_optimizer *opt = NULL;
+    mop_optimizer *opt = NULL, *opt_gate = NULL;
     cli_batch cb = {0};
     size_t *order = NULL, *idx = NULL;
     int rc = CLI_ERROR;
@@ -207,9 +207,18 @@ static int run(mop_model *model, const train_opts *o, const mop_mixture_params *
     ap.total_steps = o->steps;
     ap.weight_decay = o->weight_decay;
     ap.clip_norm = o->clip;
-    if ((st = mop_optimizer_create(n, &ap, &opt)) != MOP_OK) {
+    /* --gate-lr: the gate's slice gets its own AdamW state and rate. */
+    const size_t n_opt = o->gate_lr >= 0.0f ? gate_offset(m) : n;
+    if ((st = mop_optimizer_create(n_opt, &ap, &opt)) != MOP_OK) {
         cli_fail(st, "cannot create the optimizer");
         goto out;
+    }
+    if (n_opt < n) {
+        ap.lr = o->gate_lr;
+        if ((st = mop_optimizer_create(n - n_opt, &ap, &opt_gate)) != MOP_OK) {
+            cli_fail(st, "cannot create the gate optimizer");
+            goto out;
+        }
     }
     mop_loss_params lp = mop_loss_default_params();
     lp.load_balance = o->load_balance;
@@ -237,7 +246,10 @@ static int run(mop_model *model, const train_opts *o, const mop_mixture_params *
                 tokens += cb.lengths[b];
         }
         float lr_used = 0.0f;
-        st = mop_optimizer_step(opt, params, grads, n, 1.0f / (float)o->accum, &lr_used, NULL);
+        st = mop_optimizer_step(opt, params, grads, n_opt, 1.0f / (float)o->accum, &lr_used, NULL);
+        if (st == MOP_OK && opt_gate)
+            st = mop_optimizer_step(opt_gate, params + n_opt, grads + n_opt, n - n_opt,
+                                    1.0f / (float)o->accum, NULL, NULL);
         if (st != MOP_OK) {
             cli_fail(st, "optimizer step %d failed", (int)step);
             goto out;
@@ -282,6 +294,7 @@ out:
     free(idx);
     cli_batch_free(&cb);
     mop_optimizer_free(opt);
+    mop_optimizer_free(opt_gate);
     mop_ctx_free(ctx);
     mop_mixture_free(m);
     return rc;
@@ -294,7 +307,7 @@ int cli_cmd_train(int argc, char **argv)
         .K = defaults.n_experts, .P = defaults.prompt_len, .steps = 100, .B = 4, .accum = 1,
         .warmup = 0, .gate_layer = -1, .inject_layer = -1, .top_k = 0, .pretrain_steps = 0,
         .max_len = 256, .n_threads = 0, .eval_every = 0, .gate_hidden = defaults.gate_hidden,
-        .lr = 3e-3f, .load_balance = 0.0f, .weight_decay = 0.01f, .clip = 1.0f, .seed = 1234,
+        .lr = 3e-3f, .gate_lr = -1.0f, .load_balance = 0.0f, .weight_decay = 0.01f, .clip = 1.0f, .seed = 1234,
     };
     const cli_opt opts[] = {
         {"data", 'd', CLI_STRING, &o.data, "FILE", "training data, JSONL {task, instruction, response}; required"},
@@ -306,6 +319,7 @@ int cli_cmd_train(int argc, char **argv)
         {"batch", 'b', CLI_INT, &o.B, "B", "sequences per forward/backward; default 4"},
         {"accum", 0, CLI_INT, &o.accum, "A", "batches accumulated per step; default 1"},
         {"lr", 0, CLI_FLOAT, &o.lr, "LR", "peak learning rate; default 3e-3"},
+        {"gate-lr", 0, CLI_FLOAT, &o.gate_lr, "LR", "peak learning rate of the gate during prompt training (its own AdamW state, clipped on its own; pre-training keeps --lr); default --lr"},
         {"warmup", 0, CLI_INT, &o.warmup, "W", "linear warmup steps, then cosine decay; default 0"},
         {"weight-decay", 0, CLI_FLOAT, &o.weight_decay, "X", "AdamW decoupled weight decay; default 0.01"},
         {"clip", 0, CLI_FLOAT, &o.clip, "X", "clip gradients to this global norm, 0 = off; default 1"},
@@ -354,6 +368,8 @@ int cli_cmd_train(int argc, char **argv)
         return cli_usage_error("train", "--warmup must be in [0, --steps]");
     if (o.pretrain_steps < 0 || o.eval_every < 0 || o.n_threads < 0)
         return cli_usage_error("train", "--gate-pretrain-steps, --eval-every and --threads must be >= 0");
+    if (o.gate_lr != -1.0f && !(o.gate_lr >= 0.0f && isfinite(o.gate_lr)))
+        return cli_usage_error("train", "--gate-lr must be finite and >= 0");
     if (o.eval_every > 0 && !o.val)
         return cli_usage_error("train", "--eval-every needs --val FILE");
 
