@@ -105,6 +105,7 @@ void nm_finish(mop_weight *w)
             p->lane[s] = (int32_t)(p->base[s] - w0);
         p->win_end = s0 + 8;
     }
+    p->win_stride = p->win_end >= 8 && 8 % p->n == 0 ? 8 / p->n * p->m : 0;
     p->h.stored = w->rows * p->slots;
     p->h.bytes = (uint64_t)(w->rows * p->slots) * 4 + (uint64_t)(w->rows * p->idx_stride) +
                  (uint64_t)p->slots * 8;

@@ -3,7 +3,9 @@
  * variable shift). Where a step's 8 columns lie in a 16-column window (2:4,
  * 4:8, 3:4, 7:8: every step but the row's last ones), the matvec loads that
  * window of x and picks the 8 values with two lane permutes and a blend,
- * which is several times cheaper than a gather; elsewhere it gathers, the
+ * which is several times cheaper than a gather; when N divides 8 every step
+ * has the same lanes and the window moves by 8/N groups, so neither the
+ * lanes nor the window start are loaded per step. Elsewhere it gathers, the
  * last partial step masked. */
 #include <string.h>
 
@@ -47,18 +49,23 @@ int nm_decode_avx2(const mop_weight *w, sparse_iter *it, int64_t col_end, int32_
     return (int)(s1 - s0);
 }
 
-/* x at the 8 slots of step s: the step's columns lie in the 16-column
- * window at base[s]; lane + in-group index picks from its two halves (bit 3
- * of the lane selects the upper half, via the blend's sign bit). */
-SPARSE_AI __m256 window_x(const sparse_nm *p, const uint8_t *idx, const float *x, int64_t s,
-                          const __m256i shifts)
+/* x at 8 columns of the 16-column window xw: lane li (0..15) of each slot;
+ * bit 3 selects the upper half, via the blend's sign bit. */
+SPARSE_AI __m256 pick16(const float *xw, const __m256i li)
 {
-    const float *xw = x + p->base[s];
-    const __m256i li = _mm256_add_epi32(nibbles(idx + s / 2, shifts),
-                                        _mm256_loadu_si256((const __m256i *)(p->lane + s)));
     const __m256 lo = _mm256_permutevar8x32_ps(_mm256_loadu_ps(xw), li);
     const __m256 hi = _mm256_permutevar8x32_ps(_mm256_loadu_ps(xw + 8), li);
     return _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32(li, 28)));
+}
+
+/* x at the 8 slots of step s: the step's columns lie in the 16-column
+ * window at base[s]; lane + in-group index is each slot's place in it. */
+SPARSE_AI __m256 window_x(const sparse_nm *p, const uint8_t *idx, const float *x, int64_t s,
+                          const __m256i shifts)
+{
+    return pick16(x + p->base[s],
+                  _mm256_add_epi32(nibbles(idx + s / 2, shifts),
+                                   _mm256_loadu_si256((const __m256i *)(p->lane + s))));
 }
 
 void nm_matvec_avx2(const mop_weight *w, float *y, const float *x, int64_t r0, int64_t r1)
@@ -72,6 +79,17 @@ void nm_matvec_avx2(const mop_weight *w, float *y, const float *x, int64_t r0, i
         __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
         __m256 acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();
         int64_t s = 0;
+        if (p->win_stride > 0) { /* N | 8: the same lanes every step, windows evenly spaced */
+            const __m256i lane = _mm256_loadu_si256((const __m256i *)p->lane);
+            const int64_t ws = p->win_stride;
+            const float *xw = x;
+            for (; s + 16 <= W; s += 16, xw += 2 * ws) {
+                const __m256i l0 = _mm256_add_epi32(nibbles(idx + s / 2, shifts), lane);
+                const __m256i l1 = _mm256_add_epi32(nibbles(idx + s / 2 + 4, shifts), lane);
+                acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(v + s), pick16(xw, l0), acc0);
+                acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(v + s + 8), pick16(xw + ws, l1), acc1);
+            }
+        }
         for (; s + 32 <= W; s += 32) {
             acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(v + s), window_x(p, idx, x, s, shifts), acc0);
             acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(v + s + 8), window_x(p, idx, x, s + 8, shifts),

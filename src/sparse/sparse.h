@@ -129,6 +129,8 @@ typedef struct sparse_nm {
     int32_t *lane;      /* (slots) base[s] − base[s & ~7]: column within the step's window */
     int64_t win_end;    /* slots [0, win_end) go in 8-slot steps whose columns lie in
                            [base[s0], base[s0] + 16) ⊂ [0, cols): the permute matvec */
+    int32_t win_stride; /* > 0 when every such step has the same lanes and its window
+                           starts win_stride columns after the previous one (N | 8) */
 } sparse_nm;
 
 typedef struct sparse_bitmask {
