@@ -58,6 +58,13 @@ extern const mop_weight_ops sparse_blocked_ops;
 /* 1 when w uses one of the ops tables above. */
 int sparse_is_sparse(const mop_weight *w);
 
+/* Y[i] = W_i·x for n_w sparse weights sharing the input x (n = 1 token): one
+ * pool job instead of n_w, the same per-row kernels as matvec. Returns 1 when
+ * done; 0, doing nothing, unless n == 1 and every weight is sparse with the
+ * same number of columns. */
+int sparse_linear_multi(const mop_weight *const *w, float *const *Y, int n_w, const float *x,
+                        int64_t n, mop_pool *pool);
+
 /* Serialisation (little-endian byte stream, docs/FORMAT.md):
  *   "MOPS" u32 version=1, u32 format (1 nm, 2 bitmask, 3 blocked), u32 0,
  *   i64 rows, i64 cols, then per format:

@@ -163,6 +163,52 @@ void sparse_matvec(const mop_weight *w, float *y, const float *x, mop_pool *pool
     matvec_tokens(w, y, x, 1, pool);
 }
 
+/* Several matvecs of one input (q/k/v, gate/up) as one pool job: the row
+ * units of all weights laid end to end, split in contiguous ranges, each row
+ * computed by its format's kernel exactly as sparse_matvec would. */
+typedef struct mv_multi_job {
+    const mop_weight *const *w;
+    float *const *Y;
+    const float *x;
+    int64_t units;
+    int n_w, avx2;
+} mv_multi_job;
+
+static void mv_multi_run(void *arg, int ith, int nth)
+{
+    const mv_multi_job *j = arg;
+    int64_t lo, hi, base = 0;
+    mop_split_range(j->units, ith, nth, &lo, &hi);
+    for (int i = 0; i < j->n_w && lo < hi; i++) {
+        const mop_weight *w = j->w[i];
+        const int64_t u = (w->rows + SPARSE_ROW_UNIT - 1) / SPARSE_ROW_UNIT;
+        const int64_t a = MOP_MAX(lo, base), b = MOP_MIN(hi, base + u);
+        if (a < b) {
+            const sparse_rows_fn fn = j->avx2 ? fmt_of(w)->matvec_avx2 : matvec_rows_generic;
+            fn(w, j->Y[i], j->x, (a - base) * SPARSE_ROW_UNIT,
+               MOP_MIN((b - base) * SPARSE_ROW_UNIT, w->rows));
+        }
+        base += u;
+    }
+}
+
+int sparse_linear_multi(const mop_weight *const *w, float *const *Y, int n_w, const float *x,
+                        int64_t n, mop_pool *pool)
+{
+    if (n != 1 || n_w < 1)
+        return 0;
+    int64_t units = 0, stored = 0;
+    for (int i = 0; i < n_w; i++) {
+        if (!sparse_is_sparse(w[i]) || w[i]->cols != w[0]->cols)
+            return 0;
+        units += (w[i]->rows + SPARSE_ROW_UNIT - 1) / SPARSE_ROW_UNIT;
+        stored += ((const sparse_head *)w[i]->impl)->stored;
+    }
+    mv_multi_job j = {w, Y, x, units, n_w, cpu_current() == CPU_AVX2};
+    mop_pool_run(stored < SPARSE_MIN_PARALLEL ? NULL : pool, mv_multi_run, &j);
+    return 1;
+}
+
 /* ---- matmul and matmul_t: column blocks ---------------------------------- */
 
 /* Columns per block: the block's panel rows (block × T floats, 16 KiB at 128
