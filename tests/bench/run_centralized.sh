@@ -28,16 +28,8 @@ ninja -C "$BUILD" src/cli/mop >/dev/null
 # 1. Data: 9 tasks x 300 examples (240 train / 30 validation / 30 test),
 #    evaluated on the first NTEST test examples of every task.
 [ -f "$DATA/train.jsonl" ] || "$PY" examples/data/build_dataset.py --out "$DATA" --per-task 300 --seed 0
-[ -f "$DATA/test$NTEST.jsonl" ] || "$PY" - "$DATA/test.jsonl" "$DATA/test$NTEST.jsonl" "$NTEST" <<'EOF'
-import collections, json, sys
-seen, out = collections.Counter(), []
-for line in open(sys.argv[1]):
-    task = json.loads(line)["task"]
-    if seen[task] < int(sys.argv[3]):
-        seen[task] += 1
-        out.append(line)
-open(sys.argv[2], "w").writelines(out)
-EOF
+[ -f "$DATA/test$NTEST.jsonl" ] ||
+    "$PY" tests/bench/first_per_task.py "$DATA/test.jsonl" "$DATA/test$NTEST.jsonl" "$NTEST"
 TEST=$DATA/test$NTEST.jsonl
 
 model_file() {

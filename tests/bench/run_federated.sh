@@ -35,16 +35,7 @@ ninja -C "$BUILD" src/cli/mop >/dev/null
 #    test examples of every task.
 [ -f "$DATA/train.jsonl" ] || "$PY" examples/data/build_dataset.py --out "$DATA" --per-task 300 --seed 0
 subset() { # in out n
-    [ -f "$2" ] || "$PY" - "$1" "$2" "$3" <<'EOF'
-import collections, json, sys
-seen, out = collections.Counter(), []
-for line in open(sys.argv[1]):
-    task = json.loads(line)["task"]
-    if seen[task] < int(sys.argv[3]):
-        seen[task] += 1
-        out.append(line)
-open(sys.argv[2], "w").writelines(out)
-EOF
+    [ -f "$2" ] || "$PY" tests/bench/first_per_task.py "$1" "$2" "$3"
 }
 subset "$DATA/validation.jsonl" "$DATA/val$NVAL.jsonl" "$NVAL"
 subset "$DATA/test.jsonl" "$DATA/test$NTEST.jsonl" "$NTEST"
