@@ -55,6 +55,13 @@ static sparse_decode_fn decoder_of(const mop_weight *w)
     return cpu_current() == CPU_AVX2 && f->decode_avx2 ? f->decode_avx2 : f->decode;
 }
 
+/* The pool for a product of w with n tokens: none (the caller alone) when
+ * it is too small to pay for waking the workers. */
+static mop_pool *pool_for(const mop_weight *w, int64_t n, mop_pool *pool)
+{
+    return ((const sparse_head *)w->impl)->stored * n < SPARSE_MIN_PARALLEL ? NULL : pool;
+}
+
 int sparse_is_sparse(const mop_weight *w)
 {
     return w && (w->ops == &sparse_nm_ops || w->ops == &sparse_bitmask_ops ||
@@ -153,9 +160,7 @@ static void matvec_tokens(const mop_weight *w, float *Y, const float *X, int64_t
 {
     mv_job j = {w, cpu_current() == CPU_AVX2 ? fmt_of(w)->matvec_avx2 : matvec_rows_generic,
                 Y, X, n};
-    if (((const sparse_head *)w->impl)->stored * n < SPARSE_MIN_PARALLEL)
-        pool = NULL;
-    mop_pool_run(pool, mv_job_run, &j);
+    mop_pool_run(pool_for(w, n, pool), mv_job_run, &j);
 }
 
 void sparse_matvec(const mop_weight *w, float *y, const float *x, mop_pool *pool)
@@ -317,16 +322,22 @@ static void mm_job_run(void *arg, int ith, int nth)
     }
 }
 
+/* Work bytes per thread of matmul and matmul_t: a (cols, T) and a (rows, T)
+ * panel, and one row iterator per row of W. */
+static size_t work_per_thread(const mop_weight *w)
+{
+    return (size_t)((w->cols + w->rows) * T) * sizeof(float) +
+           (size_t)w->rows * sizeof(sparse_iter) + 64;
+}
+
 /* Y = X·Wᵀ, or Y += X·Wᵀ when accumulate. Returns 0 when the work buffer
  * could not be allocated (nothing done). */
 static int matmul_panels(const mop_weight *w, float *Y, const float *X, int64_t n,
                          mop_pool *pool, int accumulate)
 {
-    if (((const sparse_head *)w->impl)->stored * n < SPARSE_MIN_PARALLEL)
-        pool = NULL;
+    pool = pool_for(w, n, pool);
     const int nth = pool ? mop_pool_size(pool) : 1;
-    const size_t per_thread = (size_t)((w->cols + w->rows) * T) * sizeof(float) +
-                              (size_t)w->rows * sizeof(sparse_iter) + 64;
+    const size_t per_thread = work_per_thread(w);
     char *work = mop_alloc((size_t)nth * per_thread);
     if (!work)
         return 0;
@@ -424,14 +435,19 @@ static const mop_weight *transpose_of(const mop_weight *w)
     if (t)
         return t;
     const int64_t rows = w->rows, cols = w->cols;
-    float *dense = mop_alloc((size_t)(rows * cols) * sizeof(float));
-    float *dt = mop_alloc((size_t)(rows * cols) * sizeof(float));
+    float *dt = mop_calloc((size_t)(rows * cols), sizeof(float)); /* Wᵀ dense */
     t = mop_alloc(sizeof *t);
-    if (dense && dt && t) {
-        sparse_to_dense(w, dense);
-        for (int64_t r = 0; r < rows; r++)
-            for (int64_t c = 0; c < cols; c++)
-                dt[c * rows + r] = dense[r * cols + c];
+    if (dt && t) {
+        const sparse_format *f = fmt_of(w);
+        int32_t ci[SPARSE_CHUNK_CAP];
+        for (int64_t r = 0; r < rows; r++) {
+            sparse_iter it = {r, 0, 0};
+            const float *v;
+            int cnt;
+            while ((cnt = f->decode(w, &it, cols, ci, &v)) > 0)
+                for (int k = 0; k < cnt; k++)
+                    dt[(int64_t)ci[k] * rows + r] += v[k]; /* N:M padding adds 0 */
+        }
         if (sparse_pack_unstructured(t, dt, cols, rows, SPARSE_AUTO) != MOP_OK) {
             mop_free(t);
             t = NULL;
@@ -440,7 +456,6 @@ static const mop_weight *transpose_of(const mop_weight *w)
         mop_free(t);
         t = NULL;
     }
-    mop_free(dense);
     mop_free(dt);
     if (!t)
         return NULL;
@@ -476,11 +491,9 @@ void sparse_matmul_t(const mop_weight *w, float *dX, const float *dY, int64_t n,
         if (t && matmul_panels(t, dX, dY, n, pool, 1))
             return;
     }
-    if (((const sparse_head *)w->impl)->stored * n < SPARSE_MIN_PARALLEL)
-        pool = NULL;
+    pool = pool_for(w, n, pool);
     const int nth = pool ? mop_pool_size(pool) : 1;
-    const size_t per_thread = (size_t)((w->rows + w->cols) * T) * sizeof(float) +
-                              (size_t)w->rows * sizeof(sparse_iter) + 64;
+    const size_t per_thread = work_per_thread(w);
     char *work = mop_alloc((size_t)nth * per_thread);
     if (!work) {
         matmul_t_direct(w, dX, dY, n);
