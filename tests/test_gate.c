@@ -575,8 +575,8 @@ static void test_load_rejects_corrupt(void **state)
                      MOP_E_SHAPE);
     assert_int_equal(load_patched(m, orig, n, "\"n_layer\":\"4\"", "\"n_layer\":\"5\""),
                      MOP_E_SHAPE);
-    assert_int_equal(load_patched(m, orig, n, "\"format_version\":\"1\"",
-                                  "\"format_version\":\"2\""),
+    assert_int_equal(load_patched(m, orig, n, "\"format_version\":\"2\"",
+                                  "\"format_version\":\"3\""),
                      MOP_E_UNSUPPORTED);
     assert_int_equal(load_patched(m, orig, n, "\"n_experts\":\"4\"", "\"n_experts\":\"x\""),
                      MOP_E_FORMAT);
@@ -734,6 +734,341 @@ static void test_invalid_params(void **state)
     mop_model_free(m);
 }
 
+
+/* ---- the routing choices (docs/MIXTURE.md) ------------------------------------- */
+
+/* A mixture of tiny_mixture's shape with some fields changed by `edit`, random
+ * parameters and (learned gate) random input statistics. */
+static mop_mixture *shaped_mixture(mop_model *m, void (*edit)(mop_mixture_params *))
+{
+    mop_mixture_params p = mop_mixture_default_params();
+    p.n_experts = 4;
+    p.prompt_len = 2;
+    p.gate_layer = 1;
+    p.inject_layer = 2;
+    p.gate_hidden = 8;
+    p.gate_temperature = 0.7f;
+    edit(&p);
+    mop_mixture *mx = NULL;
+    assert_int_equal(mop_mixture_create(m, &p, &mx), MOP_OK);
+    float *par;
+    size_t n;
+    assert_int_equal(mop_mixture_data(mx, &par, NULL, &n), MOP_OK);
+    fill(par, n, 0.6f);
+    if (p.gate_mode == MOP_GATE_LEARNED) {
+        double sum[TD], sumsq[TD];
+        for (int i = 0; i < TD; i++) {
+            sum[i] = 10.0 * frand();
+            sumsq[i] = sum[i] * sum[i] / 10.0 + 10.0 * (1.5 + frand());
+        }
+        assert_int_equal(mop_mixture_set_input_stats(mx, 10.0, sum, sumsq), MOP_OK);
+    }
+    return mx;
+}
+
+static void edit_shared(mop_mixture_params *p) { p->n_shared = 1; }
+static void edit_joint(mop_mixture_params *p) { p->expert_attention = MOP_EXPERTS_JOINT; }
+static void edit_log_w(mop_mixture_params *p) { p->gate_bias = MOP_BIAS_LOG_W; }
+static void edit_top1(mop_mixture_params *p) { p->top_k = 1; }
+static void edit_top2_renorm(mop_mixture_params *p) { p->top_k = 2, p->top_k_renorm = 1; }
+static void edit_oracle(mop_mixture_params *p) { p->gate_mode = MOP_GATE_ORACLE; }
+static void edit_top1_renorm(mop_mixture_params *p) { p->top_k = 1, p->top_k_renorm = 1; }
+static void edit_none(mop_mixture_params *p) { (void)p; }
+
+static void fd_shaped(void (*edit)(mop_mixture_params *), const char *what)
+{
+    mop_model *m = tiny_model(TL);
+    mop_ctx *c = gate_ctx(m, 16);
+    mop_mixture *mx = shaped_mixture(m, edit);
+    mop_batch b = tiny_batch();
+    check_grads(c, mx, &b, NULL, what);
+    mop_mixture_free(mx);
+    mop_ctx_free(c);
+    mop_model_free(m);
+}
+
+/* Every choice differentiates correctly; with the un-renormalised top-1 the
+ * gate gets a gradient from the LM loss (check_grads asserts one per tensor). */
+static void test_fd_routing_choices(void **state)
+{
+    (void)state;
+    fd_shaped(edit_none, "standardized input");
+    fd_shaped(edit_shared, "shared group");
+    fd_shaped(edit_joint, "joint experts");
+    fd_shaped(edit_log_w, "bias log w");
+    fd_shaped(edit_top1, "top1");
+    fd_shaped(edit_top2_renorm, "top2 renormalised");
+    fd_shaped(edit_oracle, "oracle");
+}
+
+/* The renormalised top-1 weight is always 1: the LM loss gives the gate
+ * exactly zero gradient (why top_k_renorm is off by default). */
+static void test_top1_renorm_has_no_gate_gradient(void **state)
+{
+    (void)state;
+    mop_model *m = tiny_model(TL);
+    mop_ctx *c = gate_ctx(m, 16);
+    mop_mixture *mx = shaped_mixture(m, edit_top1_renorm);
+    mop_batch b = tiny_batch();
+    float *grad;
+    size_t n;
+    assert_int_equal(mop_mixture_data(mx, NULL, &grad, &n), MOP_OK);
+    mop_mixture_zero_grad(mx);
+    fb_loss(c, mx, &b, NULL);
+    mop_mixture_tensor_info ti = {.struct_size = sizeof ti};
+    assert_int_equal(mop_mixture_tensor_get_info(mx, GATE_T_W1, &ti), MOP_OK);
+    for (size_t i = ti.offset; i < n; i++)
+        assert_true(grad[i] == 0.0f);
+    mop_mixture_free(mx);
+    mop_ctx_free(c);
+    mop_model_free(m);
+}
+
+/* Independent experts: group k's prompt keys/values equal those of a
+ * one-group mixture holding only group k (so no group sees another). */
+static void test_expert_independence(void **state)
+{
+    (void)state;
+    mop_model *m = tiny_model(TL);
+    mop_ctx *c = gate_ctx(m, 16);
+    mop_mixture *mx = shaped_mixture(m, edit_shared);
+    assert_int_equal(mop_mixture_prepare(c, mx), MOP_OK);
+    const int32_t G = 5, P = 2, Lp = 2, S = G * P;
+    const size_t kvd = (size_t)m->hp.n_head_kv * m->hp.head_dim;
+    mop_mixture_params p1 = mop_mixture_default_params();
+    p1.n_experts = 1;
+    p1.prompt_len = P;
+    p1.gate_layer = 1;
+    p1.inject_layer = Lp;
+    p1.gate_mode = MOP_GATE_UNIFORM;
+    for (int32_t g = 0; g < G; g++) {
+        mop_mixture *one = NULL;
+        assert_int_equal(mop_mixture_create(m, &p1, &one), MOP_OK);
+        memcpy(gate_experts(one), gate_experts(mx) + (size_t)g * P * TD,
+               (size_t)P * TD * sizeof(float));
+        assert_int_equal(mop_mixture_prepare(c, one), MOP_OK);
+        for (int32_t l = 0; l < TL - Lp; l++)
+            for (int kv = 0; kv < 2; kv++) {
+                const float *big = mx->cache_kv + ((size_t)l * 2 + kv) * S * kvd + g * P * kvd;
+                const float *small = one->cache_kv + ((size_t)l * 2 + kv) * P * kvd;
+                for (size_t i = 0; i < P * kvd; i++)
+                    assert_float_equal(big[i], small[i], 1e-6f);
+            }
+        mop_mixture_free(one);
+    }
+    mop_mixture_free(mx);
+    mop_ctx_free(c);
+    mop_model_free(m);
+}
+
+/* Statistics: moments of two halves merge into those of the whole; the gate
+ * reads (u − μ)/σ in mop_mixture_gate() (checked against a direct
+ * computation); μ and σ survive save/load. */
+static void test_input_stats(void **state)
+{
+    (void)state;
+    make_tmp();
+    mop_model *m = tiny_model(TL);
+    mop_ctx *c = gate_ctx(m, 16);
+    mop_mixture *mx = shaped_mixture(m, edit_none);
+    mop_batch b = tiny_batch();
+    float u[BB * TD];
+    assert_int_equal(mop_mixture_gate_inputs(c, mx, &b, u), MOP_OK);
+    double s_all[TD] = {0}, q_all[TD] = {0}, s1[TD] = {0}, q1[TD] = {0}, s2[TD] = {0},
+           q2[TD] = {0};
+    assert_int_equal(mop_mixture_input_moments(u, BB, TD, s_all, q_all), MOP_OK);
+    assert_int_equal(mop_mixture_input_moments(u, 1, TD, s1, q1), MOP_OK);
+    assert_int_equal(mop_mixture_input_moments(u + TD, BB - 1, TD, s2, q2), MOP_OK);
+    for (int i = 0; i < TD; i++) {
+        assert_true(fabs(s1[i] + s2[i] - s_all[i]) <= 1e-9 * (1.0 + fabs(s_all[i])));
+        assert_true(fabs(q1[i] + q2[i] - q_all[i]) <= 1e-9 * (1.0 + fabs(q_all[i])));
+        s1[i] += s2[i], q1[i] += q2[i];
+    }
+    assert_int_equal(mop_mixture_set_input_stats(mx, BB, s1, q1), MOP_OK);
+    const float *mu, *sd;
+    assert_int_equal(mop_mixture_get_input_stats(mx, &mu, &sd), MOP_OK);
+    for (int i = 0; i < TD; i++) {
+        double mean = s_all[i] / BB;
+        assert_float_equal(mu[i], (float)mean, 1e-5f * (1.0f + fabsf(mu[i])));
+        double var = q_all[i] / BB - mean * mean;
+        assert_float_equal(sd[i], (float)sqrt(fmax(var, 0.0) + 1e-6), 1e-3f * sd[i] + 1e-5f);
+    }
+    /* the gate on standardized inputs, computed here from the raw u */
+    float w[BB * 4];
+    assert_int_equal(mop_mixture_gate(c, mx, &b, w), MOP_OK);
+    const float *par;
+    {
+        float *pp;
+        assert_int_equal(mop_mixture_data(mx, &pp, NULL, NULL), MOP_OK);
+        par = pp;
+    }
+    const float *W1 = par + mx->off[GATE_T_W1], *b1 = par + mx->off[GATE_T_B1];
+    const float *W2 = par + mx->off[GATE_T_W2], *b2 = par + mx->off[GATE_T_B2];
+    for (int r = 0; r < BB; r++) {
+        double z[4], zmax = -INFINITY, den = 0.0;
+        for (int k = 0; k < 4; k++) {
+            z[k] = b2[k];
+            for (int j = 0; j < 8; j++) {
+                double a = b1[j];
+                for (int i = 0; i < TD; i++)
+                    a += (double)W1[j * TD + i] * ((u[r * TD + i] - mu[i]) / sd[i]);
+                double g = 0.5 * a * (1.0 + tanh(0.7978845608028654 * (a + 0.044715 * a * a * a)));
+                z[k] += W2[k * 8 + j] * g;
+            }
+            z[k] /= 0.7;
+            zmax = fmax(zmax, z[k]);
+        }
+        for (int k = 0; k < 4; k++)
+            den += exp(z[k] - zmax);
+        for (int k = 0; k < 4; k++)
+            assert_float_equal(w[r * 4 + k], (float)(exp(z[k] - zmax) / den), 1e-4f);
+    }
+    /* saved with the mixture */
+    assert_int_equal(mop_mixture_save(mx, tmp_path), MOP_OK);
+    mop_mixture *back = NULL;
+    assert_int_equal(mop_mixture_load(m, tmp_path, &back), MOP_OK);
+    const float *mu2, *sd2;
+    assert_int_equal(mop_mixture_get_input_stats(back, &mu2, &sd2), MOP_OK);
+    assert_memory_equal(mu, mu2, TD * sizeof(float));
+    assert_memory_equal(sd, sd2, TD * sizeof(float));
+    float w2[BB * 4];
+    assert_int_equal(mop_mixture_gate(c, back, &b, w2), MOP_OK);
+    assert_memory_equal(w, w2, sizeof w);
+    /* bad arguments */
+    s1[0] = NAN;
+    assert_int_equal(mop_mixture_set_input_stats(mx, BB, s1, q1), MOP_E_INVALID_ARG);
+    assert_int_equal(mop_mixture_set_input_stats(mx, 0.0, s2, q2), MOP_E_INVALID_ARG);
+    assert_int_equal(mop_mixture_input_moments(u, -1, TD, s2, q2), MOP_E_INVALID_ARG);
+    mop_mixture *uni = shaped_mixture(m, edit_oracle);
+    assert_int_equal(mop_mixture_set_input_stats(uni, BB, s2, q2), MOP_E_INVALID_ARG);
+    mop_mixture_free(uni);
+    mop_mixture_free(back);
+    mop_mixture_free(mx);
+    unlink(tmp_path);
+    mop_ctx_free(c);
+    mop_model_free(m);
+}
+
+/* Content pooling: only the user turns' tokens (after the header, before
+ * the end of turn) are averaged; without a user header, every row. */
+static void test_content_pool(void **state)
+{
+    (void)state;
+    mop_model *m = tiny_model(TL);
+    mop_mixture *mx = shaped_mixture(m, edit_none);
+    mx->user_hdr[0] = 5, mx->user_hdr[1] = 6, mx->n_user_hdr = 2, mx->eot = 7;
+    const int32_t tok[11] = {1, 5, 6, 10, 11, 7, 5, 6, 12, 7, 13};
+    float x[11 * TD], u[TD];
+    fill(x, 11 * TD, 1.0f);
+    gate_pool_input(mx, u, x, tok, 11);
+    for (int i = 0; i < TD; i++)
+        assert_float_equal(u[i], (x[3 * TD + i] + x[4 * TD + i] + x[8 * TD + i]) / 3.0f, 1e-6f);
+    const int32_t plain[3] = {1, 2, 3};
+    gate_pool_input(mx, u, x, plain, 3);
+    for (int i = 0; i < TD; i++)
+        assert_float_equal(u[i], (x[i] + x[TD + i] + x[2 * TD + i]) / 3.0f, 1e-6f);
+    mx->p.gate_pool = MOP_POOL_PROMPT;
+    gate_pool_input(mx, u, x, tok, 2);
+    for (int i = 0; i < TD; i++)
+        assert_float_equal(u[i], (x[i] + x[TD + i]) / 2.0f, 1e-6f);
+    mop_mixture_free(mx);
+    mop_model_free(m);
+}
+
+/* Pre-training separates well-separated classes and stops early: once the
+ * validation accuracy is 1 it cannot improve, so it stops `patience` epochs
+ * after the best one; labels that cannot be learned stop it too. */
+static void test_pretrain_early_stop(void **state)
+{
+    (void)state;
+    mop_model *m = tiny_model(TL);
+    mop_mixture *mx = shaped_mixture(m, edit_none);
+    enum { N = 64, NV = 32 };
+    float *u = malloc((size_t)(N + NV) * TD * sizeof(float));
+    int32_t task[N + NV];
+    for (int r = 0; r < N + NV; r++) {
+        task[r] = r % 4;
+        for (int i = 0; i < TD; i++)
+            u[r * TD + i] = 0.3f * frand() + (i % 4 == task[r] ? 2.0f : 0.0f);
+    }
+    double s[TD] = {0}, q[TD] = {0};
+    assert_int_equal(mop_mixture_input_moments(u, N, TD, s, q), MOP_OK);
+    assert_int_equal(mop_mixture_set_input_stats(mx, N, s, q), MOP_OK);
+    float *par;
+    size_t n;
+    assert_int_equal(mop_mixture_data(mx, &par, NULL, &n), MOP_OK);
+    float *experts = malloc(mx->size[GATE_T_EXPERTS] * sizeof(float));
+    memcpy(experts, par, mx->size[GATE_T_EXPERTS] * sizeof(float));
+    mop_gate_pretrain_params pp;
+    assert_int_equal(mop_gate_pretrain_params_init(&pp), MOP_OK);
+    pp.patience = 3;
+    pp.batch_size = 16;
+    mop_gate_pretrain_result r = {.struct_size = sizeof r};
+    assert_int_equal(mop_mixture_pretrain_gate(mx, u, task, N, u + N * TD, task + N, NV, &pp, &r),
+                     MOP_OK);
+    assert_true(r.val_accuracy == 1.0f && r.train_accuracy == 1.0f);
+    assert_true(r.epochs < pp.max_epochs);
+    assert_true(r.best_epoch <= r.epochs);
+    assert_memory_equal(experts, par, mx->size[GATE_T_EXPERTS] * sizeof(float));
+    /* unlearnable validation labels (a constant) still stop early */
+    int32_t bad[NV];
+    for (int i = 0; i < NV; i++)
+        bad[i] = 3;
+    mop_mixture *mx2 = shaped_mixture(m, edit_none);
+    assert_int_equal(mop_mixture_pretrain_gate(mx2, u, task, N, u + N * TD, bad, NV, &pp, &r),
+                     MOP_OK);
+    assert_true(r.epochs < pp.max_epochs);
+    /* bad arguments */
+    task[0] = 4;
+    assert_int_equal(mop_mixture_pretrain_gate(mx, u, task, N, NULL, NULL, 0, NULL, NULL),
+                     MOP_E_INVALID_ARG);
+    task[0] = 0;
+    pp.lr = 0.0f;
+    assert_int_equal(mop_mixture_pretrain_gate(mx, u, task, N, NULL, NULL, 0, &pp, NULL),
+                     MOP_E_INVALID_ARG);
+    mop_mixture *uni = shaped_mixture(m, edit_oracle);
+    assert_int_equal(mop_mixture_pretrain_gate(uni, u, task, N, NULL, NULL, 0, NULL, NULL),
+                     MOP_E_INVALID_ARG);
+    mop_mixture_free(uni);
+    mop_mixture_free(mx2);
+    mop_mixture_free(mx);
+    free(experts);
+    free(u);
+    mop_model_free(m);
+}
+
+/* Experts from hidden states: every prompt row is the layer-L_p input state
+ * of some token of the batch. */
+static void test_init_experts(void **state)
+{
+    (void)state;
+    mop_model *m = tiny_model(TL);
+    mop_ctx *c = gate_ctx(m, 16);
+    mop_mixture *mx = shaped_mixture(m, edit_shared);
+    mop_batch b = tiny_batch();
+    assert_int_equal(mop_mixture_init_experts(c, mx, &b), MOP_OK);
+    float x[BT * TD];
+    int32_t pos[BT];
+    for (int t = 0; t < BT; t++)
+        pos[t] = t;
+    const float *E = gate_experts(mx);
+    int found[10] = {0};
+    for (int s = 0; s < BB; s++) {
+        c->n_past = 0;
+        forward_embed(c, x, g_tok + s * BT, g_len[s]);
+        forward_layers(c, x, g_len[s], pos, 0, 2, NULL);
+        for (int row = 0; row < 10; row++)
+            for (int t = 0; t < g_len[s]; t++)
+                found[row] |= memcmp(E + row * TD, x + t * TD, TD * sizeof(float)) == 0;
+    }
+    mop_ctx_reset(c);
+    for (int row = 0; row < 10; row++)
+        assert_true(found[row]);
+    mop_mixture_free(mx);
+    mop_ctx_free(c);
+    mop_model_free(m);
+}
+
 /* ---- allocation failures ---------------------------------------------------------- */
 
 /* Every allocation of create, a training step, prepare and save/load fails
@@ -819,6 +1154,13 @@ int main(void)
         cmocka_unit_test(test_load_rejects_corrupt),
         cmocka_unit_test(test_invalid_params),
         cmocka_unit_test(test_alloc_failures),
+        cmocka_unit_test(test_fd_routing_choices),
+        cmocka_unit_test(test_top1_renorm_has_no_gate_gradient),
+        cmocka_unit_test(test_expert_independence),
+        cmocka_unit_test(test_input_stats),
+        cmocka_unit_test(test_content_pool),
+        cmocka_unit_test(test_pretrain_early_stop),
+        cmocka_unit_test(test_init_experts),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -37,13 +37,37 @@ typedef enum mop_combine_mode {
 /** Where the gate's weights come from. */
 typedef enum mop_gate_mode {
     MOP_GATE_LEARNED = 0, /**< the gate MLP (MoPs) */
-    MOP_GATE_UNIFORM = 1  /**< w_k = 1/K, no gate parameters (baseline) */
+    MOP_GATE_UNIFORM = 1, /**< w_k = 1/K, no gate parameters (baseline) */
+    MOP_GATE_ORACLE = 2   /**< w = one-hot(batch->task): expert k serves task k (the ceiling
+                               of perfect routing; evaluation and training only) */
 } mop_gate_mode;
+
+/** Which tokens the gate averages. */
+typedef enum mop_gate_pool {
+    MOP_POOL_CONTENT = 0, /**< the user turns' content only (between the chat template's user
+                               header and end of turn), before the first target; all tokens
+                               before the first target when the sequence has no user turn */
+    MOP_POOL_PROMPT = 1   /**< every token before the first target (template included) */
+} mop_gate_pool;
+
+/** How a gate weight enters the attention scores (attention-bias mode). */
+typedef enum mop_gate_bias {
+    MOP_BIAS_LOG_KW = 0, /**< + log(K·w_k): a uniform gate gives bias 0, so the mixture at
+                              uniform weights is exactly one K·P-token prompt */
+    MOP_BIAS_LOG_W = 1   /**< + log w_k: all K·P keys together weigh like P tokens */
+} mop_gate_bias;
+
+/** What the prompt rows attend to in layers [L_p, n_layer). */
+typedef enum mop_expert_attention {
+    MOP_EXPERTS_INDEPENDENT = 0, /**< each group only to itself, at positions -P..-1 */
+    MOP_EXPERTS_JOINT = 1        /**< all rows as one causal sequence at -S..-1 */
+} mop_expert_attention;
 
 /** How experts are initialised. */
 typedef enum mop_expert_init {
     MOP_INIT_VOCAB = 0,  /**< embeddings of randomly drawn vocabulary tokens */
-    MOP_INIT_NORMAL = 1  /**< N(0, init_std²) */
+    MOP_INIT_NORMAL = 1  /**< N(0, init_std²); mop_mixture_init_experts() replaces either
+                              with real layer-L_p hidden states */
 } mop_expert_init;
 
 /** Gate activation between its two linear layers. */
@@ -62,12 +86,23 @@ typedef struct mop_mixture_params {
     int32_t gate_hidden;    /**< gate MLP width h; default 64 */
     int32_t gate_act;       /**< ::mop_gate_act; default ::MOP_GATE_ACT_GELU */
     float gate_temperature; /**< τ; default 1 */
-    int32_t top_k;          /**< keep the k largest weights, renormalised; 0 = all; default 0 */
+    int32_t top_k;          /**< keep the k largest weights (see @c top_k_renorm); 0 = all; default 0 */
     int32_t combine;        /**< ::mop_combine_mode; default ::MOP_COMBINE_ATTENTION_BIAS */
     int32_t gate_mode;      /**< ::mop_gate_mode; default ::MOP_GATE_LEARNED */
     int32_t init;           /**< ::mop_expert_init; default ::MOP_INIT_VOCAB */
     float init_std;         /**< std for ::MOP_INIT_NORMAL and the gate's first layer; default 0.02 */
     uint64_t seed;          /**< initialisation seed; default 1234 */
+    /* since 0.2 (struct_size tells which fields a caller set) */
+    int32_t gate_pool;      /**< ::mop_gate_pool; default ::MOP_POOL_CONTENT */
+    int32_t gate_norm;      /**< 1: the gate reads (u − μ)/σ with the stored input statistics
+                                 (mop_mixture_set_input_stats(); identity until set); default 1 */
+    int32_t gate_bias;      /**< ::mop_gate_bias; default ::MOP_BIAS_LOG_KW */
+    int32_t n_shared;       /**< always-on shared groups of P tokens after the K routed ones
+                                 (bias 0, not gated), 0..16; default 0 */
+    int32_t expert_attention; /**< ::mop_expert_attention; default ::MOP_EXPERTS_INDEPENDENT */
+    int32_t top_k_renorm;   /**< 1: kept top-k weights renormalised to sum 1 (top-1 then gets no
+                                 gradient from the LM loss); 0: they keep their probability;
+                                 default 0 */
 } mop_mixture_params;
 
 /** A prompt mixture (experts + gate + gradients). Opaque. */
@@ -326,6 +361,131 @@ MOP_API MOP_NODISCARD mop_status mop_mixture_generate(mop_ctx *ctx, mop_mixture 
  *         ::MOP_E_RANGE (K·P > n_batch), ::MOP_E_NOMEM
  */
 MOP_API MOP_NODISCARD mop_status mop_mixture_prepare(mop_ctx *ctx, mop_mixture *m);
+
+/**
+ * @brief The gate's raw inputs: for each sequence, the mean of the hidden
+ * states after layer L_g over the tokens the gate pools (@c gate_pool), before
+ * standardization. Runs layers [0, L_g) only. Use it for the statistics pass
+ * (mop_mixture_input_moments()), and to cache inputs for gate pre-training.
+ * @param[in,out] ctx   a context on the mixture's model; its cache is used as scratch
+ * @param[in]     m     the mixture (not modified)
+ * @param[in]     batch the sequences
+ * @param[out]    u     (B, d) pooled inputs, d = the model's width
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL, bad batch, mixture on another
+ *         model), ::MOP_E_RANGE (a sequence longer than n_batch), ::MOP_E_NOMEM
+ */
+MOP_API MOP_NODISCARD mop_status mop_mixture_gate_inputs(mop_ctx *ctx, const mop_mixture *m,
+                                                         const mop_batch *batch, float *u);
+
+/**
+ * @brief Add the moments of @p n input rows to running sums:
+ * sum[i] += Σ_r u[r,i], sumsq[i] += Σ_r u[r,i]². Sums from several clients
+ * merge exactly by adding them (also under secure aggregation).
+ * @param[in]     u     (n, d) rows, e.g. from mop_mixture_gate_inputs()
+ * @param[in]     n     rows, >= 0
+ * @param[in]     d     width, >= 1
+ * @param[in,out] sum   (d) running sum
+ * @param[in,out] sumsq (d) running sum of squares
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL, n < 0, d < 1, a non-finite input)
+ */
+MOP_API MOP_NODISCARD mop_status mop_mixture_input_moments(const float *u, int32_t n, int32_t d,
+                                                           double *sum, double *sumsq);
+
+/**
+ * @brief Set the gate's input standardization from moments: μ = sum/n,
+ * σ = sqrt(max(sumsq/n − μ², 0) + 1e-6). The gate then reads (u − μ)/σ when
+ * @c gate_norm is 1, in training, evaluation and generation alike; μ and σ are
+ * saved with the mixture. Until set, μ = 0 and σ = 1.
+ * @param[in,out] m     a mixture with a learned gate
+ * @param[in]     n     number of rows the moments cover, > 0
+ * @param[in]     sum   (d) Σ u
+ * @param[in]     sumsq (d) Σ u²
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL, n <= 0, non-finite moments, a
+ *         mixture without a learned gate)
+ */
+MOP_API MOP_NODISCARD mop_status mop_mixture_set_input_stats(mop_mixture *m, double n,
+                                                             const double *sum,
+                                                             const double *sumsq);
+
+/**
+ * @brief The gate's input standardization (borrowed views, valid while @p m
+ * lives; identity until mop_mixture_set_input_stats()).
+ * @param[in]  m    the mixture
+ * @param[out] mean (d) μ (may be NULL)
+ * @param[out] std  (d) σ (may be NULL)
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL, a mixture without a learned gate)
+ */
+MOP_API MOP_NODISCARD mop_status mop_mixture_get_input_stats(const mop_mixture *m,
+                                                             const float **mean,
+                                                             const float **std);
+
+/** Gate pre-training settings. Fill with mop_gate_pretrain_params_init(). */
+typedef struct mop_gate_pretrain_params {
+    uint32_t struct_size; /**< sizeof(mop_gate_pretrain_params) */
+    float lr;             /**< AdamW learning rate (constant); default 3e-3 */
+    float weight_decay;   /**< default 0 */
+    int32_t batch_size;   /**< examples per step; default 32 */
+    int32_t max_epochs;   /**< at most this many passes over the data; default 100 */
+    int32_t patience;     /**< stop after this many epochs without a higher validation
+                               accuracy; the gate kept is the epoch with the best accuracy
+                               (ties: the lower validation loss); default 5 */
+    uint64_t seed;        /**< shuffling seed; default 1234 */
+    mop_progress_fn progress; /**< optional, called after each epoch with (epoch,
+                                   max_epochs); non-zero cancels (::MOP_E_CANCELLED) */
+    void *progress_user;  /**< passed to @c progress */
+} mop_gate_pretrain_params;
+
+/** What gate pre-training reached. */
+typedef struct mop_gate_pretrain_result {
+    uint32_t struct_size; /**< set by the caller */
+    int32_t epochs;       /**< epochs run */
+    int32_t best_epoch;   /**< the epoch whose gate was kept (1-based) */
+    float train_accuracy; /**< share of training rows whose argmax expert is their task, best epoch */
+    float val_accuracy;   /**< the same on the validation rows (training rows when none) */
+    double val_loss;      /**< mean −log π[task] on the validation rows, best epoch */
+} mop_gate_pretrain_result;
+
+/** @brief Fill @p p with the documented defaults.
+ *  @param[out] p the settings; @c struct_size is set
+ *  @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL) */
+MOP_API MOP_NODISCARD mop_status mop_gate_pretrain_params_init(mop_gate_pretrain_params *p);
+
+/**
+ * @brief Pre-train the gate on task labels: cross-entropy between π and the
+ * label, AdamW on the gate's parameters only, on cached inputs (no model
+ * forward). Runs epochs until the validation accuracy of the argmax expert
+ * has not improved for @c patience epochs, then restores the best epoch's
+ * gate. The experts are not touched; gradients are left zero.
+ * @param[in,out] m        a mixture with a learned gate and K >= the number of tasks
+ * @param[in]     u        (n, d) raw inputs from mop_mixture_gate_inputs() (standardized
+ *                         here with the mixture's statistics when @c gate_norm is 1)
+ * @param[in]     task     (n) labels in [0, K)
+ * @param[in]     n        training rows, >= 1
+ * @param[in]     u_val    (n_val, d) validation inputs, or NULL (then the training rows decide)
+ * @param[in]     task_val (n_val) validation labels, or NULL
+ * @param[in]     n_val    validation rows, >= 0
+ * @param[in]     params   settings, or NULL for the defaults
+ * @param[in,out] result   caller sets @c struct_size; filled (may be NULL)
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL, labels out of range, bad settings,
+ *         a mixture without a learned gate), ::MOP_E_CANCELLED, ::MOP_E_NOMEM
+ */
+MOP_API MOP_NODISCARD mop_status mop_mixture_pretrain_gate(
+    mop_mixture *m, const float *u, const int32_t *task, int32_t n, const float *u_val,
+    const int32_t *task_val, int32_t n_val, const mop_gate_pretrain_params *params,
+    mop_gate_pretrain_result *result);
+
+/**
+ * @brief Initialise the experts from real hidden states: each prompt row
+ * becomes the layer-L_p input state of a token drawn (with the mixture's
+ * seed) from the sequences of @p batch. Runs layers [0, L_p) only.
+ * @param[in,out] ctx   a context on the mixture's model; its cache is used as scratch
+ * @param[in,out] m     the mixture whose experts are overwritten
+ * @param[in]     batch sequences to draw from
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL, bad batch, mixture on another model),
+ *         ::MOP_E_RANGE (a sequence longer than n_batch), ::MOP_E_NOMEM
+ */
+MOP_API MOP_NODISCARD mop_status mop_mixture_init_experts(mop_ctx *ctx, mop_mixture *m,
+                                                          const mop_batch *batch);
 
 /**
  * @brief Remember the current parameters as the FedProx reference θ_ref

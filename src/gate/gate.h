@@ -45,6 +45,7 @@ typedef struct gate_ws {
     const float **pk, **pv;  /* (n_layer) prompt keys/values of each layer, NULL below L_p */
     fwd_layer_saved *sv_in;  /* (n_layer) input stream, layers >= L_p */
     fwd_layer_saved *sv_pr;  /* (n_layer) prompt stream, layers >= L_p (k, v only unless train) */
+    fwd_layer_saved *sv_grp; /* (n_layer) views of sv_pr at one group's rows */
     float *sv_in_buf, *sv_pr_buf;
 
     /* backward (train only) */
@@ -75,6 +76,13 @@ struct mop_mixture {
     float *cache_experts; /* (K·P·d) the experts the cache was built from */
     int32_t cache_valid;
 
+    /* Gate input standardization (learned gate): u' = (u - in_mean) / in_std. */
+    float *in_mean, *in_std; /* (d) each; 0 and 1 until set */
+
+    /* Content pooling: the chat template's user header ("<|im_start|>user\n"
+     * as ids) and its end of turn; n_user_hdr = 0 without a chat template. */
+    int32_t user_hdr[8], n_user_hdr, eot;
+
     gate_ws ws;           /* training work buffers */
 };
 
@@ -89,8 +97,15 @@ mop_status mixture_resolve_params(mop_mixture_params *p, int32_t n_layer, const 
  * (params zeroed). Takes a model reference. */
 mop_status mixture_alloc(mop_model *model, const mop_mixture_params *p, mop_mixture **out);
 
-/* Prompt stream length: K·P (attention bias) or P (weighted sum). */
+/* Expert groups: K routed + n_shared. */
+int32_t mixture_groups(const mop_mixture_params *p);
+
+/* Prompt stream length: groups · P (attention bias) or P (weighted sum). */
 int32_t mixture_stream_len(const mop_mixture_params *p);
+
+/* Prompt positions of the stream's S rows: -P..-1 per group (independent
+ * experts, and the weighted sum), else -S..-1. */
+void gate_prompt_positions(const mop_mixture_params *p, int32_t *ppos);
 
 /* Grow ws for the shapes given; MOP_E_NOMEM on failure (ws left freed). */
 mop_status gate_ws_reserve(gate_ws *ws, const mop_mixture *m, int32_t T, int32_t S, int32_t B,
@@ -101,28 +116,47 @@ void gate_ws_free(gate_ws *ws);
 mop_status gate_check_batch(const mop_ctx *ctx, const mop_batch *batch, int32_t need_task_K,
                             const char *fn);
 
-/* Gate of one sequence: u (d) -> a (h), pi (K), w (K). Learned mode only for
- * a/pi; uniform sets w = pi = 1/K. */
-void gate_forward_one(const mop_mixture *m, float *a, float *pi, float *w, const float *u);
+/* Gate of one sequence: u (d, already standardized) -> a (h), pi (K), w (K).
+ * Learned mode only for a/pi; uniform sets w = pi = 1/K; oracle sets
+ * w = pi = one-hot(task). */
+void gate_forward_one(const mop_mixture *m, float *a, float *pi, float *w, const float *u,
+                      int32_t task);
 
-/* Tokens of sequence b the gate averages: those before its first target (the
- * instruction part of an example), so training gates on what generation sees
- * (the prompt); all real tokens when the batch has no loss mask. */
+/* Tokens of sequence b the gate may average: those before its first target
+ * (the instruction part of an example), so training gates on what generation
+ * sees (the prompt); all real tokens when the batch has no loss mask. */
 int32_t gate_pool_len(const mop_batch *batch, int32_t b);
 
-/* Embed a sequence and run layers [0, L_g): x (T, d), u (d) = mean of its
- * first n_pool rows. */
+/* u (d) = mean of the rows of x (n_pool, d) the gate pools (gate_pool: the
+ * user turns' content, or all n_pool rows). Raw: not standardized. */
+void gate_pool_input(const mop_mixture *m, float *u, const float *x, const int32_t *tokens,
+                     int32_t n_pool);
+
+/* u (d) <- (u - mean) / std when the mixture standardizes its gate input. */
+void gate_standardize(const mop_mixture *m, float *u);
+
+/* Embed a sequence and run layers [0, L_g): x (T, d), u (d) = the raw pooled
+ * gate input over its first n_pool tokens. */
 void gate_embed_and_pool(mop_ctx *ctx, const mop_mixture *m, float *x, float *u,
                          const int32_t *tokens, int32_t T, int32_t n_pool, const int32_t *pos);
 
 /* The prompt stream xp (S, d) (already filled with the prompt vectors)
  * through layers [L_p, n_layer) at positions ppos, saving into sv (n_layer,
- * absolute index) at least k and v. Leaves ctx->n_past at 0. */
+ * absolute index) at least k and v; with independent experts each group runs
+ * on its own (grp: n_layer views used as scratch). Leaves ctx->n_past at 0. */
 void gate_prompt_stream(mop_ctx *ctx, const mop_mixture *m, float *xp, int32_t S,
-                        const int32_t *ppos, fwd_layer_saved *sv);
+                        const int32_t *ppos, fwd_layer_saved *sv, fwd_layer_saved *grp);
 
-/* bias (K·P) = log w_k on the keys of group k (-inf for w_k = 0). */
-void gate_fill_bias(float *bias, const float *w, int32_t K, int32_t P);
+/* Whether the stream's groups run separately (independent experts, >1 group). */
+int gate_groups_separate(const mop_mixture_params *p);
+
+/* grp[l] (l >= L_p) = sv[l] advanced by r0 rows. */
+void gate_saved_rows(fwd_layer_saved *grp, const fwd_layer_saved *sv, const mop_hparams *hp,
+                     int32_t first_layer, int64_t r0);
+
+/* bias (S) on the prompt keys: group k < K gets log(K·w_k) or log w_k (-inf for
+ * w_k = 0), shared groups 0. */
+void gate_fill_bias(const mop_mixture_params *p, float *bias, const float *w);
 
 /* Weighted-sum prompt: out (P, d) = Σ_k w_k E_k. */
 void gate_weighted_prompt(const mop_mixture *m, float *out, const float *w);

@@ -149,14 +149,20 @@ static double head_backward(mop_ctx *ctx, gate_ws *ws, float *dx, const float *x
 static void prompt_backward(mop_ctx *ctx, gate_ws *ws, const mop_mixture *m)
 {
     const mop_hparams *hp = &ctx->model->hp;
-    const int32_t S = mixture_stream_len(&m->p);
-    float *dx = ws->dx;
-    zero(dx, (int64_t)S * hp->n_embd);
-    for (int32_t l = hp->n_layer - 1; l >= m->p.inject_layer; l--) {
-        layer_bwd a = {.l = l, .T = S, .n_pre = 0, .pos = ws->ppos, .sv = &ws->sv_pr[l],
-                       .dk_ext = dkp_at(ws, hp, l), .dv_ext = dvp_at(ws, hp, l),
-                       .top = l == hp->n_layer - 1};
-        layer_backward(ctx, ws, dx, &a);
+    const int32_t S = mixture_stream_len(&m->p), Lp = m->p.inject_layer;
+    const int64_t kvd = (int64_t)hp->n_head_kv * hp->head_dim;
+    /* one causal stream, or each independent group on its own */
+    const int32_t R = gate_groups_separate(&m->p) ? m->p.prompt_len : S;
+    zero(ws->dx, (int64_t)S * hp->n_embd);
+    for (int32_t r0 = 0; r0 < S; r0 += R) {
+        gate_saved_rows(ws->sv_grp, ws->sv_pr, hp, Lp, r0);
+        for (int32_t l = hp->n_layer - 1; l >= Lp; l--) {
+            layer_bwd a = {.l = l, .T = R, .n_pre = 0, .pos = ws->ppos + r0,
+                           .sv = &ws->sv_grp[l], .dk_ext = dkp_at(ws, hp, l) + r0 * kvd,
+                           .dv_ext = dvp_at(ws, hp, l) + r0 * kvd,
+                           .top = l == hp->n_layer - 1};
+            layer_backward(ctx, ws, ws->dx + (int64_t)r0 * hp->n_embd, &a);
+        }
     }
 }
 
@@ -205,7 +211,8 @@ mop_status mop_mixture_forward_backward(mop_ctx *ctx, mop_mixture *m, const mop_
     if (ctx->model != m->model)
         return mop_fail(MOP_E_INVALID_ARG, "%s: the mixture and the context use different models",
                         fn);
-    MOP_TRY(gate_check_batch(ctx, batch, lp.gate_supervision > 0.0f ? p->n_experts : 0, fn));
+    const int need_task = lp.gate_supervision > 0.0f || p->gate_mode == MOP_GATE_ORACLE;
+    MOP_TRY(gate_check_batch(ctx, batch, need_task ? p->n_experts : 0, fn));
     const int32_t S = mixture_stream_len(p);
     if (S > ctx->params.n_batch)
         return mop_fail(MOP_E_RANGE, "%s: the mixture's %d prompt rows exceed the context's "
@@ -225,8 +232,7 @@ mop_status mop_mixture_forward_backward(mop_ctx *ctx, mop_mixture *m, const mop_
     gate_ws *ws = &m->ws;
     for (int32_t i = 0; i < hp->n_rot / 2; i++)
         ws->inv_freq[i] = (float)ctx->rope.freq[i];
-    for (int32_t i = 0; i < S; i++)
-        ws->ppos[i] = i - S;
+    gate_prompt_positions(p, ws->ppos);
     m->cache_valid = 0; /* the caller is about to change the parameters */
     mop_ctx_reset(ctx);
 
@@ -239,7 +245,7 @@ mop_status mop_mixture_forward_backward(mop_ctx *ctx, mop_mixture *m, const mop_
     if (lm && ab) {
         /* the prompt stream, shared by every sequence */
         memcpy(ws->xp, E, (size_t)S * (size_t)d * sizeof(float));
-        gate_prompt_stream(ctx, m, ws->xp, S, ws->ppos, ws->sv_pr);
+        gate_prompt_stream(ctx, m, ws->xp, S, ws->ppos, ws->sv_pr, ws->sv_grp);
         zero_prompt_grads(ws, m);
     }
     for (int32_t l = 0; l < L; l++) {
@@ -256,7 +262,8 @@ mop_status mop_mixture_forward_backward(mop_ctx *ctx, mop_mixture *m, const mop_
         for (int32_t t = 0; t < T; t++)
             ws->pos[t] = t;
         gate_embed_and_pool(ctx, m, ws->x, ub, tok, T, gate_pool_len(batch, b), ws->pos);
-        gate_forward_one(m, ab_, pib, wb, ub);
+        gate_standardize(m, ub);
+        gate_forward_one(m, ab_, pib, wb, ub, batch->task ? batch->task[b] : -1);
         if (!lm)
             continue;
         forward_layers(ctx, ws->x, T, ws->pos, Lg, Lp, NULL);
@@ -268,11 +275,11 @@ mop_status mop_mixture_forward_backward(mop_ctx *ctx, mop_mixture *m, const mop_
         ex.prefix_v = ws->pv;
         ex.saved = ws->sv_in;
         if (ab) {
-            gate_fill_bias(ws->bias, wb, K, P);
+            gate_fill_bias(p, ws->bias, wb);
             ex.prefix_bias = ws->bias;
         } else {
             gate_weighted_prompt(m, ws->xp, wb);
-            gate_prompt_stream(ctx, m, ws->xp, S, ws->ppos, ws->sv_pr);
+            gate_prompt_stream(ctx, m, ws->xp, S, ws->ppos, ws->sv_pr, ws->sv_grp);
             zero_prompt_grads(ws, m);
         }
         ctx->n_past = 0;
@@ -307,7 +314,7 @@ mop_status mop_mixture_forward_backward(mop_ctx *ctx, mop_mixture *m, const mop_
                     s += (double)dprompt[i] * E[k * EP + i];
                     dE_flat[k * EP + i] += wb[k] * dprompt[i];
                 }
-                Gb[k] = (float)s;
+                Gb[k] = wb[k] != 0.0f ? (float)s : 0.0f; /* top-k drops w_k: no path */
             }
         }
     }
@@ -324,10 +331,14 @@ mop_status mop_mixture_forward_backward(mop_ctx *ctx, mop_mixture *m, const mop_
         float *dz = ws->dz;
         zero(dz, (int64_t)B * K);
         if (lm) {
+            /* kept groups carry w = pi (or pi renormalised over the kept ones),
+             * dropped ones 0 with G = 0: the softmax Jacobian at the
+             * probabilities the weights were taken from */
+            const float *probs = p->top_k_renorm ? ws->w : ws->pi;
             if (ab)
-                gate_softmax_backward(dz, ws->G, ws->w, B, K, tau);
+                gate_softmax_backward(dz, ws->G, probs, B, K, tau);
             else
-                gate_softmax_backward_dw(dz, ws->G, ws->w, B, K, tau);
+                gate_softmax_backward_dw(dz, ws->G, probs, B, K, tau);
         }
         if (lp.load_balance > 0.0f) {
             /* K Σ_k f_k p_k, f_k = share of argmax_k pi (no gradient), p_k = mean_b pi_bk */

@@ -27,6 +27,7 @@ void gate_ws_free(gate_ws *ws)
     mop_free((void *)ws->pv);
     mop_free(ws->sv_in);
     mop_free(ws->sv_pr);
+    mop_free(ws->sv_grp);
     memset(ws, 0, sizeof *ws);
 }
 
@@ -94,6 +95,7 @@ mop_status gate_ws_reserve(gate_ws *ws, const mop_mixture *m, int32_t T, int32_t
     ws->pv = ws_alloc(nL, sizeof(float *), &fail);
     ws->sv_in = ws_alloc(nL, sizeof(fwd_layer_saved), &fail);
     ws->sv_pr = ws_alloc(nL, sizeof(fwd_layer_saved), &fail);
+    ws->sv_grp = ws_alloc(nL, sizeof(fwd_layer_saved), &fail);
     /* saved activations for every layer (a mixture uses those >= its L_p) */
     size_t per_tok = saved_per_token(hp);
     ws->sv_pr_buf = ws_alloc(nS * Sn * (tr ? per_tok : 2 * kvd), sizeof(float), &fail);
@@ -130,6 +132,7 @@ mop_status gate_ws_reserve(gate_ws *ws, const mop_mixture *m, int32_t T, int32_t
     /* bind the saved-activation views, layer by layer */
     memset(ws->sv_in, 0, nL * sizeof(fwd_layer_saved));
     memset(ws->sv_pr, 0, nL * sizeof(fwd_layer_saved));
+    memset(ws->sv_grp, 0, nL * sizeof(fwd_layer_saved));
     memset((void *)ws->pk, 0, nL * sizeof(float *));
     memset((void *)ws->pv, 0, nL * sizeof(float *));
     for (size_t l = (size_t)fl; l < nL; l++) {
@@ -244,13 +247,15 @@ static float gate_act_f(float a, int act)
     return 0.5f * a * (1.0f + tanhf(c * (a + 0.044715f * a * a * a)));
 }
 
-void gate_forward_one(const mop_mixture *m, float *a, float *pi, float *w, const float *u)
+void gate_forward_one(const mop_mixture *m, float *a, float *pi, float *w, const float *u,
+                      int32_t task)
 {
     const mop_mixture_params *p = &m->p;
     const int32_t K = p->n_experts, h = p->gate_hidden, d = m->model->hp.n_embd;
-    if (p->gate_mode == MOP_GATE_UNIFORM) {
+    if (p->gate_mode != MOP_GATE_LEARNED) {
         for (int32_t k = 0; k < K; k++)
-            pi[k] = w[k] = 1.0f / (float)K;
+            pi[k] = w[k] = p->gate_mode == MOP_GATE_UNIFORM ? 1.0f / (float)K
+                                                            : (float)(k == task);
         return;
     }
     const float *W1 = m->params + m->off[GATE_T_W1], *b1 = m->params + m->off[GATE_T_B1];
@@ -274,7 +279,8 @@ void gate_forward_one(const mop_mixture *m, float *a, float *pi, float *w, const
         memcpy(w, pi, (size_t)K * sizeof(float));
         return;
     }
-    /* keep the top_k largest (ties: lower index first), renormalise */
+    /* keep the top_k largest (ties: lower index first) with their probability,
+     * or renormalised to sum 1 (top_k_renorm) */
     uint8_t keep[256];
     memset(keep, 0, sizeof keep);
     double kept = 0.0;
@@ -286,6 +292,8 @@ void gate_forward_one(const mop_mixture *m, float *a, float *pi, float *w, const
         keep[best] = 1;
         kept += pi[best];
     }
+    if (!p->top_k_renorm)
+        kept = 1.0;
     for (int32_t k = 0; k < K; k++)
         w[k] = keep[k] ? (float)(pi[k] / kept) : 0.0f;
 }
@@ -302,25 +310,70 @@ int32_t gate_pool_len(const mop_batch *batch, int32_t b)
     return T;
 }
 
+/* Whether tokens[t..) starts with the user header. */
+static int at_user_header(const mop_mixture *m, const int32_t *tokens, int32_t t, int32_t n)
+{
+    if (m->n_user_hdr == 0 || t + m->n_user_hdr > n)
+        return 0;
+    return memcmp(tokens + t, m->user_hdr, (size_t)m->n_user_hdr * sizeof(int32_t)) == 0;
+}
+
+void gate_pool_input(const mop_mixture *m, float *u, const float *x, const int32_t *tokens,
+                     int32_t n_pool)
+{
+    const int64_t d = m->model->hp.n_embd;
+    memset(u, 0, (size_t)d * sizeof(float));
+    int32_t count = 0;
+    if (m->p.gate_pool == MOP_POOL_CONTENT) {
+        /* the rows of every user turn's content: after its header, up to its end of turn */
+        int in_user = 0;
+        for (int32_t t = 0; t < n_pool; t++) {
+            if (at_user_header(m, tokens, t, n_pool)) {
+                in_user = 1;
+                t += m->n_user_hdr - 1;
+                continue;
+            }
+            if (tokens[t] == m->eot)
+                in_user = 0;
+            if (!in_user)
+                continue;
+            add_inplace(u, x + t * d, d);
+            count++;
+        }
+    }
+    if (count == 0) { /* no user turn (or MOP_POOL_PROMPT): every row */
+        for (int32_t t = 0; t < n_pool; t++)
+            add_inplace(u, x + t * d, d);
+        count = n_pool;
+    }
+    for (int64_t i = 0; i < d; i++)
+        u[i] /= (float)count;
+}
+
+void gate_standardize(const mop_mixture *m, float *u)
+{
+    if (!m->p.gate_norm || !m->in_mean)
+        return;
+    const int64_t d = m->model->hp.n_embd;
+    for (int64_t i = 0; i < d; i++)
+        u[i] = (u[i] - m->in_mean[i]) / m->in_std[i];
+}
+
 void gate_embed_and_pool(mop_ctx *ctx, const mop_mixture *m, float *x, float *u,
                          const int32_t *tokens, int32_t T, int32_t n_pool, const int32_t *pos)
 {
-    const int64_t d = ctx->model->hp.n_embd;
     ctx->n_past = 0;
     forward_embed(ctx, x, tokens, T);
     forward_layers(ctx, x, T, pos, 0, m->p.gate_layer, NULL);
-    for (int64_t i = 0; i < d; i++) {
-        double s = 0.0;
-        for (int32_t t = 0; t < n_pool; t++)
-            s += x[t * d + i];
-        u[i] = (float)(s / n_pool);
-    }
+    gate_pool_input(m, u, x, tokens, n_pool);
 }
 
-void gate_fill_bias(float *bias, const float *w, int32_t K, int32_t P)
+void gate_fill_bias(const mop_mixture_params *p, float *bias, const float *w)
 {
-    for (int32_t k = 0; k < K; k++) {
-        float lw = w[k] > 0.0f ? logf(w[k]) : -INFINITY;
+    const int32_t K = p->n_experts, P = p->prompt_len, G = mixture_groups(p);
+    const float shift = p->gate_bias == MOP_BIAS_LOG_KW ? logf((float)K) : 0.0f;
+    for (int32_t k = 0; k < G; k++) {
+        float lw = k >= K ? 0.0f : w[k] > 0.0f ? logf(w[k]) + shift : -INFINITY;
         for (int32_t j = 0; j < P; j++)
             bias[k * P + j] = lw;
     }
@@ -339,14 +392,52 @@ void gate_weighted_prompt(const mop_mixture *m, float *out, const float *w)
     }
 }
 
-void gate_prompt_stream(mop_ctx *ctx, const mop_mixture *m, float *xp, int32_t S,
-                        const int32_t *ppos, fwd_layer_saved *sv)
+void gate_saved_rows(fwd_layer_saved *grp, const fwd_layer_saved *sv, const mop_hparams *hp,
+                     int32_t first_layer, int64_t r0)
 {
+    const int64_t d = hp->n_embd, qd = (int64_t)hp->n_head * hp->head_dim;
+    const int64_t kvd = (int64_t)hp->n_head_kv * hp->head_dim, ff = hp->n_ff;
+#define ROWS(f, w) grp[l].f = sv[l].f ? sv[l].f + r0 * (w) : NULL
+    for (int32_t l = first_layer; l < hp->n_layer; l++) {
+        ROWS(x_in, d);
+        ROWS(rstd_attn, 1);
+        ROWS(xn_attn, d);
+        ROWS(q, qd);
+        ROWS(k, kvd);
+        ROWS(v, kvd);
+        ROWS(lse, hp->n_head);
+        ROWS(att, qd);
+        ROWS(x_mid, d);
+        ROWS(rstd_ffn, 1);
+        ROWS(xn_ffn, d);
+        ROWS(gate, ff);
+        ROWS(up, ff);
+    }
+#undef ROWS
+}
+
+void gate_prompt_stream(mop_ctx *ctx, const mop_mixture *m, float *xp, int32_t S,
+                        const int32_t *ppos, fwd_layer_saved *sv, fwd_layer_saved *grp)
+{
+    const mop_hparams *hp = &m->model->hp;
+    const int32_t Lp = m->p.inject_layer;
     attn_extra ex;
     memset(&ex, 0, sizeof ex);
     ex.saved = sv;
+    if (!gate_groups_separate(&m->p)) {
+        ctx->n_past = 0;
+        forward_layers(ctx, xp, S, ppos, Lp, hp->n_layer, &ex);
+        return;
+    }
+    /* independent experts: each group is its own P-token sequence */
+    const int32_t P = m->p.prompt_len;
+    ex.saved = grp;
+    for (int32_t r0 = 0; r0 < S; r0 += P) {
+        gate_saved_rows(grp, sv, hp, Lp, r0);
+        ctx->n_past = 0;
+        forward_layers(ctx, xp + (int64_t)r0 * hp->n_embd, P, ppos + r0, Lp, hp->n_layer, &ex);
+    }
     ctx->n_past = 0;
-    forward_layers(ctx, xp, S, ppos, m->p.inject_layer, m->model->hp.n_layer, &ex);
 }
 
 /* ---- inference cache of the prompt keys/values (attention-bias mode) ---------- */
@@ -377,7 +468,7 @@ mop_status gate_cache_build(mop_ctx *ctx, mop_mixture *m)
                             "(%zu layers x %d rows)", nL, S);
         }
     }
-    fwd_layer_saved *sv = mop_calloc((size_t)hp->n_layer, sizeof *sv);
+    fwd_layer_saved *sv = mop_calloc(2 * (size_t)hp->n_layer, sizeof *sv);
     float *xp = mop_alloc((size_t)S * d * sizeof(float));
     int32_t *ppos = mop_alloc((size_t)S * sizeof(int32_t));
     if (!sv || !xp || !ppos) {
@@ -388,11 +479,10 @@ mop_status gate_cache_build(mop_ctx *ctx, mop_mixture *m)
         sv[l].k = m->cache_kv + (size_t)(l - Lp) * 2 * (size_t)S * kvd;
         sv[l].v = sv[l].k + (size_t)S * kvd;
     }
-    for (int32_t i = 0; i < S; i++)
-        ppos[i] = i - S;
+    gate_prompt_positions(&m->p, ppos);
     memcpy(xp, gate_experts(m), (size_t)S * d * sizeof(float));
     memcpy(m->cache_experts, gate_experts(m), m->size[GATE_T_EXPERTS] * sizeof(float));
-    gate_prompt_stream(ctx, m, xp, S, ppos, sv);
+    gate_prompt_stream(ctx, m, xp, S, ppos, sv, sv + hp->n_layer);
     mop_free(sv), mop_free(xp), mop_free(ppos);
     m->cache_valid = 1;
     return MOP_OK;
@@ -473,13 +563,13 @@ static void eval_one(mop_ctx *ctx, gate_ws *ws, const mop_mixture *m, const mop_
     const mop_mixture_params *p = &m->p;
     const int32_t S = mixture_stream_len(p);
     gate_embed_and_pool(ctx, m, ws->x, ws->u, tok, T, gate_pool_len(batch, b), ws->pos);
-    gate_forward_one(m, ws->a, ws->pi, ws->w, ws->u);
+    gate_standardize(m, ws->u);
+    gate_forward_one(m, ws->a, ws->pi, ws->w, ws->u, batch->task ? batch->task[b] : -1);
     if (w_out)
         memcpy(w_out, ws->w, (size_t)p->n_experts * sizeof(float));
     forward_layers(ctx, ws->x, T, ws->pos, p->gate_layer, p->inject_layer, NULL);
 
-    for (int32_t i = 0; i < S; i++)
-        ws->ppos[i] = i - S;
+    gate_prompt_positions(p, ws->ppos);
     attn_extra ex;
     memset(&ex, 0, sizeof ex);
     ex.P = S;
@@ -489,15 +579,15 @@ static void eval_one(mop_ctx *ctx, gate_ws *ws, const mop_mixture *m, const mop_
         int cached = gate_cache_fresh(m);
         if (!cached && !*prompt_ready) {
             memcpy(ws->xp, gate_experts(m), (size_t)m->size[GATE_T_EXPERTS] * sizeof(float));
-            gate_prompt_stream(ctx, m, ws->xp, S, ws->ppos, ws->sv_pr);
+            gate_prompt_stream(ctx, m, ws->xp, S, ws->ppos, ws->sv_pr, ws->sv_grp);
             *prompt_ready = 1;
         }
         bind_prefix(ws, m, cached);
-        gate_fill_bias(ws->bias, ws->w, p->n_experts, p->prompt_len);
+        gate_fill_bias(p, ws->bias, ws->w);
         ex.prefix_bias = ws->bias;
     } else {
         gate_weighted_prompt(m, ws->xp, ws->w);
-        gate_prompt_stream(ctx, m, ws->xp, S, ws->ppos, ws->sv_pr);
+        gate_prompt_stream(ctx, m, ws->xp, S, ws->ppos, ws->sv_pr, ws->sv_grp);
         bind_prefix(ws, m, 0);
     }
     ctx->n_past = 0;
@@ -526,6 +616,8 @@ mop_status mop_mixture_evaluate(mop_ctx *ctx, const mop_mixture *const *mixtures
         if (!m)
             continue;
         MOP_TRY(check_stream(ctx, m, fn));
+        if (m->p.gate_mode == MOP_GATE_ORACLE)
+            MOP_TRY(gate_check_batch(ctx, batch, m->p.n_experts, fn));
         if (!first)
             first = m;
         if (gate_w && m->p.n_experts != first->p.n_experts)
@@ -576,17 +668,20 @@ mop_status mop_mixture_evaluate(mop_ctx *ctx, const mop_mixture *const *mixtures
     return MOP_OK;
 }
 
-mop_status mop_mixture_gate(mop_ctx *ctx, const mop_mixture *m, const mop_batch *batch, float *w)
+/* Gate weights w (B, K), or the raw pooled inputs raw (B, d) when raw is given. */
+static mop_status gate_batch(mop_ctx *ctx, const mop_mixture *m, const mop_batch *batch,
+                             float *w, float *raw, const char *fn)
 {
-    static const char fn[] = "mop_mixture_gate";
     MOP_CHECK_ARG(ctx);
     MOP_CHECK_ARG(m);
     MOP_CHECK_ARG(batch);
-    MOP_CHECK_ARG(w);
+    MOP_CHECK_ARG(w || raw);
     if (ctx->model != m->model)
         return mop_fail(MOP_E_INVALID_ARG, "%s: the mixture and the context use different models",
                         fn);
-    MOP_TRY(gate_check_batch(ctx, batch, 0, fn));
+    const int need_task = !raw && m->p.gate_mode == MOP_GATE_ORACLE;
+    MOP_TRY(gate_check_batch(ctx, batch, need_task ? m->p.n_experts : 0, fn));
+    const int64_t d = m->model->hp.n_embd;
     int32_t maxT = 1;
     for (int32_t b = 0; b < batch->n_seq; b++)
         maxT = MOP_MAX(maxT, batch->lengths[b]);
@@ -600,11 +695,30 @@ mop_status mop_mixture_gate(mop_ctx *ctx, const mop_mixture *m, const mop_batch 
             ws.pos[t] = t;
         gate_embed_and_pool(ctx, m, ws.x, ws.u, batch->tokens + (int64_t)b * batch->seq_len, T,
                             gate_pool_len(batch, b), ws.pos);
-        gate_forward_one(m, ws.a, ws.pi, w + (int64_t)b * m->p.n_experts, ws.u);
+        if (raw) {
+            memcpy(raw + (int64_t)b * d, ws.u, (size_t)d * sizeof(float));
+            continue;
+        }
+        gate_standardize(m, ws.u);
+        gate_forward_one(m, ws.a, ws.pi, w + (int64_t)b * m->p.n_experts, ws.u,
+                         batch->task ? batch->task[b] : -1);
     }
     gate_ws_free(&ws);
     mop_ctx_reset(ctx);
     return MOP_OK;
+}
+
+mop_status mop_mixture_gate(mop_ctx *ctx, const mop_mixture *m, const mop_batch *batch, float *w)
+{
+    MOP_CHECK_ARG(w);
+    return gate_batch(ctx, m, batch, w, NULL, "mop_mixture_gate");
+}
+
+mop_status mop_mixture_gate_inputs(mop_ctx *ctx, const mop_mixture *m, const mop_batch *batch,
+                                   float *u)
+{
+    MOP_CHECK_ARG(u);
+    return gate_batch(ctx, m, batch, NULL, u, "mop_mixture_gate_inputs");
 }
 
 /* ---- generation ---------------------------------------------------------------- */
@@ -622,6 +736,9 @@ mop_status mop_mixture_generate(mop_ctx *ctx, mop_mixture *m, mop_sampler *sampl
         return mop_fail(MOP_E_INVALID_ARG, "%s: n_prompt %d (need >= 1), max_new %d (need >= 0)",
                         fn, n_prompt, max_new);
     MOP_TRY(check_stream(ctx, m, fn));
+    if (m->p.gate_mode == MOP_GATE_ORACLE)
+        return mop_fail(MOP_E_UNSUPPORTED, "%s: an oracle mixture routes by task label and "
+                        "cannot generate (it is an evaluation baseline)", fn);
     const mop_hparams *hp = &ctx->model->hp;
     if (n_prompt > ctx->params.n_ctx)
         return mop_fail(MOP_E_RANGE, "%s: prompt of %d tokens exceeds n_ctx %d", fn, n_prompt,
@@ -654,13 +771,9 @@ mop_status mop_mixture_generate(mop_ctx *ctx, mop_mixture *m, mop_sampler *sampl
         forward_embed(ctx, x_all + c0 * d, prompt + c0, T);
         forward_layers(ctx, x_all + c0 * d, T, ws->pos, 0, p->gate_layer, NULL);
     }
-    for (int64_t i = 0; i < d; i++) {
-        double s = 0.0;
-        for (int32_t t = 0; t < n_prompt; t++)
-            s += x_all[t * d + i];
-        ws->u[i] = (float)(s / n_prompt);
-    }
-    gate_forward_one(m, ws->a, ws->pi, ws->w, ws->u);
+    gate_pool_input(m, ws->u, x_all, prompt, n_prompt);
+    gate_standardize(m, ws->u);
+    gate_forward_one(m, ws->a, ws->pi, ws->w, ws->u, -1);
     for (int32_t c0 = 0; c0 < n_prompt; c0 += nb) {
         int32_t T = MOP_MIN(nb, n_prompt - c0);
         for (int32_t t = 0; t < T; t++)
@@ -675,14 +788,13 @@ mop_status mop_mixture_generate(mop_ctx *ctx, mop_mixture *m, mop_sampler *sampl
     ex.prefix_v = ws->pv;
     if (p->combine == MOP_COMBINE_ATTENTION_BIAS) {
         bind_prefix(ws, m, 1);
-        gate_fill_bias(ws->bias, ws->w, p->n_experts, p->prompt_len);
+        gate_fill_bias(p, ws->bias, ws->w);
         ex.prefix_bias = ws->bias;
     } else {
         /* the input has not reached L_p yet, so cache rows [0, S) there are free */
-        for (int32_t i = 0; i < S; i++)
-            ws->ppos[i] = i - S;
+        gate_prompt_positions(p, ws->ppos);
         gate_weighted_prompt(m, ws->xp, ws->w);
-        gate_prompt_stream(ctx, m, ws->xp, S, ws->ppos, ws->sv_pr);
+        gate_prompt_stream(ctx, m, ws->xp, S, ws->ppos, ws->sv_pr, ws->sv_grp);
         bind_prefix(ws, m, 0);
     }
     for (int32_t c0 = 0; c0 < n_prompt; c0 += nb) {
