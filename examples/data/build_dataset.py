@@ -4,10 +4,14 @@
 Each record is one JSON object per line: {"task", "instruction", "response"}.
 Tasks come from WordNet (definition, synonym, antonym, hypernym), FreeDict
 (translate_fr, translate_de, translate_es), fortunes (quote) and GCIDE
-(gcide).  The output is a pure function of the seed, the options and the
+(gcide): the "classic" set, the default.  The heterogeneous tasks
+(--task-set hetero|all) answer in other formats and lengths: summarize,
+classify_section and extract from the dpkg database, explain from man pages,
+code from the Python standard library.  The output is a pure function of the seed, the options and the
 installed corpora: re-running gives the same bytes.
 
     python examples/data/build_dataset.py --out data/mop --seed 0 --per-task 1000
+    python examples/data/build_dataset.py --out data/mop-hetero --task-set hetero
 
 Writes OUT/train.jsonl, OUT/validation.jsonl, OUT/test.jsonl and
 OUT/manifest.json (counts, sources with Debian package versions, sha256).
@@ -1320,7 +1324,8 @@ def build(out_dir, seed=0, per_task=1000, tasks=None, val_frac=0.1,
 def parse_args(argv):
     p = argparse.ArgumentParser(
         description="Build a multi-task instruction dataset (JSONL) from "
-                    "Debian-packaged corpora: WordNet, FreeDict, fortunes, GCIDE.")
+                    "Debian-packaged corpora: WordNet, FreeDict, fortunes, GCIDE "
+                    "(classic); dpkg database, man pages, Python stdlib (hetero).")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
     p.add_argument("--per-task", type=int, default=1000, metavar="N",

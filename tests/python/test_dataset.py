@@ -1,7 +1,9 @@
 """Tests of examples/data/build_dataset.py (the multi-task instruction set).
 
 Needs the Debian corpora (scripts/setup.sh installs them); skipped otherwise.
-Four small builds (per-task 50) run as subprocesses, a few seconds each.
+Four small builds (per-task 50) run as subprocesses, a few seconds each; the
+hetero task set adds two builds at per-task 60 and one of the five new tasks
+at per-task 1000 (about 4 s).
 """
 import hashlib
 import json
