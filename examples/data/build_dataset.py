@@ -4,10 +4,14 @@
 Each record is one JSON object per line: {"task", "instruction", "response"}.
 Tasks come from WordNet (definition, synonym, antonym, hypernym), FreeDict
 (translate_fr, translate_de, translate_es), fortunes (quote) and GCIDE
-(gcide).  The output is a pure function of the seed, the options and the
+(gcide): the "classic" set, the default.  The heterogeneous tasks
+(--task-set hetero|all) answer in other formats and lengths: summarize,
+classify_section and extract from the dpkg database, explain from man pages,
+code from the Python standard library.  The output is a pure function of the seed, the options and the
 installed corpora: re-running gives the same bytes.
 
     python examples/data/build_dataset.py --out data/mop --seed 0 --per-task 1000
+    python examples/data/build_dataset.py --out data/mop-hetero --task-set hetero
 
 Writes OUT/train.jsonl, OUT/validation.jsonl, OUT/test.jsonl and
 OUT/manifest.json (counts, sources with Debian package versions, sha256).
@@ -50,6 +54,9 @@ SOURCES = {
     "fortunes": ("fortunes", [f"{FORTUNE_DIR}/wisdom"]),
     "gcide": ("dict-gcide", [f"{DICTD_DIR}/gcide.index",
                              f"{DICTD_DIR}/gcide.dict.dz"]),
+    # the packages' own files (man pages) are listed per task in the manifest
+    "dpkg": ("dpkg", ["var/lib/dpkg/status"]),
+    "python-stdlib": ("libpython3.11-stdlib", ["usr/lib/python3.11/os.py"]),
 }
 
 # fortune files that are not quotations (drawings); the offensive set lives
@@ -514,6 +521,555 @@ def make_quote(fort, key):
     return f"Complete the quotation: {first} ...", second
 
 
+# ------------------------------------------------- heterogeneous tasks ----
+# Tasks whose answers differ in format and length (Dolly-15k style:
+# summarization, classification, information extraction, open QA, code).
+# Their sources are the dpkg database, manual pages and the Python standard
+# library, restricted to what scripts/setup.sh installs (see DPKG_ROOTS) so
+# that the pools do not depend on whatever else the machine has installed.
+
+DPKG_STATUS = "var/lib/dpkg/status"
+DPKG_INFO = "var/lib/dpkg/info"
+PY_STDLIB = "usr/lib/python3.11"
+PY_PACKAGES = ("libpython3.11-minimal", "libpython3.11-stdlib")
+HETERO_MAX_RESPONSE = 600
+MAX_INSTRUCTION = 1500
+
+# The APT_PACKAGES of scripts/setup.sh (a test checks that they agree): the
+# dpkg-based tasks read these packages and their Depends/Pre-Depends closure.
+DPKG_ROOTS = (
+    "build-essential meson ninja-build pkg-config clang "
+    "libopenblas-dev libopenblas0 libcmocka-dev libsodium-dev libcjson-dev libpcre2-dev "
+    "python3-venv python3-pip python3-torch python3-numpy python3-matplotlib python3-scipy "
+    "abigail-tools libclang-rt-14-dev cmake "
+    "wordnet-base dict-freedict-eng-fra dict-freedict-eng-deu dict-freedict-eng-spa "
+    "fortunes dict-gcide "
+    "libopenmpi-dev openmpi-bin").split()
+
+# closed label set of classify_section (Debian archive sections; packages of
+# other sections are not used for that task)
+SECTION_LABELS = ("admin", "devel", "fonts", "interpreters", "libdevel", "libs",
+                  "misc", "net", "perl", "python", "science", "text", "utils",
+                  "x11")
+LABEL_CAP = 0.4     # a label takes at most this fraction of min(per-task, pool)
+
+
+def parse_stanzas(text):
+    """deb822 paragraphs as dicts; continuation lines kept with their '\n'."""
+    out = []
+    for para in text.split("\n\n"):
+        fields, key = {}, None
+        for line in para.split("\n"):
+            if not line:
+                continue
+            if line[0] in " \t":
+                if key:
+                    fields[key] += "\n" + line
+            else:
+                key, _, value = line.partition(":")
+                fields[key] = value.strip()
+        if fields:
+            out.append(fields)
+    return out
+
+
+def relation_names(field):
+    """'a (>= 1), b | c:any' -> [['a'], ['b', 'c']]"""
+    groups = []
+    for part in field.split(","):
+        alts = [a.strip().split(" ")[0].split(":")[0] for a in part.split("|")]
+        alts = [a for a in alts if a]
+        if alts:
+            groups.append(alts)
+    return groups
+
+
+class Dpkg:
+    """The installed packages of DPKG_ROOTS and their dependency closure,
+    read from ROOT/var/lib/dpkg (no dpkg-query, so --root works)."""
+
+    def __init__(self, root):
+        self.root = root
+        path = os.path.join(root, DPKG_STATUS)
+        progress(f"reading {path}")
+        with open(path, encoding="utf-8", errors="replace") as f:
+            stanzas = parse_stanzas(f.read())
+        installed = {}
+        for s in stanzas:
+            if "Package" in s and s.get("Status", "").endswith(" installed"):
+                installed[s["Package"]] = s   # multi-arch duplicates: last wins
+        provides = {}
+        for name in sorted(installed):
+            for alts in relation_names(installed[name].get("Provides", "")):
+                provides.setdefault(alts[0], []).append(name)
+        missing = sorted(p for p in DPKG_ROOTS if p not in installed)
+        if missing:
+            raise BuildError(f"packages of scripts/setup.sh not installed: "
+                             f"apt-get install -y {' '.join(missing)}")
+        seen, todo = set(), list(DPKG_ROOTS)
+        while todo:
+            name = todo.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            s = installed[name]
+            for key in ("Pre-Depends", "Depends"):
+                for alts in relation_names(s.get(key, "")):
+                    # first alternative that is installed (directly or as a
+                    # virtual package's first provider in name order)
+                    for a in alts:
+                        if a in installed:
+                            todo.append(a)
+                            break
+                        if a in provides:
+                            todo.append(provides[a][0])
+                            break
+        self.packages = [installed[n] for n in sorted(seen)]
+        self.by_name = {s["Package"]: s for s in self.packages}
+        blob = "".join(f"{s['Package']}={s.get('Version', '')}\n"
+                       for s in self.packages)
+        self.digest = hashlib.sha256(blob.encode()).hexdigest()
+        self.man_pages = None
+
+    def keys(self):
+        return list(range(len(self.packages)))
+
+    def files(self, package):
+        s = self.by_name[package]
+        for name in (package, f"{package}:{s.get('Architecture', '')}"):
+            path = os.path.join(self.root, DPKG_INFO, f"{name}.list")
+            if os.path.isfile(path):
+                with open(path, encoding="utf-8", errors="replace") as f:
+                    return [ln.rstrip("\n") for ln in f if ln.strip()]
+        return []
+
+    def source_entry(self, task, files):
+        return {"task": task, "package": "dpkg", "version": dpkg_version("dpkg"),
+                "files": files,
+                "packages": len(self.packages),
+                "packages_sha256": self.digest,
+                "selection": "scripts/setup.sh APT_PACKAGES + Depends/"
+                             "Pre-Depends closure (sha256 of sorted "
+                             "'name=version' lines)"}
+
+
+def long_description(desc):
+    """(synopsis, long text) of a Description field; paragraphs joined with a
+    blank line, lines of a paragraph joined by spaces unless verbatim
+    (indented by two or more spaces, e.g. lists)."""
+    synopsis, _, rest = desc.partition("\n")
+    paras, cur = [], []
+    for line in rest.split("\n"):
+        if not line.strip():
+            continue
+        body = line[1:]
+        if body.strip() == ".":
+            if cur:
+                paras.append(cur)
+            cur = []
+        elif body.startswith(" "):
+            cur.append("\n" + collapse(body))
+        else:
+            cur.append(" " + collapse(body))
+    if cur:
+        paras.append(cur)
+    text = "\n\n".join("".join(p).strip() for p in paras)
+    return collapse(synopsis), text.strip()
+
+
+SUMMARIZE_TEMPLATES = (
+    "{text}\n\nSum this up in one line.",
+    "Give a one-line synopsis of this software package:\n\n{text}",
+    "In a short phrase, what is the package described below?\n\n{text}",
+    "Write a catalogue headline (a few words, no full stop) for:\n\n{text}",
+)
+
+
+def pick(templates, *key):
+    """A template chosen by a seeded RNG of the example's key (so the choice
+    does not depend on the order in which examples are drawn)."""
+    return templates[random.Random("/".join(map(str, key))).randrange(len(templates))]
+
+
+def make_summarize(dp, key):
+    s = dp.packages[key]
+    synopsis, text = long_description(s.get("Description", ""))
+    if len(text) < 80 or len(synopsis) < 8 or len(text) > 1200:
+        return None
+    ins = pick(SUMMARIZE_TEMPLATES, "summarize", s["Package"]).format(text=text)
+    return ins, synopsis
+
+
+CLASSIFY_TEMPLATES = (
+    "Which Debian archive section does this package belong to? Answer with "
+    "one of: {labels}.\n\n{text}",
+    "{text}\n\nClassify the package above into a Debian section ({labels}). "
+    "Reply with the section only.",
+    "Label: {labels}\nPackage: {synopsis}\n{text}\nLabel?",
+    "Debian sorts its packages into sections such as {some}. Where would "
+    "this one go?\n\n{synopsis}. {text}",
+)
+
+
+def make_classify(dp, key):
+    s = dp.packages[key]
+    section = s.get("Section", "").rpartition("/")[2]
+    if section not in SECTION_LABELS:
+        return None
+    synopsis, text = long_description(s.get("Description", ""))
+    if len(text) < 40 or len(text) > 1200:
+        return None
+    rng = random.Random(f"classify/{s['Package']}")
+    some = sorted(rng.sample(SECTION_LABELS, 5))
+    some = ", ".join(some[:-1]) + " or " + some[-1]
+    ins = pick(CLASSIFY_TEMPLATES, "classify", s["Package"]).format(
+        labels=", ".join(SECTION_LABELS), some=some, synopsis=synopsis, text=text)
+    return ins, section
+
+
+EXTRACT_FIELDS = ("Package", "Version", "Architecture", "Maintainer",
+                  "Installed-Size", "Depends", "Section", "Priority", "Homepage")
+# question kind -> (templates, fields answered as 'key: value' lines, or None
+# for the list of dependency names)
+EXTRACT_QUESTIONS = (
+    (("{stanza}\n\nWho maintains {pkg}, and which version is this? Answer as "
+      "'key: value' lines.",
+      "From the control data below, give the Maintainer and Version fields "
+      "as key: value lines.\n\n{stanza}",
+      "{stanza}\n\nMaintainer and version?"), ("Maintainer", "Version")),
+    (("{stanza}\n\nWhat does {pkg} depend on? List the package names, "
+      "comma-separated, without version constraints.",
+      "Name the packages that {pkg} needs, according to this record (names "
+      "only; alternatives as 'a | b'):\n\n{stanza}",
+      "{stanza}\n\nDependencies of {pkg} (names only)?"), None),
+    (("{stanza}\n\nGive the Section, Architecture and Homepage of {pkg}, one "
+      "'key: value' line each.",
+      "Pull out the section, architecture and home page from this package "
+      "record, as key: value lines.\n\n{stanza}"),
+     ("Section", "Architecture", "Homepage")),
+)
+
+
+def extract_keys(dp):
+    return [(i, q) for i in range(len(dp.packages))
+            for q in range(len(EXTRACT_QUESTIONS))]
+
+
+def make_extract(dp, key):
+    i, q = key
+    s = dp.packages[i]
+    templates, fields = EXTRACT_QUESTIONS[q]
+    shown = [f for f in EXTRACT_FIELDS if s.get(f)]
+    stanza = "\n".join(f"{f}: {collapse(s[f])}" for f in shown)
+    stanza += f"\nDescription: {long_description(s.get('Description', ''))[0]}"
+    if fields is None:
+        groups = relation_names(s.get("Depends", ""))
+        if not groups:
+            return None
+        response = ", ".join(" | ".join(alts) for alts in groups)
+    else:
+        if any(not s.get(f) for f in fields):
+            return None
+        response = "\n".join(f"{f}: {collapse(s[f])}" for f in fields)
+    ins = pick(templates, "extract", s["Package"], q).format(
+        stanza=stanza, pkg=s["Package"])
+    return ins, response
+
+
+# ------------------------------------------------------------ man pages ----
+# man(7) roff, minimally: the NAME line and the first DESCRIPTION paragraph.
+# Font escapes and most requests are stripped; pages that are only a '.so'
+# link, symbolic links, and mdoc(7) pages are skipped.
+
+_ROFF_NAMED = {"em": "\u2014", "en": "\u2013", "aq": "'", "dq": '"', "lq": '"',
+               "rq": '"', "oq": "'", "cq": "'", "bu": "\u2022", "co": "\u00a9",
+               "rg": "\u00ae", "hy": "-", "mi": "-", "ti": "~", "ha": "^",
+               "rs": "\\", "ga": "`", "tm": "\u2122", "pl": "+", "mu": "\u00d7",
+               "de": "\u00b0", "sc": "\u00a7", "Fo": "\u00ab", "Fc": "\u00bb"}
+_ROFF_ESC = re.compile(r"""\\(?:f(?:\[[^\]]*\]|\(..|.)|\((..)|\[([^\]]*)\]|
+                           \*(?:\(..|\[[^\]]*\]|.)|[sS][+-]?\d+|[hvw]'[^']*'|
+                           n(?:\(..|\[[^\]]*\]|.)|(.))""", re.X)
+
+
+def roff_text(line):
+    """Text of one roff input line with escapes resolved or removed."""
+    line = re.sub(r'\\".*$', "", line)            # comment
+
+    def esc(m):
+        named = m.group(1) or m.group(2)
+        if named is not None:
+            return _ROFF_NAMED.get(named, "")
+        c = m.group(3)
+        if c is None:
+            return ""                              # fonts, strings, sizes
+        return {"-": "-", "e": "\\", "\\": "\\", " ": " ", "~": " ", "0": " ",
+                "'": "'", "`": "`", ".": "."}.get(c, "")
+    return _ROFF_ESC.sub(esc, line)
+
+
+def roff_request_text(line):
+    """Text carried by a font request (.B x, .BR a b, ...), or None if the
+    line is another request."""
+    m = re.match(r"^[.'](\w+)\s*(.*)$", line)
+    if not m:
+        return None
+    req, args = m.groups()
+    if req in ("B", "I", "SM", "SB"):
+        return args.replace('"', "")
+    if req in ("BR", "RB", "IR", "RI", "BI", "IB"):
+        parts = re.findall(r'"([^"]*)"|(\S+)', args)
+        return "".join(a or b for a, b in parts)
+    return None
+
+
+def man_sections(text):
+    """{SECTION NAME: [paragraphs]} of a man(7) page; paragraphs are lists of
+    text lines, broken at .PP/.LP/.P/.sp/.TP/.IP/.HP/.RS and blank lines."""
+    sections, name, paras, cur = {}, None, [], []
+    fill = True
+
+    def flush():
+        nonlocal cur
+        if cur:
+            paras.append(cur)
+        cur = []
+    for raw in text.split("\n"):
+        if raw.startswith((".SH", "'SH")):
+            flush()
+            if name is not None:
+                sections.setdefault(name, paras)
+            name = roff_text(raw[3:]).strip().strip('"').upper()
+            paras = []
+            continue
+        if name is None:
+            continue
+        if raw.startswith((".", "'")):
+            req = raw[1:].split(" ")[0].strip()
+            if req in ("nf", "EX"):
+                flush()
+                fill = False
+            elif req in ("fi", "EE"):
+                fill = True
+            t = roff_request_text(raw)
+            if t is not None:
+                cur.append(roff_text(t))
+            elif req in ("PP", "LP", "P", "sp", "TP", "IP", "HP", "RS", "RE",
+                         "SS", "INDENT", "UNINDENT", "TQ", "nf", "fi", "EX",
+                         "EE", "br", ""):
+                flush()
+                if req in ("TP", "IP", "HP", "SS", "TQ"):
+                    cur.append(None)       # marks an option list / sub-head
+            continue
+        if not raw.strip():
+            flush()
+            continue
+        cur.append(roff_text(raw) if fill else None)
+    flush()
+    if name is not None:
+        sections.setdefault(name, paras)
+    return sections
+
+
+def man_page(path):
+    """(name line, description) of a man(7) page, or None."""
+    try:
+        with gzip.open(path) as f:
+            text = f.read().decode("utf-8", "replace")
+    except (OSError, EOFError):
+        return None
+    if re.match(r"\s*\.so\s", text) or re.search(r"^\.(Dd|Sh)\b", text, re.M):
+        return None
+    secs = man_sections(text)
+    names = secs.get("NAME")
+    desc = secs.get("DESCRIPTION")
+    if not names or not desc or None in names[0]:
+        return None
+    name_line = collapse(" ".join(names[0]))
+    m = re.match(r"^([\w.+\-, ]+?)\s+[-\u2013\u2014]+\s+(\S.*)$", name_line)
+    if not m or len(name_line) > 150:
+        return None
+    out = ""
+    for para in desc:
+        if None in para:            # option lists, sub-headings, verbatim
+            break
+        p = collapse(" ".join(para))
+        if not p:
+            continue
+        if len(out) + len(p) + 1 > HETERO_MAX_RESPONSE:
+            if not out:
+                out = shorten_sentences(p, HETERO_MAX_RESPONSE)
+            break
+        out = f"{out} {p}".strip()
+        if len(out) >= 150:
+            break
+    if not out or len(out) < 60 or "\ufffd" in out or "\\" in out:
+        return None
+    return name_line, m.group(1), out
+
+
+def shorten_sentences(text, limit):
+    """text cut at the last sentence end within limit, or ''."""
+    head = text[:limit]
+    cut = max(head.rfind(". "), head.rfind(".\n"))
+    return head[:cut + 1] if cut >= limit // 4 else ""
+
+
+MAN_SECTIONS = "13578"     # commands, functions, files, overviews, admin
+
+
+def man_keys(dp):
+    """Sorted man pages (sections MAN_SECTIONS, English only) owned by the
+    selected packages; symbolic links (alternatives) are skipped."""
+    if dp.man_pages is None:
+        pages = set()
+        for s in dp.packages:
+            for path in dp.files(s["Package"]):
+                if re.match(rf"^/usr/share/man/man[{MAN_SECTIONS}]/[^/]+"
+                            rf"\.[{MAN_SECTIONS}]\w*\.gz$", path):
+                    full = os.path.join(dp.root, path.lstrip("/"))
+                    if os.path.isfile(full) and not os.path.islink(full):
+                        pages.add((path, s["Package"]))
+        dp.man_pages = sorted(pages)
+    return [p for p, _ in dp.man_pages]
+
+
+EXPLAIN_TEMPLATES = {
+    "command": (
+        "What does the {cmd} command do? Its manual page begins: \"{name}\"",
+        "{name}\n\nExplain in a few sentences what this program is for.",
+        "Here is the NAME line of a Unix manual page:\n{name}\nWrite the "
+        "DESCRIPTION paragraph that follows it.",
+        "I found `{cmd}` on my system ({name}). What is it for?"),
+    "function": (
+        "What does the C function {cmd}() do? Its manual says: \"{name}\"",
+        "{name}\n\nDescribe this library interface in a few sentences.",
+        "Manual page NAME line: {name}\nWrite the DESCRIPTION paragraph."),
+    "other": (
+        "Explain the subject of the manual page \"{name}\".",
+        "{name}\n\nWhat is this about? Answer in a few sentences.",
+        "Here is the NAME line of a manual page in section {sec}:\n{name}\n"
+        "Write the DESCRIPTION paragraph that follows it."),
+}
+
+
+def make_explain(dp, path):
+    got = man_page(os.path.join(dp.root, path.lstrip("/")))
+    if not got:
+        return None
+    name_line, cmds, desc = got
+    cmd = cmds.split(",")[0].strip()
+    sec = re.search(r"/man(\d)", path).group(1)
+    kind = {"1": "command", "8": "command", "3": "function"}.get(sec, "other")
+    ins = pick(EXPLAIN_TEMPLATES[kind], "explain", path).format(
+        cmd=cmd, name=name_line, sec=sec)
+    return ins, desc
+
+
+# --------------------------------------------------------- Python code ----
+
+# stdlib sub-packages not read: tests, the IDLE editor, the 2to3 fixers
+PY_SKIP_DIRS = {"test", "tests", "idlelib", "lib2to3", "__pycache__",
+                "site-packages", "dist-packages", "config-3.11-x86_64-linux-gnu"}
+
+
+class PyStdlib:
+    """Short documented functions of /usr/lib/python3.11/**/*.py (the
+    modules of the Debian libpython3.11 packages, tests excluded)."""
+
+    def __init__(self, root):
+        import ast
+        self.dir = os.path.join(root, PY_STDLIB)
+        progress(f"reading {self.dir}/**/*.py")
+        owned = set()
+        for pkg in PY_PACKAGES:
+            owned |= dpkg_files(pkg) if root == "/" else set()
+        self.files, self.funcs = [], []
+        names = []
+        for base, dirs, files in os.walk(self.dir):
+            dirs[:] = [d for d in dirs if d not in PY_SKIP_DIRS
+                       and not d.startswith(("test", "_"))]
+            rel = os.path.relpath(base, self.dir)
+            names += [f if rel == "." else f"{rel}/{f}" for f in files
+                      if f.endswith(".py")]
+        for name in sorted(names):
+            path = os.path.join(self.dir, name)
+            if os.path.islink(path) or not os.path.isfile(path):
+                continue
+            if owned and f"/{PY_STDLIB}/{name}" not in owned:
+                continue
+            with open(path, encoding="utf-8", errors="replace") as f:
+                source = f.read()
+            try:
+                tree = ast.parse(source)
+            except SyntaxError:
+                continue
+            self.files.append(name)
+            lines = source.split("\n")
+            module = name[:-3].replace("/", ".").removesuffix(".__init__")
+            for node, owner in self._functions(tree):
+                self.funcs.append((module, owner, node, lines))
+
+    @staticmethod
+    def _functions(tree):
+        import ast
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef):
+                yield node, None
+            elif isinstance(node, ast.ClassDef):
+                for sub in node.body:
+                    if isinstance(sub, ast.FunctionDef):
+                        yield sub, node.name
+
+    def keys(self):
+        return list(range(len(self.funcs)))
+
+
+CODE_TEMPLATES = (
+    "Write a Python function `{sig}` that does the following:\n{doc}",
+    "{doc}\n\nImplement this in Python as `{sig}`.",
+    "In the `{mod}` module of the standard library, {where} is documented "
+    "as:\n\"\"\"{doc}\"\"\"\nWrite its code.",
+    "def {sig}:\n    \"\"\"{doc}\"\"\"\n\nComplete the function body.",
+)
+
+
+def make_code(py, key):
+    import ast
+    import textwrap
+    mod, owner, node, lines = py.funcs[key]
+    if node.name.startswith("_") or node.decorator_list:
+        return None
+    doc = ast.get_docstring(node)
+    body = node.body
+    if not doc or len(body) < 2 or not 20 <= len(doc) <= 500 \
+            or "\n\n" in doc.strip() or "\\" in doc:
+        return None
+    doc_node = body[0]
+    start, end = node.lineno, node.end_lineno
+    keep = [ln for i, ln in enumerate(lines[start - 1:end], start)
+            if not doc_node.lineno <= i <= doc_node.end_lineno]
+    code = textwrap.dedent("\n".join(ln.rstrip() for ln in keep)).strip("\n")
+    code = re.sub(r"\n\s*\n", "\n", code)       # blank lines inside
+    n_lines = code.count("\n") + 1
+    if n_lines < 2 or n_lines > 12 or len(code) > HETERO_MAX_RESPONSE \
+            or "\t" in code:
+        return None
+    try:
+        ast.parse(code)
+    except SyntaxError:
+        return None
+    head = code.split("\n")[0]
+    m = re.match(r"^def (.*\)(?: -> .+)?):$", head)
+    if not m:
+        return None                              # multi-line signatures
+    sig = m.group(1)
+    where = f"the method {owner}.{node.name}()" if owner else \
+        f"the function {node.name}()"
+    ins = pick(CODE_TEMPLATES, "code", mod, owner, node.name).format(
+        sig=sig, doc=collapse(doc), mod=mod, where=where)
+    return ins, code
+
+
 # ---------------------------------------------------------------- tasks ----
 
 # task -> (source name, candidate keys of the loaded source, example maker)
@@ -527,12 +1083,36 @@ TASKS = {
     "translate_es": ("freedict-eng-spa", Dictd.keys, make_translation("Spanish", False)),
     "quote": ("fortunes", Fortunes.keys, make_quote),
     "gcide": ("gcide", Dictd.keys, make_gcide),
+    # heterogeneous tasks (answers of other formats and lengths)
+    "summarize": ("dpkg", Dpkg.keys, make_summarize),
+    "classify_section": ("dpkg", Dpkg.keys, make_classify),
+    "extract": ("dpkg", extract_keys, make_extract),
+    "explain": ("dpkg", man_keys, make_explain),
+    "code": ("python-stdlib", PyStdlib.keys, make_code),
 }
+CLASSIC_TASKS = ("definition", "synonym", "antonym", "hypernym", "translate_fr",
+                 "translate_de", "translate_es", "quote", "gcide")
+HETERO_TASKS = ("summarize", "classify_section", "extract", "explain", "code")
+TASK_SETS = {
+    "classic": CLASSIC_TASKS,           # the default (9 tasks)
+    "hetero": HETERO_TASKS + ("definition", "translate_fr", "quote"),
+    "all": tuple(TASKS),
+}
+# per-task response limit (characters); the classic tasks keep MAX_RESPONSE
+RESPONSE_LIMIT = {t: HETERO_MAX_RESPONSE for t in HETERO_TASKS}
+# tasks whose responses are labels: no label takes more than LABEL_CAP of them
+LABEL_TASKS = {"classify_section"}
+# tasks whose texts keep their line breaks (the classic ones are collapsed)
+MULTILINE_TASKS = set(HETERO_TASKS)
 
 
 def load_source(root, name):
     if name == "wordnet":
         return WordNet(root)
+    if name == "dpkg":
+        return Dpkg(root)
+    if name == "python-stdlib":
+        return PyStdlib(root)
     if name == "fortunes":
         return Fortunes(root)
     return Dictd(root, name)
@@ -597,19 +1177,65 @@ def fortune_sources(task, names):
              "files": files} for pkg, files in sorted(groups.items())]
 
 
+def collapse_lines(text):
+    """Whitespace collapsed within lines, at most one blank line in a row,
+    line breaks kept (for the multi-line tasks)."""
+    lines = [collapse(ln) for ln in text.strip().split("\n")]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+def normalize(task, text):
+    if task == "code":                    # indentation is syntax
+        return "\n".join(ln.rstrip() for ln in text.split("\n")).strip("\n")
+    if task in MULTILINE_TASKS:
+        return collapse_lines(text)
+    return collapse(text)
+
+
+def man_sources(task, dp):
+    """The packages that own the man pages read, with their versions."""
+    groups = {}
+    for path, pkg in dp.man_pages:
+        groups.setdefault(pkg, []).append(path)
+    return [{"task": task, "package": pkg,
+             "version": dp.by_name[pkg].get("Version"), "files": files}
+            for pkg, files in sorted(groups.items())]
+
+
+def python_sources(task, names):
+    """The stdlib modules read, grouped by owning Debian package."""
+    owners = {pkg: dpkg_files(pkg) for pkg in PY_PACKAGES}
+    groups = {}
+    for name in names:
+        rel = f"/{PY_STDLIB}/{name}"
+        pkg = next((p for p, files in owners.items() if rel in files),
+                   PY_PACKAGES[-1])
+        groups.setdefault(pkg, []).append(rel)
+    return [{"task": task, "package": pkg, "version": dpkg_version(pkg),
+             "files": files} for pkg, files in sorted(groups.items())]
+
+
 def sample_task(task, source, n, seed):
     """Up to n examples with distinct instructions, in a seeded random order."""
     _, candidates, make = TASKS[task]
     keys = candidates(source)
     rng = random.Random(f"{seed}/{task}")
+    limit = RESPONSE_LIMIT.get(task, MAX_RESPONSE)
+    labels, cap = {}, max(1, int(LABEL_CAP * min(n, len(keys))))
     seen, out = set(), []
     for k in seeded_order(rng, len(keys), n):
         ex = make(source, keys[k])
         if ex is None:
             continue
-        instruction, response = collapse(ex[0]), collapse(ex[1])
-        if not instruction or not response or instruction in seen:
+        instruction = normalize(task, ex[0])
+        response = normalize(task, ex[1])
+        if not instruction or not response or instruction in seen \
+                or len(response) > limit or len(instruction) > MAX_INSTRUCTION:
             continue
+        if task in LABEL_TASKS:
+            if labels.get(response, 0) >= cap:
+                continue
+            labels[response] = labels.get(response, 0) + 1
         seen.add(instruction)
         out.append({"task": task, "instruction": instruction,
                     "response": response})
@@ -629,7 +1255,7 @@ def split_counts(n, val_frac, test_frac):
 
 def build(out_dir, seed=0, per_task=1000, tasks=None, val_frac=0.1,
           test_frac=0.1, root="/"):
-    tasks = list(tasks or TASKS)
+    tasks = list(tasks or CLASSIC_TASKS)
     check_sources(root, tasks)
     splits = {s: [] for s in SPLITS}
     counts, sources, loaded = {}, [], {}
@@ -655,6 +1281,12 @@ def build(out_dir, seed=0, per_task=1000, tasks=None, val_frac=0.1,
                   "files": ["/" + f for f in files]}
         if name == "fortunes":
             sources.extend(fortune_sources(task, loaded[name].files))
+        elif name == "dpkg":
+            sources.append(loaded[name].source_entry(task, ["/" + DPKG_STATUS]))
+            if task == "explain":
+                sources.extend(man_sources(task, loaded[name]))
+        elif name == "python-stdlib":
+            sources.extend(python_sources(task, loaded[name].files))
         else:
             sources.append(source)
 
@@ -692,13 +1324,19 @@ def build(out_dir, seed=0, per_task=1000, tasks=None, val_frac=0.1,
 def parse_args(argv):
     p = argparse.ArgumentParser(
         description="Build a multi-task instruction dataset (JSONL) from "
-                    "Debian-packaged corpora: WordNet, FreeDict, fortunes, GCIDE.")
+                    "Debian-packaged corpora: WordNet, FreeDict, fortunes, GCIDE "
+                    "(classic); dpkg database, man pages, Python stdlib (hetero).")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
     p.add_argument("--per-task", type=int, default=1000, metavar="N",
                    help="examples per task before splitting (default 1000)")
-    p.add_argument("--tasks", default=",".join(TASKS), metavar="A,B,...",
-                   help="comma-separated subset of: %(default)s (default: all)")
+    p.add_argument("--task-set", choices=sorted(TASK_SETS), default="classic",
+                   help="classic: the 9 dictionary/quotation tasks (default); "
+                        "hetero: " + ",".join(TASK_SETS["hetero"]) +
+                        "; all: every task")
+    p.add_argument("--tasks", default=None, metavar="A,B,...",
+                   help="comma-separated tasks, overriding --task-set; known: "
+                        + ",".join(TASKS))
     p.add_argument("--val-frac", type=float, default=0.1, metavar="F",
                    help="validation fraction per task (default 0.1)")
     p.add_argument("--test-frac", type=float, default=0.1, metavar="F",
@@ -706,7 +1344,10 @@ def parse_args(argv):
     p.add_argument("--root", default="/", metavar="DIR",
                    help="file-system root holding usr/share (default /)")
     args = p.parse_args(argv)
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if args.tasks is None:
+        tasks = list(TASK_SETS[args.task_set])
+    else:
+        tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     unknown = [t for t in tasks if t not in TASKS]
     if unknown or not tasks:
         p.error(f"unknown task(s) {','.join(unknown) or '(none given)'}; "

@@ -1,7 +1,9 @@
 """Tests of examples/data/build_dataset.py (the multi-task instruction set).
 
 Needs the Debian corpora (scripts/setup.sh installs them); skipped otherwise.
-Four small builds (per-task 50) run as subprocesses, a few seconds each.
+Four small builds (per-task 50) run as subprocesses, a few seconds each; the
+hetero task set adds two builds at per-task 60 and one of the five new tasks
+at per-task 1000 (about 4 s).
 """
 import hashlib
 import json
@@ -241,3 +243,249 @@ def test_bad_task_name_is_rejected(tmp_path):
     proc = run(tmp_path, "--tasks", "nonsense", check=False)
     assert proc.returncode != 0
     assert "unknown task" in proc.stderr
+
+
+# ---- heterogeneous tasks (--task-set hetero) ----
+
+HETERO = ("summarize", "classify_section", "extract", "explain", "code")
+HETERO_SET = HETERO + ("definition", "translate_fr", "quote")
+# stated bounds on the response length (chars) of each new task: (min, max,
+# median range) at --per-task 1000; see examples/data/README.md
+LENGTH_BOUNDS = {
+    "summarize": (8, 120, (25, 80)),
+    "classify_section": (3, 12, (3, 8)),
+    "extract": (3, 600, (30, 150)),
+    "explain": (60, 600, (120, 400)),
+    "code": (20, 600, (70, 250)),
+}
+
+
+def hetero_missing():
+    bd = load_module()
+    try:
+        bd.Dpkg("/")
+    except (OSError, bd.BuildError) as e:
+        return str(e)
+    if not os.path.isfile("/usr/lib/python3.11/os.py"):
+        return "no /usr/lib/python3.11"
+    return ""
+
+
+needs_hetero = pytest.mark.skipif(bool(hetero_missing()),
+                                  reason="dpkg packages of scripts/setup.sh "
+                                  "or Python 3.11 stdlib missing")
+
+
+def run_n(out, per_task, *args):
+    cmd = [sys.executable, str(SCRIPT), "--out", str(out), "--per-task",
+           str(per_task), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def all_records(out):
+    return [r for s in SPLITS for r in read_split(out, s)]
+
+
+@pytest.fixture(scope="module")
+def hetero(tmp_path_factory):
+    import time
+    base = tmp_path_factory.mktemp("hetero")
+    run_n(base / "a", 60, "--task-set", "hetero")
+    run_n(base / "b", 60, "--task-set", "hetero")
+    t0 = time.monotonic()
+    run_n(base / "full", 1000, "--tasks", ",".join(HETERO))
+    base.joinpath("full_seconds").write_text(str(time.monotonic() - t0))
+    return base
+
+
+@needs_hetero
+def test_hetero_deterministic(hetero):
+    assert file_bytes(hetero / "a") == file_bytes(hetero / "b")
+
+
+@needs_hetero
+def test_hetero_records_and_splits(hetero):
+    out = hetero / "a"
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["tasks"] == list(HETERO_SET)
+    counts = {}
+    seen = {}
+    for split in SPLITS:
+        for rec in read_split(out, split):
+            assert set(rec) == {"task", "instruction", "response"}
+            for key in rec:
+                assert isinstance(rec[key], str) and rec[key].strip() == rec[key] != ""
+            assert "\n\n\n" not in rec["instruction"] + rec["response"]
+            limit = 600 if rec["task"] in HETERO else 200
+            assert len(rec["response"]) <= limit, rec
+            assert len(rec["instruction"]) <= 1500, rec
+            assert rec["instruction"] not in seen, (rec, seen.get(rec["instruction"]))
+            seen[rec["instruction"]] = split
+            counts.setdefault(rec["task"], {s: 0 for s in SPLITS})[split] += 1
+    assert counts == {t: {"train": 48, "validation": 6, "test": 6} for t in HETERO_SET}
+
+
+@needs_hetero
+def test_hetero_length_distributions(hetero):
+    import statistics
+    recs = all_records(hetero / "full")
+    assert float((hetero / "full_seconds").read_text()) < 60
+    for task, (lo, hi, (mlo, mhi)) in LENGTH_BOUNDS.items():
+        lengths = [len(r["response"]) for r in recs if r["task"] == task]
+        assert len(lengths) >= 400, (task, len(lengths))
+        assert lo <= min(lengths) and max(lengths) <= hi, (task, min(lengths),
+                                                           max(lengths))
+        assert mlo <= statistics.median(lengths) <= mhi, (task, statistics.median(lengths))
+    # the long-answer tasks do use the larger limit
+    for task in ("explain", "code"):
+        assert sum(len(r["response"]) > 200 for r in recs if r["task"] == task) >= 20
+
+
+@needs_hetero
+def test_hetero_instructions_vary(hetero):
+    recs = all_records(hetero / "full")
+    words = {"summarize": "synopsis", "classify_section": "section",
+             "extract": "extract", "explain": "explain", "code": "python"}
+    for task in HETERO:
+        ins = [r["instruction"] for r in recs if r["task"] == task]
+        starts = {i[:12] for i in ins}
+        assert len(starts) >= 3, (task, sorted(starts)[:5])
+        named = sum(words[task] in i.lower() for i in ins)
+        assert named < 0.9 * len(ins), (task, named, len(ins))
+
+
+@needs_hetero
+def test_classify_labels_closed_and_capped(hetero):
+    bd = load_module()
+    for name, per_task in (("a", 60), ("full", 1000)):
+        labels = [r["response"] for r in all_records(hetero / name)
+                  if r["task"] == "classify_section"]
+        assert set(labels) <= set(bd.SECTION_LABELS)
+        assert len(set(labels)) >= 4
+        top = max(labels.count(x) for x in set(labels))
+        assert top <= bd.LABEL_CAP * per_task
+
+
+@needs_hetero
+def test_code_responses_are_short_functions(hetero):
+    import ast
+    recs = [r for r in all_records(hetero / "full") if r["task"] == "code"]
+    for r in recs:
+        tree = ast.parse(r["response"])
+        assert len(tree.body) == 1 and isinstance(tree.body[0], ast.FunctionDef), r
+        fn = tree.body[0]
+        assert ast.get_docstring(fn) is None          # the docstring is the question
+        assert r["response"].count("\n") + 1 <= 12
+        assert f"{fn.name}(" in r["instruction"], r
+
+
+@needs_hetero
+def test_extract_answers_come_from_the_stanza(hetero):
+    recs = [r for r in all_records(hetero / "full") if r["task"] == "extract"]
+    kinds = set()
+    for r in recs:
+        stanza = r["instruction"]
+        if ": " in r["response"] and "\n" in r["response"] or \
+                r["response"].startswith(("Maintainer:", "Section:")):
+            kinds.add(r["response"].split(":")[0])
+            for line in r["response"].split("\n"):
+                assert re.match(r"^[A-Z][\w-]+: \S", line), r
+                assert line in stanza.split("\n"), (line, r)
+        else:
+            kinds.add("depends")
+            dep = next(ln for ln in stanza.split("\n") if ln.startswith("Depends: "))
+            for group in r["response"].split(", "):
+                for name in group.split(" | "):
+                    assert re.search(rf"(?<![\w.+-]){re.escape(name)}(?![\w.+-])",
+                                     dep), (name, dep)
+    assert kinds == {"Maintainer", "Section", "depends"}
+
+
+@needs_hetero
+def test_summaries_are_dpkg_synopses(hetero):
+    status = pathlib.Path("/var/lib/dpkg/status").read_text(encoding="utf-8",
+                                                           errors="replace")
+    synopses = {re.sub(r"\s+", " ", m).strip()
+                for m in re.findall(r"^Description: (.*)$", status, flags=re.M)}
+    recs = [r for r in all_records(hetero / "full") if r["task"] == "summarize"]
+    assert recs and all(r["response"] in synopses for r in recs)
+
+
+@needs_hetero
+def test_hetero_manifest_sources(hetero):
+    bd = load_module()
+    manifest = json.loads((hetero / "a" / "manifest.json").read_text(encoding="utf-8"))
+    by_task = {}
+    for s in manifest["sources"]:
+        assert s["version"], s
+        by_task.setdefault(s["task"], []).append(s)
+    for task in ("summarize", "classify_section", "extract", "explain"):
+        dpkg = [s for s in by_task[task] if "packages_sha256" in s]
+        assert len(dpkg) == 1 and len(dpkg[0]["packages_sha256"]) == 64
+        assert dpkg[0]["files"] == ["/var/lib/dpkg/status"]
+        assert dpkg[0]["packages"] >= len(bd.DPKG_ROOTS)
+    man = [s for s in by_task["explain"] if "packages_sha256" not in s]
+    assert man and all(f.startswith("/usr/share/man/man") for s in man
+                       for f in s["files"])
+    assert {s["package"] for s in by_task["code"]} <= set(bd.PY_PACKAGES)
+
+
+def test_dpkg_roots_match_setup_sh():
+    bd = load_module()
+    text = (ROOT / "scripts" / "setup.sh").read_text()
+    listed = re.search(r"APT_PACKAGES=\((.*?)\)", text, re.S).group(1).split()
+    assert list(bd.DPKG_ROOTS) == listed
+
+
+def test_task_sets_and_default():
+    bd = load_module()
+    assert bd.parse_args(["--out", "x"]).tasks == list(bd.CLASSIC_TASKS)
+    assert len(bd.CLASSIC_TASKS) == 9
+    assert bd.parse_args(["--out", "x", "--task-set", "hetero"]).tasks == list(HETERO_SET)
+    assert bd.parse_args(["--out", "x", "--task-set", "all"]).tasks == list(bd.TASKS)
+    assert bd.parse_args(["--out", "x", "--task-set", "hetero", "--tasks",
+                          "code"]).tasks == ["code"]
+    assert set(bd.TASKS) == set(bd.CLASSIC_TASKS) | set(HETERO)
+
+
+def test_roff_and_man_sections():
+    bd = load_module()
+    assert bd.roff_text(r"The \fBls\fP command \- lists \(em \*(C`x\*(C' \e") \
+        == "The ls command - lists \u2014 x \\"
+    assert bd.roff_request_text(".BR ls (1),") == "ls(1),"
+    assert bd.roff_request_text('.B "two words"') == "two words"
+    page = "\n".join([
+        '.TH FOO 1', '.SH NAME', r'foo \- frobnicate the bar', '.SH SYNOPSIS',
+        '.B foo', '[\\fIFILE\\fR]', '.SH DESCRIPTION', r'.\" comment', '.PP',
+        r'\fBfoo\fR frobnicates', '.I bars', 'quickly.', '.TP', r'\fB\-x\fR',
+        'an option', '.SH SEE ALSO', 'bar(1)'])
+    secs = bd.man_sections(page)
+    assert [" ".join(p) for p in secs["NAME"]] == ["foo - frobnicate the bar"]
+    assert " ".join(secs["DESCRIPTION"][0]) == "foo frobnicates bars quickly."
+    assert None in secs["DESCRIPTION"][1]          # the option list is marked
+
+
+def test_long_description_and_relations():
+    bd = load_module()
+    desc = ("tiny tool\n first line\n continued here.\n .\n Features:\n"
+            "  - one\n  - two")
+    assert bd.long_description(desc) == (
+        "tiny tool", "first line continued here.\n\nFeatures:\n- one\n- two")
+    assert bd.relation_names("libc6 (>= 2.34), a | b:any, python3:any") == [
+        ["libc6"], ["a", "b"], ["python3"]]
+
+
+def test_make_code_drops_the_docstring():
+    import ast
+    bd = load_module()
+    src = ('def add(a, b):\n    """Return the sum of a and b, twice over."""\n'
+           '    s = a + b\n\n    return 2 * s\n')
+    node = ast.parse(src).body[0]
+
+    class Fake:
+        funcs = [("mod", None, node, src.split("\n"))]
+    ins, code = bd.make_code(Fake, 0)
+    assert code == "def add(a, b):\n    s = a + b\n    return 2 * s"
+    assert "Return the sum of a and b, twice over." in ins and "add(a, b)" in ins
