@@ -524,6 +524,29 @@ MOP_API MOP_NODISCARD mop_status mop_tokenize_example(const mop_model *model,
                                                       uint8_t *loss_mask, size_t cap,
                                                       size_t *n_out);
 
+/**
+ * @brief mop_tokenize_example() with a chosen system turn.
+ *
+ * @p system NULL keeps the template's default system turn (SmolLM2's is ~45%
+ * of a short example's tokens); "" renders an empty system turn; any other
+ * text is the system message. Use the same choice when generating.
+ * @param[in]  model       the model whose tokenizer and chat template are used
+ * @param[in]  system      UTF-8 system text, "" or NULL (see above)
+ * @param[in]  instruction UTF-8, NUL-terminated
+ * @param[in]  response    UTF-8, NUL-terminated
+ * @param[out] tokens      up to @p cap token ids (may be NULL when @p cap is 0)
+ * @param[out] loss_mask   up to @p cap entries, 1 on targets (may be NULL when @p cap is 0)
+ * @param[in]  cap         capacity of @p tokens and of @p loss_mask
+ * @param[out] n_out       tokens needed (also when @p cap is too small)
+ * @return as mop_tokenize_example()
+ */
+MOP_API MOP_NODISCARD mop_status mop_tokenize_example_v2(const mop_model *model,
+                                                         const char *system,
+                                                         const char *instruction,
+                                                         const char *response, int32_t *tokens,
+                                                         uint8_t *loss_mask, size_t cap,
+                                                         size_t *n_out);
+
 /** @} */
 
 /* ------------------------------------------------------------------------ */

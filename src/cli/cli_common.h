@@ -21,6 +21,9 @@
     {"max-len", 0, CLI_INT, (dest), "T", "cut examples to T tokens; default " len_default}
 #define CLI_OPT_THREADS(dest) \
     {"threads", 't', CLI_INT, (dest), "N", "compute threads, 0 = all cores; default 0"}
+#define CLI_OPT_SYSTEM(text, template_flag) \
+    {"system", 0, CLI_STRING, text, "TEXT", "system turn of every example (chat template); default \"\" (an empty turn)"}, \
+    {"template-system", 0, CLI_FLAG, template_flag, NULL, "keep the chat template's default system turn instead"}
 #define CLI_OPT_END {NULL, 0, CLI_FLAG, NULL, NULL, NULL}
 
 /* The ranges of --batch (>= 1), --max-len (>= 2) and --threads (>= 0):

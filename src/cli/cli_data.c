@@ -48,18 +48,19 @@ static const char *string_field(const cJSON *obj, const char *name)
 
 /* Tokenize one example into fresh arrays (*truncated = 1 if cut to max_len);
  * CLI_ERROR after printing. */
-static int tokenize_one(const mop_model *model, const char *path, int line, const char *instr,
-                        const char *resp, int32_t max_len, cli_example *ex, int *truncated)
+static int tokenize_one(const mop_model *model, const char *path, int line, const char *system,
+                        const char *instr, const char *resp, int32_t max_len, cli_example *ex,
+                        int *truncated)
 {
     size_t n = 0;
-    mop_status st = mop_tokenize_example(model, instr, resp, NULL, NULL, 0, &n);
+    mop_status st = mop_tokenize_example_v2(model, system, instr, resp, NULL, NULL, 0, &n);
     if (st != MOP_OK && st != MOP_E_RANGE)
         return cli_fail(st, "%s: line %d: cannot tokenize", path, line);
     ex->tokens = malloc((n ? n : 1) * sizeof *ex->tokens);
     ex->mask = malloc(n ? n : 1);
     if (!ex->tokens || !ex->mask)
         return cli_error("out of memory");
-    st = mop_tokenize_example(model, instr, resp, ex->tokens, ex->mask, n, &n);
+    st = mop_tokenize_example_v2(model, system, instr, resp, ex->tokens, ex->mask, n, &n);
     if (st != MOP_OK)
         return cli_fail(st, "%s: line %d: cannot tokenize", path, line);
     ex->len = (int32_t)(n > (size_t)max_len ? (size_t)max_len : n);
@@ -72,7 +73,8 @@ static int tokenize_one(const mop_model *model, const char *path, int line, cons
     return CLI_OK;
 }
 
-int cli_dataset_load(cli_dataset *ds, const char *path, const mop_model *model, int32_t max_len)
+int cli_dataset_load(cli_dataset *ds, const char *path, const mop_model *model, int32_t max_len,
+                     const char *system)
 {
     memset(ds, 0, sizeof *ds);
     size_t len = 0;
@@ -124,7 +126,7 @@ int cli_dataset_load(cli_dataset *ds, const char *path, const mop_model *model, 
         memset(r, 0, sizeof *r);
         r->task = strdup(task);
         int trunc = 0;
-        int st = r->task ? tokenize_one(model, path, line, instr, resp, max_len, &r->ex, &trunc)
+        int st = r->task ? tokenize_one(model, path, line, system, instr, resp, max_len, &r->ex, &trunc)
                          : cli_error("out of memory");
         cJSON_Delete(obj);
         if (st != CLI_OK)
@@ -248,7 +250,7 @@ void cli_batch_fill(cli_batch *cb, const cli_dataset *ds, const size_t *idx, int
     cb->b.tokens = cb->tokens;
     cb->b.lengths = cb->lengths;
     cb->b.loss_mask = cb->mask;
-    cb->b.task = NULL; /* set by callers that supervise the gate */
+    cb->b.task = cb->task; /* used by gate supervision and the oracle gate only */
 }
 
 uint64_t cli_rand(uint64_t *state)
@@ -341,4 +343,11 @@ mop_ctx *cli_make_ctx(mop_model *model, int32_t prompt_rows, int32_t max_len, in
         return NULL;
     }
     return ctx;
+}
+
+const char *cli_data_system(const char *system_opt, int template_system)
+{
+    if (template_system)
+        return NULL;
+    return system_opt ? system_opt : "";
 }

@@ -28,13 +28,20 @@ typedef struct cli_dataset {
     size_t n_dropped;   /* examples with no target left after the cut */
 } cli_dataset;
 
-/* Read and tokenize `path`. Blank lines are skipped; any other line must be a
+/* Read and tokenize `path` (system: the chat's system text, NULL = the
+ * template's default; see mop_tokenize_example_v2). Blank lines are skipped; any other line must be a
  * JSON object with string fields "task", "instruction" and "response".
  * Examples longer than max_len tokens are cut to max_len; those left without
  * a target are dropped. Task ids are the positions of the names in sorted
  * order. On error prints one line naming the file and line and returns
  * CLI_ERROR (ds left empty). */
-int cli_dataset_load(cli_dataset *ds, const char *path, const mop_model *model, int32_t max_len);
+int cli_dataset_load(cli_dataset *ds, const char *path, const mop_model *model, int32_t max_len,
+                     const char *system);
+
+/* The system text of the --system / --template-system options: NULL with
+ * --template-system, else --system's text (default "": an empty system turn,
+ * which keeps the template's ~20-token default turn out of every example). */
+const char *cli_data_system(const char *system_opt, int template_system);
 
 void cli_dataset_free(cli_dataset *ds);
 

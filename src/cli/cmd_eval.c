@@ -12,12 +12,15 @@ int cli_cmd_eval(int argc, char **argv)
 {
     const char *data = NULL, *mix_path = NULL;
     int32_t B = 4, n_threads = 0, max_len = 1024;
+    const char *system = NULL;
+    int32_t template_system = 0;
     const cli_opt opts[] = {
         CLI_OPT_DATA(&data),
         CLI_OPT_MIXTURE(&mix_path, "default: the base model"),
         CLI_OPT_BATCH(&B, "4"),
         CLI_OPT_MAX_LEN(&max_len, "1024"),
         CLI_OPT_THREADS(&n_threads),
+        CLI_OPT_SYSTEM(&system, &template_system),
         CLI_OPT_END,
     };
     const cli_spec spec = {
@@ -55,7 +58,7 @@ int cli_cmd_eval(int argc, char **argv)
             goto out;
         rows = cli_prompt_rows(&mp);
     }
-    if (cli_dataset_load(&ds, data, model, max_len) != CLI_OK)
+    if (cli_dataset_load(&ds, data, model, max_len, cli_data_system(system, template_system)) != CLI_OK)
         goto out;
     if (ds.n_truncated || ds.n_dropped)
         fprintf(stderr, "mop eval: %zu examples cut to --max-len %d, %zu without a target left "

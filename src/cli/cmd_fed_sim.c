@@ -15,10 +15,12 @@
 #include <string.h>
 
 #include "cli.h"
+#include "cli_common.h"
 #include "cli_data.h"
 
 typedef struct fed_opts {
-    const char *data, *val, *out, *csv, *strategy, *split, *baseline, *attack;
+    const char *data, *val, *out, *csv, *strategy, *split, *baseline, *attack, *system;
+    int32_t template_system;
     int32_t n_clients, rounds, local_steps, K, P, B, max_len, n_threads, malicious, krum_f;
     int32_t secure_agg, split_kind; /* 0 skewed, 1 iid, 2 dirichlet */
     float alpha, lr, skew_ratio, prox_mu, dp_clip, dp_noise, dp_delta, server_lr, trim_ratio;
@@ -635,6 +637,7 @@ int cli_cmd_fed_sim(int argc, char **argv)
         {"output", 'o', CLI_STRING, &o.out, "MIXTURE", "save the final global mixture (.safetensors)"},
         {"seed", 0, CLI_U64, &o.seed, "S", "seed of the mixture, split, shuffles and noise; default 1234"},
         {"threads", 't', CLI_INT, &o.n_threads, "N", "compute threads, 0 = all cores; default 0"},
+        CLI_OPT_SYSTEM(&o.system, &o.template_system),
         {NULL, 0, CLI_FLAG, NULL, NULL, NULL},
     };
     const cli_spec spec = {
@@ -756,8 +759,8 @@ int cli_cmd_fed_sim(int argc, char **argv)
         return CLI_ERROR;
     cli_dataset ds = {0}, val = {0};
     rc = CLI_ERROR;
-    if (cli_dataset_load(&ds, o.data, model, o.max_len) == CLI_OK &&
-        cli_dataset_load(&val, o.val, model, o.max_len) == CLI_OK)
+    if (cli_dataset_load(&ds, o.data, model, o.max_len, cli_data_system(o.system, o.template_system)) == CLI_OK &&
+        cli_dataset_load(&val, o.val, model, o.max_len, cli_data_system(o.system, o.template_system)) == CLI_OK)
         rc = run(model, &o, &mp, &ds, &val);
     cli_dataset_free(&ds);
     cli_dataset_free(&val);

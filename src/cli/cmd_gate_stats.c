@@ -29,6 +29,8 @@ int cli_cmd_gate_stats(int argc, char **argv)
 {
     const char *data = NULL, *mix_path = NULL, *out_path = NULL;
     int32_t B = 8, n_threads = 0, max_len = 1024;
+    const char *system = NULL;
+    int32_t template_system = 0;
     const cli_opt opts[] = {
         CLI_OPT_MIXTURE(&mix_path, "required"),
         CLI_OPT_DATA(&data),
@@ -36,6 +38,7 @@ int cli_cmd_gate_stats(int argc, char **argv)
         CLI_OPT_BATCH(&B, "8"),
         CLI_OPT_MAX_LEN(&max_len, "1024"),
         CLI_OPT_THREADS(&n_threads),
+        CLI_OPT_SYSTEM(&system, &template_system),
         CLI_OPT_END,
     };
     const cli_spec spec = {
@@ -74,7 +77,7 @@ int cli_cmd_gate_stats(int argc, char **argv)
     if (cli_load_mixture(model, mix_path, &m, &mp) != CLI_OK)
         goto out;
     const int32_t K = mp.n_experts;
-    if (cli_dataset_load(&ds, data, model, max_len) != CLI_OK)
+    if (cli_dataset_load(&ds, data, model, max_len, cli_data_system(system, template_system)) != CLI_OK)
         goto out;
     ctx = cli_make_ctx(model, cli_prompt_rows(&mp), ds.max_len, n_threads);
     if (!ctx || cli_batch_init(&cb, B, ds.max_len) != CLI_OK)

@@ -6,13 +6,16 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "cli_common.h"
 #include "cli_data.h"
+#include "cli_gate.h"
 
 typedef struct train_opts {
-    const char *data, *val, *out, *baseline, *combine;
-    int32_t K, P, steps, B, accum, warmup, gate_layer, inject_layer, top_k, pretrain_steps;
-    int32_t max_len, n_threads, eval_every, gate_hidden;
-    float lr, gate_lr, load_balance, weight_decay, clip;
+    const char *data, *val, *out, *baseline, *combine, *system, *pool, *bias, *init;
+    int32_t K, P, steps, B, accum, warmup, gate_layer, inject_layer, top_k, pretrain_epochs;
+    int32_t max_len, n_threads, eval_every, gate_hidden, template_system, no_pretrain;
+    int32_t no_gate_norm, n_shared, joint_experts, top_k_renorm;
+    float lr, gate_lr, gate_clip, pretrain_lr, load_balance, weight_decay, clip;
     uint64_t seed;
 } train_opts;
 
@@ -76,53 +79,42 @@ static void next_batch(size_t *idx, int32_t B, size_t *order, size_t n, size_t *
     }
 }
 
-/* Gate pre-training: only the gate's supervision loss, only the gate's slice
- * of the buffer updated (constant lr, no weight decay). */
-static int pretrain_gate(mop_ctx *ctx, mop_mixture *m, const train_opts *o, const cli_dataset *ds,
-                         cli_batch *cb, size_t *order, size_t *idx, uint64_t *rng)
+/* Before prompt training: experts from hidden states (--init hidden), the
+ * gate's input statistics and its pre-training on task labels. */
+static int prepare_gate(mop_ctx *ctx, mop_mixture *m, const train_opts *o,
+                        const mop_mixture_params *mp, const cli_dataset *ds,
+                        const cli_dataset *val, cli_batch *cb, int32_t cap_B)
 {
-    float *params, *grads;
-    size_t n;
-    mop_status st = mop_mixture_data(m, &params, &grads, &n);
-    if (st != MOP_OK)
-        return cli_fail(st, "cannot access the mixture's parameters");
-    size_t off = gate_offset(m);
-    mop_adamw_params ap = mop_adamw_default_params();
-    ap.lr = o->lr;
-    ap.weight_decay = 0.0f;
-    ap.clip_norm = o->clip;
-    mop_optimizer *opt = NULL;
-    st = mop_optimizer_create(n - off, &ap, &opt);
-    if (st != MOP_OK)
-        return cli_fail(st, "cannot create the gate optimizer");
-    mop_loss_params lp = mop_loss_default_params();
-    lp.gate_supervision = 1.0f;
-    lp.gate_only = 1;
-    size_t cursor = ds->n;
-    double t0 = cli_now(), tokens = 0.0;
-    int rc = CLI_OK;
-    for (int32_t step = 1; step <= o->pretrain_steps; step++) {
-        mop_mixture_zero_grad(m);
-        next_batch(idx, o->B, order, ds->n, &cursor, rng);
-        cli_batch_fill(cb, ds, idx, o->B);
-        cb->b.task = cb->task;
-        mop_loss_result res;
-        memset(&res, 0, sizeof res);
-        res.struct_size = sizeof res;
-        st = mop_mixture_forward_backward(ctx, m, &cb->b, &lp, &res);
-        if (st == MOP_OK)
-            st = mop_optimizer_step(opt, params + off, grads + off, n - off, 1.0f, NULL, NULL);
-        if (st != MOP_OK) {
-            rc = cli_fail(st, "gate pre-training step %d failed", (int)step);
-            break;
-        }
-        for (int32_t b = 0; b < o->B; b++)
-            tokens += cb->lengths[b];
-        double dt = cli_now() - t0;
-        report("gate", step, o->pretrain_steps, res.loss, ap.lr, tokens / dt, dt);
+    if (o->init && strcmp(o->init, "hidden") == 0) {
+        size_t *idx = malloc((size_t)cap_B * sizeof *idx);
+        if (!idx)
+            return cli_error("out of memory");
+        uint64_t rng = o->seed ^ 0x5DEECE66Dull;
+        for (int32_t b = 0; b < cap_B; b++)
+            idx[b] = (size_t)(cli_rand(&rng) % ds->n);
+        cli_batch_fill(cb, ds, idx, cap_B);
+        free(idx);
+        mop_status st = mop_mixture_init_experts(ctx, m, &cb->b);
+        if (st != MOP_OK)
+            return cli_fail(st, "cannot initialise the experts from hidden states");
     }
-    cli_progress_end();
-    mop_optimizer_free(opt);
+    const int pretrain = !o->no_pretrain && ds->n_tasks > 1 && mp->n_experts >= ds->n_tasks;
+    if (mp->gate_mode != MOP_GATE_LEARNED || (!mp->gate_norm && !pretrain))
+        return CLI_OK;
+    float *u = NULL, *uv = NULL;
+    double t0 = cli_now();
+    int rc = cli_gate_inputs(ctx, m, ds, cb, cap_B, &u);
+    if (rc == CLI_OK && mp->gate_norm)
+        rc = cli_gate_set_stats(m, u, ds->n);
+    if (rc == CLI_OK && mp->gate_norm)
+        printf("gate input statistics from %zu examples (%.1f s)\n", ds->n, cli_now() - t0);
+    if (rc == CLI_OK && pretrain && val)
+        rc = cli_gate_inputs(ctx, m, val, cb, cap_B, &uv);
+    if (rc == CLI_OK && pretrain)
+        rc = cli_gate_pretrain(m, u, ds, uv, val, o->pretrain_epochs, o->pretrain_lr, o->seed);
+    fflush(stdout);
+    free(u);
+    free(uv);
     return rc;
 }
 
@@ -186,13 +178,12 @@ static int run(mop_model *model, const train_opts *o, const mop_mixture_params *
     printf("mixture: K=%d P=%d gate_layer=%d inject_layer=%d combine=%s gate=%s params=%zu\n",
            (int)got.n_experts, (int)got.prompt_len, (int)got.gate_layer, (int)got.inject_layer,
            got.combine == MOP_COMBINE_WEIGHTED_SUM ? "sum" : "bias",
-           got.gate_mode == MOP_GATE_UNIFORM ? "uniform" : "learned", mop_mixture_n_params(m));
+           got.gate_mode == MOP_GATE_UNIFORM ? "uniform" : got.gate_mode == MOP_GATE_ORACLE ? "oracle" : "learned", mop_mixture_n_params(m));
     printf("data: %zu examples, %d tasks, longest %d tokens (%zu truncated, %zu dropped)\n",
            ds->n, (int)ds->n_tasks, (int)ds->max_len, ds->n_truncated, ds->n_dropped);
     fflush(stdout);
 
-    if (o->pretrain_steps > 0 &&
-        pretrain_gate(ctx, m, o, ds, &cb, order, idx, &rng) != CLI_OK)
+    if (prepare_gate(ctx, m, o, &got, ds, val, &cb, cap_B) != CLI_OK)
         goto out;
 
     float *params, *grads;
@@ -207,14 +198,15 @@ static int run(mop_model *model, const train_opts *o, const mop_mixture_params *
     ap.total_steps = o->steps;
     ap.weight_decay = o->weight_decay;
     ap.clip_norm = o->clip;
-    /* --gate-lr: the gate's slice gets its own AdamW state and rate. */
-    const size_t n_opt = o->gate_lr >= 0.0f ? gate_offset(m) : n;
+    /* the gate's slice has its own AdamW state, rate and clip */
+    const size_t n_opt = gate_offset(m);
     if ((st = mop_optimizer_create(n_opt, &ap, &opt)) != MOP_OK) {
         cli_fail(st, "cannot create the optimizer");
         goto out;
     }
     if (n_opt < n) {
         ap.lr = o->gate_lr;
+        ap.clip_norm = o->gate_clip;
         if ((st = mop_optimizer_create(n - n_opt, &ap, &opt_gate)) != MOP_OK) {
             cli_fail(st, "cannot create the gate optimizer");
             goto out;
@@ -305,21 +297,24 @@ int cli_cmd_train(int argc, char **argv)
     mop_mixture_params defaults = mop_mixture_default_params();
     train_opts o = {
         .K = defaults.n_experts, .P = defaults.prompt_len, .steps = 100, .B = 4, .accum = 1,
-        .warmup = 0, .gate_layer = -1, .inject_layer = -1, .top_k = 0, .pretrain_steps = 0,
+        .warmup = 0, .gate_layer = -1, .inject_layer = -1, .top_k = 0, .pretrain_epochs = 0,
         .max_len = 256, .n_threads = 0, .eval_every = 0, .gate_hidden = defaults.gate_hidden,
-        .lr = 3e-3f, .gate_lr = -1.0f, .load_balance = 0.0f, .weight_decay = 0.01f, .clip = 1.0f, .seed = 1234,
+        .lr = 3e-3f, .gate_lr = 1e-3f, .gate_clip = 1.0f, .pretrain_lr = 0.0f,
+        .load_balance = 0.0f, .weight_decay = 0.01f, .clip = 1.0f, .seed = 1234,
+        .n_shared = 0,
     };
     const cli_opt opts[] = {
         {"data", 'd', CLI_STRING, &o.data, "FILE", "training data, JSONL {task, instruction, response}; required"},
         {"output", 'o', CLI_STRING, &o.out, "MIXTURE", "where to save the mixture (.safetensors); required"},
         {"experts", 'K', CLI_INT, &o.K, "K", "number of experts; default 8"},
         {"prompt-len", 'P', CLI_INT, &o.P, "P", "soft tokens per expert; default 8"},
-        {"baseline", 0, CLI_STRING, &o.baseline, "single|uniform", "single: one K*P-token prompt; uniform: K experts, uniform gate"},
+        {"baseline", 0, CLI_STRING, &o.baseline, "single|uniform|oracle", "single: one K*P-token prompt; uniform: K experts, uniform gate; oracle: expert k serves task k by label (the ceiling of routing)"},
         {"steps", 0, CLI_INT, &o.steps, "N", "optimizer steps; default 100"},
         {"batch", 'b', CLI_INT, &o.B, "B", "sequences per forward/backward; default 4"},
         {"accum", 0, CLI_INT, &o.accum, "A", "batches accumulated per step; default 1"},
         {"lr", 0, CLI_FLOAT, &o.lr, "LR", "peak learning rate; default 3e-3"},
-        {"gate-lr", 0, CLI_FLOAT, &o.gate_lr, "LR", "peak learning rate of the gate during prompt training (its own AdamW state, clipped on its own; pre-training keeps --lr); default --lr"},
+        {"gate-lr", 0, CLI_FLOAT, &o.gate_lr, "LR", "peak learning rate of the gate during prompt training (its own AdamW state); default 1e-3"},
+        {"gate-clip", 0, CLI_FLOAT, &o.gate_clip, "X", "clip the gate's gradient to this norm, 0 = off; default 1"},
         {"warmup", 0, CLI_INT, &o.warmup, "W", "linear warmup steps, then cosine decay; default 0"},
         {"weight-decay", 0, CLI_FLOAT, &o.weight_decay, "X", "AdamW decoupled weight decay; default 0.01"},
         {"clip", 0, CLI_FLOAT, &o.clip, "X", "clip gradients to this global norm, 0 = off; default 1"},
@@ -328,13 +323,23 @@ int cli_cmd_train(int argc, char **argv)
         {"gate-hidden", 0, CLI_INT, &o.gate_hidden, "H", "gate MLP width; default 64"},
         {"combine", 0, CLI_STRING, &o.combine, "bias|sum", "attention bias (paper) or weighted sum; default bias"},
         {"top-k", 0, CLI_INT, &o.top_k, "k", "keep the k largest gate weights, 0 = all; default 0"},
+        {"top-k-renorm", 0, CLI_FLAG, &o.top_k_renorm, NULL, "renormalise the kept top-k weights to 1 (top-1 then gets no LM gradient)"},
         {"load-balance", 0, CLI_FLOAT, &o.load_balance, "X", "weight of the gate load-balance loss; default 0"},
-        {"gate-pretrain-steps", 0, CLI_INT, &o.pretrain_steps, "N", "pre-train the gate on task labels first (needs K >= tasks); default 0"},
+        {"pool", 0, CLI_STRING, &o.pool, "content|prompt", "gate input: mean over the user's content tokens, or over every prompt token; default content"},
+        {"no-gate-norm", 0, CLI_FLAG, &o.no_gate_norm, NULL, "feed the gate the raw pooled state (no per-channel standardization)"},
+        {"bias", 0, CLI_STRING, &o.bias, "logkw|logw", "score bias of expert k: log(K w_k) (uniform gate = one K*P prompt) or log w_k; default logkw"},
+        {"shared", 0, CLI_INT, &o.n_shared, "N", "always-on shared groups of P tokens next to the K routed ones; default 0"},
+        {"joint-experts", 0, CLI_FLAG, &o.joint_experts, NULL, "prompt rows attend across groups (one causal sequence) instead of each group to itself"},
+        {"init", 0, CLI_STRING, &o.init, "vocab|normal|hidden", "experts from vocabulary embeddings, N(0, 0.02^2), or real layer-L_p hidden states; default vocab"},
+        {"gate-pretrain-epochs", 0, CLI_INT, &o.pretrain_epochs, "N", "most epochs of gate pre-training on task labels (on by default when the data has >= 2 tasks and K >= tasks; stops when the validation accuracy stops rising); default 100"},
+        {"gate-pretrain-lr", 0, CLI_FLOAT, &o.pretrain_lr, "LR", "gate pre-training learning rate; default 3e-3"},
+        {"no-gate-pretrain", 0, CLI_FLAG, &o.no_pretrain, NULL, "skip gate pre-training"},
         {"max-len", 0, CLI_INT, &o.max_len, "T", "cut examples to T tokens; default 256"},
         {"seed", 0, CLI_U64, &o.seed, "S", "initialisation and shuffling seed; default 1234"},
         {"threads", 't', CLI_INT, &o.n_threads, "N", "compute threads, 0 = all cores; default 0"},
         {"val", 0, CLI_STRING, &o.val, "FILE", "validation data; the best mixture by perplexity is saved"},
         {"eval-every", 0, CLI_INT, &o.eval_every, "N", "validate every N steps (and at the end); default 0 = end only"},
+        CLI_OPT_SYSTEM(&o.system, &o.template_system),
         {NULL, 0, CLI_FLAG, NULL, NULL, NULL},
     };
     const cli_spec spec = {
@@ -343,8 +348,13 @@ int cli_cmd_train(int argc, char **argv)
         "injected before --inject-layer, weighed per example by a gate that reads the\n"
         "hidden state after --gate-layer. Loss: next-token NLL of the response\n"
         "tokens (chat template). AdamW with warmup + cosine decay over --steps.\n"
+        "Before that: one pass through layers [0, --gate-layer) gives the gate's input\n"
+        "statistics (saved with the mixture) and, with >= 2 tasks and K >= tasks, the\n"
+        "gate is pre-trained on the task labels until its validation accuracy stops\n"
+        "rising. The gate keeps its own AdamW state, --gate-lr and --gate-clip.\n"
         "Baselines: --baseline single trains one prompt of K*P tokens (same prompt\n"
-        "budget); --baseline uniform keeps K experts with a uniform gate.\n"
+        "budget); --baseline uniform keeps K experts with a uniform gate;\n"
+        "--baseline oracle gives task k's examples to expert k (perfect routing).\n"
         "Without --val the mixture is saved at the end; with --val it is validated\n"
         "every --eval-every steps and at the end, and the best one is kept.\n"
         "Progress on stderr: in place on a terminal, one line every 10 steps otherwise.",
@@ -366,10 +376,11 @@ int cli_cmd_train(int argc, char **argv)
         return cli_usage_error("train", "--max-len must be >= 2, got %d", (int)o.max_len);
     if (o.warmup < 0 || o.warmup > o.steps)
         return cli_usage_error("train", "--warmup must be in [0, --steps]");
-    if (o.pretrain_steps < 0 || o.eval_every < 0 || o.n_threads < 0)
-        return cli_usage_error("train", "--gate-pretrain-steps, --eval-every and --threads must be >= 0");
-    if (o.gate_lr != -1.0f && !(o.gate_lr >= 0.0f && isfinite(o.gate_lr)))
-        return cli_usage_error("train", "--gate-lr must be finite and >= 0");
+    if (o.pretrain_epochs < 0 || o.eval_every < 0 || o.n_threads < 0 || o.n_shared < 0)
+        return cli_usage_error("train", "--gate-pretrain-epochs, --eval-every, --threads and --shared must be >= 0");
+    if (!(o.gate_lr >= 0.0f && isfinite(o.gate_lr)) || !(o.gate_clip >= 0.0f) ||
+        !(o.pretrain_lr >= 0.0f && isfinite(o.pretrain_lr)))
+        return cli_usage_error("train", "--gate-lr, --gate-clip and --gate-pretrain-lr must be finite and >= 0");
     if (o.eval_every > 0 && !o.val)
         return cli_usage_error("train", "--eval-every needs --val FILE");
 
@@ -380,23 +391,42 @@ int cli_cmd_train(int argc, char **argv)
     mp.inject_layer = o.inject_layer;
     mp.gate_hidden = o.gate_hidden;
     mp.top_k = o.top_k;
+    mp.top_k_renorm = o.top_k_renorm;
     mp.seed = o.seed;
+    mp.gate_norm = !o.no_gate_norm;
+    mp.n_shared = o.n_shared;
+    mp.expert_attention = o.joint_experts ? MOP_EXPERTS_JOINT : MOP_EXPERTS_INDEPENDENT;
+    if (o.pool && strcmp(o.pool, "prompt") == 0)
+        mp.gate_pool = MOP_POOL_PROMPT;
+    else if (o.pool && strcmp(o.pool, "content") != 0)
+        return cli_usage_error("train", "--pool must be 'content' or 'prompt', got '%s'", o.pool);
+    if (o.bias && strcmp(o.bias, "logw") == 0)
+        mp.gate_bias = MOP_BIAS_LOG_W;
+    else if (o.bias && strcmp(o.bias, "logkw") != 0)
+        return cli_usage_error("train", "--bias must be 'logkw' or 'logw', got '%s'", o.bias);
+    if (o.init && strcmp(o.init, "normal") == 0)
+        mp.init = MOP_INIT_NORMAL;
+    else if (o.init && strcmp(o.init, "vocab") != 0 && strcmp(o.init, "hidden") != 0)
+        return cli_usage_error("train", "--init must be 'vocab', 'normal' or 'hidden', got '%s'",
+                               o.init);
     if (o.combine && strcmp(o.combine, "sum") == 0)
         mp.combine = MOP_COMBINE_WEIGHTED_SUM;
     else if (o.combine && strcmp(o.combine, "bias") != 0)
         return cli_usage_error("train", "--combine must be 'bias' or 'sum', got '%s'", o.combine);
     if (o.baseline) {
+        mp.gate_mode = MOP_GATE_UNIFORM;
         if (strcmp(o.baseline, "single") == 0) {
             mp.n_experts = 1;
             mp.prompt_len = o.K * o.P;
+        } else if (strcmp(o.baseline, "oracle") == 0) {
+            mp.gate_mode = MOP_GATE_ORACLE;
         } else if (strcmp(o.baseline, "uniform") != 0) {
-            return cli_usage_error("train", "--baseline must be 'single' or 'uniform', got '%s'",
-                                   o.baseline);
+            return cli_usage_error("train", "--baseline must be 'single', 'uniform' or 'oracle', "
+                                   "got '%s'", o.baseline);
         }
-        mp.gate_mode = MOP_GATE_UNIFORM;
-        if (o.top_k || o.pretrain_steps || o.load_balance != 0.0f)
-            return cli_usage_error("train", "--baseline has a uniform gate: --top-k, "
-                                            "--gate-pretrain-steps and --load-balance do not apply");
+        if (o.top_k || o.pretrain_epochs || o.load_balance != 0.0f)
+            return cli_usage_error("train", "--baseline has no learned gate: --top-k, "
+                                            "--gate-pretrain-epochs and --load-balance do not apply");
     }
 
     mop_model *model = cli_load_model(pos[0], o.n_threads);
@@ -404,13 +434,16 @@ int cli_cmd_train(int argc, char **argv)
         return CLI_ERROR;
     cli_dataset ds = {0}, val = {0};
     rc = CLI_ERROR;
-    if (cli_dataset_load(&ds, o.data, model, o.max_len) != CLI_OK)
+    const char *system = cli_data_system(o.system, o.template_system);
+    if (cli_dataset_load(&ds, o.data, model, o.max_len, system) != CLI_OK)
         goto out;
-    if (o.val && cli_dataset_load(&val, o.val, model, o.max_len) != CLI_OK)
+    if (o.val && cli_dataset_load(&val, o.val, model, o.max_len, system) != CLI_OK)
         goto out;
-    if (o.pretrain_steps > 0 && mp.n_experts < ds.n_tasks) {
-        rc = cli_error("--gate-pretrain-steps needs --experts >= the number of tasks: K = %d, "
-                       "'%s' has %d tasks", (int)mp.n_experts, o.data, (int)ds.n_tasks);
+    if ((o.pretrain_epochs > 0 || mp.gate_mode == MOP_GATE_ORACLE) && mp.n_experts < ds.n_tasks) {
+        rc = cli_error("%s needs --experts >= the number of tasks: K = %d, '%s' has %d tasks",
+                       mp.gate_mode == MOP_GATE_ORACLE ? "--baseline oracle"
+                                                       : "--gate-pretrain-epochs",
+                       (int)mp.n_experts, o.data, (int)ds.n_tasks);
         goto out;
     }
     rc = run(model, &o, &mp, &ds, o.val ? &val : NULL);

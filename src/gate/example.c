@@ -74,21 +74,35 @@ mop_status mop_tokenize_example(const mop_model *model, const char *instruction,
                                 const char *response, int32_t *tokens, uint8_t *loss_mask,
                                 size_t cap, size_t *n_out)
 {
+    return mop_tokenize_example_v2(model, NULL, instruction, response, tokens, loss_mask, cap,
+                                   n_out);
+}
+
+mop_status mop_tokenize_example_v2(const mop_model *model, const char *system,
+                                   const char *instruction, const char *response,
+                                   int32_t *tokens, uint8_t *loss_mask, size_t cap,
+                                   size_t *n_out)
+{
     MOP_CHECK_ARG(model);
     MOP_CHECK_ARG(instruction);
     MOP_CHECK_ARG(response);
     MOP_CHECK_ARG(n_out);
     MOP_CHECK_ARG((tokens && loss_mask) || cap == 0);
 
-    const mop_chat_message msgs[2] = {{"user", instruction}, {"assistant", response}};
+    /* with a system text, it is the first message (the template's default is then not used) */
+    const mop_chat_message all[3] = {{"system", system ? system : ""},
+                                     {"user", instruction},
+                                     {"assistant", response}};
+    const mop_chat_message *msgs = system ? all : all + 1;
     char *prompt = NULL, *full = NULL;
     int32_t *p_ids = NULL, *r_ids = NULL, *t_ids = NULL;
     size_t p_len = 0, f_len = 0, n_p = 0, n_r = 0, n_t = 0;
     size_t r_len = strlen(response);
     mop_status st;
 
-    if ((st = render(model, msgs, 1, 1, &prompt, &p_len)) != MOP_OK ||
-        (st = render(model, msgs, 2, 0, &full, &f_len)) != MOP_OK)
+    const size_t n_ctx_msgs = system ? 2 : 1; /* messages before the response */
+    if ((st = render(model, msgs, n_ctx_msgs, 1, &prompt, &p_len)) != MOP_OK ||
+        (st = render(model, msgs, n_ctx_msgs + 1, 0, &full, &f_len)) != MOP_OK)
         goto out;
     if (f_len < p_len + r_len || memcmp(full, prompt, p_len) != 0 ||
         memcmp(full + p_len, response, r_len) != 0) {

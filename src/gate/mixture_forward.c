@@ -690,11 +690,12 @@ static mop_status gate_batch(mop_ctx *ctx, const mop_mixture *m, const mop_batch
     MOP_TRY(gate_ws_reserve(&ws, m, maxT, 1, 1, 0));
     mop_ctx_reset(ctx);
     for (int32_t b = 0; b < batch->n_seq; b++) {
-        const int32_t T = batch->lengths[b];
+        /* causal: the pooled rows do not depend on the tokens after them */
+        const int32_t T = gate_pool_len(batch, b);
         for (int32_t t = 0; t < T; t++)
             ws.pos[t] = t;
         gate_embed_and_pool(ctx, m, ws.x, ws.u, batch->tokens + (int64_t)b * batch->seq_len, T,
-                            gate_pool_len(batch, b), ws.pos);
+                            T, ws.pos);
         if (raw) {
             memcpy(raw + (int64_t)b * d, ws.u, (size_t)d * sizeof(float));
             continue;

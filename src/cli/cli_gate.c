@@ -1,0 +1,106 @@
+/* Gate set-up before prompt training: pooled inputs, statistics, pre-training. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "cli_gate.h"
+
+static int32_t model_width(const mop_mixture *m)
+{
+    mop_mixture_tensor_info ti;
+    memset(&ti, 0, sizeof ti);
+    ti.struct_size = sizeof ti;
+    if (mop_mixture_tensor_get_info(m, 0, &ti) != MOP_OK)
+        return 0;
+    return (int32_t)ti.dims[2]; /* experts (groups, P, d) */
+}
+
+int cli_gate_inputs(mop_ctx *ctx, const mop_mixture *m, const cli_dataset *ds, cli_batch *cb,
+                    int32_t B, float **u)
+{
+    const int32_t d = model_width(m);
+    size_t *idx = malloc((size_t)B * sizeof *idx);
+    float *out = malloc((ds->n ? ds->n : 1) * (size_t)d * sizeof *out);
+    if (!idx || !out) {
+        free(idx), free(out);
+        return cli_error("out of memory for %zu gate inputs", ds->n);
+    }
+    double t0 = cli_now();
+    for (size_t first = 0; first < ds->n; first += (size_t)B) {
+        int32_t n = (int32_t)(ds->n - first < (size_t)B ? ds->n - first : (size_t)B);
+        for (int32_t b = 0; b < n; b++)
+            idx[b] = first + (size_t)b;
+        cli_batch_fill(cb, ds, idx, n);
+        mop_status st = mop_mixture_gate_inputs(ctx, m, &cb->b, out + first * (size_t)d);
+        if (st != MOP_OK) {
+            free(idx), free(out);
+            return cli_fail(st, "gate inputs failed at line %d", (int)ds->ex[first].line);
+        }
+        size_t done = first + (size_t)n;
+        double dt = cli_now() - t0;
+        cli_progress("gate inputs: %zu/%zu examples, %.1f s, ETA %.0f s", done, ds->n, dt,
+                     dt / (double)done * (double)(ds->n - done));
+    }
+    cli_progress_end();
+    free(idx);
+    *u = out;
+    return CLI_OK;
+}
+
+int cli_gate_set_stats(mop_mixture *m, const float *u, size_t n)
+{
+    const int32_t d = model_width(m);
+    double *sum = calloc((size_t)d * 2, sizeof *sum);
+    if (!sum)
+        return cli_error("out of memory");
+    mop_status st = mop_mixture_input_moments(u, (int32_t)n, d, sum, sum + d);
+    if (st == MOP_OK)
+        st = mop_mixture_set_input_stats(m, (double)n, sum, sum + d);
+    free(sum);
+    return st == MOP_OK ? CLI_OK : cli_fail(st, "cannot set the gate's input statistics");
+}
+
+int32_t *cli_gate_labels(const cli_dataset *ds)
+{
+    int32_t *t = malloc((ds->n ? ds->n : 1) * sizeof *t);
+    if (!t) {
+        cli_error("out of memory");
+        return NULL;
+    }
+    for (size_t i = 0; i < ds->n; i++)
+        t[i] = ds->ex[i].task;
+    return t;
+}
+
+int cli_gate_pretrain(mop_mixture *m, const float *u, const cli_dataset *ds, const float *uv,
+                      const cli_dataset *val, int32_t max_epochs, float lr, uint64_t seed)
+{
+    int32_t *task = cli_gate_labels(ds), *task_val = val ? cli_gate_labels(val) : NULL;
+    if (!task || (val && !task_val)) {
+        free(task), free(task_val);
+        return CLI_ERROR;
+    }
+    mop_gate_pretrain_params pp;
+    mop_status st = mop_gate_pretrain_params_init(&pp);
+    if (max_epochs > 0)
+        pp.max_epochs = max_epochs;
+    if (lr > 0.0f)
+        pp.lr = lr;
+    pp.seed = seed;
+    mop_gate_pretrain_result r;
+    memset(&r, 0, sizeof r);
+    r.struct_size = sizeof r;
+    double t0 = cli_now();
+    if (st == MOP_OK)
+        st = mop_mixture_pretrain_gate(m, u, task, (int32_t)ds->n, uv, task_val,
+                                       val ? (int32_t)val->n : 0, &pp, &r);
+    free(task), free(task_val);
+    if (st != MOP_OK)
+        return cli_fail(st, "gate pre-training failed");
+    printf("gate pre-training: %d epochs (best %d) in %.1f s, argmax accuracy %.3f train, "
+           "%.3f %s\n", (int)r.epochs, (int)r.best_epoch, cli_now() - t0,
+           (double)r.train_accuracy, (double)r.val_accuracy, val ? "validation" : "train");
+    fflush(stdout);
+    return CLI_OK;
+}

@@ -1,0 +1,26 @@
+/* The gate's set-up before prompt training, shared by `mop train` and
+ * `mop fed-sim`: the pooled gate inputs of a data set (one pass through
+ * layers [0, L_g)), their statistics, and gate pre-training on task labels. */
+#ifndef MOP_CLI_GATE_H
+#define MOP_CLI_GATE_H
+
+#include "cli_data.h"
+
+/* Raw pooled gate inputs of every example of ds, (ds->n, d) in *u (malloc'ed),
+ * in batches of B. CLI_ERROR after printing. */
+int cli_gate_inputs(mop_ctx *ctx, const mop_mixture *m, const cli_dataset *ds, cli_batch *cb,
+                    int32_t B, float **u);
+
+/* Standardize the gate's input with the moments of the n rows of u. */
+int cli_gate_set_stats(mop_mixture *m, const float *u, size_t n);
+
+/* Task labels of ds as an array (malloc'ed); NULL after printing. */
+int32_t *cli_gate_labels(const cli_dataset *ds);
+
+/* Pre-train the gate on ds's labels (rows u), stopping on the validation
+ * rows uv of val (or on the training rows when val is NULL); prints one
+ * summary line. max_epochs 0 = the library's default. CLI_ERROR after printing. */
+int cli_gate_pretrain(mop_mixture *m, const float *u, const cli_dataset *ds, const float *uv,
+                      const cli_dataset *val, int32_t max_epochs, float lr, uint64_t seed);
+
+#endif
