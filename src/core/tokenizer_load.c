@@ -231,13 +231,14 @@ static mop_status hf_fill(hf_state *h, const char *dir, mop_tokenizer_spec *sp)
     const cJSON *added = cJSON_GetObjectItemCaseSensitive(h->json, "added_tokens");
     if (!cJSON_IsObject(vocab))
         return mop_fail(MOP_E_FORMAT, "%s: model.vocab is not an object", path);
-    int64_t n = 0;
+    int64_t n = 0, n_entries = 0;
     const cJSON *it;
     cJSON_ArrayForEach(it, vocab) {
         if (!cJSON_IsNumber(it) || it->valuedouble < 0 || it->valuedouble >= INT32_MAX)
             return mop_fail(MOP_E_FORMAT, "%s: vocab entry \"%.64s\" has no valid id", path,
                             it->string);
         n = MOP_MAX(n, (int64_t)it->valuedouble + 1);
+        n_entries++;
     }
     cJSON_ArrayForEach(it, added) {
         const cJSON *id = cJSON_GetObjectItemCaseSensitive(it, "id");
@@ -245,7 +246,14 @@ static mop_status hf_fill(hf_state *h, const char *dir, mop_tokenizer_spec *sp)
             !cJSON_IsString(cJSON_GetObjectItemCaseSensitive(it, "content")))
             return mop_fail(MOP_E_FORMAT, "%s: an added token lacks a valid id or content", path);
         n = MOP_MAX(n, (int64_t)id->valuedouble + 1);
+        n_entries++;
     }
+    /* Ids must cover 0..n-1, so n entries at least: checking that before
+     * allocating keeps one huge id in a small file from costing n * 20 bytes. */
+    if (n > n_entries)
+        return mop_fail(MOP_E_FORMAT, "%s: largest token id is %lld but there are only %lld "
+                        "vocab and added-token entries (ids must cover 0..n-1)", path,
+                        (long long)(n - 1), (long long)n_entries);
     h->tokens = mop_calloc((size_t)MOP_MAX(n, 1), sizeof *h->tokens);
     h->types = mop_alloc((size_t)MOP_MAX(n, 1) * sizeof *h->types);
     if (!h->tokens || !h->types)
