@@ -160,3 +160,23 @@ def test_generate_greedy_is_deterministic(mop, model_path):
     rc2, out2, err2 = run(mop, *args, "--threads", 2)
     assert rc1 == 0 and rc2 == 0, err1 + err2
     assert out1 == out2 and out1.strip() != ""
+
+
+def test_input_files_are_capped(mop, model_path, tmp_path):
+    """An endless --data source fails with one clear line once it passes the
+    1 GiB cap (issue 14, F6: `mop eval --data /dev/zero` grew to 7 GB)."""
+    rc, out, err = run(mop, "eval", model_path, "--data", "/dev/zero", timeout=120)
+    assert rc == 1 and out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("mop: ") and "/dev/zero" in lines[0]
+    assert "more than 1073741824 bytes" in lines[0]
+    # a regular file over the cap (sparse, so it costs no disk) fails before
+    # anything is read; the same reader serves ppl and prune's calibration text
+    big = tmp_path / "big.txt"
+    with open(big, "wb") as f:
+        f.truncate((1 << 30) + 1)
+    rc, out, err = run(mop, "ppl", model_path, big, timeout=60)
+    assert rc == 1 and out == ""
+    assert len(err.splitlines()) == 1, err
+    assert f"is {(1 << 30) + 1} bytes" in err and "at most 1073741824 bytes" in err
