@@ -277,6 +277,38 @@ mop_model *cli_load_model(const char *path, int32_t n_threads)
     return model;
 }
 
+int cli_check_output_path(const char *path)
+{
+    if (!path)
+        return CLI_OK;
+    if (!path[0])
+        return cli_error("cannot write '': the output path is empty");
+    struct stat st;
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
+        return cli_error("cannot write '%s': it is a directory", path);
+    /* the directory part: everything before the last '/', "/" for "/x", "." for "x" */
+    const char *slash = strrchr(path, '/');
+    char dir[4096];
+    if (!slash) {
+        snprintf(dir, sizeof dir, ".");
+    } else {
+        size_t n = (size_t)(slash - path);
+        if (n == 0)
+            n = 1; /* "/x": the root */
+        if (n >= sizeof dir)
+            return cli_error("cannot write '%s': path too long", path);
+        memcpy(dir, path, n);
+        dir[n] = '\0';
+    }
+    if (stat(dir, &st) != 0)
+        return cli_error("cannot write '%s': directory '%s': %s", path, dir, strerror(errno));
+    if (!S_ISDIR(st.st_mode))
+        return cli_error("cannot write '%s': '%s' is not a directory", path, dir);
+    if (access(dir, W_OK | X_OK) != 0)
+        return cli_error("cannot write '%s': directory '%s': %s", path, dir, strerror(errno));
+    return CLI_OK;
+}
+
 char *cli_read_file(const char *path, size_t *len)
 {
     FILE *f = fopen(path, "rb");

@@ -180,3 +180,32 @@ def test_input_files_are_capped(mop, model_path, tmp_path):
     assert rc == 1 and out == ""
     assert len(err.splitlines()) == 1, err
     assert f"is {(1 << 30) + 1} bytes" in err and "at most 1073741824 bytes" in err
+
+
+@pytest.mark.parametrize("command", [
+    ["train", "--data", "D", "-o", "OUT"],
+    ["prune", "-o", "OUT"],
+    ["fed-sim", "--data", "D", "--val", "D", "-o", "OUT"],
+    ["fed-sim", "--data", "D", "--val", "D", "--csv", "OUT"],
+    ["gate-stats", "--mixture", "D", "--data", "D", "-o", "OUT"],
+])
+@pytest.mark.parametrize("bad", ["missing-dir", "file-as-dir", "is-a-dir"])
+def test_output_path_checked_before_work(mop, tmp_path, command, bad):
+    """Every command that writes a file checks where it writes before loading
+    anything (issue 14, F10: `mop train -o /nonexistent/dir/x` trained for
+    14 s first). The model path does not exist either: the output error
+    coming first shows the order."""
+    data = tmp_path / "data.jsonl"
+    data.write_text("")
+    a_file = tmp_path / "plain"
+    a_file.write_text("x")
+    out = {"missing-dir": tmp_path / "nonexistent" / "dir" / "x",
+           "file-as-dir": a_file / "x",
+           "is-a-dir": tmp_path}[bad]
+    args = [str(data) if a == "D" else str(out) if a == "OUT" else a for a in command]
+    rc, stdout, err = run(mop, command[0], tmp_path / "no-model.gguf", *args[1:], timeout=60)
+    assert rc == 1 and stdout == ""
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"mop: cannot write '{out}'"), lines[0]
+    assert "no-model.gguf" not in lines[0]
