@@ -218,6 +218,78 @@ static void test_load_copies_without_mmap(void **state)
     gb_release(&b);
 }
 
+/* A tiny model with one value of tensor @p name overwritten by @p bytes at
+ * byte offset @p off of its data, written to @p path. */
+static void write_tiny_patched(const char *name, size_t off, const void *bytes, size_t n,
+                               char path[64])
+{
+    tiny_opts o = tiny_defaults();
+    gguf_builder b;
+    gb_init(&b);
+    tiny_llama(&b, &o);
+    gb_tensor *t = (gb_tensor *)gb_find(&b, name);
+    assert_non_null(t);
+    assert_true(off + n <= t->nbytes);
+    memcpy(t->data + off, bytes, n);
+    size_t size;
+    uint8_t *img = gb_finish(&b, &size);
+    snprintf(path, 64, "/tmp/mop_test_model_XXXXXX");
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    write_file(path, img, size);
+    free(img);
+    gb_release(&b);
+}
+
+/* NaN/Inf weights fail the load with MOP_E_FORMAT naming the tensor and the
+ * element (issue 14, F7: they loaded and failed only at sampling, "logit 0
+ * is NaN"): F32 borrowed from the mapping and copied, F16 and a Q8_0 block
+ * scale during dequantization, with one thread and with the pool. */
+static void test_nonfinite_weights_rejected(void **state)
+{
+    (void)state;
+    const uint32_t nan32 = 0x7fc00000u, ninf32 = 0xff800000u;
+    const uint16_t inf16 = 0x7c00u, nan16 = 0x7e00u;
+    const struct {
+        const char *name;
+        size_t off;
+        const void *bytes;
+        size_t n;
+        const char *want;
+    } cases[] = {
+        /* blk.0.ffn_up is F32 (64, 32): element [3, 5] */
+        {"blk.0.ffn_up.weight", (3 * 32 + 5) * 4, &nan32, 4,
+         "tensor blk.0.ffn_up.weight (F32): element [3, 5] is NaN"},
+        /* the 1-D F32 norm: element [0, 31] */
+        {"blk.1.attn_norm.weight", 31 * 4, &ninf32, 4,
+         "tensor blk.1.attn_norm.weight (F32): element [0, 31] is -Inf"},
+        /* blk.0.attn_output is F16 (32, 32): element [7, 0] */
+        {"blk.0.attn_output.weight", (7 * 32) * 2, &inf16, 2,
+         "tensor blk.0.attn_output.weight (F16): element [7, 0] is +Inf"},
+        /* token_embd is Q8_0 (32, 32): one block per row, F16 scale first; row 2 */
+        {"token_embd.weight", 2 * 34, &nan16, 2,
+         "tensor token_embd.weight (Q8_0): element [2, 0] is NaN"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char path[64];
+        write_tiny_patched(cases[i].name, cases[i].off, cases[i].bytes, cases[i].n, path);
+        for (int mode = 0; mode < 3; mode++) {
+            mop_model_params p = mop_model_default_params();
+            p.use_mmap = mode != 1;
+            p.n_threads = mode == 2 ? 3 : 1;
+            mop_model *m = NULL;
+            mop_status st = mop_model_load(path, &p, &m);
+            if (st != MOP_E_FORMAT || !strstr(mop_last_error(), cases[i].want))
+                fail_msg("%s, mode %d: %s: %s", cases[i].name, mode, mop_status_name(st),
+                         mop_last_error());
+            assert_null(m);
+        }
+        unlink(path);
+    }
+    assert_int_equal(mop_alloc_live(), 0);
+}
+
 static void test_untied_scaled_no_kv_key(void **state)
 {
     (void)state;
@@ -752,6 +824,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_load_tiny),
         cmocka_unit_test(test_load_copies_without_mmap),
+        cmocka_unit_test(test_nonfinite_weights_rejected),
         cmocka_unit_test(test_untied_scaled_no_kv_key),
         cmocka_unit_test(test_threads_same_result),
         cmocka_unit_test(test_missing_and_misshapen),
