@@ -100,6 +100,16 @@ static mop_status gguf_fill(const gguf_file *g, mop_tokenizer_spec *sp, mop_tok_
     MOP_TRY(gguf_id(g, "tokenizer.ggml.eos_token_id", &sp->eos));
     MOP_TRY(gguf_id(g, "tokenizer.ggml.eot_token_id", &sp->eot));
     MOP_TRY(gguf_id(g, "tokenizer.ggml.padding_token_id", &sp->pad));
+    /* more ids that end generation when the file names them */
+    static const char *const eog_keys[] = {
+        "tokenizer.ggml.eom_token_id", "tokenizer.ggml.fim_pad_token_id",
+        "tokenizer.ggml.fim_rep_token_id", "tokenizer.ggml.fim_sep_token_id"};
+    for (size_t i = 0; i < sizeof eog_keys / sizeof eog_keys[0]; i++) {
+        int32_t id = -1;
+        MOP_TRY(gguf_id(g, eog_keys[i], &id));
+        if (id >= 0)
+            sp->eog_extra[sp->n_eog_extra++] = id;
+    }
     MOP_TRY(gguf_id(g, "tokenizer.ggml.unknown_token_id", &sp->unk));
     int add_bos = 0;
     MOP_TRY(gguf_get_bool(g, "tokenizer.ggml.add_bos_token", &add_bos, &found));

@@ -96,6 +96,7 @@ def test_info_smollm2(mop, model_path):
     assert f["ff"] == "1536"
     assert f["vocab"] == "49152"
     assert f["tied embeddings"] == "yes"
+    assert f["end of generation"] == "0 <|endoftext|>, 2 <|im_end|>, 4 <reponame>"
     assert float(f["rope theta"]) == 100000.0
     # 272 tensors in the file: 210 Q4_1 matrices, 61 F32 norms, the Q8_0 embedding.
     assert "Q4_1: 210" in f["tensors"] and "F32: 61" in f["tensors"] and "Q8_0: 1" in f["tensors"]
