@@ -218,6 +218,213 @@ static void test_load_copies_without_mmap(void **state)
     gb_release(&b);
 }
 
+/* A tiny model with one value of tensor @p name overwritten by @p bytes at
+ * byte offset @p off of its data, written to @p path. */
+static void write_tiny_patched(const char *name, size_t off, const void *bytes, size_t n,
+                               char path[64])
+{
+    tiny_opts o = tiny_defaults();
+    gguf_builder b;
+    gb_init(&b);
+    tiny_llama(&b, &o);
+    gb_tensor *t = (gb_tensor *)gb_find(&b, name);
+    assert_non_null(t);
+    assert_true(off + n <= t->nbytes);
+    memcpy(t->data + off, bytes, n);
+    size_t size;
+    uint8_t *img = gb_finish(&b, &size);
+    snprintf(path, 64, "/tmp/mop_test_model_XXXXXX");
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    write_file(path, img, size);
+    free(img);
+    gb_release(&b);
+}
+
+/* NaN/Inf weights fail the load with MOP_E_FORMAT naming the tensor and the
+ * element (issue 14, F7: they loaded and failed only at sampling, "logit 0
+ * is NaN"): F32 borrowed from the mapping and copied, F16 and a Q8_0 block
+ * scale during dequantization, with one thread and with the pool. */
+static void test_nonfinite_weights_rejected(void **state)
+{
+    (void)state;
+    const uint32_t nan32 = 0x7fc00000u, ninf32 = 0xff800000u;
+    const uint16_t inf16 = 0x7c00u, nan16 = 0x7e00u;
+    const struct {
+        const char *name;
+        size_t off;
+        const void *bytes;
+        size_t n;
+        const char *want;
+    } cases[] = {
+        /* blk.0.ffn_up is F32 (64, 32): element [3, 5] */
+        {"blk.0.ffn_up.weight", (3 * 32 + 5) * 4, &nan32, 4,
+         "tensor blk.0.ffn_up.weight (F32): element [3, 5] is NaN"},
+        /* the 1-D F32 norm: element [0, 31] */
+        {"blk.1.attn_norm.weight", 31 * 4, &ninf32, 4,
+         "tensor blk.1.attn_norm.weight (F32): element [0, 31] is -Inf"},
+        /* blk.0.attn_output is F16 (32, 32): element [7, 0] */
+        {"blk.0.attn_output.weight", (7 * 32) * 2, &inf16, 2,
+         "tensor blk.0.attn_output.weight (F16): element [7, 0] is +Inf"},
+        /* token_embd is Q8_0 (32, 32): one block per row, F16 scale first; row 2 */
+        {"token_embd.weight", 2 * 34, &nan16, 2,
+         "tensor token_embd.weight (Q8_0): element [2, 0] is NaN"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char path[64];
+        write_tiny_patched(cases[i].name, cases[i].off, cases[i].bytes, cases[i].n, path);
+        for (int mode = 0; mode < 3; mode++) {
+            mop_model_params p = mop_model_default_params();
+            p.use_mmap = mode != 1;
+            p.n_threads = mode == 2 ? 3 : 1;
+            mop_model *m = NULL;
+            mop_status st = mop_model_load(path, &p, &m);
+            if (st != MOP_E_FORMAT || !strstr(mop_last_error(), cases[i].want))
+                fail_msg("%s, mode %d: %s: %s", cases[i].name, mode, mop_status_name(st),
+                         mop_last_error());
+            assert_null(m);
+        }
+        unlink(path);
+    }
+    assert_int_equal(mop_alloc_live(), 0);
+}
+
+/* The end-of-generation set read at load (issue 14, item 2): EOS (2,
+ * "<|im_end|>", also the end of turn) and the control token "<|endoftext|>"
+ * (0) for the tiny tokenizer, plus ids a GGUF names as eom / FIM markers
+ * even when they are ordinary tokens; "<|im_start|>" is not in it. */
+static void test_eog_tokens(void **state)
+{
+    (void)state;
+    tiny_opts o = tiny_defaults();
+    gguf_builder b;
+    char path[64];
+    size_t size;
+    write_tiny(&b, &o, path, &size);
+    gb_release(&b);
+    mop_model *m = NULL;
+    assert_int_equal(mop_model_load(path, NULL, &m), MOP_OK);
+    unlink(path);
+    int32_t ids[8] = {-7, -7, -7};
+    size_t n = 99;
+    assert_int_equal(mop_model_eog_tokens(m, NULL, 0, &n), MOP_E_RANGE); /* size query */
+    assert_int_equal(n, 2);
+    assert_int_equal(mop_model_eog_tokens(m, ids, 1, &n), MOP_E_RANGE);
+    assert_int_equal(ids[0], -7); /* nothing written */
+    assert_int_equal(mop_model_eog_tokens(m, ids, 8, &n), MOP_OK);
+    assert_int_equal(n, 2);
+    assert_int_equal(ids[0], 0);
+    assert_int_equal(ids[1], 2);
+    assert_int_equal(mop_model_is_eog(m, 0), 1);
+    assert_int_equal(mop_model_is_eog(m, 1), 0);
+    assert_int_equal(mop_model_is_eog(m, 2), 1);
+    assert_int_equal(mop_model_is_eog(m, 3), 0);
+    assert_int_equal(mop_model_is_eog(m, -1), 0);
+    assert_int_equal(mop_model_is_eog(m, 1 << 20), 0);
+    assert_int_equal(mop_model_is_eog(NULL, 0), 0);
+    assert_int_equal(mop_model_eog_tokens(NULL, ids, 8, &n), MOP_E_INVALID_ARG);
+    assert_int_equal(mop_model_eog_tokens(m, ids, 8, NULL), MOP_E_INVALID_ARG);
+    assert_int_equal(mop_model_eog_tokens(m, NULL, 8, &n), MOP_E_INVALID_ARG);
+    mop_model_free(m);
+
+    /* eom and FIM ids named by the file join the set (5 'c' and 7 'e' are
+     * ordinary tokens: the file's word is enough) */
+    gb_init(&b);
+    tiny_llama(&b, &o);
+    gb_kv_u32(&b, "tokenizer.ggml.eom_token_id", 5);
+    gb_kv_u32(&b, "tokenizer.ggml.fim_rep_token_id", 7);
+    gb_kv_u32(&b, "tokenizer.ggml.fim_sep_token_id", 2); /* a repeat of EOS */
+    uint8_t *img = gb_finish(&b, &size);
+    snprintf(path, 64, "/tmp/mop_test_model_XXXXXX");
+    int fd = mkstemp(path);
+    close(fd);
+    write_file(path, img, size);
+    free(img);
+    gb_release(&b);
+    assert_int_equal(mop_model_load(path, NULL, &m), MOP_OK);
+    assert_int_equal(mop_model_eog_tokens(m, ids, 8, &n), MOP_OK);
+    assert_int_equal(n, 4);
+    const int32_t want[4] = {0, 2, 5, 7};
+    assert_memory_equal(ids, want, sizeof want);
+    mop_model_free(m);
+    unlink(path);
+
+    /* an id out of range in those keys is a format error */
+    gb_init(&b);
+    tiny_llama(&b, &o);
+    gb_kv_u32(&b, "tokenizer.ggml.fim_pad_token_id", 4096);
+    img = gb_finish(&b, &size);
+    fd = mkstemp(strcpy(path, "/tmp/mop_test_model_XXXXXX"));
+    close(fd);
+    write_file(path, img, size);
+    free(img);
+    gb_release(&b);
+    m = NULL;
+    assert_int_equal(mop_model_load(path, NULL, &m), MOP_E_FORMAT);
+    assert_non_null(strstr(mop_last_error(), "end-of-generation token id 4096"));
+    unlink(path);
+
+    /* no tokenizer: an empty set */
+    m = NULL;
+    assert_int_equal(mop_model_alloc(&m), MOP_OK);
+    assert_int_equal(mop_model_eog_tokens(m, ids, 8, &n), MOP_OK);
+    assert_int_equal(n, 0);
+    assert_int_equal(mop_model_is_eog(m, 0), 0);
+    mop_model_free(m);
+    assert_int_equal(mop_alloc_live(), 0);
+}
+
+static int count_token(int32_t token, void *user)
+{
+    (void)token;
+    ++*(int *)user;
+    return 0;
+}
+
+/* mop_generate stops on any end-of-generation token, not only EOS/EOT: with
+ * the LM head zeroed every logit is 0, greedy picks id 0 ("<|endoftext|>",
+ * neither EOS nor EOT here), and generation ends at once; before, it ran to
+ * max_new. */
+static void test_generate_stops_on_every_eog(void **state)
+{
+    (void)state;
+    tiny_opts o = tiny_defaults();
+    o.untied = 1;
+    gguf_builder b;
+    char path[64];
+    size_t size;
+    write_tiny(&b, &o, path, &size);
+    gb_release(&b);
+    mop_model_params mp = mop_model_default_params();
+    mp.use_mmap = 0; /* the head is copied into a buffer the test may edit */
+    mop_model *m = NULL;
+    assert_int_equal(mop_model_load(path, &mp, &m), MOP_OK);
+    unlink(path);
+    assert_int_equal(mop_model_special_token(m, MOP_TOKEN_EOS), 2);
+    assert_int_equal(mop_model_special_token(m, MOP_TOKEN_EOT), 2);
+    memset((float *)m->lm_head.data, 0, (size_t)(m->lm_head.rows * m->lm_head.cols) * sizeof(float));
+
+    mop_ctx_params cp = mop_ctx_default_params();
+    cp.n_ctx = 32;
+    mop_ctx *c = NULL;
+    assert_int_equal(mop_ctx_create(m, &cp, &c), MOP_OK);
+    mop_sampler_params sp = mop_sampler_default_params();
+    sp.temperature = 0.0f;
+    mop_sampler *s = NULL;
+    assert_int_equal(mop_sampler_create(&sp, &s), MOP_OK);
+    const int32_t prompt[3] = {1, 5, 6};
+    int calls = 0;
+    int32_t gen = -1;
+    assert_int_equal(mop_generate(c, s, prompt, 3, 5, count_token, &calls, &gen), MOP_OK);
+    assert_int_equal(gen, 0);
+    assert_int_equal(calls, 0);
+    mop_sampler_free(s);
+    mop_ctx_free(c);
+    mop_model_free(m);
+    assert_int_equal(mop_alloc_live(), 0);
+}
+
 static void test_untied_scaled_no_kv_key(void **state)
 {
     (void)state;
@@ -752,6 +959,9 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_load_tiny),
         cmocka_unit_test(test_load_copies_without_mmap),
+        cmocka_unit_test(test_nonfinite_weights_rejected),
+        cmocka_unit_test(test_eog_tokens),
+        cmocka_unit_test(test_generate_stops_on_every_eog),
         cmocka_unit_test(test_untied_scaled_no_kv_key),
         cmocka_unit_test(test_threads_same_result),
         cmocka_unit_test(test_missing_and_misshapen),

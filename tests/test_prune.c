@@ -567,6 +567,60 @@ static void test_corrupt_files(void **state)
     unlink(bad);
 }
 
+/* mop.format_version is read (issue 14, F8): a newer version is
+ * MOP_E_UNSUPPORTED, 0 is MOP_E_FORMAT, and so is a pruned file without the
+ * key; the version written (1) loads. */
+static void test_format_version_checked(void **state)
+{
+    (void)state;
+    mop_model *a = load_tiny();
+    mop_prune_params p = mop_prune_default_params();
+    assert_int_equal(mop_model_prune(a, &p), MOP_OK);
+    char path[64] = "/tmp/mop_test_pruned_XXXXXX", bad[64] = "/tmp/mop_test_bad_XXXXXX";
+    close(mkstemp(path));
+    close(mkstemp(bad));
+    assert_int_equal(mop_model_save(a, path), MOP_OK);
+    mop_model_free(a);
+    size_t size;
+    uint8_t *img = read_all(path, &size);
+    /* GGUF kv: u64 key length, key, u32 type (4 = u32), u32 value */
+    static const char key[] = "mop.format_version";
+    uint8_t *k = NULL;
+    for (size_t i = 0; i + sizeof key < size && !k; i++)
+        if (memcmp(img + i, key, sizeof key - 1) == 0)
+            k = img + i;
+    assert_non_null(k);
+    uint8_t *type = k + sizeof key - 1, *val = type + 4;
+    assert_int_equal(type[0], 4);
+    assert_int_equal(val[0], 1);
+    const struct {
+        uint8_t v;
+        mop_status want;
+    } cases[] = {{1, MOP_OK}, {2, MOP_E_UNSUPPORTED}, {200, MOP_E_UNSUPPORTED}, {0, MOP_E_FORMAT}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        val[0] = cases[i].v;
+        write_file(bad, img, size);
+        mop_model *m = NULL;
+        mop_status st = mop_model_load(bad, NULL, &m);
+        if (st != cases[i].want)
+            print_error("version %u: %s (%s)\n", cases[i].v, mop_status_name(st), mop_last_error());
+        assert_int_equal(st, cases[i].want);
+        if (st == MOP_OK)
+            mop_model_free(m);
+        else
+            assert_non_null(strstr(mop_last_error(), "mop.format_version"));
+    }
+    val[0] = 1;
+    k[sizeof key - 2] = 'X'; /* the key renamed: no version in a pruned file */
+    write_file(bad, img, size);
+    mop_model *m = NULL;
+    assert_int_equal(mop_model_load(bad, NULL, &m), MOP_E_FORMAT);
+    assert_non_null(strstr(mop_last_error(), "no mop.format_version"));
+    free(img);
+    unlink(path);
+    unlink(bad);
+}
+
 static void test_state_and_params(void **state)
 {
     (void)state;
@@ -682,6 +736,7 @@ int main(void)
         cmocka_unit_test(test_wanda_order),
         cmocka_unit_test(test_sparsegpt_reconstruction),
         cmocka_unit_test(test_lm_head_formats),
+        cmocka_unit_test(test_format_version_checked),
         cmocka_unit_test(test_packed_equals_dense),
         cmocka_unit_test(test_save_load_roundtrip),
         cmocka_unit_test(test_corrupt_files),

@@ -926,6 +926,39 @@ static void test_load_bad_tokenizer_fails(void **state)
     assert_non_null(strstr(mop_last_error(), "tokenizer.json"));
 }
 
+/* A tokenizer with more tokens than config.json's vocab_size is refused with
+ * MOP_E_SHAPE, as the GGUF loader does (issue 14, F4: it loaded, and token
+ * ids past the embeddings could reach the forward); one that fits loads. */
+static void test_load_tokenizer_larger_than_vocab_fails(void **state)
+{
+    fixture *fx = *state;
+    tlist tl;
+    tiny_model(&tl, 0);
+    write_st(fx_path(fx, "model.safetensors"), &tl, 0, tl.n);
+    write_config(fx, "true", "");
+    for (int n_tok = V; n_tok <= V + 1; n_tok++) {
+        char json[4096];
+        int k = snprintf(json, sizeof json,
+                         "{\"normalizer\": null, \"added_tokens\": [],"
+                         " \"pre_tokenizer\": {\"type\": \"ByteLevel\", \"add_prefix_space\": false},"
+                         " \"model\": {\"type\": \"BPE\", \"merges\": [], \"vocab\": {");
+        for (int i = 0; i < n_tok; i++)
+            k += snprintf(json + k, sizeof json - (size_t)k, "%s\"t%d\": %d", i ? ", " : "", i, i);
+        snprintf(json + k, sizeof json - (size_t)k, "}}}");
+        write_text(fx_path(fx, "tokenizer.json"), json);
+        mop_model *m;
+        mop_status st = load(fx->dir, &m);
+        if (n_tok == V) {
+            if (st != MOP_OK)
+                fail_msg("%s", mop_last_error());
+            mop_model_free(m);
+        } else {
+            assert_int_equal(st, MOP_E_SHAPE);
+            assert_non_null(strstr(mop_last_error(), "the tokenizer has 33 tokens but the model only 32"));
+        }
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -944,6 +977,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_load_overlap, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_load_config_errors, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_load_bad_tokenizer_fails, setup_dir, teardown_dir),
+        cmocka_unit_test_setup_teardown(test_load_tokenizer_larger_than_vocab_fails, setup_dir,
+                                        teardown_dir),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <sodium.h>
 
 #include "internal.h"
 #include "libmop/mop_fed.h"
@@ -389,6 +390,51 @@ static void test_blob_errors(void **state)
     round_free(&r);
 }
 
+/* Recompute a blob's BLAKE2b-128 after editing it, as a sender would. */
+static void reseal(uint8_t *b, size_t n)
+{
+    crypto_generichash(b + n - 16, 16, b, n - 16, NULL, 0);
+}
+
+/* Non-zero reserved header words are MOP_E_FORMAT even under a valid
+ * checksum (issue 14, F8: they were never read); the blobs with zeros are
+ * accepted afterwards, so nothing was applied by the rejected ones. */
+static void test_reserved_words_must_be_zero(void **state)
+{
+    (void)state;
+    round_t r;
+    round_setup(&r, 3, 8, 64, 12);
+    size_t n = r.blob_n[0];
+    uint8_t *b = malloc(n);
+    for (int byte = 36; byte < 40; byte++) {
+        memcpy(b, r.blob[0], n);
+        b[byte] = 0x80;
+        reseal(b, n);
+        assert_int_equal(mop_secagg_server_add_masked(r.s, b, n), MOP_E_FORMAT);
+        assert_non_null(strstr(mop_last_error(), "reserved header word at byte 36"));
+    }
+    free(b);
+    assert_int_equal(mop_secagg_server_add_masked(r.s, r.blob[0], n), MOP_OK);
+    assert_int_equal(mop_secagg_server_add_masked(r.s, r.blob[1], r.blob_n[1]), MOP_OK);
+
+    /* client 2 dropped: client 0's recovery blob */
+    const int32_t dropped[1] = {2};
+    uint8_t rec[32 + 36 + 16];
+    size_t rn = 0;
+    assert_int_equal(mop_secagg_client_reveal(r.c[0], dropped, 1, rec, sizeof rec, &rn), MOP_OK);
+    assert_int_equal(rn, sizeof rec);
+    uint8_t bad[sizeof rec];
+    for (int byte = 28; byte < 32; byte++) {
+        memcpy(bad, rec, rn);
+        bad[byte] = 1;
+        reseal(bad, rn);
+        assert_int_equal(mop_secagg_server_add_recovery(r.s, bad, rn), MOP_E_FORMAT);
+        assert_non_null(strstr(mop_last_error(), "reserved header word at byte 28"));
+    }
+    assert_int_equal(mop_secagg_server_add_recovery(r.s, rec, rn), MOP_OK);
+    round_free(&r);
+}
+
 static void test_invalid_args(void **state)
 {
     (void)state;
@@ -477,7 +523,8 @@ int main(void)
         cmocka_unit_test(test_exact_no_dropout),  cmocka_unit_test(test_exact_with_dropouts),
         cmocka_unit_test(test_masked_looks_uniform), cmocka_unit_test(test_wrong_peer_key),
         cmocka_unit_test(test_mask_update),       cmocka_unit_test(test_protocol_state),
-        cmocka_unit_test(test_blob_errors),       cmocka_unit_test(test_invalid_args),
+        cmocka_unit_test(test_blob_errors),       cmocka_unit_test(test_reserved_words_must_be_zero),
+        cmocka_unit_test(test_invalid_args),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

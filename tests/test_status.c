@@ -40,6 +40,34 @@ static void test_last_error_is_set_and_prefixed(void **state)
     assert_string_equal(mop_last_error(), "loading m.gguf: tensor a: expected 3");
 }
 
+/* mop_fail may take mop_last_error() as an argument, even twice and at an
+ * offset, and the message is what printf would give for a copy of it (issue
+ * 14, F5: the message was formatted into the buffer it was read from). */
+static void test_fail_may_quote_last_error(void **state)
+{
+    (void)state;
+    (void)mop_fail(MOP_E_SHAPE, "inner detail %d", 42);
+    assert_int_equal(mop_fail(MOP_E_FORMAT, "outer: %s [%s] tail=%s", mop_last_error(),
+                              mop_last_error(), mop_last_error() + 6),
+                     MOP_E_FORMAT);
+    assert_string_equal(mop_last_error(),
+                        "outer: inner detail 42 [inner detail 42] tail=detail 42");
+
+    /* a message as long as the buffer, quoted after a prefix: truncated, terminated */
+    char big[1100];
+    memset(big, 'x', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+    (void)mop_fail(MOP_E_IO, "%s", big);
+    size_t len = strlen(mop_last_error());
+    assert_true(len > 0 && len < sizeof big - 1);
+    (void)mop_fail(MOP_E_IO, "pre: %s", mop_last_error());
+    const char *e = mop_last_error();
+    assert_int_equal(strlen(e), len);
+    assert_memory_equal(e, "pre: xxxx", 9);
+    for (size_t i = 5; i < len; i++)
+        assert_int_equal(e[i], 'x');
+}
+
 static void test_version_matches_header(void **state)
 {
     (void)state;
@@ -96,6 +124,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_status_names_are_distinct),
         cmocka_unit_test(test_last_error_is_set_and_prefixed),
+        cmocka_unit_test(test_fail_may_quote_last_error),
         cmocka_unit_test(test_version_matches_header),
         cmocka_unit_test(test_allocator_hooks),
         cmocka_unit_test(test_overflow_checks),

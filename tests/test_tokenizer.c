@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/resource.h>
 
 #include <cmocka.h>
 
@@ -490,6 +491,34 @@ static void test_hf_dir(void **state)
     assert_int_equal(mop_tokenizer_special(t, MOP_TOKEN_BOS), -1);
     assert_non_null(mop_tokenizer_chat_template(t));
     mop_tokenizer_free(t);
+
+    /* one id far beyond the number of entries: refused before the table for
+     * 300,000,001 ids (about 6 GB) is allocated (issue 14, F4) */
+    write_file(dir, "tokenizer.json",
+               "{\"normalizer\": null, \"added_tokens\": [],"
+               " \"pre_tokenizer\": {\"type\": \"ByteLevel\", \"add_prefix_space\": false},"
+               " \"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 300000000},"
+               "   \"merges\": []}}");
+    struct rusage ru0, ru1;
+    assert_int_equal(getrusage(RUSAGE_SELF, &ru0), 0);
+    assert_int_equal(mop_tokenizer_from_hf_dir(dir, &t), MOP_E_FORMAT);
+    assert_int_equal(getrusage(RUSAGE_SELF, &ru1), 0);
+    assert_non_null(strstr(mop_last_error(), "largest token id is 300000000"));
+    assert_true(ru1.ru_maxrss - ru0.ru_maxrss < 64 * 1024); /* KiB: under 64 MiB more */
+    /* the same through added_tokens */
+    write_file(dir, "tokenizer.json",
+               "{\"normalizer\": null, \"added_tokens\": [{\"id\": 300000000, \"content\": \"x\"}],"
+               " \"pre_tokenizer\": {\"type\": \"ByteLevel\", \"add_prefix_space\": false},"
+               " \"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}}");
+    assert_int_equal(mop_tokenizer_from_hf_dir(dir, &t), MOP_E_FORMAT);
+    assert_non_null(strstr(mop_last_error(), "only 2 vocab and added-token entries"));
+    /* a gap with as many entries as ids (two share id 0) is still caught */
+    write_file(dir, "tokenizer.json",
+               "{\"normalizer\": null, \"added_tokens\": [{\"id\": 0, \"content\": \"x\"}],"
+               " \"pre_tokenizer\": {\"type\": \"ByteLevel\", \"add_prefix_space\": false},"
+               " \"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"c\": 2}, \"merges\": []}}");
+    assert_int_equal(mop_tokenizer_from_hf_dir(dir, &t), MOP_E_FORMAT);
+    assert_non_null(strstr(mop_last_error(), "no token has id 1"));
 
     /* unsupported model type */
     write_file(dir, "tokenizer.json", "{\"model\": {\"type\": \"Unigram\"}}");

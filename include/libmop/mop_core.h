@@ -330,6 +330,41 @@ typedef enum mop_special_token {
 MOP_API int32_t mop_model_special_token(const mop_model *model, int32_t which);
 
 /**
+ * @brief The model's end-of-generation tokens: the ids that stop
+ *        mop_generate() and mop_mixture_generate() (the sampled token is not
+ *        emitted).
+ *
+ * Read at load: the file's EOS and end-of-turn ids (::MOP_TOKEN_EOT), the
+ * end-of-message and FIM pad / repository / file-separator ids when a GGUF
+ * names them (tokenizer.ggml.eom_token_id, ..fim_pad/rep/sep_token_id), and
+ * the control tokens whose text marks the end of a turn or of a document:
+ * "<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|eom_id|>", "<|end|>",
+ * "<end_of_turn>", "<|end_of_text|>", "<EOT>", "<|repo_name|>", "<reponame>",
+ * "<|file_sep|>", "<|fim_pad|>". This is the set llama.cpp stops on; for
+ * SmolLM2 it is {0, 2, 4}. A model without a tokenizer has none.
+ *
+ * @param[in]  model  the model
+ * @param[out] tokens receives the ids in ascending order; may be NULL when
+ *                    @p cap is 0
+ * @param[in]  cap    capacity of @p tokens
+ * @param[out] n_out  number of ids in the set (also when @p cap is too small)
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL @p model or @p n_out, NULL
+ *         @p tokens with @p cap > 0), ::MOP_E_RANGE (@p cap < *@p n_out;
+ *         nothing written)
+ */
+MOP_API MOP_NODISCARD mop_status mop_model_eog_tokens(const mop_model *model, int32_t *tokens,
+                                                      size_t cap, size_t *n_out);
+
+/**
+ * @brief Whether @p token ends generation (is in mop_model_eog_tokens()).
+ * @param model the model, or NULL
+ * @param token a token id
+ * @return 1 if it does, 0 if not (also for a NULL @p model, a model without
+ *         a tokenizer, or an id outside the vocabulary)
+ */
+MOP_API int32_t mop_model_is_eog(const mop_model *model, int32_t token);
+
+/**
  * @brief Convert UTF-8 text to token ids (byte-level BPE from the model file).
  * @param[in]  model  the model whose tokenizer is used
  * @param[in]  text   UTF-8 bytes (need not be NUL-terminated)
@@ -577,8 +612,8 @@ typedef int (*mop_token_fn)(int32_t token, void *user);
  * @brief Generate up to @p max_new tokens after @p prompt.
  *
  * Resets the cache, prefills the prompt, then samples until @p max_new tokens,
- * an end-of-sequence/end-of-turn token (not passed to @p on_token), the
- * context end, or @p on_token returning non-zero.
+ * an end-of-generation token (mop_model_is_eog(); not passed to @p on_token),
+ * the context end, or @p on_token returning non-zero.
  * @param[in,out] ctx      the context; its cache is reset and then holds the
  *                         prompt and the generated tokens
  * @param[in,out] sampler  draws each token (its random state advances)

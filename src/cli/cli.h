@@ -91,8 +91,20 @@ void cli_progress_end(void);
  * progress when enabled. On failure prints the error and returns NULL. */
 mop_model *cli_load_model(const char *path, int32_t n_threads);
 
+/* Check, before any long work, that a file can be created at @p path: its
+ * directory exists, is a directory and is writable, and @p path is not itself
+ * a directory. NULL (an optional output not given) passes. CLI_OK, or
+ * CLI_ERROR after printing "mop: cannot write '<path>': ..." naming what
+ * is wrong. */
+int cli_check_output_path(const char *path);
+
+/* The most cli_read_file reads (data, calibration and perplexity text), like
+ * the library's own bounded readers (tokenizer.json: 1 GiB). */
+#define CLI_MAX_READ_BYTES ((size_t)1 << 30)
+
 /* Read a whole file into a malloc'ed NUL-terminated buffer; NULL after
- * printing an error. */
+ * printing an error, also when the file holds more than CLI_MAX_READ_BYTES
+ * (an endless source such as /dev/zero fails after that many). */
 char *cli_read_file(const char *path, size_t *len);
 
 /* Monotonic clock in seconds. */

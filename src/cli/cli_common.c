@@ -3,9 +3,11 @@
 #include <limits.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -275,6 +277,38 @@ mop_model *cli_load_model(const char *path, int32_t n_threads)
     return model;
 }
 
+int cli_check_output_path(const char *path)
+{
+    if (!path)
+        return CLI_OK;
+    if (!path[0])
+        return cli_error("cannot write '': the output path is empty");
+    struct stat st;
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
+        return cli_error("cannot write '%s': it is a directory", path);
+    /* the directory part: everything before the last '/', "/" for "/x", "." for "x" */
+    const char *slash = strrchr(path, '/');
+    char dir[4096];
+    if (!slash) {
+        snprintf(dir, sizeof dir, ".");
+    } else {
+        size_t n = (size_t)(slash - path);
+        if (n == 0)
+            n = 1; /* "/x": the root */
+        if (n >= sizeof dir)
+            return cli_error("cannot write '%s': path too long", path);
+        memcpy(dir, path, n);
+        dir[n] = '\0';
+    }
+    if (stat(dir, &st) != 0)
+        return cli_error("cannot write '%s': directory '%s': %s", path, dir, strerror(errno));
+    if (!S_ISDIR(st.st_mode))
+        return cli_error("cannot write '%s': '%s' is not a directory", path, dir);
+    if (access(dir, W_OK | X_OK) != 0)
+        return cli_error("cannot write '%s': directory '%s': %s", path, dir, strerror(errno));
+    return CLI_OK;
+}
+
 char *cli_read_file(const char *path, size_t *len)
 {
     FILE *f = fopen(path, "rb");
@@ -282,26 +316,50 @@ char *cli_read_file(const char *path, size_t *len)
         cli_error("cannot open '%s': %s", path, strerror(errno));
         return NULL;
     }
+    /* A regular file that is too large fails at once; anything else (a pipe,
+     * /dev/zero) is read until it passes the cap, never beyond it. */
+    struct stat st;
+    if (fstat(fileno(f), &st) == 0 && S_ISREG(st.st_mode) &&
+        (uint64_t)st.st_size > CLI_MAX_READ_BYTES) {
+        fclose(f);
+        cli_error("'%s' is %llu bytes; the mop tool reads input files of at most %llu bytes "
+                  "(%u MiB)", path, (unsigned long long)st.st_size,
+                  (unsigned long long)CLI_MAX_READ_BYTES, (unsigned)(CLI_MAX_READ_BYTES >> 20));
+        return NULL;
+    }
     size_t cap = 1 << 16, n = 0;
+    int too_big = 0;
     char *buf = malloc(cap);
     while (buf) {
         n += fread(buf + n, 1, cap - 1 - n, f);
         if (n < cap - 1)
             break;
-        cap *= 2;
-        char *grown = realloc(buf, cap);
+        if (n > CLI_MAX_READ_BYTES) {
+            too_big = 1;
+            break;
+        }
+        /* grow, but to no more than the cap + 2 (one byte to see the cap
+         * passed, one for the terminator) */
+        size_t next = cap * 2 > CLI_MAX_READ_BYTES + 2 ? CLI_MAX_READ_BYTES + 2 : cap * 2;
+        char *grown = realloc(buf, next);
         if (!grown) {
             free(buf);
             buf = NULL;
         } else {
             buf = grown;
+            cap = next;
         }
     }
     const char *why = !buf ? "out of memory" : ferror(f) ? "read error" : NULL;
     fclose(f);
-    if (why) {
+    if (why || too_big) {
         free(buf);
-        cli_error("cannot read '%s': %s", path, why);
+        if (too_big)
+            cli_error("cannot read '%s': more than %llu bytes (%u MiB), the most the mop tool "
+                      "reads from one input file", path, (unsigned long long)CLI_MAX_READ_BYTES,
+                      (unsigned)(CLI_MAX_READ_BYTES >> 20));
+        else
+            cli_error("cannot read '%s': %s", path, why);
         return NULL;
     }
     buf[n] = '\0';

@@ -753,6 +753,8 @@ int cli_cmd_fed_sim(int argc, char **argv)
         }
         mp.gate_mode = MOP_GATE_UNIFORM;
     }
+    if (cli_check_output_path(o.out) != CLI_OK || cli_check_output_path(o.csv) != CLI_OK)
+        return CLI_ERROR;
 
     mop_model *model = cli_load_model(pos[0], o.n_threads);
     if (!model)

@@ -57,6 +57,8 @@ int cli_cmd_gate_stats(int argc, char **argv)
         return cli_usage_error("gate-stats", "--mixture, --data and -o are required");
     if ((rc = cli_check_data_opts("gate-stats", B, max_len, n_threads)) != CLI_OK)
         return rc;
+    if (cli_check_output_path(out_path) != CLI_OK)
+        return CLI_ERROR;
 
     mop_model *model = cli_load_model(pos[0], n_threads);
     if (!model)

@@ -74,6 +74,29 @@ static int list_tensors(const mop_model *model)
     return CLI_OK;
 }
 
+/* "end of generation: 0 <|endoftext|>, 2 <|im_end|>" (ids and their text). */
+static int print_eog(const mop_model *model)
+{
+    int32_t ids[64];
+    size_t n = 0;
+    mop_status st = mop_model_eog_tokens(model, ids, 64, &n);
+    if (st != MOP_OK)
+        return cli_fail(st, "cannot read the end-of-generation tokens");
+    printf("end of generation: ");
+    if (n == 0)
+        printf("(none: no tokenizer)");
+    for (size_t i = 0; i < n; i++) {
+        char text[128];
+        size_t len = 0;
+        st = mop_detokenize(model, &ids[i], 1, MOP_TOKENIZE_PARSE_SPECIAL, text, sizeof text, &len);
+        printf("%s%d", i ? ", " : "", (int)ids[i]);
+        if (st == MOP_OK)
+            printf(" %s", text);
+    }
+    printf("\n");
+    return CLI_OK;
+}
+
 int cli_cmd_info(int argc, char **argv)
 {
     int32_t want_list = 0;
@@ -131,7 +154,9 @@ int cli_cmd_info(int argc, char **argv)
         return cli_fail(st, "cannot measure the sparsity of '%s'", pos[0]);
     }
     printf("sparsity:        %.4f of the block linear weights (format %s)\n", sparsity, sfmt);
-    rc = print_tensor_types(model);
+    rc = print_eog(model);
+    if (rc == CLI_OK)
+        rc = print_tensor_types(model);
     if (rc == CLI_OK && want_list)
         rc = list_tensors(model);
     mop_model_free(model);

@@ -115,6 +115,8 @@ int cli_cmd_prune(int argc, char **argv)
     p.sparsegpt_damp = damp;
     p.sparsegpt_block = block;
     p.n_threads = n_threads;
+    if (cli_check_output_path(out) != CLI_OK)
+        return CLI_ERROR;
 
     mop_model *model = cli_load_model(pos[0], n_threads);
     if (!model)

@@ -383,6 +383,8 @@ int cli_cmd_train(int argc, char **argv)
         return cli_usage_error("train", "--gate-lr, --gate-clip and --gate-pretrain-lr must be finite and >= 0");
     if (o.eval_every > 0 && !o.val)
         return cli_usage_error("train", "--eval-every needs --val FILE");
+    if (cli_check_output_path(o.out) != CLI_OK)
+        return CLI_ERROR; /* before minutes of training, not after */
 
     mop_mixture_params mp = defaults;
     mp.n_experts = o.K;

@@ -292,8 +292,6 @@ mop_status mop_generate(mop_ctx *ctx, mop_sampler *sampler, const int32_t *promp
                         n_prompt, ctx->params.n_ctx);
     MOP_TRY(check_tokens(ctx, "mop_generate", prompt, n_prompt));
 
-    int32_t eos = mop_model_special_token(ctx->model, MOP_TOKEN_EOS);
-    int32_t eot = mop_model_special_token(ctx->model, MOP_TOKEN_EOT);
     int32_t V = ctx->model->hp.n_vocab;
     mop_ctx_reset(ctx);
     MOP_TRY(mop_ctx_decode(ctx, prompt, n_prompt, MOP_LOGITS_LAST));
@@ -301,7 +299,7 @@ mop_status mop_generate(mop_ctx *ctx, mop_sampler *sampler, const int32_t *promp
     while (gen < max_new) {
         int32_t tok;
         MOP_TRY(mop_sampler_sample(sampler, ctx->logits, V, &tok));
-        if ((eos >= 0 && tok == eos) || (eot >= 0 && tok == eot))
+        if (mop_model_is_eog(ctx->model, tok))
             break;
         gen++;
         if (on_token && on_token(tok, user))

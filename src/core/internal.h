@@ -16,7 +16,9 @@
 #endif
 
 /* Record a detailed message for mop_last_error() and return the status, so
- * call sites read `return mop_fail(MOP_E_FORMAT, "tensor %s: ...", name);`. */
+ * call sites read `return mop_fail(MOP_E_FORMAT, "tensor %s: ...", name);`.
+ * The arguments may include mop_last_error() itself (the message is formatted
+ * apart, then copied in); mop_error_prefix() is the shorter way to say it. */
 mop_status mop_fail(mop_status s, const char *fmt, ...) MOP_PRINTF(2, 3);
 
 /* Prefix the current thread's last error with context ("loading X: ..."). */

@@ -1,7 +1,9 @@
 /* The model object: lifetime, assembly from a file's tensors, the public
  * load/info calls and format detection. */
 #include <errno.h>
+#include <math.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -183,24 +185,83 @@ static int64_t rope_dst_row(int64_t r, int64_t hd)
 
 typedef struct convert_task {
     const load_job *job;
-    float *dst;
+    float *dst;             /* NULL: only check the F32 source in place */
     uint64_t row_bytes;
     int64_t head_dim;
+    _Atomic int64_t first_bad; /* smallest row * cols + col holding NaN/Inf; INT64_MAX: none */
 } convert_task;
 
-// dst (rows, cols) F32 <- src rows (rows, cols) in the file's type
+/* Index of the first NaN/Inf in x[0..n), or -1. The exponent test on the
+ * bits is branch-free over the row, so the common all-finite case is one
+ * pass at memory speed. */
+static int64_t first_nonfinite(const float *x, int64_t n)
+{
+    uint32_t bad = 0;
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, &x[i], sizeof u);
+        bad |= (u & 0x7f800000u) == 0x7f800000u;
+    }
+    if (!bad)
+        return -1;
+    for (int64_t i = 0; i < n; i++)
+        if (!isfinite(x[i]))
+            return i;
+    return -1;
+}
+
+static void note_bad(convert_task *ct, int64_t at)
+{
+    int64_t cur = atomic_load(&ct->first_bad);
+    while (at < cur && !atomic_compare_exchange_weak(&ct->first_bad, &cur, at)) {
+    }
+}
+
+// dst (rows, cols) F32 <- src rows (rows, cols) in the file's type, each row
+// checked for NaN/Inf as it is written (or, dst NULL, the F32 source checked)
 static void convert_rows(void *arg, int ith, int nth)
 {
-    const convert_task *ct = arg;
+    convert_task *ct = arg;
     const load_job *j = ct->job;
     const uint8_t *src = j->t->data;
     int64_t lo, hi;
     mop_split_range(j->rows, ith, nth, &lo, &hi);
     for (int64_t r = lo; r < hi; r++) {
-        int64_t d = j->rope_heads ? rope_dst_row(r, ct->head_dim) : r;
-        mop_dequantize(ct->dst + d * j->cols, src + (uint64_t)r * ct->row_bytes, j->t->ftype,
-                       j->cols);
+        const float *row;
+        if (ct->dst) {
+            int64_t d = j->rope_heads ? rope_dst_row(r, ct->head_dim) : r;
+            mop_dequantize(ct->dst + d * j->cols, src + (uint64_t)r * ct->row_bytes, j->t->ftype,
+                           j->cols);
+            row = ct->dst + d * j->cols;
+        } else {
+            row = (const float *)(const void *)(src + (uint64_t)r * ct->row_bytes);
+        }
+        int64_t c = first_nonfinite(row, j->cols);
+        if (c >= 0) {
+            note_bad(ct, r * j->cols + c);
+            return; /* later rows of this part cannot be earlier */
+        }
     }
+}
+
+/* MOP_E_FORMAT naming the tensor and the first non-finite value, if any. */
+static mop_status check_finite(const convert_task *ct)
+{
+    int64_t at = atomic_load(&ct->first_bad);
+    if (at == INT64_MAX)
+        return MOP_OK;
+    const load_job *j = ct->job;
+    int64_t r = at / j->cols, c = at % j->cols;
+    const float *row;
+    if (ct->dst)
+        row = ct->dst + (j->rope_heads ? rope_dst_row(r, ct->head_dim) : r) * j->cols;
+    else
+        row = (const float *)(const void *)((const uint8_t *)j->t->data + (uint64_t)r * ct->row_bytes);
+    float v = row[c];
+    const char *ft = mop_ftype_name(j->t->ftype);
+    return mop_fail(MOP_E_FORMAT, "tensor %s (%s): element [%lld, %lld] is %s; a model's weights "
+                    "must be finite", j->name, ft ? ft : "?", (long long)r, (long long)c,
+                    isnan(v) ? "NaN" : v > 0 ? "+Inf" : "-Inf");
 }
 
 static void shape_str(char *buf, size_t cap, int32_t n_dims, const int64_t *dims)
@@ -276,14 +337,21 @@ static mop_status run_job(mop_model *m, load_job *j, const mop_model_params *p, 
                         j->name, (unsigned long long)t->nbytes,
                         mop_ftype_name(t->ftype) ? mop_ftype_name(t->ftype) : "?",
                         (long long)j->rows, (long long)j->cols);
-    if (t->ftype == MOP_FT_F32 && p->use_mmap && !j->rope_heads &&
-        (uintptr_t)t->data % _Alignof(float) == 0) {
-        j->data = t->data;
-        return MOP_OK;
-    }
     size_t n;
     if (!mop_mul_ok((size_t)j->rows, (size_t)j->cols, &n) || !mop_mul_ok(n, sizeof(float), &n))
         return mop_fail(MOP_E_NOMEM, "tensor %s: size overflows", j->name);
+    if (t->ftype == MOP_FT_F32 && p->use_mmap && !j->rope_heads &&
+        (uintptr_t)t->data % _Alignof(float) == 0) {
+        /* borrowed from the mapping: checked in place (this reads the pages
+         * the first forward would read anyway) */
+        if (!*pool && p->n_threads != 1 && n >= ((size_t)1 << 16))
+            MOP_TRY(mop_pool_create(p->n_threads, pool));
+        convert_task ct = {j, NULL, row_bytes, head_dim, INT64_MAX};
+        mop_pool_run(n >= ((size_t)1 << 16) ? *pool : NULL, convert_rows, &ct);
+        MOP_TRY(check_finite(&ct));
+        j->data = t->data;
+        return MOP_OK;
+    }
     float *buf = mop_alloc(n);
     if (!buf)
         return mop_fail(MOP_E_NOMEM, "tensor %s: out of memory for %zu bytes", j->name, n);
@@ -295,8 +363,9 @@ static mop_status run_job(mop_model *m, load_job *j, const mop_model_params *p, 
     /* Big tensors are split by rows over the pool, created on first need. */
     if (!*pool && p->n_threads != 1 && n >= ((size_t)1 << 16))
         MOP_TRY(mop_pool_create(p->n_threads, pool));
-    convert_task ct = {j, buf, row_bytes, head_dim};
+    convert_task ct = {j, buf, row_bytes, head_dim, INT64_MAX};
     mop_pool_run(n >= ((size_t)1 << 16) ? *pool : NULL, convert_rows, &ct);
+    MOP_TRY(check_finite(&ct));
     j->data = buf;
     return MOP_OK;
 }

@@ -846,8 +846,8 @@ static mop_status load(st_load *L, mop_model *m, const char *path, const mop_mod
         .n_tensors = L->n_src,
         .qk_rope_halves = 1,
     };
-    MOP_TRY(mop_model_assemble(m, &src, p));
-
+    /* The tokenizer first, as the GGUF loader does: a tokenizer with more
+     * tokens than the model has embeddings is refused before the weights load. */
     char *tok_path = path_join(L->dir, "tokenizer.json");
     if (!tok_path)
         return mop_fail(MOP_E_NOMEM, "out of memory");
@@ -859,10 +859,15 @@ static mop_status load(st_load *L, mop_model *m, const char *path, const mop_mod
             mop_error_prefix("%s/tokenizer.json", L->dir);
             return st;
         }
+        int32_t tok_vocab = mop_tokenizer_n_vocab(m->tok);
+        if (tok_vocab > hp.n_vocab)
+            return mop_fail(MOP_E_SHAPE, "%s/tokenizer.json: the tokenizer has %d tokens but the "
+                            "model only %d embeddings (config.json vocab_size)", L->dir,
+                            tok_vocab, hp.n_vocab);
     } else {
         mop_log(MOP_LOG_INFO, "%s: no tokenizer.json; tokenizing is unavailable", L->dir);
     }
-    return MOP_OK;
+    return mop_model_assemble(m, &src, p);
 }
 
 mop_status mop_load_safetensors(mop_model *m, const char *path, const mop_model_params *p)

@@ -33,10 +33,15 @@ const char *mop_last_error(void)
 
 mop_status mop_fail(mop_status s, const char *fmt, ...)
 {
+    /* Format into a local buffer first: callers may pass mop_last_error()
+     * (or a pointer into it) as an argument, and vsnprintf into the buffer
+     * it reads from would be undefined behaviour (issue 14, F5). */
+    char msg[sizeof last_error];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(last_error, sizeof last_error, fmt, ap);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    memcpy(last_error, msg, sizeof last_error);
     mop_log(MOP_LOG_DEBUG, "%s: %s", mop_status_name(s), last_error);
     return s;
 }

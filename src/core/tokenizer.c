@@ -72,6 +72,8 @@ struct mop_tokenizer {
     uint8_t special_first[256]; /* 1 if some special token starts with this byte */
 
     int32_t bos, eos, eot, pad, unk, add_bos;
+    int32_t *eog; /* end-of-generation ids, ascending, no repeats */
+    int32_t n_eog;
     int32_t pre_kind;
     pcre2_general_context *gctx;
     pcre2_code *re_split, *re_digit;
@@ -183,6 +185,7 @@ void mop_tokenizer_free(mop_tokenizer *t)
     mop_free(t->str_slot);
     mop_free(t->pair);
     mop_free(t->special);
+    mop_free(t->eog);
     pcre2_code_free(t->re_split);
     pcre2_code_free(t->re_digit);
     pcre2_general_context_free(t->gctx);
@@ -340,6 +343,57 @@ static mop_status check_id(const mop_tokenizer *t, const char *what, int32_t id)
     return MOP_OK;
 }
 
+/* Control (or user-defined) tokens that end generation by their text: the
+ * end-of-turn / end-of-text markers of the chat and base templates of the
+ * model families libmop reads, and the repository, file-separator and FIM
+ * padding markers of code-trained vocabularies (a model that starts a new
+ * document has finished its answer). The same tokens llama.cpp stops on, so
+ * the two agree on where a generation ends. */
+static const char *const eog_texts[] = {
+    "<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|eom_id|>", "<|end|>", "<end_of_turn>",
+    "<|end_of_text|>", "<EOT>", "<|repo_name|>", "<reponame>", "<|file_sep|>", "<|fim_pad|>",
+};
+
+static int cmp_i32(const void *a, const void *b)
+{
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* The end-of-generation set: eos, eot (after its fallback), the file's extra
+ * ids, and the control tokens of eog_texts; sorted, repeats dropped. */
+static mop_status build_eog(mop_tokenizer *t, const mop_tokenizer_spec *sp)
+{
+    if (sp->n_eog_extra < 0 || sp->n_eog_extra > (int32_t)(sizeof sp->eog_extra / sizeof sp->eog_extra[0]))
+        return mop_fail(MOP_E_INVALID_ARG, "tokenizer: %d extra end-of-generation ids", sp->n_eog_extra);
+    size_t cap = 2 + (size_t)sp->n_eog_extra + sizeof eog_texts / sizeof eog_texts[0];
+    t->eog = mop_alloc(cap * sizeof *t->eog);
+    if (!t->eog)
+        return mop_fail(MOP_E_NOMEM, "tokenizer: out of memory for the end-of-generation set");
+    int32_t n = 0;
+    if (t->eos >= 0)
+        t->eog[n++] = t->eos;
+    if (t->eot >= 0)
+        t->eog[n++] = t->eot;
+    for (int32_t i = 0; i < sp->n_eog_extra; i++) {
+        MOP_TRY(check_id(t, "end-of-generation", sp->eog_extra[i]));
+        if (sp->eog_extra[i] >= 0)
+            t->eog[n++] = sp->eog_extra[i];
+    }
+    for (size_t i = 0; i < sizeof eog_texts / sizeof eog_texts[0]; i++) {
+        int32_t id = str_lookup(t, eog_texts[i], strlen(eog_texts[i]));
+        if (id >= 0 && (t->type[id] == MOP_TOKTYPE_CONTROL || t->type[id] == MOP_TOKTYPE_USER_DEFINED))
+            t->eog[n++] = id;
+    }
+    qsort(t->eog, (size_t)n, sizeof *t->eog, cmp_i32);
+    int32_t k = 0;
+    for (int32_t i = 0; i < n; i++)
+        if (k == 0 || t->eog[k - 1] != t->eog[i])
+            t->eog[k++] = t->eog[i];
+    t->n_eog = k;
+    return MOP_OK;
+}
+
 static mop_status create_inner(mop_tokenizer *t, const mop_tokenizer_spec *sp)
 {
     if (sp->n_tokens <= 0 || !sp->tokens)
@@ -378,6 +432,7 @@ static mop_status create_inner(mop_tokenizer *t, const mop_tokenizer_spec *sp)
         t->eot = str_lookup(t, "<|im_end|>", 10);
     if (t->eot < 0)
         t->eot = str_lookup(t, "<|eot_id|>", 10);
+    MOP_TRY(build_eog(t, sp));
 
     if (sp->chat_template.s) {
         t->chat_template = mop_alloc(sp->chat_template.len + 1);
@@ -419,6 +474,22 @@ int32_t mop_tokenizer_n_vocab(const mop_tokenizer *t)
 const char *mop_tokenizer_chat_template(const mop_tokenizer *t)
 {
     return t ? t->chat_template : NULL;
+}
+
+const int32_t *mop_tokenizer_eog(const mop_tokenizer *t, int32_t *n)
+{
+    *n = t ? t->n_eog : 0;
+    return t ? t->eog : NULL;
+}
+
+int32_t mop_tokenizer_is_eog(const mop_tokenizer *t, int32_t token)
+{
+    if (!t || token < 0)
+        return 0;
+    for (int32_t i = 0; i < t->n_eog && t->eog[i] <= token; i++)
+        if (t->eog[i] == token)
+            return 1;
+    return 0;
 }
 
 int32_t mop_tokenizer_special(const mop_tokenizer *t, int32_t which)
@@ -782,6 +853,27 @@ static mop_status model_tok(const mop_model *model, const char *fn, const mop_to
 int32_t mop_model_special_token(const mop_model *model, int32_t which)
 {
     return model ? mop_tokenizer_special(model->tok, which) : -1;
+}
+
+mop_status mop_model_eog_tokens(const mop_model *model, int32_t *tokens, size_t cap, size_t *n_out)
+{
+    MOP_CHECK_ARG(model != NULL);
+    MOP_CHECK_ARG(n_out != NULL);
+    MOP_CHECK_ARG(tokens != NULL || cap == 0);
+    int32_t n = 0;
+    const int32_t *eog = mop_tokenizer_eog(model->tok, &n);
+    *n_out = (size_t)n;
+    if ((size_t)n > cap)
+        return mop_fail(MOP_E_RANGE, "mop_model_eog_tokens: %d end-of-generation tokens, capacity "
+                        "is %zu", (int)n, cap);
+    if (n)
+        memcpy(tokens, eog, (size_t)n * sizeof *tokens);
+    return MOP_OK;
+}
+
+int32_t mop_model_is_eog(const mop_model *model, int32_t token)
+{
+    return model ? mop_tokenizer_is_eog(model->tok, token) : 0;
 }
 
 mop_status mop_tokenize(const mop_model *model, const char *text, size_t len, int32_t flags,

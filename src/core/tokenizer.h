@@ -47,6 +47,10 @@ typedef struct mop_tokenizer_spec {
     int32_t bos, eos, eot, pad, unk;
     int32_t add_bos;
     mop_tok_str chat_template;     /* s == NULL: none */
+    /* More end-of-generation ids the file names (GGUF eom and FIM markers);
+     * eos and eot are always in the set. Zero-initialised: none. */
+    int32_t eog_extra[8];
+    int32_t n_eog_extra;
 } mop_tokenizer_spec;
 
 /* Validate (ids in range, merges of existing tokens whose concatenation is a
@@ -63,6 +67,13 @@ mop_status mop_tokenizer_decode(const mop_tokenizer *t, const int32_t *tokens, s
 
 /* Special token id (mop_special_token), -1 if none; EOT falls back to EOS. */
 int32_t mop_tokenizer_special(const mop_tokenizer *t, int32_t which);
+
+/* The end-of-generation ids, ascending, and their count (see
+ * mop_model_eog_tokens for the rule); NULL / 0 for a NULL tokenizer. */
+const int32_t *mop_tokenizer_eog(const mop_tokenizer *t, int32_t *n);
+
+/* 1 if @p token ends generation, else 0. */
+int32_t mop_tokenizer_is_eog(const mop_tokenizer *t, int32_t token);
 
 /* The chat template (NUL-terminated) or NULL. */
 const char *mop_tokenizer_chat_template(const mop_tokenizer *t);

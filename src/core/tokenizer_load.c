@@ -100,6 +100,16 @@ static mop_status gguf_fill(const gguf_file *g, mop_tokenizer_spec *sp, mop_tok_
     MOP_TRY(gguf_id(g, "tokenizer.ggml.eos_token_id", &sp->eos));
     MOP_TRY(gguf_id(g, "tokenizer.ggml.eot_token_id", &sp->eot));
     MOP_TRY(gguf_id(g, "tokenizer.ggml.padding_token_id", &sp->pad));
+    /* more ids that end generation when the file names them */
+    static const char *const eog_keys[] = {
+        "tokenizer.ggml.eom_token_id", "tokenizer.ggml.fim_pad_token_id",
+        "tokenizer.ggml.fim_rep_token_id", "tokenizer.ggml.fim_sep_token_id"};
+    for (size_t i = 0; i < sizeof eog_keys / sizeof eog_keys[0]; i++) {
+        int32_t id = -1;
+        MOP_TRY(gguf_id(g, eog_keys[i], &id));
+        if (id >= 0)
+            sp->eog_extra[sp->n_eog_extra++] = id;
+    }
     MOP_TRY(gguf_id(g, "tokenizer.ggml.unknown_token_id", &sp->unk));
     int add_bos = 0;
     MOP_TRY(gguf_get_bool(g, "tokenizer.ggml.add_bos_token", &add_bos, &found));
@@ -231,13 +241,14 @@ static mop_status hf_fill(hf_state *h, const char *dir, mop_tokenizer_spec *sp)
     const cJSON *added = cJSON_GetObjectItemCaseSensitive(h->json, "added_tokens");
     if (!cJSON_IsObject(vocab))
         return mop_fail(MOP_E_FORMAT, "%s: model.vocab is not an object", path);
-    int64_t n = 0;
+    int64_t n = 0, n_entries = 0;
     const cJSON *it;
     cJSON_ArrayForEach(it, vocab) {
         if (!cJSON_IsNumber(it) || it->valuedouble < 0 || it->valuedouble >= INT32_MAX)
             return mop_fail(MOP_E_FORMAT, "%s: vocab entry \"%.64s\" has no valid id", path,
                             it->string);
         n = MOP_MAX(n, (int64_t)it->valuedouble + 1);
+        n_entries++;
     }
     cJSON_ArrayForEach(it, added) {
         const cJSON *id = cJSON_GetObjectItemCaseSensitive(it, "id");
@@ -245,7 +256,14 @@ static mop_status hf_fill(hf_state *h, const char *dir, mop_tokenizer_spec *sp)
             !cJSON_IsString(cJSON_GetObjectItemCaseSensitive(it, "content")))
             return mop_fail(MOP_E_FORMAT, "%s: an added token lacks a valid id or content", path);
         n = MOP_MAX(n, (int64_t)id->valuedouble + 1);
+        n_entries++;
     }
+    /* Ids must cover 0..n-1, so n entries at least: checking that before
+     * allocating keeps one huge id in a small file from costing n * 20 bytes. */
+    if (n > n_entries)
+        return mop_fail(MOP_E_FORMAT, "%s: largest token id is %lld but there are only %lld "
+                        "vocab and added-token entries (ids must cover 0..n-1)", path,
+                        (long long)(n - 1), (long long)n_entries);
     h->tokens = mop_calloc((size_t)MOP_MAX(n, 1), sizeof *h->tokens);
     h->types = mop_alloc((size_t)MOP_MAX(n, 1) * sizeof *h->types);
     if (!h->tokens || !h->types)

@@ -31,6 +31,10 @@ struct mop_update {
     double n_samples;
     int32_t n_tensors, cap_tensors;
     fed_tensor *tensors;
+    /* open-addressing hash index over tensor names: each slot holds a tensor
+     * index + 1 (0 = empty); index_cap is a power of two >= 2 * n_tensors */
+    int32_t *index;
+    size_t index_cap;
     int32_t n_meta, cap_meta;
     char **meta_key;
     char **meta_value;

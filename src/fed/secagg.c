@@ -520,6 +520,9 @@ mop_status mop_secagg_server_add_masked(mop_secagg_server *s, const uint8_t *blo
         return mop_fail(MOP_E_FORMAT, "%s: length %llu in blob", fn, (unsigned long long)length);
     size_t expected = SA_HEADER + (size_t)(length + 1) * (bits / 8) + SA_HASH;
     MOP_TRY(secagg_check_blob(s, blob, n, "masked", expected, fn));
+    if (get_u32(blob + 36) != 0)
+        return mop_fail(MOP_E_FORMAT, "%s: reserved header word at byte 36 is 0x%08x, must be 0",
+                        fn, (unsigned)get_u32(blob + 36));
     if (bits != (uint32_t)cfg->bits || get_u32(blob + 28) != f32_bits(cfg->scale) ||
         get_u32(blob + 32) != f32_bits(cfg->range))
         return mop_fail(MOP_E_STATE, "%s: blob uses other ring or fixed-point parameters "
@@ -555,6 +558,9 @@ mop_status mop_secagg_server_add_recovery(mop_secagg_server *s, const uint8_t *b
     if (m >= (uint32_t)nc)
         return mop_fail(MOP_E_FORMAT, "%s: %u keys for %d clients", fn, (unsigned)m, (int)nc);
     MOP_TRY(secagg_check_blob(s, blob, n, "recovery", SA_RHEADER + (size_t)m * SA_RENTRY + SA_HASH, fn));
+    if (get_u32(blob + 28) != 0)
+        return mop_fail(MOP_E_FORMAT, "%s: reserved header word at byte 28 is 0x%08x, must be 0",
+                        fn, (unsigned)get_u32(blob + 28));
     uint32_t i = get_u32(blob + 8);
     if (!s->have[i])
         return mop_fail(MOP_E_STATE, "%s: survivor %u's masked input is not in the sum", fn,

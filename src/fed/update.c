@@ -76,6 +76,7 @@ void mop_update_free(mop_update *u)
         mop_free(u->tensors[i].data);
     }
     mop_free(u->tensors);
+    mop_free(u->index);
     for (int32_t i = 0; i < u->n_meta; i++) {
         mop_free(u->meta_key[i]);
         mop_free(u->meta_value[i]);
@@ -85,12 +86,52 @@ void mop_update_free(mop_update *u)
     mop_free(u);
 }
 
+/* FNV-1a over the name's bytes. */
+static uint64_t name_hash(const char *name)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (const unsigned char *p = (const unsigned char *)name; *p; p++) {
+        h ^= *p;
+        h *= 1099511628211ull;
+    }
+    return h;
+}
+
+/* Slot of @p name in the index: the slot holding it, or the empty slot where
+ * it would go. The index is never full (load factor <= 1/2). */
+static size_t index_slot(const mop_update *u, const char *name)
+{
+    size_t mask = u->index_cap - 1;
+    size_t i = (size_t)name_hash(name) & mask;
+    while (u->index[i] != 0 && strcmp(u->tensors[u->index[i] - 1].name, name) != 0)
+        i = (i + 1) & mask;
+    return i;
+}
+
 const fed_tensor *fed_update_find(const mop_update *u, const char *name)
 {
+    if (!u->index)
+        return NULL;
+    int32_t k = u->index[index_slot(u, name)];
+    return k ? &u->tensors[k - 1] : NULL;
+}
+
+/* Make room in the index for one more tensor (rehashing into a table twice
+ * as large when the load factor would pass 1/2). */
+static mop_status grow_index(mop_update *u)
+{
+    if (u->index && 2 * ((size_t)u->n_tensors + 1) <= u->index_cap)
+        return MOP_OK;
+    size_t cap = u->index_cap ? 2 * u->index_cap : 16;
+    int32_t *idx = mop_calloc(cap, sizeof *idx);
+    if (!idx)
+        return mop_fail(MOP_E_NOMEM, "update: out of memory for the tensor name index");
+    mop_free(u->index);
+    u->index = idx;
+    u->index_cap = cap;
     for (int32_t i = 0; i < u->n_tensors; i++)
-        if (strcmp(u->tensors[i].name, name) == 0)
-            return &u->tensors[i];
-    return NULL;
+        u->index[index_slot(u, u->tensors[i].name)] = i + 1;
+    return MOP_OK;
 }
 
 /* Validate name and shape; on success *size holds the number of floats. */
@@ -144,6 +185,7 @@ mop_status fed_update_add_owned(mop_update *u, const char *name, float *data, in
     int64_t size = 0;
     MOP_TRY(check_tensor(u, name, n_dims, dims, &size));
     MOP_TRY(grow_tensors(u));
+    MOP_TRY(grow_index(u));
     char *nm = mop_strdup(name);
     if (!nm)
         return mop_fail(MOP_E_NOMEM, "update tensor %s: out of memory", name);
@@ -155,6 +197,7 @@ mop_status fed_update_add_owned(mop_update *u, const char *name, float *data, in
     t->n_dims = n_dims;
     for (int32_t d = 0; d < n_dims; d++)
         t->dims[d] = dims[d];
+    u->index[index_slot(u, nm)] = u->n_tensors;
     return MOP_OK;
 }
 

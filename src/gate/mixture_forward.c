@@ -809,8 +809,6 @@ mop_status mop_mixture_generate(mop_ctx *ctx, mop_mixture *m, mop_sampler *sampl
     forward_head(ctx, ctx->logits, x_all + (int64_t)(n_prompt - 1) * d, 1);
     ctx->n_logits = 1;
 
-    int32_t eos = mop_model_special_token(ctx->model, MOP_TOKEN_EOS);
-    int32_t eot = mop_model_special_token(ctx->model, MOP_TOKEN_EOT);
     int32_t gen = 0;
     float *x1 = x_all; /* one row is enough from here on */
     while (gen < max_new) {
@@ -818,7 +816,7 @@ mop_status mop_mixture_generate(mop_ctx *ctx, mop_mixture *m, mop_sampler *sampl
         st = mop_sampler_sample(sampler, ctx->logits, hp->n_vocab, &tok);
         if (st != MOP_OK)
             break;
-        if ((eos >= 0 && tok == eos) || (eot >= 0 && tok == eot))
+        if (mop_model_is_eog(ctx->model, tok))
             break;
         gen++;
         if (on_token && on_token(tok, user))

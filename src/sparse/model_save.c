@@ -222,6 +222,21 @@ mop_status pruned_gguf_weights(const gguf_file *g, int32_t n_layer, mop_src_weig
         size_t len = strlen(nm);
         count += len > sl && strcmp(nm + len - sl, PRUNED_GGUF_SUFFIX) == 0;
     }
+    /* mop.format_version: a newer layout than this library reads is refused
+     * rather than misread; a file with libmop's packed tensors must have it */
+    int64_t version = 0;
+    int has_version = 0;
+    MOP_TRY(gguf_get_int(g, "mop.format_version", &version, &has_version));
+    if (has_version && version > MOP_FORMAT_VERSION)
+        return mop_fail(MOP_E_UNSUPPORTED, "mop.format_version %lld: written by a newer libmop "
+                        "(this one reads pruned GGUF files up to version %d)",
+                        (long long)version, MOP_FORMAT_VERSION);
+    if (has_version && version < 1)
+        return mop_fail(MOP_E_FORMAT, "mop.format_version %lld is not a version (>= 1)",
+                        (long long)version);
+    if (count && !has_version)
+        return mop_fail(MOP_E_FORMAT, "the file has libmop packed weights or a compact LM head "
+                        "but no mop.format_version");
     if (!count)
         return MOP_OK;
     mop_src_weight *ws = mop_calloc((size_t)count, sizeof *ws);

@@ -232,6 +232,41 @@ def test_special_tokens(model):
         model.special_token("nope")
 
 
+def test_eog_tokens_match_gguf_metadata(model, model_path):
+    """The end-of-generation set (issue 14, item 2) is what llama.cpp stops on
+    for SmolLM2, {0, 2, 4}, and what the GGUF metadata gives when read here
+    with the gguf package: EOS (and EOT/EOM when present), the control tokens
+    that end a turn or a text ("<|im_end|>", which the chat template closes
+    each turn with, and "<|endoftext|>"), and the repository marker of the
+    code-pretraining vocabulary ("<reponame>")."""
+    eog = model.eog_tokens
+    assert eog == [0, 2, 4]
+    gguf = pytest.importorskip("gguf")
+    r = gguf.GGUFReader(model_path)
+
+    def scalar(key):
+        f = r.fields.get(key)
+        return None if f is None else int(f.parts[f.data[0]][0])
+
+    toks = r.fields["tokenizer.ggml.tokens"]
+    types = r.fields["tokenizer.ggml.token_type"]
+    text = [bytes(toks.parts[i]).decode() for i in toks.data]
+    ttype = [int(types.parts[i][0]) for i in types.data]
+    template = bytes(r.fields["tokenizer.chat_template"].parts[-1]).decode()
+    want = {scalar("tokenizer.ggml.eos_token_id")}
+    for key in ("tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"):
+        if scalar(key) is not None:
+            want.add(scalar(key))
+    ends = {"<|endoftext|>", "<reponame>"}
+    assert "+ '<|im_end|>'" in template  # the end-of-turn marker of each message
+    ends.add("<|im_end|>")
+    want |= {i for i, t in enumerate(text) if t in ends and ttype[i] == 3}  # 3: control
+    assert sorted(want) == eog
+    assert [model.is_eog(t) for t in range(6)] == [True, False, True, False, True, False]
+    assert not model.is_eog(-1) and not model.is_eog(10 ** 6)
+    assert model.detokenize(eog, special=True) == "<|endoftext|><|im_end|><reponame>"
+
+
 def test_chat_format(model):
     sys_default = ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by "
                    "Hugging Face<|im_end|>\n")

@@ -96,6 +96,7 @@ def test_info_smollm2(mop, model_path):
     assert f["ff"] == "1536"
     assert f["vocab"] == "49152"
     assert f["tied embeddings"] == "yes"
+    assert f["end of generation"] == "0 <|endoftext|>, 2 <|im_end|>, 4 <reponame>"
     assert float(f["rope theta"]) == 100000.0
     # 272 tensors in the file: 210 Q4_1 matrices, 61 F32 norms, the Q8_0 embedding.
     assert "Q4_1: 210" in f["tensors"] and "F32: 61" in f["tensors"] and "Q8_0: 1" in f["tensors"]
@@ -160,3 +161,52 @@ def test_generate_greedy_is_deterministic(mop, model_path):
     rc2, out2, err2 = run(mop, *args, "--threads", 2)
     assert rc1 == 0 and rc2 == 0, err1 + err2
     assert out1 == out2 and out1.strip() != ""
+
+
+def test_input_files_are_capped(mop, model_path, tmp_path):
+    """An endless --data source fails with one clear line once it passes the
+    1 GiB cap (issue 14, F6: `mop eval --data /dev/zero` grew to 7 GB)."""
+    rc, out, err = run(mop, "eval", model_path, "--data", "/dev/zero", timeout=120)
+    assert rc == 1 and out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("mop: ") and "/dev/zero" in lines[0]
+    assert "more than 1073741824 bytes" in lines[0]
+    # a regular file over the cap (sparse, so it costs no disk) fails before
+    # anything is read; the same reader serves ppl and prune's calibration text
+    big = tmp_path / "big.txt"
+    with open(big, "wb") as f:
+        f.truncate((1 << 30) + 1)
+    rc, out, err = run(mop, "ppl", model_path, big, timeout=60)
+    assert rc == 1 and out == ""
+    assert len(err.splitlines()) == 1, err
+    assert f"is {(1 << 30) + 1} bytes" in err and "at most 1073741824 bytes" in err
+
+
+@pytest.mark.parametrize("command", [
+    ["train", "--data", "D", "-o", "OUT"],
+    ["prune", "-o", "OUT"],
+    ["fed-sim", "--data", "D", "--val", "D", "-o", "OUT"],
+    ["fed-sim", "--data", "D", "--val", "D", "--csv", "OUT"],
+    ["gate-stats", "--mixture", "D", "--data", "D", "-o", "OUT"],
+])
+@pytest.mark.parametrize("bad", ["missing-dir", "file-as-dir", "is-a-dir"])
+def test_output_path_checked_before_work(mop, tmp_path, command, bad):
+    """Every command that writes a file checks where it writes before loading
+    anything (issue 14, F10: `mop train -o /nonexistent/dir/x` trained for
+    14 s first). The model path does not exist either: the output error
+    coming first shows the order."""
+    data = tmp_path / "data.jsonl"
+    data.write_text("")
+    a_file = tmp_path / "plain"
+    a_file.write_text("x")
+    out = {"missing-dir": tmp_path / "nonexistent" / "dir" / "x",
+           "file-as-dir": a_file / "x",
+           "is-a-dir": tmp_path}[bad]
+    args = [str(data) if a == "D" else str(out) if a == "OUT" else a for a in command]
+    rc, stdout, err = run(mop, command[0], tmp_path / "no-model.gguf", *args[1:], timeout=60)
+    assert rc == 1 and stdout == ""
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"mop: cannot write '{out}'"), lines[0]
+    assert "no-model.gguf" not in lines[0]

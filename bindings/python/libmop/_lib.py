@@ -199,6 +199,8 @@ _PROTOS: dict[str, tuple[Any, list[Any]]] = {
     "mop_model_tensor_count": (c_int32, [vp]),
     "mop_model_tensor_get_info": (st, [vp, c_int32, P(TensorInfoC)]),
     "mop_model_special_token": (c_int32, [vp, c_int32]),
+    "mop_model_eog_tokens": (st, [vp, P(c_int32), c_size_t, P(c_size_t)]),
+    "mop_model_is_eog": (c_int32, [vp, c_int32]),
     "mop_tokenize": (st, [vp, c_char_p, c_size_t, c_int32, P(c_int32), c_size_t, P(c_size_t)]),
     "mop_detokenize": (st, [vp, P(c_int32), c_size_t, c_int32, c_char_p, c_size_t,
                             P(c_size_t)]),

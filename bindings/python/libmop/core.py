@@ -217,6 +217,20 @@ class Model(L.Closable):
     def eot(self) -> Optional[int]:
         return self.special_token("eot")
 
+    @property
+    def eog_tokens(self) -> list[int]:
+        """The end-of-generation ids (ascending): generation stops when one is
+        sampled (mop_model_eog_tokens). [] for a model without a tokenizer."""
+        f = L.fn("mop_model_eog_tokens")
+        h = self._ptr
+        buf, n = _grow(lambda b, cap, n_out: f(h, b, cap, n_out), 16,
+                       lambda cap: (c_int32 * cap)())
+        return [int(buf[i]) for i in range(n)]
+
+    def is_eog(self, token: int) -> bool:
+        """Whether @p token ends generation (mop_model_is_eog)."""
+        return bool(L.fn("mop_model_is_eog")(self._ptr, int(token)))
+
     def tokenize(self, text: Union[str, bytes], add_bos: bool = False,
                  special: bool = False) -> np.ndarray:
         """UTF-8 text -> int32 token ids. @p special matches control tokens such
