@@ -27,11 +27,33 @@
 #define LR 3e-3f
 #define SEED 1234u
 
-static const char *const strategy_names[] = {
-    "fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "median", "trimmed-mean", "krum",
-    "multi-krum", "task-arithmetic", "ties", "dare", "breadcrumbs", "mop-aware"}; /* enum order */
-
 static int rank;
+
+/* The C enum's names (MOP_AGG_TRIMMED_MEAN: trimmed_mean), as in `mop fed-sim`
+ * and Python; enum order. */
+static const char *const strategy_names[] = {
+    "fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "median", "trimmed_mean", "krum",
+    "multi_krum", "task_arithmetic", "ties", "dare", "breadcrumbs", "mop_aware"};
+
+/* Index of `s` in strategy_names, or 14. The old spelling with '-' for '_'
+ * still matches, with a deprecation warning (it goes in libmop 0.2). */
+static int32_t strategy_index(const char *s)
+{
+    char canon[32];
+    size_t n = strlen(s);
+    if (n >= sizeof canon)
+        return 14;
+    for (size_t i = 0; i <= n; i++)
+        canon[i] = s[i] == '-' ? '_' : s[i];
+    int32_t k = 0;
+    while (k < 14 && strcmp(canon, strategy_names[k]) != 0)
+        k++;
+    if (k < 14 && strcmp(canon, s) != 0 && rank == 0)
+        fprintf(stderr, "fed_mpi: warning: strategy '%s' is deprecated, use '%s'\n", s,
+                strategy_names[k]);
+    return k;
+}
+
 
 /* Print the library's error and stop every rank. */
 static void check(mop_status st, const char *what)
@@ -325,8 +347,7 @@ int main(int argc, char **argv)
     int32_t rounds = atoi(argv[4]), steps = atoi(argv[5]), n_clients = size - 1;
     int32_t strategy = 0;
     if (argc > 6)
-        for (strategy = 0; strategy < 14 && strcmp(argv[6], strategy_names[strategy]); strategy++)
-            ;
+        strategy = strategy_index(argv[6]);
     if (strategy == 14 || rounds < 1 || steps < 1)
         die("bad ROUNDS, LOCAL_STEPS or STRATEGY");
     mop_mixture_params mp = mop_mixture_default_params();

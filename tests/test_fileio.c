@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -91,6 +92,46 @@ static void test_atomic_write_replaces_or_keeps(void **state)
     assert_int_equal(count_entries(), 1);
 }
 
+static unsigned mode_of(const char *path)
+{
+    struct stat sb;
+    assert_int_equal(stat(path, &sb), 0);
+    return (unsigned)(sb.st_mode & 07777);
+}
+
+/* The written file's mode is 0666 less the umask, as fopen() gives (not
+ * mkstemp's fixed 0600), and 0600 less the umask with MOP_SAVE_PRIVATE;
+ * replacing a file gives it the new mode. */
+static void test_atomic_write_mode_follows_umask(void **state)
+{
+    (void)state;
+    char path[512];
+    snprintf(path, sizeof path, "%s/mode.bin", dir);
+    static const struct {
+        mode_t mask;
+        int32_t flags;
+        unsigned want;
+    } cases[] = {
+        {022, 0, 0644},   {077, 0, 0600}, {002, 0, 0664},
+        {022, MOP_SAVE_PRIVATE, 0600}, {077, MOP_SAVE_PRIVATE, 0600},
+        {022, 0, 0644},   /* a private file replaced by a default one */
+    };
+    const int entries = count_entries();
+    const mode_t old = umask(022);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        umask(cases[i].mask);
+        assert_int_equal(mop_write_atomic_flags(path, cases[i].flags, write_text, "m"), MOP_OK);
+        assert_int_equal(mode_of(path), cases[i].want);
+    }
+    umask(022);
+    assert_int_equal(mop_write_atomic(path, write_text, "m"), MOP_OK);
+    assert_int_equal(mode_of(path), 0644);
+    assert_int_equal(mop_write_atomic_flags(path, 2, write_text, "m"), MOP_E_INVALID_ARG);
+    umask(old);
+    assert_int_equal(unlink(path), 0);
+    assert_int_equal(count_entries(), entries); /* no temporary left behind */
+}
+
 static void test_atomic_write_bad_directory(void **state)
 {
     (void)state;
@@ -145,6 +186,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_atomic_write_replaces_or_keeps),
+        cmocka_unit_test(test_atomic_write_mode_follows_umask),
         cmocka_unit_test(test_atomic_write_bad_directory),
         cmocka_unit_test(test_read_file_limits),
         cmocka_unit_test(test_map_file),

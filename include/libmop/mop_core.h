@@ -302,6 +302,24 @@ MOP_API MOP_NODISCARD mop_status mop_model_tensor_get_info(const mop_model *mode
 /** @} */
 
 /* ------------------------------------------------------------------------ */
+/** @name Files written
+ *  Every file libmop writes (mop_model_save(), mop_mixture_save() and their
+ *  _v2 forms) is written atomically: a temporary file beside the target,
+ *  fsynced, then renamed over it. Its mode is what fopen() gives: 0666 less
+ *  the process umask (0644 under umask 022), so that, for instance, a serving
+ *  daemon running as another user can read a trained mixture.
+ *  ::MOP_SAVE_PRIVATE asks for 0600 (less the umask) instead, whatever the
+ *  umask. A replaced file's old mode is not kept.
+ *  @{ */
+
+/** Flags for mop_model_save_v2() and mop_mixture_save_v2(). */
+enum {
+    MOP_SAVE_PRIVATE = 1 /**< mode 0600: only the owner may read or write the file */
+};
+
+/** @} */
+
+/* ------------------------------------------------------------------------ */
 /** @name Tokenizer
  *  All tokenizer calls are thread-safe on a shared model.
  *  @{ */

@@ -147,12 +147,23 @@ MOP_API MOP_NODISCARD mop_status mop_mixture_get_params(const mop_mixture *m,
 
 /**
  * @brief Save as a safetensors file (tensors F32, shape in JSON metadata).
- * Written atomically (temporary file, fsync, rename). Gradients are not saved.
+ * Written atomically (temporary file, fsync, rename), mode 0666 less the
+ * umask (see "Files written" in mop_core.h). Gradients are not saved.
  * @param[in] m    the mixture
  * @param[in] path file to write (replaced if it exists)
  * @return ::MOP_OK, ::MOP_E_INVALID_ARG, ::MOP_E_IO, ::MOP_E_NOMEM
  */
 MOP_API MOP_NODISCARD mop_status mop_mixture_save(const mop_mixture *m, const char *path);
+
+/**
+ * @brief mop_mixture_save() with flags.
+ * @param[in] m     the mixture
+ * @param[in] path  file to write (replaced if it exists)
+ * @param[in] flags 0 (as mop_mixture_save()) or ::MOP_SAVE_PRIVATE (mode 0600)
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (also unknown flags), ::MOP_E_IO, ::MOP_E_NOMEM
+ */
+MOP_API MOP_NODISCARD mop_status mop_mixture_save_v2(const mop_mixture *m, const char *path,
+                                                     int32_t flags);
 
 /**
  * @brief Load a mixture saved by mop_mixture_save() for a model of the same width.

@@ -100,7 +100,8 @@ MOP_API MOP_NODISCARD mop_status mop_model_sparsity(const mop_model *model, doub
 /**
  * @brief Save the model (pruned or not) as one GGUF file: metadata and
  * tokenizer of the source, dense tensors as F32, packed sparse weights as the
- * extra tensor types documented in docs/FORMAT.md. Written atomically.
+ * extra tensor types documented in docs/FORMAT.md. Written atomically, mode
+ * 0666 less the umask (mop_model_save_v2() with ::MOP_SAVE_PRIVATE: 0600).
  * mop_model_load() reads it back, validating every index and count.
  * @param[in] model the model
  * @param[in] path  file to write (replaced if it exists)
@@ -109,6 +110,18 @@ MOP_API MOP_NODISCARD mop_status mop_model_sparsity(const mop_model *model, doub
  *         ::MOP_E_NOMEM
  */
 MOP_API MOP_NODISCARD mop_status mop_model_save(const mop_model *model, const char *path);
+
+/**
+ * @brief mop_model_save() with flags. The file's mode is 0666 less the umask
+ * (see "Files written" in mop_core.h), or 0600 less the umask with
+ * ::MOP_SAVE_PRIVATE.
+ * @param[in] model the model
+ * @param[in] path  file to write (replaced if it exists)
+ * @param[in] flags 0 (as mop_model_save()) or ::MOP_SAVE_PRIVATE
+ * @return as mop_model_save(); ::MOP_E_INVALID_ARG also for unknown flags
+ */
+MOP_API MOP_NODISCARD mop_status mop_model_save_v2(const mop_model *model, const char *path,
+                                                   int32_t flags);
 
 #ifdef __cplusplus
 }

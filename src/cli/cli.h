@@ -4,7 +4,9 @@
  * The CLI uses only the public API (<libmop/mop.h>) and links the shared
  * library. Exit codes: 0 success, 1 runtime error, 2 usage error. Every error
  * is one line on stderr; results go to stdout; progress goes to stderr, only
- * when stderr is a terminal or --progress is given. */
+ * when stderr is a terminal or --progress is given, except the meter of long
+ * work (cli_meter: train, prune), which writes a line every few seconds to a
+ * log as well. */
 #ifndef MOP_CLI_H
 #define MOP_CLI_H
 
@@ -84,6 +86,33 @@ void cli_progress(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* Terminate a progress line started with cli_progress(). */
 void cli_progress_end(void);
+
+/* A progress meter over `total` units of long work, printing the line that
+ * `mop train` prints, to stderr:
+ *   terminal:  "<phase> [#####...............] <done>/<total> <detail> ETA 1m05s"
+ *              rewritten in place at every report (cli_progress_end() ends it);
+ *   otherwise: "<phase> <done>/<total> <detail> ETA 1m05s", one line for the
+ *              first report, then at most one every `every_s` seconds, and
+ *              always one for the last (done == total).
+ * The ETA is the mean time per unit so far times the units left. Fill with
+ * cli_meter_start() when the work starts; not thread-safe (report from the
+ * thread that runs the command, e.g. in a library progress callback). */
+typedef struct cli_meter {
+    const char *phase; /* e.g. "prune", "train" (borrowed) */
+    double t0;         /* cli_now() at cli_meter_start() */
+    double every_s;    /* seconds between lines when stderr is not a terminal */
+    double last;       /* cli_now() of the last such line, < 0 before the first */
+} cli_meter;
+
+void cli_meter_start(cli_meter *m, const char *phase, double every_s);
+
+/* Report `done` of `total` units; `detail_fmt` (printf, may be "") is printed
+ * between the count and the ETA, e.g. "loss %.4f lr %.2e %.0f tok/s". */
+void cli_meter_report(cli_meter *m, uint64_t done, uint64_t total, const char *detail_fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* "1m05s", or "2h03m" from one hour on (negative, NaN or huge: "0m00s"). */
+void cli_fmt_duration(char *buf, size_t cap, double seconds);
 
 /* ---- helpers ------------------------------------------------------------- */
 

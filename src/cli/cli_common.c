@@ -249,6 +249,58 @@ void cli_progress_end(void)
     }
 }
 
+void cli_fmt_duration(char *buf, size_t cap, double s)
+{
+    if (!(s >= 0.0) || s > 1e7)
+        s = 0.0;
+    long t = (long)(s + 0.5);
+    if (t >= 3600)
+        snprintf(buf, cap, "%ldh%02ldm", t / 3600, (t / 60) % 60);
+    else
+        snprintf(buf, cap, "%ldm%02lds", t / 60, t % 60);
+}
+
+void cli_meter_start(cli_meter *m, const char *phase, double every_s)
+{
+    m->phase = phase;
+    m->t0 = cli_now();
+    m->every_s = every_s;
+    m->last = -1.0;
+}
+
+void cli_meter_report(cli_meter *m, uint64_t done, uint64_t total, const char *detail_fmt, ...)
+{
+    const int tty = isatty(STDERR_FILENO);
+    const double now = cli_now();
+    if (!tty && !(done >= total || m->last < 0.0 || now - m->last >= m->every_s))
+        return;
+    char detail[256];
+    va_list ap;
+    va_start(ap, detail_fmt);
+    vsnprintf(detail, sizeof detail, detail_fmt, ap);
+    va_end(ap);
+    const char *sep = detail[0] ? " " : "";
+    char eta[32];
+    const double elapsed = now - m->t0;
+    cli_fmt_duration(eta, sizeof eta,
+                     done > 0 && done <= total ? elapsed / (double)done * (double)(total - done)
+                                               : 0.0);
+    if (tty) {
+        char bar[21];
+        const int filled = total > 0 ? (int)(20.0 * (double)done / (double)total) : 20;
+        for (int i = 0; i < 20; i++)
+            bar[i] = i < filled ? '#' : '.';
+        bar[20] = '\0';
+        cli_progress("%s [%s] %llu/%llu%s%s ETA %s", m->phase, bar, (unsigned long long)done,
+                     (unsigned long long)total, sep, detail, eta);
+    } else {
+        fprintf(stderr, "%s %llu/%llu%s%s ETA %s\n", m->phase, (unsigned long long)done,
+                (unsigned long long)total, sep, detail, eta);
+        fflush(stderr);
+        m->last = now;
+    }
+}
+
 /* ---- helpers ------------------------------------------------------------- */
 
 static int load_progress(uint64_t done, uint64_t total, void *user)

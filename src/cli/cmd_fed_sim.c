@@ -34,24 +34,37 @@ static const struct {
     {"fedavg", MOP_AGG_FEDAVG},         {"fedavgm", MOP_AGG_FEDAVGM},
     {"fedadam", MOP_AGG_FEDADAM},       {"fedyogi", MOP_AGG_FEDYOGI},
     {"fedadagrad", MOP_AGG_FEDADAGRAD}, {"median", MOP_AGG_MEDIAN},
-    {"trimmed-mean", MOP_AGG_TRIMMED_MEAN}, {"krum", MOP_AGG_KRUM},
-    {"multi-krum", MOP_AGG_MULTI_KRUM}, {"task-arithmetic", MOP_AGG_TASK_ARITHMETIC},
+    {"trimmed_mean", MOP_AGG_TRIMMED_MEAN}, {"krum", MOP_AGG_KRUM},
+    {"multi_krum", MOP_AGG_MULTI_KRUM}, {"task_arithmetic", MOP_AGG_TASK_ARITHMETIC},
     {"ties", MOP_AGG_TIES},             {"dare", MOP_AGG_DARE},
-    {"breadcrumbs", MOP_AGG_BREADCRUMBS}, {"mop-aware", MOP_AGG_MOP_AWARE},
+    {"breadcrumbs", MOP_AGG_BREADCRUMBS}, {"mop_aware", MOP_AGG_MOP_AWARE},
 };
 #define N_STRATEGIES ((int32_t)(sizeof strategies / sizeof strategies[0]))
 
-/* Strategy id of `s` ('_' accepted for '-', any case), or -1. */
-static int32_t strategy_id(const char *s)
+/* Strategy id of `s` (any case), or -1. The names are the C enum's
+ * (MOP_AGG_TRIMMED_MEAN: trimmed_mean), as in Python and Flower; the old
+ * spellings with '-' for '_' still match, *deprecated is then set to 1. */
+static int32_t strategy_id_dep(const char *s, int *deprecated)
 {
     for (int32_t i = 0; i < N_STRATEGIES; i++) {
         const char *a = strategies[i].name, *b = s;
-        while (*a && *b && (*a == tolower((unsigned char)*b) || (*a == '-' && *b == '_')))
+        int dashed = 0;
+        while (*a && *b && (*a == tolower((unsigned char)*b) || (*a == '_' && *b == '-'))) {
+            dashed |= *b == '-';
             a++, b++;
-        if (!*a && !*b)
+        }
+        if (!*a && !*b) {
+            if (deprecated)
+                *deprecated = dashed;
             return strategies[i].id;
+        }
     }
     return -1;
+}
+
+static int32_t strategy_id(const char *s)
+{
+    return strategy_id_dep(s, NULL);
 }
 
 static int is_fedavg_family(int32_t id)
@@ -617,7 +630,7 @@ int cli_cmd_fed_sim(int argc, char **argv)
         {"strategy", 0, CLI_STRING, &o.strategy, "NAME", "server rule (list below); default fedavg"},
         {"server-lr", 0, CLI_FLOAT, &o.server_lr, "ETA", "server step; default 1, 0.01 for fedadam/fedyogi/fedadagrad"},
         {"krum-f", 0, CLI_INT, &o.krum_f, "F", "Byzantine clients assumed by krum/multi-krum (needs N >= 2F+3); default 1"},
-        {"trim-ratio", 0, CLI_FLOAT, &o.trim_ratio, "X", "fraction trimmed from each end by trimmed-mean; default 0.1"},
+        {"trim-ratio", 0, CLI_FLOAT, &o.trim_ratio, "X", "fraction trimmed from each end by trimmed_mean; default 0.1"},
         {"split", 0, CLI_STRING, &o.split, "KIND", "skewed | iid | dirichlet:ALPHA; default skewed"},
         {"skew-ratio", 0, CLI_FLOAT, &o.skew_ratio, "X", "skewed split: big part / small part per task; default 15"},
         {"baseline", 0, CLI_STRING, &o.baseline, "single|uniform", "single: one K*P-token prompt; uniform: K experts, uniform gate"},
@@ -649,8 +662,8 @@ int cli_cmd_fed_sim(int argc, char **argv)
         "on its own examples and sends the delta with its mean gate weights; the\n"
         "server aggregates the deltas with --strategy and updates the global mixture,\n"
         "whose validation perplexity (response tokens) is printed after every round.\n"
-        "Strategies: fedavg fedavgm fedadam fedyogi fedadagrad median trimmed-mean\n"
-        "krum multi-krum task-arithmetic ties dare breadcrumbs mop-aware.\n"
+        "Strategies: fedavg fedavgm fedadam fedyogi fedadagrad median trimmed_mean\n"
+        "krum multi_krum task_arithmetic ties dare breadcrumbs mop_aware.\n"
         "--dp-clip/--dp-noise: local DP, epsilon from the RDP accountant (sample\n"
         "rate 1, one step per round). --secure-agg: clients mask n_i*delta_i and n_i,\n"
         "the server only learns the sums and takes their FedAvg (FedAvg family only).\n"
@@ -668,16 +681,21 @@ int cli_cmd_fed_sim(int argc, char **argv)
         return cli_usage_error(cmd, "--data FILE is required");
     if (!o.val)
         return cli_usage_error(cmd, "--val FILE is required");
-    int32_t sid = strategy_id(o.strategy);
+    int dashed = 0;
+    int32_t sid = strategy_id_dep(o.strategy, &dashed);
     if (sid < 0)
         return cli_usage_error(cmd, "unknown --strategy '%s' (fedavg, fedavgm, fedadam, fedyogi, "
-                                    "fedadagrad, median, trimmed-mean, krum, multi-krum, "
-                                    "task-arithmetic, ties, dare, breadcrumbs, mop-aware)",
+                                    "fedadagrad, median, trimmed_mean, krum, multi_krum, "
+                                    "task_arithmetic, ties, dare, breadcrumbs, mop_aware)",
                                o.strategy);
+    const char *given = o.strategy;
     o.strategy = strategies[0].name;
     for (int32_t i = 0; i < N_STRATEGIES; i++)
         if (strategies[i].id == sid)
             o.strategy = strategies[i].name;
+    if (dashed)
+        fprintf(stderr, "mop fed-sim: warning: --strategy '%s' is deprecated, use '%s' (the "
+                        "spelling with '-' goes in libmop 0.2)\n", given, o.strategy);
     if (o.n_clients < 1 || o.n_clients > 2047)
         return cli_usage_error(cmd, "--clients must be in 1..2047, got %d", (int)o.n_clients);
     if (o.rounds < 1 || o.local_steps < 1 || o.B < 1)

@@ -153,7 +153,13 @@ int cli_cmd_info(int argc, char **argv)
         mop_model_free(model);
         return cli_fail(st, "cannot measure the sparsity of '%s'", pos[0]);
     }
-    printf("sparsity:        %.4f of the block linear weights (format %s)\n", sparsity, sfmt);
+    /* The format is that of the first packed sparse weight, else of the first
+     * weight: "f32" means no block weight is pruned, whatever zeros it holds. */
+    if (strcmp(sfmt, "f32") == 0)
+        printf("sparsity:        dense (not pruned)\n");
+    else
+        printf("sparsity:        %.4f of the block linear weights (format %s)\n", sparsity,
+               sfmt);
     rc = print_eog(model);
     if (rc == CLI_OK)
         rc = print_tensor_types(model);

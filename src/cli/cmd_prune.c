@@ -5,11 +5,14 @@
 
 #include "cli.h"
 
+/* Seconds between progress lines when stderr is not a terminal. */
+#define PRUNE_REPORT_EVERY_S 10.0
+
+/* The library's progress callback: one unit per weight matrix (calibration
+ * of a block runs before its first matrix, so the ETA includes it). */
 static int prune_progress(uint64_t done, uint64_t total, void *user)
 {
-    const double *t0 = user;
-    cli_progress("prune: weight %llu/%llu (%.1f s)", (unsigned long long)done,
-                 (unsigned long long)total, cli_now() - *t0);
+    cli_meter_report(user, done, total, "weights");
     return 0;
 }
 
@@ -148,10 +151,10 @@ int cli_cmd_prune(int argc, char **argv)
         printf("calibration tokens: %lld\n", (long long)p.n_calib_tokens);
     }
     double t0 = cli_now();
-    if (cli_progress_enabled()) {
-        p.progress = prune_progress;
-        p.progress_user = &t0;
-    }
+    cli_meter meter;
+    cli_meter_start(&meter, "prune", PRUNE_REPORT_EVERY_S);
+    p.progress = prune_progress;
+    p.progress_user = &meter;
     st = mop_model_prune(model, &p);
     cli_progress_end();
     if (st != MOP_OK) {

@@ -6,6 +6,9 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "fileio.h"
@@ -100,16 +103,45 @@ mop_status mop_fwrite_all(FILE *f, const void *data, size_t size)
     return MOP_OK;
 }
 
+/* Create a new file `path`.tmp.XXXXXX (X from [0-9a-z], written into tmp)
+ * with O_EXCL and `mode`, which the umask reduces. mkstemp() is not used: it
+ * always creates 0600, whatever the umask. Returns the descriptor or -1. */
+static int create_temp(char *tmp, size_t n, mode_t mode)
+{
+    static _Atomic uint64_t counter;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t x = ((uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec) ^
+                 ((uint64_t)getpid() << 32);
+    for (int attempt = 0; attempt < 100; attempt++) {
+        uint64_t z = x + 0x9e3779b97f4a7c15u * ++counter; /* splitmix64 */
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9u;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebu;
+        z ^= z >> 31;
+        for (int i = 0; i < 6; i++, z /= 36)
+            tmp[n + 5 + i] = "0123456789abcdefghijklmnopqrstuvwxyz"[z % 36];
+        int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+        if (fd >= 0 || errno != EEXIST)
+            return fd;
+    }
+    return -1;
+}
+
 mop_status mop_write_atomic(const char *path, mop_write_fn write, void *user)
 {
-    MOP_CHECK_ARG(path && write);
+    return mop_write_atomic_flags(path, 0, write, user);
+}
+
+mop_status mop_write_atomic_flags(const char *path, int32_t flags, mop_write_fn write, void *user)
+{
+    MOP_CHECK_ARG(path && write && (flags & ~MOP_SAVE_PRIVATE) == 0);
     size_t n = strlen(path);
     char *tmp = mop_alloc(n + 16);
     if (!tmp)
         return mop_fail(MOP_E_NOMEM, "%s: out of memory", path);
     memcpy(tmp, path, n);
     memcpy(tmp + n, ".tmp.XXXXXX", 12);
-    int fd = mkstemp(tmp);
+    int fd = create_temp(tmp, n, (flags & MOP_SAVE_PRIVATE) ? 0600 : 0666);
     if (fd < 0) {
         mop_status st = mop_fail(MOP_E_IO, "%s: cannot create temporary file: %s", path,
                                  strerror(errno));

@@ -16,8 +16,13 @@ mop_status mop_read_file(const char *path, size_t max_size, char **out, size_t *
 
 /* Atomic write: the callback writes to a temporary file beside `path`, which
  * is fsynced and renamed over `path` only if the callback returns MOP_OK.
- * A failed write leaves `path` untouched and no temporary behind. */
+ * A failed write leaves `path` untouched and no temporary behind. The file is
+ * created with mode 0666 (0600 with MOP_SAVE_PRIVATE in `flags`), which the
+ * kernel reduces by the umask, as fopen() does. */
 typedef mop_status (*mop_write_fn)(FILE *f, void *user);
+mop_status mop_write_atomic_flags(const char *path, int32_t flags, mop_write_fn write, void *user);
+
+/* mop_write_atomic_flags() with flags 0. */
 mop_status mop_write_atomic(const char *path, mop_write_fn write, void *user);
 
 /* fwrite that reports MOP_E_IO with the path on failure. */

@@ -139,14 +139,20 @@ static char *build_header(const mop_mixture *m)
 
 mop_status mop_mixture_save(const mop_mixture *m, const char *path)
 {
+    return mop_mixture_save_v2(m, path, 0);
+}
+
+mop_status mop_mixture_save_v2(const mop_mixture *m, const char *path, int32_t flags)
+{
     MOP_CHECK_ARG(m);
     MOP_CHECK_ARG(path);
+    MOP_CHECK_ARG((flags & ~MOP_SAVE_PRIVATE) == 0);
     char *text = build_header(m);
     if (!text)
         return mop_fail(MOP_E_NOMEM, "mop_mixture_save: %s: out of memory for the header", path);
     size_t raw = strlen(text);
     save_job j = {m, text, (raw + 7) / 8 * 8};
-    mop_status st = mop_write_atomic(path, write_mixture, &j);
+    mop_status st = mop_write_atomic_flags(path, flags, write_mixture, &j);
     cJSON_free(text);
     if (st != MOP_OK)
         mop_error_prefix("mop_mixture_save");

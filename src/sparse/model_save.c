@@ -158,7 +158,13 @@ static mop_status write_cb(FILE *f, void *user)
 
 mop_status mop_model_save(const mop_model *model, const char *path)
 {
+    return mop_model_save_v2(model, path, 0);
+}
+
+mop_status mop_model_save_v2(const mop_model *model, const char *path, int32_t flags)
+{
     MOP_CHECK_ARG(model && path && model->layers && model->tok_embd);
+    MOP_CHECK_ARG((flags & ~MOP_SAVE_PRIVATE) == 0);
     if (model->hp.rope_scaling == MOP_ROPE_SCALING_LLAMA3)
         return mop_fail(MOP_E_UNSUPPORTED, "mop_model_save: Llama 3.1 RoPE scaling has no GGUF "
                         "metadata libmop reads back");
@@ -166,7 +172,7 @@ mop_status mop_model_save(const mop_model *model, const char *path)
     MOP_TRY(gguf_writer_create(&gw));
     mop_status st = build(gw, model);
     if (st == MOP_OK)
-        st = mop_write_atomic(path, write_cb, gw);
+        st = mop_write_atomic_flags(path, flags, write_cb, gw);
     gguf_writer_free(gw);
     if (st != MOP_OK)
         mop_error_prefix("saving %s", path);

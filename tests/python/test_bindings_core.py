@@ -598,8 +598,16 @@ def test_sparse_api(model_path, tmp_path):
         assert calls
         s, fmt = m.sparsity()
         assert abs(s - 0.5) < 0.01 and fmt
-        out = tmp_path / "pruned.gguf"
-        m.save(out)
+        out, private = tmp_path / "pruned.gguf", tmp_path / "private.gguf"
+        old_mask = os.umask(0o022)
+        try:  # 0666 less the umask, as open() gives; 0600 on request
+            m.save(out)
+            m.save(private, private=True)
+        finally:
+            os.umask(old_mask)
+        assert os.stat(out).st_mode & 0o777 == 0o644
+        assert os.stat(private).st_mode & 0o777 == 0o600
+        private.unlink()
         with libmop.Context(m, n_ctx=128, n_batch=64, n_threads=2) as c:
             ppl_pruned = c.perplexity(ids)
     assert ppl_pruned > ppl_dense  # 2:4 magnitude pruning hurts a 135M model

@@ -183,6 +183,27 @@ def test_aggregator_fedavg_and_median():
         libmop.Aggregator(name).close()
 
 
+def test_strategy_names_and_deprecated_spelling():
+    """One name per rule, the C enum's (MOP_AGG_TRIMMED_MEAN: trimmed_mean),
+    as in `mop fed-sim`; the old '-' spelling works with a DeprecationWarning."""
+    need(AGG_SYMBOLS)
+    import warnings
+    assert libmop.fed.STRATEGY["trimmed_mean"] == 6 and libmop.fed.STRATEGY["mop_aware"] == 13
+    assert all("-" not in k for k in libmop.fed.STRATEGY)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with libmop.Aggregator("trimmed_mean") as agg:
+            assert agg.params["strategy"] == 6
+        assert libmop.fed.strategy_name("mop_aware") == "mop_aware"
+    for old, new, value in [("trimmed-mean", "trimmed_mean", 6), ("mop-aware", "mop_aware", 13),
+                            ("multi-krum", "multi_krum", 8)]:
+        with pytest.warns(DeprecationWarning, match=f"'{old}' is deprecated, use '{new}'"):
+            with libmop.Aggregator(old) as agg:
+                assert agg.params["strategy"] == value
+    with pytest.raises(ValueError, match="unknown value 'trimmed-meen'"):
+        libmop.Aggregator("trimmed-meen")
+
+
 def test_partitions():
     need(PART_SYMBOLS)
     iid = libmop.partition_iid(103, 4, seed=1)

@@ -300,6 +300,24 @@ def test_save_load_roundtrip(mixture, model, tmp_path, ctx, batch):
     assert ei.value.name == "MOP_E_FORMAT"
 
 
+@pytest.mark.parametrize("mask, private, want", [
+    (0o022, False, 0o644), (0o077, False, 0o600), (0o022, True, 0o600), (0o077, True, 0o600)])
+def test_save_mode_follows_umask(mixture, model, tmp_path, mask, private, want):
+    """A saved mixture is 0666 less the umask, as open() makes it (a daemon of
+    another user can read it under umask 022), or 0600 with private=True."""
+    need("mop_mixture_save_v2")
+    path = tmp_path / "mode.safetensors"
+    old = os.umask(mask)
+    try:
+        mixture.save(path, private=private)
+    finally:
+        os.umask(old)
+    assert os.stat(path).st_mode & 0o7777 == want
+    with libmop.Mixture.load(model, path) as m2:
+        np.testing.assert_array_equal(m2.params, mixture.params)
+    assert [p.name for p in tmp_path.iterdir()] == ["mode.safetensors"]
+
+
 def test_generate_with_mixture(mixture, ctx, model):
     prompt = model.tokenize(model.chat_format([("user", "Say hello.")]), special=True)
     mixture.prepare(ctx)

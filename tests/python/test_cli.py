@@ -98,6 +98,8 @@ def test_info_smollm2(mop, model_path):
     assert f["tied embeddings"] == "yes"
     assert f["end of generation"] == "0 <|endoftext|>, 2 <|im_end|>, 4 <reponame>"
     assert float(f["rope theta"]) == 100000.0
+    # a dense model says so, not a sparsity of a few stray zeros "(format f32)"
+    assert f["sparsity"] == "dense (not pruned)"
     # 272 tensors in the file: 210 Q4_1 matrices, 61 F32 norms, the Q8_0 embedding.
     assert "Q4_1: 210" in f["tensors"] and "F32: 61" in f["tensors"] and "Q8_0: 1" in f["tensors"]
     assert f["tensors"].startswith("272 ")

@@ -143,7 +143,26 @@ def test_missing_data_exits_1(mop_bin, model_path, data, tmp_path):
 def test_help_lists_every_strategy(mop_bin):
     r = run(mop_bin, "fed-sim", "--help")
     assert r.returncode == 0
-    for name in ["fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "median", "trimmed-mean",
-                 "krum", "multi-krum", "task-arithmetic", "ties", "dare", "breadcrumbs",
-                 "mop-aware", "--secure-agg", "--dp-clip", "--malicious", "--csv"]:
+    for name in ["fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "median", "trimmed_mean",
+                 "krum", "multi_krum", "task_arithmetic", "ties", "dare", "breadcrumbs",
+                 "mop_aware", "--secure-agg", "--dp-clip", "--malicious", "--csv"]:
         assert name in r.stdout
+    assert "trimmed-mean" not in r.stdout and "mop-aware" not in r.stdout
+
+
+@pytest.mark.parametrize("given, canonical, deprecated", [
+    ("trimmed_mean", "trimmed_mean", False), ("mop_aware", "mop_aware", False),
+    ("multi_krum", "multi_krum", False), ("trimmed-mean", "trimmed_mean", True),
+    ("mop-aware", "mop_aware", True), ("task-arithmetic", "task_arithmetic", True),
+])
+def test_strategy_names_and_deprecated_spelling(mop_bin, model_path, given, canonical, deprecated):
+    """The C enum's names (trimmed_mean) are the names; the old '-' spelling
+    still parses, with one deprecation line on stderr. --clients 0 stops the
+    run right after the strategy is read."""
+    r = run(mop_bin, "fed-sim", model_path, "--data", "x.jsonl", "--val", "y.jsonl",
+            "--strategy", given, "--clients", "0")
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "unknown --strategy" not in r.stderr and "--clients must be in" in r.stderr
+    warning = (f"mop fed-sim: warning: --strategy '{given}' is deprecated, use '{canonical}'")
+    assert (warning in r.stderr) == deprecated, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 + deprecated

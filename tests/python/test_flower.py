@@ -127,6 +127,11 @@ def test_strategy_name_and_options_pass_through(fedavg_round):
     assert s.aggregator.params["server_lr"] == 0.5
     with pytest.raises(ValueError, match="unknown libmop strategy"):
         lf.MopStrategy(glob, "fedsgd")
+    # the old CLI spelling still works for one release, with a warning
+    with pytest.warns(DeprecationWarning, match="'trimmed-mean' is deprecated"):
+        s = lf.MopStrategy(glob, "trimmed-mean")
+    assert s.strategy_name == "trimmed_mean"
+    assert s.aggregator.params["strategy"] == libmop.fed.STRATEGY["trimmed_mean"]
 
 
 def test_central_dp_clips_each_update(fedavg_round):

@@ -9,6 +9,9 @@ model's dequantized weights, and run through tests/python/reference.py
 (float64 torch) - no libmop code is involved on the reference side."""
 import ctypes as C
 import math
+import os
+import pty
+import re
 import struct
 import subprocess
 
@@ -39,13 +42,51 @@ def run(mop, *args, timeout=600):
     return r.stdout.decode()
 
 
+# The progress line `mop train` prints, here over the 7 x 30 weight matrices.
+PROGRESS_LOG = re.compile(r"^prune (\d+)/210 weights ETA \d+m\d\ds$")
+
+
 @pytest.fixture(scope="module")
 def pruned(mop, model_path, tmp_path_factory):
     out = tmp_path_factory.mktemp("prune") / "smollm2-2of4.gguf"
-    log = run(mop, "prune", model_path, "--method", "magnitude", "--pattern", "2:4",
-              "-t", "2", "-o", out)
+    r = subprocess.run([str(mop), "prune", model_path, "--method", "magnitude", "--pattern",
+                        "2:4", "-t", "2", "-o", str(out)], capture_output=True, timeout=600)
+    assert r.returncode == 0, r.stderr.decode()
+    log = r.stdout.decode()
     assert "sparsity: 0.5000" in log and "format: nm" in log
+    # stderr is not a terminal: a line for the first weight, then at most one
+    # every 10 s (a run this short has none between), and one for the last
+    lines = [ln for ln in r.stderr.decode().splitlines() if ln.startswith("prune")]
+    done = [int(PROGRESS_LOG.match(ln).group(1)) for ln in lines]
+    assert done[0] == 1 and done[-1] == 210 and done == sorted(done), lines
+    assert lines[-1] == "prune 210/210 weights ETA 0m00s"
     return out
+
+
+def test_progress_in_place_on_a_terminal(mop, model_path, tmp_path):
+    """On a terminal the line is rewritten in place ("\\r\\033[K") at every
+    weight, with the bar of `mop train`, and ended by one newline."""
+    master, slave = pty.openpty()
+    p = subprocess.Popen([str(mop), "prune", model_path, "--layers", "0:1", "-t", "2",
+                          "-o", str(tmp_path / "one-block.gguf")],
+                         stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    err = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        err += chunk
+    os.close(master)
+    assert p.wait(timeout=600) == 0, err
+    text = err.decode()
+    updates = re.findall(r"\r\x1b\[Kprune \[([#.]{20})\] (\d)/7 weights ETA \d+m\d\ds", text)
+    assert [int(n) for _, n in updates] == list(range(1, 8)), text
+    assert updates[-1][0] == "#" * 20 and updates[0][0] == "##" + "." * 18
+    assert text.endswith("ETA 0m00s\r\n")  # the pty turns the final "\n" into "\r\n"
 
 
 @pytest.fixture(scope="module")

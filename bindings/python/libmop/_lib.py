@@ -227,6 +227,7 @@ _PROTOS: dict[str, tuple[Any, list[Any]]] = {
     "mop_mixture_free": (None, [vp]),
     "mop_mixture_get_params": (st, [vp, P(MixtureParams)]),
     "mop_mixture_save": (st, [vp, c_char_p]),
+    "mop_mixture_save_v2": (st, [vp, c_char_p, c_int32]),
     "mop_mixture_load": (st, [vp, c_char_p, P(vp)]),
     "mop_mixture_data": (st, [vp, P(P(c_float)), P(P(c_float)), P(c_size_t)]),
     "mop_mixture_n_params": (c_size_t, [vp]),
@@ -255,6 +256,7 @@ _PROTOS: dict[str, tuple[Any, list[Any]]] = {
     "mop_model_prune": (st, [vp, P(PruneParams)]),
     "mop_model_sparsity": (st, [vp, P(c_double), P(c_char_p)]),
     "mop_model_save": (st, [vp, c_char_p]),
+    "mop_model_save_v2": (st, [vp, c_char_p, c_int32]),
     # mop_fed.h: updates
     "mop_update_create": (st, [c_int32, c_int64, c_uint64, c_double, P(vp)]),
     "mop_update_free": (None, [vp]),

@@ -307,9 +307,11 @@ class Model(L.Closable):
         from .sparse import sparsity
         return sparsity(self)
 
-    def save(self, path: PathLike) -> None:
-        """Write the model (pruned or not) as one GGUF file, atomically (mop_model_save)."""
-        L.check(L.fn("mop_model_save")(self._ptr, L.cstr(path, "path")))
+    def save(self, path: PathLike, *, private: bool = False) -> None:
+        """Write the model (pruned or not) as one GGUF file, atomically
+        (mop_model_save_v2). Mode 0666 less the umask, as open() gives, or
+        0600 with ``private=True`` (MOP_SAVE_PRIVATE)."""
+        L.check(L.fn("mop_model_save_v2")(self._ptr, L.cstr(path, "path"), 1 if private else 0))
 
 
 # ---------------------------------------------------------------------------

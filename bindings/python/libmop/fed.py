@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import warnings
 from ctypes import (POINTER, Structure, byref, c_char_p, c_float, c_int32, c_int64, c_size_t,
                     c_uint8, c_uint32, c_uint64, c_void_p)
 from typing import Any, Mapping, Optional, Union
@@ -17,15 +18,32 @@ import numpy as np
 from . import _lib as L
 from .mixture import Mixture
 
-__all__ = ["Update", "UpdateHeader", "Aggregator", "STRATEGY", "partition_skewed",
+__all__ = ["Update", "UpdateHeader", "Aggregator", "STRATEGY", "strategy_name", "partition_skewed",
            "partition_iid", "partition_dirichlet", "rdp_sampled_gaussian", "rdp_epsilon",
            "RdpAccountant", "SecAggClient", "SecAggServer"]
 
 KIND = {"delta": 0, "full": 1}
 _KIND_NAMES = {v: k for k, v in KIND.items()}
+#: Aggregation rule names: the C enum's (MOP_AGG_TRIMMED_MEAN: "trimmed_mean"),
+#: the same in ``mop fed-sim --strategy`` and examples/fed_mpi.c.
 STRATEGY = {"fedavg": 0, "fedavgm": 1, "fedadam": 2, "fedyogi": 3, "fedadagrad": 4,
             "median": 5, "trimmed_mean": 6, "krum": 7, "multi_krum": 8,
             "task_arithmetic": 9, "ties": 10, "dare": 11, "breadcrumbs": 12, "mop_aware": 13}
+
+
+def strategy_name(name: str) -> str:
+    """The canonical name of aggregation rule @p name (a key of :data:`STRATEGY`).
+
+    The spelling with ``-`` for ``_`` (``"trimmed-mean"``, once the CLI's) is
+    still accepted with a :class:`DeprecationWarning`; it goes in libmop 0.2.
+    Other names are returned unchanged (the caller reports them as unknown)."""
+    if isinstance(name, str) and name not in STRATEGY and "-" in name:
+        canon = name.replace("-", "_")
+        if canon in STRATEGY:
+            warnings.warn(f"libmop strategy name {name!r} is deprecated, use {canon!r}",
+                          DeprecationWarning, stacklevel=3)
+            return canon
+    return name
 
 
 class AggregatorParams(Structure):
@@ -200,6 +218,7 @@ class Aggregator(L.Closable):
 
     def __init__(self, strategy: Union[str, int] = "fedavg", **params: Any) -> None:
         p = L.fn("mop_aggregator_default_params")()
+        strategy = strategy_name(strategy)
         L.fill_params(p, dict(strategy=strategy, **params), "Aggregator",
                       {"strategy": STRATEGY})
         self.params = {f: getattr(p, f) for f, _ in p._fields_ if f != "struct_size"}

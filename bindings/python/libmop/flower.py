@@ -56,7 +56,8 @@ except ImportError as e:  # pragma: no cover - depends on the environment
         f"(see scripts/requirements-dev.txt and docs/FLOWER.md); import failed: {e}") from e
 
 from .core import Context, Model  # noqa: E402
-from .fed import STRATEGY, Aggregator, SecAggClient, SecAggServer, Update  # noqa: E402
+from .fed import (STRATEGY, Aggregator, SecAggClient, SecAggServer, Update,  # noqa: E402
+                  strategy_name)
 from .mixture import Batch, Mixture, Optimizer, evaluate  # noqa: E402
 
 __all__ = ["MopClient", "MopStrategy", "shared_model", "register_model", "mixture_arrays",
@@ -348,6 +349,7 @@ class MopStrategy(Strategy):
             if len(arrays) != len(self.names):
                 raise ValueError(f"initial: {len(self.names)} names but {len(arrays)} arrays")
         self.global_arrays: list[np.ndarray] = arrays
+        strategy = strategy_name(strategy)
         if strategy not in STRATEGY:
             raise ValueError(f"unknown libmop strategy {strategy!r}; known: {', '.join(STRATEGY)}")
         if dp not in (None, "central", "local"):

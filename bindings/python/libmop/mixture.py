@@ -257,9 +257,12 @@ class Mixture(L.Closable):
     def zero_grad(self) -> None:
         L.fn("mop_mixture_zero_grad")(self._ptr)
 
-    def save(self, path: PathLike) -> None:
-        """Write as safetensors, atomically (mop_mixture_save)."""
-        L.check(L.fn("mop_mixture_save")(self._ptr, L.cstr(path, "path")))
+    def save(self, path: PathLike, *, private: bool = False) -> None:
+        """Write as safetensors, atomically (mop_mixture_save_v2). Mode 0666
+        less the umask, as open() gives, or 0600 with ``private=True``
+        (MOP_SAVE_PRIVATE)."""
+        L.check(L.fn("mop_mixture_save_v2")(self._ptr, L.cstr(path, "path"),
+                                            1 if private else 0))
 
     def set_prox_reference(self) -> None:
         """Remember the current parameters as the FedProx reference."""
