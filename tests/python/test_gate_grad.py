@@ -3,12 +3,15 @@
 PyTorch implementation with autograd (float64, on reference.py's weights).
 
 What the reference implements, written from PAPER.md / docs/MIXTURE.md, not
-from libmop's code: gate on the mean hidden state entering layer L_g, the
-K·P expert vectors entering layer L_p at RoPE positions -K·P..-1 as their own
-causal sequence, input queries attending to every prompt key with + log w_k
-(attention-bias mode) or to one P-token prompt Σ_k w_k E_k (weighted-sum
-mode), input positions 0..T-1, mean NLL over target tokens, plus the
-load-balance and gate-supervision terms.
+from libmop's code: the gate on the standardized mean hidden state entering
+layer L_g over the user turn's content tokens (all tokens before the first
+target when there is no user header), the expert groups entering layer L_p
+each as its own sequence at RoPE positions -P..-1 (or, joint, all K·P rows as
+one causal sequence at -K·P..-1), input queries attending to every prompt key
+with + log(K·w_k) (or + log w_k; shared groups + 0) in attention-bias mode or
+to one P-token prompt Σ_k w_k E_k (weighted-sum mode), top-k weights kept at
+their probability, input positions 0..T-1, mean NLL over target tokens, plus
+the load-balance and gate-supervision terms.
 
 Tolerances: per tensor, max |grad_libmop − grad_torch| <= 1e-3 · max |grad_torch|;
 loss relative difference <= 1e-4. libmop computes in float32, the reference
@@ -37,7 +40,10 @@ class MixtureParams(C.Structure):
                 ("inject_layer", C.c_int32), ("gate_hidden", C.c_int32),
                 ("gate_act", C.c_int32), ("gate_temperature", C.c_float),
                 ("top_k", C.c_int32), ("combine", C.c_int32), ("gate_mode", C.c_int32),
-                ("init", C.c_int32), ("init_std", C.c_float), ("seed", C.c_uint64)]
+                ("init", C.c_int32), ("init_std", C.c_float), ("seed", C.c_uint64),
+                ("gate_pool", C.c_int32), ("gate_norm", C.c_int32), ("gate_bias", C.c_int32),
+                ("n_shared", C.c_int32), ("expert_attention", C.c_int32),
+                ("top_k_renorm", C.c_int32)]
 
 
 class Batch(C.Structure):
@@ -84,6 +90,11 @@ def lib(libmop_path):
     L.mop_mixture_zero_grad.argtypes = [C.c_void_p]
     L.mop_mixture_tensor_count.argtypes = [C.c_void_p]
     L.mop_mixture_tensor_get_info.argtypes = [C.c_void_p, C.c_int32, C.POINTER(TensorInfo)]
+    L.mop_mixture_set_input_stats.argtypes = [C.c_void_p, C.c_double, C.POINTER(C.c_double),
+                                              C.POINTER(C.c_double)]
+    L.mop_tokenize.argtypes = [C.c_void_p, C.c_char_p, C.c_size_t, C.c_int32,
+                               C.POINTER(C.c_int32), C.c_size_t, C.POINTER(C.c_size_t)]
+    L.mop_model_special_token.argtypes = [C.c_void_p, C.c_int32]
     L.mop_loss_default_params.restype = LossParams
     L.mop_mixture_forward_backward.argtypes = [C.c_void_p, C.c_void_p, C.POINTER(Batch),
                                                C.POINTER(LossParams), C.POINTER(LossResult)]
@@ -155,11 +166,40 @@ def prompt_stream(ref, prompt):
     return kv
 
 
-def reference_loss(ref, theta, tokens, lengths, mask, task, combine, top_k, lb, sup, tau):
+def group_streams(ref, E, joint):
+    """Every group (P, d) of E on its own at -P..-1, keys/values concatenated
+    in group order; or all rows as one stream (joint)."""
+    G = E.shape[0]
+    if joint:
+        return prompt_stream(ref, E.reshape(G * P, -1))
+    per = [prompt_stream(ref, E[g]) for g in range(G)]
+    return [(torch.cat([p[i][0] for p in per]), torch.cat([p[i][1] for p in per]))
+            for i in range(len(per[0]))]
+
+
+def content_rows(tok, n_pool, header, eot):
+    """Positions of the user turns' content before n_pool (all when none)."""
+    rows, inside, t = [], False, 0
+    h = len(header)
+    while t < n_pool:
+        if list(tok[t:t + h]) == header and t + h <= n_pool:
+            inside, t = True, t + h
+            continue
+        if tok[t] == eot:
+            inside = False
+        if inside:
+            rows.append(t)
+        t += 1
+    return rows or list(range(n_pool))
+
+
+def reference_loss(ref, theta, tokens, lengths, mask, task, cfg, tau, stats, header, eot):
+    combine, top_k, lb, sup = cfg["combine"], cfg["top_k"], cfg["lb"], cfg["sup"]
+    n_shared, joint, logw = cfg["n_shared"], cfg["joint"], cfg["logw"]
     E, W1, b1, W2, b2 = theta
-    d = ref.d
+    mu, sd = stats
     n_tgt = sum(int(mask[b, 1:lengths[b]].sum()) for b in range(B))
-    shared_kv = prompt_stream(ref, E.reshape(K * P, d)) if combine == 0 else None
+    shared_kv = group_streams(ref, E, joint) if combine == 0 else None
     nll, pis = 0.0, []
     for b in range(B):
         n = lengths[b]
@@ -171,7 +211,8 @@ def reference_loss(ref, theta, tokens, lengths, mask, task, combine, top_k, lb, 
         # The gate averages the tokens before the first target (docs/MIXTURE.md).
         first = [t for t in range(1, n) if mask[b, t]]
         n_pool = first[0] if first else n
-        u = x[:n_pool].mean(0)
+        u = x[content_rows(tokens[b], n_pool, header, eot)].mean(0)
+        u = (u - mu) / sd
         z = W2 @ gelu_tanh(W1 @ u + b1) + b2
         pi = torch.softmax(z / tau, dim=0)
         pis.append(pi)
@@ -179,15 +220,16 @@ def reference_loss(ref, theta, tokens, lengths, mask, task, combine, top_k, lb, 
         if top_k:
             keep = torch.zeros(K, dtype=torch.bool)
             keep[torch.topk(pi.detach(), top_k).indices] = True
-            wk = torch.where(keep, pi, torch.zeros_like(pi))
-            wk = wk / wk.sum()
+            wk = torch.where(keep, pi, torch.zeros_like(pi))  # kept at their probability
         else:
             wk = pi
         with torch.no_grad():
             for l in range(LG, LP):
                 x, _ = layer(ref, l, x, pos)
         if combine == 0:
-            kv, bias = shared_kv, torch.log(wk).repeat_interleave(P)
+            routed = torch.log(wk if logw else K * wk)
+            bias = torch.cat([routed, torch.zeros(n_shared, dtype=routed.dtype)])
+            kv, bias = shared_kv, bias.repeat_interleave(P)
         else:
             kv, bias = prompt_stream(ref, torch.einsum("k,kpd->pd", wk, E)), None
         for i, l in enumerate(range(LP, ref.n_layer)):
@@ -211,18 +253,38 @@ def reference_loss(ref, theta, tokens, lengths, mask, task, combine, top_k, lb, 
 
 # ---- the comparison ----------------------------------------------------------------
 
-@pytest.mark.parametrize("combine,top_k,lb,sup", [(0, 0, 0.0, 0.0), (0, 0, 0.3, 0.2),
-                                                 (1, 2, 0.0, 0.0)],
-                         ids=["attention-bias", "attention-bias+lb+sup", "weighted-sum-top2"])
-def test_mixture_gradients_match_torch(lib, model, ref, combine, top_k, lb, sup):
+CASES = {
+    "attention-bias": dict(combine=0, top_k=0, lb=0.0, sup=0.0),
+    "attention-bias+lb+sup": dict(combine=0, top_k=0, lb=0.3, sup=0.2),
+    "weighted-sum-top2": dict(combine=1, top_k=2, lb=0.0, sup=0.0),
+    "shared-group-top1": dict(combine=0, top_k=1, lb=0.0, sup=0.0, n_shared=1),
+    "joint-log-w": dict(combine=0, top_k=0, lb=0.0, sup=0.0, joint=True, logw=True),
+}
+
+
+def user_header(lib, model):
+    ids, n = (C.c_int32 * 8)(), C.c_size_t()
+    text = b"<|im_start|>user\n"
+    check(lib, lib.mop_tokenize(model, text, len(text), 2, ids, 8, C.byref(n)))
+    return list(ids[:n.value]), lib.mop_model_special_token(model, 2)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_mixture_gradients_match_torch(lib, model, ref, case):
+    cfg = {"n_shared": 0, "joint": False, "logw": False, **CASES[case]}
+    combine, top_k, lb, sup = cfg["combine"], cfg["top_k"], cfg["lb"], cfg["sup"]
     torch.manual_seed(0)
     rng = np.random.default_rng(1 + combine)
     tau = 0.8
     mp = lib.mop_mixture_default_params()
     mp.n_experts, mp.prompt_len, mp.gate_layer, mp.inject_layer = K, P, LG, LP
     mp.gate_hidden, mp.gate_temperature, mp.top_k, mp.combine = HID, tau, top_k, combine
+    mp.n_shared, mp.expert_attention, mp.gate_bias = cfg["n_shared"], int(cfg["joint"]), \
+        int(cfg["logw"])
     mix = C.c_void_p()
     check(lib, lib.mop_mixture_create(model, C.byref(mp), C.byref(mix)))
+    header, eot = user_header(lib, model)
+    assert len(header) == 3 and eot >= 0
     cp = lib.mop_ctx_default_params()
     cp.n_ctx, cp.n_batch, cp.n_threads = 128, 64, 2
     ctx = C.c_void_p()
@@ -246,7 +308,20 @@ def test_mixture_gradients_match_torch(lib, model, ref, combine, top_k, lb, sup)
         for name, off, size, _ in infos:
             params[off:off + size] = rng.normal(0.0, scale[name], size).astype(np.float32)
 
-        tokens = rng.integers(0, ref.n_vocab, size=(B, T)).astype(np.int32)
+        tokens = rng.integers(5, ref.n_vocab, size=(B, T)).astype(np.int32)
+        # sequence 0 has a user turn: the gate pools only positions 3 and 4
+        tokens[0, :3], tokens[0, 5] = header, eot
+        # random input statistics (the gate reads (u - mu) / sd)
+        d = ref.d
+        s = rng.normal(0.0, 5.0, d)
+        q = s * s / 10.0 + 10.0 * rng.uniform(0.5, 2.0, d)
+        check(lib, lib.mop_mixture_set_input_stats(
+            mix, 10.0, s.ctypes.data_as(C.POINTER(C.c_double)),
+            q.ctypes.data_as(C.POINTER(C.c_double))))
+        mu = s / 10.0
+        sd = np.sqrt(np.maximum(q / 10.0 - mu * mu, 0.0) + 1e-6)
+        stats = (torch.tensor(mu.astype(np.float32).astype(np.float64)),
+                 torch.tensor(sd.astype(np.float32).astype(np.float64)))
         lengths = np.array(LENGTHS, dtype=np.int32)
         mask = np.zeros((B, T), dtype=np.uint8)
         mask[:, 6:] = 1
@@ -265,8 +340,8 @@ def test_mixture_gradients_match_torch(lib, model, ref, combine, top_k, lb, sup)
 
         theta = [torch.tensor(params[off:off + size].astype(np.float64).reshape(shape),
                               requires_grad=True) for _, off, size, shape in infos]
-        loss = reference_loss(ref, theta, tokens, lengths, mask, task, combine, top_k, lb, sup,
-                              tau)
+        loss = reference_loss(ref, theta, tokens, lengths, mask, task, cfg, tau, stats, header,
+                              eot)
         loss.backward()
         rel_loss = abs(res.loss - loss.item()) / abs(loss.item())
         print(f"\n  loss libmop {res.loss:.8f} torch {loss.item():.8f} rel {rel_loss:.2e}")

@@ -126,7 +126,20 @@ class MixtureParams(Structure):
                 ("gate_layer", c_int32), ("inject_layer", c_int32), ("gate_hidden", c_int32),
                 ("gate_act", c_int32), ("gate_temperature", c_float), ("top_k", c_int32),
                 ("combine", c_int32), ("gate_mode", c_int32), ("init", c_int32),
-                ("init_std", c_float), ("seed", c_uint64)]
+                ("init_std", c_float), ("seed", c_uint64), ("gate_pool", c_int32),
+                ("gate_norm", c_int32), ("gate_bias", c_int32), ("n_shared", c_int32),
+                ("expert_attention", c_int32), ("top_k_renorm", c_int32)]
+
+
+class GatePretrainParams(Structure):
+    _fields_ = [("struct_size", c_uint32), ("lr", c_float), ("weight_decay", c_float),
+                ("batch_size", c_int32), ("max_epochs", c_int32), ("patience", c_int32),
+                ("seed", c_uint64), ("progress", c_void_p), ("progress_user", c_void_p)]
+
+
+class GatePretrainResultC(Structure):
+    _fields_ = [("struct_size", c_uint32), ("epochs", c_int32), ("best_epoch", c_int32),
+                ("train_accuracy", c_float), ("val_accuracy", c_float), ("val_loss", c_double)]
 
 
 class MixtureTensorInfoC(Structure):
@@ -239,12 +252,23 @@ _PROTOS: dict[str, tuple[Any, list[Any]]] = {
     "mop_mixture_evaluate": (st, [vp, P(vp), c_int32, P(BatchC), P(c_double), P(c_int32),
                                   P(c_float)]),
     "mop_mixture_gate": (st, [vp, vp, P(BatchC), P(c_float)]),
+    "mop_mixture_gate_inputs": (st, [vp, vp, P(BatchC), P(c_float)]),
+    "mop_mixture_input_moments": (st, [P(c_float), c_int32, c_int32, P(c_double), P(c_double)]),
+    "mop_mixture_set_input_stats": (st, [vp, c_double, P(c_double), P(c_double)]),
+    "mop_mixture_get_input_stats": (st, [vp, P(P(c_float)), P(P(c_float))]),
+    "mop_gate_pretrain_params_init": (st, [P(GatePretrainParams)]),
+    "mop_mixture_pretrain_gate": (st, [vp, P(c_float), P(c_int32), c_int32, P(c_float),
+                                       P(c_int32), c_int32, P(GatePretrainParams),
+                                       P(GatePretrainResultC)]),
+    "mop_mixture_init_experts": (st, [vp, vp, P(BatchC)]),
     "mop_mixture_generate": (st, [vp, vp, vp, P(c_int32), c_int32, c_int32, TOKEN_FN, vp,
                                   P(c_int32)]),
     "mop_mixture_prepare": (st, [vp, vp]),
     "mop_mixture_set_prox_reference": (st, [vp]),
     "mop_tokenize_example": (st, [vp, c_char_p, c_char_p, P(c_int32), P(c_uint8), c_size_t,
                                   P(c_size_t)]),
+    "mop_tokenize_example_v2": (st, [vp, c_char_p, c_char_p, c_char_p, P(c_int32), P(c_uint8),
+                                     c_size_t, P(c_size_t)]),
     "mop_adamw_default_params": (AdamWParams, []),
     "mop_optimizer_create": (st, [c_size_t, P(AdamWParams), P(vp)]),
     "mop_optimizer_free": (None, [vp]),

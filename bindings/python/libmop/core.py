@@ -276,19 +276,23 @@ class Model(L.Closable):
                        total + 256, lambda cap: ctypes.create_string_buffer(cap))
         return buf.raw[:n].decode("utf-8", "replace")
 
-    def tokenize_example(self, instruction: str, response: str) -> tuple[np.ndarray, np.ndarray]:
+    def tokenize_example(self, instruction: str, response: str,
+                         system: Optional[str] = None) -> tuple[np.ndarray, np.ndarray]:
         """One instruction example through the chat template: (tokens int32,
-        loss_mask uint8) with the mask on the response and its end-of-turn token
-        (mop_tokenize_example, mop_gate.h)."""
-        f = L.fn("mop_tokenize_example")
+        loss_mask uint8) with the mask on the response and its end-of-turn
+        token (mop_tokenize_example_v2, mop_gate.h). ``system``: None keeps
+        the template's default system turn, "" an empty one, else its text."""
+        f = L.fn("mop_tokenize_example_v2")
         h = self._ptr
         ins, resp = L.cstr(instruction, "instruction"), L.cstr(response, "response")
-        cap = len(ins) + len(resp) + 64
+        sys_b = None if system is None else L.cstr(system, "system")
+        cap = len(ins) + len(resp) + len(sys_b or b"") + 64
         for _ in range(2):
             toks = np.empty(cap, dtype=np.int32)
             mask = np.empty(cap, dtype=np.uint8)
             n = c_size_t(0)
-            status = f(h, ins, resp, L.ptr(toks, c_int32), L.ptr(mask, c_uint8), cap, byref(n))
+            status = f(h, sys_b, ins, resp, L.ptr(toks, c_int32), L.ptr(mask, c_uint8), cap,
+                       byref(n))
             if status == -8 and n.value > cap:
                 cap = n.value
                 continue

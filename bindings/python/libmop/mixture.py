@@ -18,13 +18,28 @@ from . import _lib as L
 from .core import Context, Model, PathLike
 
 __all__ = ["Mixture", "Batch", "Optimizer", "LossResult", "EvalResult", "MixtureTensor",
-           "evaluate", "GATE_ACT", "COMBINE", "GATE_MODE", "INIT"]
+           "evaluate", "GATE_ACT", "COMBINE", "GATE_MODE", "INIT", "GATE_POOL", "GATE_BIAS",
+           "EXPERT_ATTENTION", "GatePretrainResult"]
 
 GATE_ACT = {"gelu": 0, "relu": 1}
 COMBINE = {"attention_bias": 0, "weighted_sum": 1}
-GATE_MODE = {"learned": 0, "uniform": 1}
+GATE_MODE = {"learned": 0, "uniform": 1, "oracle": 2}
 INIT = {"vocab": 0, "normal": 1}
-_ENUMS = {"gate_act": GATE_ACT, "combine": COMBINE, "gate_mode": GATE_MODE, "init": INIT}
+GATE_POOL = {"content": 0, "prompt": 1}
+GATE_BIAS = {"logkw": 0, "logw": 1}
+EXPERT_ATTENTION = {"independent": 0, "joint": 1}
+_ENUMS = {"gate_act": GATE_ACT, "combine": COMBINE, "gate_mode": GATE_MODE, "init": INIT,
+          "gate_pool": GATE_POOL, "gate_bias": GATE_BIAS, "expert_attention": EXPERT_ATTENTION}
+
+
+@dataclasses.dataclass(frozen=True)
+class GatePretrainResult:
+    """What gate pre-training reached (mop_gate_pretrain_result)."""
+    epochs: int            #: epochs run
+    best_epoch: int        #: the epoch whose gate was kept
+    train_accuracy: float  #: argmax expert == task, training rows
+    val_accuracy: float    #: the same on the validation rows
+    val_loss: float        #: mean -log pi[task] on the validation rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,19 +153,20 @@ class Batch:
 
     @classmethod
     def from_examples(cls, model: Model, examples: Iterable[Any], max_len: int,
-                      task: Optional[Any] = None) -> "Batch":
+                      task: Optional[Any] = None, system: Optional[str] = None) -> "Batch":
         """Tokenize (instruction, response) pairs (or dicts with those keys) with
-        the model's chat template (mop_tokenize_example); the loss mask covers
-        each response and its end-of-turn token. Sequences longer than
-        @p max_len are cut to their first max_len tokens; the batch is padded
-        to its longest sequence with the pad token (or 0)."""
+        the model's chat template (mop_tokenize_example_v2; ``system`` as in
+        :meth:`Model.tokenize_example`); the loss mask covers each response and
+        its end-of-turn token. Sequences longer than ``max_len`` are cut to
+        their first max_len tokens; the batch is padded to its longest
+        sequence with the pad token (or 0)."""
         seqs, masks = [], []
         for ex in examples:
             if isinstance(ex, dict):
                 ins, resp = ex["instruction"], ex["response"]
             else:
                 ins, resp = ex
-            t, m = model.tokenize_example(ins, resp)
+            t, m = model.tokenize_example(ins, resp, system=system)
             seqs.append(t[:max_len])
             masks.append(m[:max_len])
         pad = model.special_token("pad")
@@ -166,8 +182,10 @@ class Mixture(L.Closable):
     Keyword arguments are the fields of mop_mixture_params (None = C default):
     n_experts, prompt_len, gate_layer, inject_layer, gate_hidden, gate_act
     ("gelu"/"relu"), gate_temperature, top_k, combine ("attention_bias"/
-    "weighted_sum"), gate_mode ("learned"/"uniform"), init ("vocab"/"normal"),
-    init_std, seed.
+    "weighted_sum"), gate_mode ("learned"/"uniform"/"oracle"), init
+    ("vocab"/"normal"), init_std, seed, gate_pool ("content"/"prompt"),
+    gate_norm, gate_bias ("logkw"/"logw"), n_shared, expert_attention
+    ("independent"/"joint"), top_k_renorm (docs/MIXTURE.md).
 
     :attr:`params` and :attr:`grads` are zero-copy, writable float32 views of
     the C buffers; they (and the arrays from :meth:`tensors`) keep the C
@@ -298,6 +316,88 @@ class Mixture(L.Closable):
         b = batch._c()
         L.check(L.fn("mop_mixture_gate")(ctx._ptr, self._ptr, byref(b), L.ptr(w, c_float)))
         return w
+
+    def gate_inputs(self, ctx: Context, batch: Batch) -> np.ndarray:
+        """Raw pooled gate inputs (B, d), before standardization
+        (mop_mixture_gate_inputs): for the statistics pass and pre-training."""
+        d = self.tensor_info()[0].shape[2]
+        u = np.zeros((batch.n_seq, d), dtype=np.float32)
+        b = batch._c()
+        L.check(L.fn("mop_mixture_gate_inputs")(ctx._ptr, self._ptr, byref(b),
+                                                L.ptr(u, c_float)))
+        return u
+
+    @staticmethod
+    def input_moments(u: Any) -> tuple[float, np.ndarray, np.ndarray]:
+        """(n, Σu, Σu²) of rows u (n, d) (mop_mixture_input_moments); moments of
+        several clients merge by adding them."""
+        u = np.ascontiguousarray(u, dtype=np.float32)
+        if u.ndim != 2:
+            raise L.shape_error(f"u: expected (n, d), got shape {u.shape}")
+        s = np.zeros(u.shape[1], dtype=np.float64)
+        q = np.zeros(u.shape[1], dtype=np.float64)
+        if u.shape[0] >= 2**31 or u.shape[1] >= 2**31:
+            raise ValueError(f"u: shape {u.shape} too large for int32 counts")
+        L.check(L.fn("mop_mixture_input_moments")(L.ptr(u, c_float), u.shape[0], u.shape[1],
+                                                  L.ptr(s, c_double), L.ptr(q, c_double)))
+        return float(u.shape[0]), s, q
+
+    def set_input_stats(self, n: float, sum: Any, sumsq: Any) -> None:
+        """Standardize the gate's input with these moments (mop_mixture_set_input_stats)."""
+        s = np.ascontiguousarray(sum, dtype=np.float64)
+        q = np.ascontiguousarray(sumsq, dtype=np.float64)
+        d = self.tensor_info()[0].shape[2]
+        if s.shape != (d,) or q.shape != (d,):
+            raise L.shape_error(f"sum/sumsq: expected ({d},), got {s.shape} and {q.shape}")
+        L.check(L.fn("mop_mixture_set_input_stats")(self._ptr, float(n), L.ptr(s, c_double),
+                                                    L.ptr(q, c_double)))
+
+    @property
+    def input_stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, std) copies of the gate's input standardization."""
+        mp = ctypes.POINTER(c_float)()
+        sp = ctypes.POINTER(c_float)()
+        L.check(L.fn("mop_mixture_get_input_stats")(self._ptr, byref(mp), byref(sp)))
+        d = self.tensor_info()[0].shape[2]
+        return (np.ctypeslib.as_array(mp, (d,)).copy(), np.ctypeslib.as_array(sp, (d,)).copy())
+
+    def pretrain_gate(self, u: Any, task: Any, u_val: Optional[Any] = None,
+                      task_val: Optional[Any] = None, *, lr: Optional[float] = None,
+                      weight_decay: Optional[float] = None, batch_size: Optional[int] = None,
+                      max_epochs: Optional[int] = None, patience: Optional[int] = None,
+                      seed: Optional[int] = None) -> GatePretrainResult:
+        """Pre-train the gate on task labels from cached raw inputs until the
+        validation accuracy stops rising (mop_mixture_pretrain_gate)."""
+        u = np.ascontiguousarray(u, dtype=np.float32)
+        t = np.ascontiguousarray(task, dtype=np.int32)
+        if u.ndim != 2 or t.shape != (u.shape[0],):
+            raise L.shape_error(f"u (n, d) and task (n,): got {u.shape} and {t.shape}")
+        uv = tv = None
+        n_val = 0
+        if u_val is not None:
+            uv = np.ascontiguousarray(u_val, dtype=np.float32)
+            tv = np.ascontiguousarray(task_val, dtype=np.int32)
+            if uv.ndim != 2 or tv.shape != (uv.shape[0],):
+                raise L.shape_error(f"u_val and task_val: got {uv.shape} and {tv.shape}")
+            n_val = uv.shape[0]
+        p = L.GatePretrainParams()
+        L.check(L.fn("mop_gate_pretrain_params_init")(byref(p)))
+        L.fill_params(p, dict(lr=lr, weight_decay=weight_decay, batch_size=batch_size,
+                              max_epochs=max_epochs, patience=patience, seed=seed),
+                      "pretrain_gate")
+        r = L.GatePretrainResultC()
+        r.struct_size = ctypes.sizeof(r)
+        L.check(L.fn("mop_mixture_pretrain_gate")(
+            self._ptr, L.ptr(u, c_float), L.ptr(t, c_int32), u.shape[0], L.ptr(uv, c_float),
+            L.ptr(tv, c_int32), n_val, byref(p), byref(r)))
+        return GatePretrainResult(int(r.epochs), int(r.best_epoch), float(r.train_accuracy),
+                                  float(r.val_accuracy), float(r.val_loss))
+
+    def init_experts(self, ctx: Context, batch: Batch) -> None:
+        """Experts from real layer-L_p hidden states of @p batch's tokens
+        (mop_mixture_init_experts)."""
+        b = batch._c()
+        L.check(L.fn("mop_mixture_init_experts")(ctx._ptr, self._ptr, byref(b)))
 
     def generate(self, ctx: Context, prompt_ids: Any, max_new: int = 64,
                  **kwargs: Any) -> list[int]:
