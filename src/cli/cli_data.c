@@ -271,18 +271,12 @@ void cli_shuffle(size_t *v, size_t n, uint64_t *state)
     }
 }
 
-int cli_evaluate(mop_ctx *ctx, const mop_mixture *m, const cli_dataset *ds, cli_batch *cb,
-                 int32_t B, double *task_nll, int64_t *task_targets, int64_t *task_n,
-                 double *nll, int64_t *n_targets)
+int cli_evaluate_each(mop_ctx *ctx, const mop_mixture *m, const cli_dataset *ds, cli_batch *cb,
+                      int32_t B, double *ex_nll, int32_t *ex_targets)
 {
-    double *seq_nll = malloc((size_t)B * sizeof *seq_nll);
-    int32_t *seq_tgt = malloc((size_t)B * sizeof *seq_tgt);
     size_t *idx = malloc((size_t)B * sizeof *idx);
-    int rc = CLI_OK;
-    if (!seq_nll || !seq_tgt || !idx) {
-        rc = cli_error("out of memory");
-        goto out;
-    }
+    if (!idx)
+        return cli_error("out of memory");
     double total = 0.0;
     int64_t count = 0;
     double t0 = cli_now();
@@ -291,42 +285,61 @@ int cli_evaluate(mop_ctx *ctx, const mop_mixture *m, const cli_dataset *ds, cli_
         for (int32_t b = 0; b < n; b++)
             idx[b] = first + (size_t)b;
         cli_batch_fill(cb, ds, idx, n);
-        mop_status st = mop_mixture_evaluate(ctx, m ? &m : NULL, m ? 1 : 0, &cb->b, seq_nll,
-                                             seq_tgt, NULL);
+        mop_status st = mop_mixture_evaluate(ctx, m ? &m : NULL, m ? 1 : 0, &cb->b,
+                                             ex_nll + first, ex_targets + first, NULL);
         if (st != MOP_OK) {
-            rc = cli_fail(st, "evaluation failed at line %d", (int)ds->ex[first].line);
-            goto out;
+            free(idx);
+            return cli_fail(st, "evaluation failed at line %d", (int)ds->ex[first].line);
         }
         for (int32_t b = 0; b < n; b++) {
-            int32_t t = ds->ex[idx[b]].task;
-            if (task_nll)
-                task_nll[t] += seq_nll[b];
-            if (task_targets)
-                task_targets[t] += seq_tgt[b];
-            if (task_n)
-                task_n[t] += 1;
-            total += seq_nll[b];
-            count += seq_tgt[b];
+            total += ex_nll[first + (size_t)b];
+            count += ex_targets[first + (size_t)b];
         }
         size_t done = first + (size_t)n;
         double dt = cli_now() - t0;
-        cli_progress("eval: %zu/%zu examples, ppl %.3f, %.1f s", done, ds->n,
-                     count ? exp(total / (double)count) : 0.0, dt);
+        cli_progress("eval: %zu/%zu examples, ppl %.3f, %.1f s, ETA %.0f s", done, ds->n,
+                     count ? exp(total / (double)count) : 0.0, dt,
+                     dt / (double)done * (double)(ds->n - done));
     }
     cli_progress_end();
+    free(idx);
+    return CLI_OK;
+}
+
+int cli_evaluate(mop_ctx *ctx, const mop_mixture *m, const cli_dataset *ds, cli_batch *cb,
+                 int32_t B, double *task_nll, int64_t *task_targets, int64_t *task_n,
+                 double *nll, int64_t *n_targets)
+{
+    double *ex_nll = malloc((ds->n ? ds->n : 1) * sizeof *ex_nll);
+    int32_t *ex_tgt = malloc((ds->n ? ds->n : 1) * sizeof *ex_tgt);
+    if (!ex_nll || !ex_tgt) {
+        free(ex_nll), free(ex_tgt);
+        return cli_error("out of memory");
+    }
+    int rc = cli_evaluate_each(ctx, m, ds, cb, B, ex_nll, ex_tgt);
+    double total = 0.0;
+    int64_t count = 0;
+    for (size_t i = 0; rc == CLI_OK && i < ds->n; i++) {
+        int32_t t = ds->ex[i].task;
+        if (task_nll)
+            task_nll[t] += ex_nll[i];
+        if (task_targets)
+            task_targets[t] += ex_tgt[i];
+        if (task_n)
+            task_n[t] += 1;
+        total += ex_nll[i];
+        count += ex_tgt[i];
+    }
     *nll = total;
     *n_targets = count;
-out:
-    free(seq_nll);
-    free(seq_tgt);
-    free(idx);
+    free(ex_nll), free(ex_tgt);
     return rc;
 }
 
 int32_t cli_prompt_rows(const mop_mixture_params *p)
 {
     return p->combine == MOP_COMBINE_WEIGHTED_SUM ? p->prompt_len
-                                                   : p->n_experts * p->prompt_len;
+                                                   : (p->n_experts + p->n_shared) * p->prompt_len;
 }
 
 mop_ctx *cli_make_ctx(mop_model *model, int32_t prompt_rows, int32_t max_len, int32_t n_threads)

@@ -70,7 +70,11 @@ int cli_evaluate(mop_ctx *ctx, const mop_mixture *m, const cli_dataset *ds, cli_
                  int32_t B, double *task_nll, int64_t *task_targets, int64_t *task_n,
                  double *nll, int64_t *n_targets);
 
-/* Prompt rows a mixture adds to every sequence: K·P (attention bias) or P. */
+/* Σ NLL and target count of each example of ds (ds->n entries each). */
+int cli_evaluate_each(mop_ctx *ctx, const mop_mixture *m, const cli_dataset *ds, cli_batch *cb,
+                      int32_t B, double *ex_nll, int32_t *ex_targets);
+
+/* Prompt rows a mixture adds to every sequence: (K + shared)·P (attention bias) or P. */
 int32_t cli_prompt_rows(const mop_mixture_params *p);
 
 /* A context able to run sequences of max_len tokens behind `prompt_rows`

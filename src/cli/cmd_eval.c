@@ -8,9 +8,31 @@
 #include "cli_common.h"
 #include "cli_data.h"
 
+/* line,task,nll,targets per example, written atomically enough for a CLI
+ * (a temporary file renamed into place). */
+static int write_per_example(const char *path, const cli_dataset *ds, const double *nll,
+                             const int32_t *tgt)
+{
+    char tmp[4096];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp)
+        return cli_error("--per-example: path too long");
+    FILE *f = fopen(tmp, "w");
+    if (!f)
+        return cli_error("cannot write '%s'", tmp);
+    fprintf(f, "line,task,nll,targets\n");
+    for (size_t i = 0; i < ds->n; i++)
+        fprintf(f, "%d,%s,%.9g,%d\n", (int)ds->ex[i].line, ds->tasks[ds->ex[i].task], nll[i],
+                (int)tgt[i]);
+    if (fclose(f) != 0 || rename(tmp, path) != 0) {
+        remove(tmp);
+        return cli_error("cannot write '%s'", path);
+    }
+    return CLI_OK;
+}
+
 int cli_cmd_eval(int argc, char **argv)
 {
-    const char *data = NULL, *mix_path = NULL;
+    const char *data = NULL, *mix_path = NULL, *per_example = NULL;
     int32_t B = 4, n_threads = 0, max_len = 1024;
     const char *system = NULL;
     int32_t template_system = 0;
@@ -21,6 +43,7 @@ int cli_cmd_eval(int argc, char **argv)
         CLI_OPT_MAX_LEN(&max_len, "1024"),
         CLI_OPT_THREADS(&n_threads),
         CLI_OPT_SYSTEM(&system, &template_system),
+        {"per-example", 0, CLI_STRING, &per_example, "CSV", "also write line,task,nll,targets for every example (for paired comparisons)"},
         CLI_OPT_END,
     };
     const cli_spec spec = {
@@ -49,6 +72,8 @@ int cli_cmd_eval(int argc, char **argv)
     cli_batch cb = {0};
     double *task_nll = NULL;
     int64_t *task_tgt = NULL, *task_n = NULL;
+    double *ex_nll = NULL;
+    int32_t *ex_tgt = NULL;
     rc = CLI_ERROR;
 
     int32_t rows = 0;
@@ -76,9 +101,25 @@ int cli_cmd_eval(int argc, char **argv)
     double nll = 0.0;
     int64_t count = 0;
     double t0 = cli_now();
-    if (cli_evaluate(ctx, m, &ds, &cb, B, task_nll, task_tgt, task_n, &nll, &count) != CLI_OK)
+    ex_nll = malloc((ds.n ? ds.n : 1) * sizeof *ex_nll);
+    ex_tgt = malloc((ds.n ? ds.n : 1) * sizeof *ex_tgt);
+    if (!ex_nll || !ex_tgt) {
+        cli_error("out of memory");
+        goto out;
+    }
+    if (cli_evaluate_each(ctx, m, &ds, &cb, B, ex_nll, ex_tgt) != CLI_OK)
         goto out;
     double dt = cli_now() - t0;
+    for (size_t i = 0; i < ds.n; i++) {
+        int32_t t = ds.ex[i].task;
+        task_nll[t] += ex_nll[i];
+        task_tgt[t] += ex_tgt[i];
+        task_n[t] += 1;
+        nll += ex_nll[i];
+        count += ex_tgt[i];
+    }
+    if (per_example && write_per_example(per_example, &ds, ex_nll, ex_tgt) != CLI_OK)
+        goto out;
 
     printf("model: %s\nmixture: %s\nexamples: %zu\n", pos[0], mix_path ? mix_path : "(none)",
            ds.n);
@@ -97,6 +138,8 @@ out:
     free(task_nll);
     free(task_tgt);
     free(task_n);
+    free(ex_nll);
+    free(ex_tgt);
     cli_batch_free(&cb);
     cli_dataset_free(&ds);
     mop_ctx_free(ctx);

@@ -58,17 +58,18 @@ def trained(mop_bin, model_path, data, tmp_path_factory):
     return out
 
 
-def reference_ppl(libmop_path, model_path, jsonl, max_len):
-    """exp(Σ NLL / targets) from mop_ctx_nll, independent of the mixture code."""
+def reference_ppl(libmop_path, model_path, jsonl, max_len, system=b""):
+    """exp(Σ NLL / targets) from mop_ctx_nll, independent of the mixture code;
+    system: the examples' system turn (None = the template's default)."""
     lib = ctypes.CDLL(libmop_path)
     lib.mop_model_load.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p)]
     lib.mop_model_free.argtypes = [ctypes.c_void_p]
     lib.mop_ctx_create.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p)]
     lib.mop_ctx_free.argtypes = [ctypes.c_void_p]
-    lib.mop_tokenize_example.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p,
-                                         ctypes.POINTER(ctypes.c_int32),
-                                         ctypes.POINTER(ctypes.c_uint8), ctypes.c_size_t,
-                                         ctypes.POINTER(ctypes.c_size_t)]
+    lib.mop_tokenize_example_v2.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p,
+                                            ctypes.c_char_p, ctypes.POINTER(ctypes.c_int32),
+                                            ctypes.POINTER(ctypes.c_uint8), ctypes.c_size_t,
+                                            ctypes.POINTER(ctypes.c_size_t)]
     lib.mop_ctx_nll.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_int32), ctypes.c_int32,
                                 ctypes.POINTER(ctypes.c_float), ctypes.POINTER(ctypes.c_double)]
     class CtxParams(ctypes.Structure):
@@ -85,8 +86,9 @@ def reference_ppl(libmop_path, model_path, jsonl, max_len):
     for line in pathlib.Path(jsonl).read_text(encoding="utf-8").splitlines():
         d = json.loads(line)
         toks, mask, n = (ctypes.c_int32 * 1024)(), (ctypes.c_uint8 * 1024)(), ctypes.c_size_t()
-        assert lib.mop_tokenize_example(model, d["instruction"].encode(), d["response"].encode(),
-                                        toks, mask, 1024, ctypes.byref(n)) == 0
+        assert lib.mop_tokenize_example_v2(model, system, d["instruction"].encode(),
+                                           d["response"].encode(), toks, mask, 1024,
+                                           ctypes.byref(n)) == 0
         n = min(n.value, max_len)
         nll, tot = (ctypes.c_float * n)(), ctypes.c_double()
         assert lib.mop_ctx_nll(ctx, toks, n, nll, ctypes.byref(tot)) == 0
@@ -104,6 +106,13 @@ def test_eval_base_model_matches_independent_nll(mop_bin, model_path, data, libm
     assert "mixture: (none)" in r.stdout
     want = reference_ppl(libmop_path, model_path, data / "test.jsonl", 64)
     assert ppl == pytest.approx(want, rel=1e-4)
+    # the template's default system turn, on request
+    r2 = run(mop_bin, "eval", model_path, "--data", data / "test.jsonl", "--template-system",
+             *FAST)
+    assert r2.returncode == 0, r2.stderr
+    want2 = reference_ppl(libmop_path, model_path, data / "test.jsonl", 64, system=None)
+    assert last_perplexity(r2.stdout) == pytest.approx(want2, rel=1e-4)
+    assert want2 != pytest.approx(want, rel=1e-3)
     # the table has one row per task plus "all"
     rows = [l.split()[0] for l in r.stdout.splitlines()]
     for task in ["antonym", "definition", "gcide", "quote", "translate_fr", "all"]:
@@ -178,7 +187,10 @@ def test_errors_exit_nonzero_with_one_line(mop_bin, model_path, data, tmp_path):
     assert r.returncode == 1 and "line 3" in r.stderr and '"response"' in r.stderr, r.stderr
 
     r = run(mop_bin, "train", model_path, "--data", data / "train.jsonl", "-K", "2",
-            "--gate-pretrain-steps", "2", "-o", mix, *FAST)
+            "--gate-pretrain-epochs", "2", "-o", mix, *FAST)
+    assert r.returncode == 1 and "tasks" in r.stderr, r.stderr
+    r = run(mop_bin, "train", model_path, "--data", data / "train.jsonl", "-K", "2",
+            "--baseline", "oracle", "-o", mix, *FAST)
     assert r.returncode == 1 and "tasks" in r.stderr, r.stderr
 
     r = run(mop_bin, "gate-stats", model_path, "--mixture", tmp_path / "none.safetensors",
@@ -219,13 +231,14 @@ def test_gate_lr_zero_freezes_only_the_gate(mop_bin, model_path, data, tmp_path)
     init, frozen = tmp_path / "init.safetensors", tmp_path / "frozen.safetensors"
     common = [mop_bin, "train", model_path, "--data", data / "train.jsonl", "-K", "2", "-P", "2",
               "--steps", "2", "--batch", "2", "--weight-decay", "0.01", *FAST]
-    r = run(*common, "--lr", "0", "-o", init)
+    r = run(*common, "--lr", "0", "--gate-lr", "0", "-o", init)
     assert r.returncode == 0, r.stderr
     r = run(*common, "--lr", "0.01", "--gate-lr", "0", "-o", frozen)
     assert r.returncode == 0, r.stderr
     a, b = read_safetensors(init), read_safetensors(frozen)
     gate = [k for k in a if k.startswith("gate.")]
-    assert sorted(gate) == ["gate.b1", "gate.b2", "gate.w1", "gate.w2"]
+    assert sorted(gate) == ["gate.b1", "gate.b2", "gate.input_mean", "gate.input_std",
+                            "gate.w1", "gate.w2"]
     for k in gate:
         assert (a[k] == b[k]).all(), k
     assert abs(a["experts"] - b["experts"]).max() > 1e-4
