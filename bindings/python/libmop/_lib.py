@@ -351,28 +351,69 @@ class Handle:
         self._fin = weakref.finalize(self, _release, kind, kind + "_free", ptr)
 
 
+_use_lock = threading.Lock()
+
+
 class Closable:
-    """Base of the wrapper classes: ``close()``, context manager, handle access."""
+    """Base of the wrapper classes: ``close()``, context manager, handle access.
+
+    Lifetimes during calls: every C call that uses a handle holds a *use* on
+    its wrapper for the length of the call (:func:`using`, :func:`call`: the
+    one mechanism, entered by every call in the package). ``close()`` while
+    uses are held — from an ``on_token``/``progress`` callback of that call,
+    from another thread, or while a ``generate_iter()`` generator is
+    suspended — is deferred: the object reads as closed at once and its handle
+    is dropped when the last use is released."""
 
     _h: Optional[Handle] = None
     _kind = "handle"
+    _uses = 0
+    _close_pending = False
 
     @property
     def _ptr(self) -> c_void_p:
+        """The raw handle pointer; ValueError once closed. Pass wrappers to C
+        through :func:`call` / :func:`using` instead, which keep the handle
+        alive for the call."""
         h = self._h
-        if h is None:
+        if h is None or self._close_pending:
             raise ValueError(f"{type(self).__name__} is closed")
         return h.ptr
 
     @property
     def closed(self) -> bool:
-        return self._h is None
+        return self._h is None or self._close_pending
+
+    def _acquire(self) -> Handle:
+        with _use_lock:
+            h = self._h
+            if h is None or self._close_pending:
+                raise ValueError(f"{type(self).__name__} is closed")
+            self._uses += 1
+            return h
+
+    def _release_use(self) -> None:
+        with _use_lock:
+            self._uses -= 1
+            if self._uses or not self._close_pending:
+                return
+            h, self._h = self._h, None  # the deferred close()
+            self._close_pending = False
+        del h  # the C free (if no view is left) runs here, outside the lock
 
     def close(self) -> None:
         """Drop this object's reference on the C handle. The handle is freed now,
         or — if numpy views into its memory are still alive — when the last
-        view goes. Calling close() twice is harmless."""
-        self._h = None
+        view goes. During a C call that uses this object (close() from its
+        callback, from another thread, or while a generate_iter() generator
+        is suspended) the drop is deferred until the call returns; the object
+        reads as closed at once. Calling close() twice is harmless."""
+        with _use_lock:
+            if self._uses:
+                self._close_pending = True
+                return
+            h, self._h = self._h, None
+        del h
 
     def __bool__(self) -> bool:  # classes with __len__ stay truthy
         return True
@@ -382,6 +423,48 @@ class Closable:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+class using:
+    """``with using(a, b, None) as (pa, pb, pn):`` holds a use on each wrapper
+    (None passes through as a NULL pointer) until the block ends, and gives
+    their raw pointers. ValueError if one is closed (nothing is held then)."""
+
+    __slots__ = ("_objs", "_held")
+
+    def __init__(self, *objs: Optional[Closable]) -> None:
+        self._objs = objs
+        self._held: list[Closable] = []
+
+    def __enter__(self) -> tuple[Optional[c_void_p], ...]:
+        ptrs = []
+        try:
+            for o in self._objs:
+                if o is None:
+                    ptrs.append(None)
+                    continue
+                ptrs.append(o._acquire().ptr)
+                self._held.append(o)
+        except BaseException:
+            self.__exit__()
+            raise
+        return tuple(ptrs)
+
+    def __exit__(self, *exc: Any) -> None:
+        held, self._held = self._held, []
+        for o in held:
+            o._release_use()
+
+
+def call(name: str, *args: Any) -> Any:
+    """``fn(name)(*args)`` where every :class:`Closable` argument is passed as
+    its pointer and held in use (:class:`using`) until the call returns."""
+    objs = [a for a in args if isinstance(a, Closable)]
+    if not objs:
+        return fn(name)(*args)
+    with using(*objs) as ptrs:
+        it = iter(ptrs)
+        return fn(name)(*[next(it) if isinstance(a, Closable) else a for a in args])
 
 
 def create(kind: str, call: Callable[[Any], int]) -> Handle:

@@ -179,16 +179,16 @@ class Mixture(L.Closable):
         p = L.fn("mop_mixture_default_params")()
         L.fill_params(p, dict(n_experts=n_experts, prompt_len=prompt_len, **params), "Mixture",
                       _ENUMS)
-        mh = model._ptr
-        h = L.create("mop_mixture", lambda out: L.fn("mop_mixture_create")(mh, byref(p), out))
+        h = L.create("mop_mixture",
+                     lambda out: L.call("mop_mixture_create", model, byref(p), out))
         self._setup(model, h)
 
     @classmethod
     def load(cls, model: Model, path: PathLike) -> "Mixture":
         """Load a mixture written by :meth:`save` (mop_mixture_load)."""
         self = cls.__new__(cls)
-        mh, bpath = model._ptr, L.cstr(path, "path")
-        h = L.create("mop_mixture", lambda out: L.fn("mop_mixture_load")(mh, bpath, out))
+        bpath = L.cstr(path, "path")
+        h = L.create("mop_mixture", lambda out: L.call("mop_mixture_load", model, bpath, out))
         self._setup(model, h)
         return self
 
@@ -207,7 +207,7 @@ class Mixture(L.Closable):
     def _get_config(self) -> dict[str, Any]:
         p = L.MixtureParams()
         p.struct_size = ctypes.sizeof(p)
-        L.check(L.fn("mop_mixture_get_params")(self._ptr, byref(p)))
+        L.check(L.call("mop_mixture_get_params", self, byref(p)))
         return {f: getattr(p, f) for f, _ in p._fields_ if f != "struct_size"}
 
     def __repr__(self) -> str:
@@ -240,10 +240,10 @@ class Mixture(L.Closable):
     def tensor_info(self) -> list[MixtureTensor]:
         """The named slices: "experts" (K,P,d), "gate.w1" (h,d), "gate.b1" (h), ..."""
         out = []
-        for i in range(L.fn("mop_mixture_tensor_count")(self._ptr)):
+        for i in range(L.call("mop_mixture_tensor_count", self)):
             ti = L.MixtureTensorInfoC()
             ti.struct_size = ctypes.sizeof(ti)
-            L.check(L.fn("mop_mixture_tensor_get_info")(self._ptr, i, byref(ti)))
+            L.check(L.call("mop_mixture_tensor_get_info", self, i, byref(ti)))
             out.append(MixtureTensor(ti.name.decode(), int(ti.offset), int(ti.size),
                                      tuple(int(ti.dims[d]) for d in range(ti.n_dims))))
         return out
@@ -255,19 +255,19 @@ class Mixture(L.Closable):
                 for t in self.tensor_info()}
 
     def zero_grad(self) -> None:
-        L.fn("mop_mixture_zero_grad")(self._ptr)
+        L.call("mop_mixture_zero_grad", self)
 
     def save(self, path: PathLike) -> None:
         """Write as safetensors, atomically (mop_mixture_save)."""
-        L.check(L.fn("mop_mixture_save")(self._ptr, L.cstr(path, "path")))
+        L.check(L.call("mop_mixture_save", self, L.cstr(path, "path")))
 
     def set_prox_reference(self) -> None:
         """Remember the current parameters as the FedProx reference."""
-        L.check(L.fn("mop_mixture_set_prox_reference")(self._ptr))
+        L.check(L.call("mop_mixture_set_prox_reference", self))
 
     def prepare(self, ctx: Context) -> None:
         """Build the experts' key/value cache now (mop_mixture_prepare)."""
-        L.check(L.fn("mop_mixture_prepare")(ctx._ptr, self._ptr))
+        L.check(L.call("mop_mixture_prepare", ctx, self))
 
     def forward_backward(self, ctx: Context, batch: Batch, load_balance: Optional[float] = None,
                          gate_supervision: Optional[float] = None,
@@ -281,8 +281,8 @@ class Mixture(L.Closable):
         r = L.LossResultC()
         r.struct_size = ctypes.sizeof(r)
         b = batch._c()
-        L.check(L.fn("mop_mixture_forward_backward")(ctx._ptr, self._ptr, byref(b), byref(lp),
-                                                     byref(r)))
+        L.check(L.call("mop_mixture_forward_backward", ctx, self, byref(b), byref(lp),
+                                                       byref(r)))
         return LossResult(float(r.loss), float(r.nll_sum), int(r.n_targets))
 
     def evaluate(self, ctx: Context, batch: Batch) -> EvalResult:
@@ -293,7 +293,7 @@ class Mixture(L.Closable):
         """Gate weights (B, K) for each sequence (runs layers [0, L_g) only)."""
         w = np.zeros((batch.n_seq, self.n_experts), dtype=np.float32)
         b = batch._c()
-        L.check(L.fn("mop_mixture_gate")(ctx._ptr, self._ptr, byref(b), L.ptr(w, c_float)))
+        L.check(L.call("mop_mixture_gate", ctx, self, byref(b), L.ptr(w, c_float)))
         return w
 
     def generate(self, ctx: Context, prompt_ids: Any, max_new: int = 64,
@@ -311,16 +311,16 @@ def evaluate(ctx: Context, mixtures: Sequence[Optional[Mixture]], batch: Batch) 
     if n not in (0, 1, B):
         raise L.shape_error(f"mixtures: expected 0, 1 or {B} (one per sequence), got {n}")
     arr = (c_void_p * max(1, n))()
-    for i, m in enumerate(mixtures):
-        arr[i] = None if m is None else m._ptr.value
     K = mixtures[0].n_experts if mixtures and mixtures[0] is not None else 0
     nll = np.zeros(B, dtype=np.float64)
     nt = np.zeros(B, dtype=np.int32)
     gw = np.zeros((B, max(K, 1)), dtype=np.float32)
     b = batch._c()
-    L.check(L.fn("mop_mixture_evaluate")(ctx._ptr, arr, n, byref(b), L.ptr(nll, c_double),
-                                         L.ptr(nt, c_int32),
-                                         L.ptr(gw, c_float) if K else None))
+    with L.using(*mixtures) as ptrs:  # every mixture stays alive for the call
+        for i, mp in enumerate(ptrs):
+            arr[i] = mp
+        L.check(L.call("mop_mixture_evaluate", ctx, arr, n, byref(b), L.ptr(nll, c_double),
+                       L.ptr(nt, c_int32), L.ptr(gw, c_float) if K else None))
     return EvalResult(nll, nt, gw[:, :K])
 
 
@@ -364,11 +364,11 @@ class Optimizer(L.Closable):
             raise L.shape_error(f"params {p.shape} and grads {g.shape} must both be "
                                 f"({self.n_params},) as at creation")
         lr, gn = c_float(0), c_float(0)
-        L.check(L.fn("mop_optimizer_step")(self._ptr, L.ptr(p, c_float), L.ptr(g, c_float),
-                                           p.size, float(grad_scale), byref(lr), byref(gn)))
+        L.check(L.call("mop_optimizer_step", self, L.ptr(p, c_float), L.ptr(g, c_float),
+                                             p.size, float(grad_scale), byref(lr), byref(gn)))
         self.last_lr, self.last_grad_norm = float(lr.value), float(gn.value)
         return self.last_lr, self.last_grad_norm
 
     def lr_at(self, step: int) -> float:
         """Learning rate the schedule gives at @p step (0-based)."""
-        return float(L.fn("mop_optimizer_lr_at")(self._ptr, int(step)))
+        return float(L.call("mop_optimizer_lr_at", self, int(step)))
