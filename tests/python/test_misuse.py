@@ -189,3 +189,73 @@ def test_iterator_after_close_raises(model, ids):
     c.close()  # before the generator started: nothing holds the handle
     with pytest.raises(ValueError, match="closed"):
         next(it)
+
+
+# ---------------------------------------------------------------------------
+# Python ints outside the C argument type: an error, never silent truncation
+# (ctypes keeps the low bits: n_threads=2**40 became 0, Optimizer(-1) asked
+# for 2**64 - 1 moments)
+
+
+def test_out_of_range_ints_in_core(model_path, model, ids):
+    with pytest.raises(OverflowError, match=r"n_threads: 1099511627776 is out of range"):
+        libmop.Model(model_path, n_threads=2**40)
+    with pytest.raises(OverflowError, match="n_threads"):
+        libmop.Context(model, n_ctx=64, n_threads=2**40)
+    with pytest.raises(OverflowError, match="n_ctx"):
+        libmop.Context(model, n_ctx=2**32 + 64)
+    with pytest.raises(OverflowError, match="n_batch"):
+        libmop.Context(model, n_ctx=64, n_batch=-2**31 - 1)
+    with pytest.raises(TypeError, match="n_ctx: expected an integer"):
+        libmop.Context(model, n_ctx=64.5)  # not truncated to 64
+    with pytest.raises(OverflowError, match="Sampler.top_k"):
+        libmop.Sampler(top_k=2**32 + 1)
+    with pytest.raises(OverflowError, match="Sampler.seed"):
+        libmop.Sampler(seed=-1)
+    with pytest.raises(OverflowError, match="which"):
+        model.special_token(2**32)  # would have been 0 = BOS
+    with new_ctx(model) as c:
+        with pytest.raises(OverflowError, match="max_new"):
+            c.generate(ids, max_new=2**32 + 1, temperature=0)  # would have been 1
+        with pytest.raises(OverflowError, match="window"):
+            c.perplexity(ids, window=2**32)  # would have been 0 = n_ctx
+        assert c.generate(ids, max_new=2, temperature=0)  # still usable
+
+
+def test_out_of_range_ints_in_mixture_and_optimizer(model):
+    with pytest.raises(OverflowError, match=r"n_params: -1 is out of range \(size_t\)"):
+        libmop.Optimizer(-1)
+    with pytest.raises(OverflowError, match="n_params"):
+        libmop.Optimizer(2**64)
+    with pytest.raises(OverflowError, match="Optimizer.total_steps"):
+        libmop.Optimizer(8, total_steps=2**31)
+    with pytest.raises(OverflowError, match="Mixture.n_experts"):
+        libmop.Mixture(model, n_experts=2**32 + 2)  # would have been 2
+    with pytest.raises(OverflowError, match="Mixture.gate_act"):
+        libmop.Mixture(model, n_experts=2, gate_act=2**32)
+    with libmop.Optimizer(8) as opt:
+        with pytest.raises(OverflowError, match="step"):
+            opt.lr_at(2**63)
+        assert opt.lr_at(0) >= 0
+    with new_ctx(model):  # were the check missing, C would refuse (MOP_E_STATE), not prune
+        with pytest.raises(OverflowError, match="prune.n_threads"):
+            model.prune(n_threads=2**40)
+
+
+def test_out_of_range_ints_in_fed():
+    with pytest.raises(OverflowError, match="round"):
+        libmop.Update(round=2**63)
+    with pytest.raises(OverflowError, match="client_id"):
+        libmop.Update(client_id=-1)
+    with pytest.raises(OverflowError, match="n_clients"):
+        libmop.partition_iid(10, 2**32 + 2)
+    with pytest.raises(OverflowError, match="seed"):
+        libmop.partition_skewed(np.zeros(4, dtype=np.int32), 2, seed=2**64)
+    with pytest.raises(OverflowError, match="n: -1"):
+        libmop.partition_iid(-1, 2)
+    with pytest.raises(OverflowError, match="steps"):
+        libmop.rdp_epsilon(1.0, 0.01, 2**63, 1e-5)
+    with pytest.raises(OverflowError, match="index"):
+        libmop.SecAggClient(2**32, n_clients=2, length=4)
+    with pytest.raises(OverflowError, match="secagg.length"):
+        libmop.SecAggServer(n_clients=2, length=2**63)

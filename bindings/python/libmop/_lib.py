@@ -9,6 +9,7 @@ of the package keeps working.
 from __future__ import annotations
 
 import ctypes
+import operator
 import os
 import pathlib
 import subprocess
@@ -561,6 +562,36 @@ def view(owner: Any, address: int, count: int, ctype: Any = c_float,
     return arr
 
 
+# Ranges of the C integer types the prototypes use, as (name, lo, hi).
+INT32 = ("int32", -2**31, 2**31 - 1)
+UINT32 = ("uint32", 0, 2**32 - 1)
+INT64 = ("int64", -2**63, 2**63 - 1)
+UINT64 = ("uint64", 0, 2**64 - 1)
+SIZE = ("size_t", 0, 2**(8 * ctypes.sizeof(c_size_t)) - 1)
+_CTYPE_RANGES = {c_int32: INT32, c_uint32: UINT32, c_int64: INT64, c_uint64: UINT64,
+                 c_size_t: SIZE, c_int: INT32}
+
+
+def check_int(what: str, value: Any, lo: int, hi: int, ctype: str = "") -> int:
+    """@p value as a Python int in [lo, hi], for an integer argument or field
+    passed to C (ctypes would silently keep only the low bits: 2**40 -> 0,
+    -1 -> 2**64 - 1). TypeError for a non-integer (floats are not truncated),
+    OverflowError naming @p what, the value and the range otherwise."""
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{what}: expected an integer, got {type(value).__name__}") from None
+    if not lo <= v <= hi:
+        kind = f" ({ctype})" if ctype else ""
+        raise OverflowError(f"{what}: {v} is out of range{kind}: must be in [{lo}, {hi}]")
+    return v
+
+
+def check_c_int(what: str, value: Any, rng: tuple[str, int, int] = INT32) -> int:
+    """check_int over the whole range of a C type (INT32, UINT64, SIZE, ...)."""
+    return check_int(what, value, rng[1], rng[2], rng[0])
+
+
 def enum_value(value: Any, table: dict[str, int], what: str) -> int:
     """An enum given as its int or as a name (case-insensitive)."""
     if isinstance(value, str):
@@ -568,14 +599,15 @@ def enum_value(value: Any, table: dict[str, int], what: str) -> int:
         if key not in table:
             raise ValueError(f"{what}: unknown value {value!r}; one of {sorted(table)}")
         return table[key]
-    return int(value)
+    return check_c_int(what, value)
 
 
 def fill_params(struct: Structure, params: dict[str, Any], what: str,
                 enums: Optional[dict[str, dict[str, int]]] = None) -> Structure:
     """Set fields of a params struct from keyword arguments; unknown names are a
     TypeError (so a typo never silently keeps a default)."""
-    names = {f[0] for f in struct._fields_} - {"struct_size", "progress", "progress_user"}
+    types = {f[0]: f[1] for f in struct._fields_}
+    names = set(types) - {"struct_size", "progress", "progress_user"}
     for k, v in params.items():
         if k not in names:
             raise TypeError(f"{what}: unknown parameter {k!r}; known: {sorted(names)}")
@@ -585,6 +617,9 @@ def fill_params(struct: Structure, params: dict[str, Any], what: str,
             v = enum_value(v, enums[k], f"{what}.{k}")
         elif isinstance(v, bool):
             v = int(v)
+        rng = _CTYPE_RANGES.get(types[k])
+        if rng is not None:
+            v = check_c_int(f"{what}.{k}", v, rng)
         setattr(struct, k, v)
     return struct
 

@@ -144,7 +144,7 @@ class Model(L.Closable):
         """Load @p path. @p progress(done, total) is called per tensor; return
         True from it to cancel (MopError MOP_E_CANCELLED)."""
         p = L.fn("mop_model_default_params")()
-        p.n_threads = int(n_threads)
+        p.n_threads = L.check_c_int("n_threads", n_threads)
         p.use_mmap = int(bool(use_mmap))
         guard = L.CallbackGuard()
         cb = L.progress_callback(progress, guard)
@@ -320,7 +320,8 @@ class Sampler(L.Closable):
         dtypes are converted)."""
         a = L.float32_in(logits, "logits", ndim=1)
         tok = c_int32(0)
-        L.check(L.call("mop_sampler_sample", self, L.ptr(a, c_float), a.size, byref(tok)))
+        n = L.check_c_int("logits size", a.size)
+        L.check(L.call("mop_sampler_sample", self, L.ptr(a, c_float), n, byref(tok)))
         return int(tok.value)
 
 
@@ -340,7 +341,9 @@ class Context(L.Closable):
     def __init__(self, model: Model, n_ctx: int = 2048, n_batch: int = 512,
                  n_threads: int = 0) -> None:
         p = L.fn("mop_ctx_default_params")()
-        p.n_ctx, p.n_batch, p.n_threads = int(n_ctx), int(n_batch), int(n_threads)
+        p.n_ctx = L.check_c_int("n_ctx", n_ctx)
+        p.n_batch = L.check_c_int("n_batch", n_batch)
+        p.n_threads = L.check_c_int("n_threads", n_threads)
         self._h = L.create("mop_ctx", lambda out: L.call("mop_ctx_create", model, byref(p), out))
         self.model = model
         self.n_ctx, self.n_batch, self.n_threads = p.n_ctx, p.n_batch, p.n_threads
@@ -362,7 +365,8 @@ class Context(L.Closable):
         a = L.int32_array(ids, "ids")
         if a.size < 1:
             raise L.shape_error("ids: decode needs at least one token")
-        L.check(L.call("mop_ctx_decode", self, L.ptr(a, c_int32), a.size,
+        n_ids = L.check_c_int("ids size", a.size)
+        L.check(L.call("mop_ctx_decode", self, L.ptr(a, c_int32), n_ids,
                                          LOGITS_ALL if all_logits else LOGITS_LAST))
         out = self.logits(copy=True)
         return out if all_logits else out[-1]
@@ -386,7 +390,8 @@ class Context(L.Closable):
         a = L.int32_array(ids, "ids")
         out = np.empty(max(0, a.size - 1), dtype=np.float32)
         total = c_double(0)
-        L.check(L.call("mop_ctx_nll", self, L.ptr(a, c_int32), a.size,
+        n_ids = L.check_c_int("ids size", a.size)
+        L.check(L.call("mop_ctx_nll", self, L.ptr(a, c_int32), n_ids,
                                       L.ptr(out, c_float), byref(total)))
         return (out, float(total.value)) if return_total else out
 
@@ -398,7 +403,9 @@ class Context(L.Closable):
         guard = L.CallbackGuard()
         cb = L.progress_callback(progress, guard)
         ppl = c_double(0)
-        status = L.call("mop_ctx_perplexity", self, L.ptr(a, c_int32), a.size, int(window),
+        n_ids = L.check_c_int("ids size", a.size)
+        window = L.check_c_int("window", window)
+        status = L.call("mop_ctx_perplexity", self, L.ptr(a, c_int32), n_ids, window,
                                               cb, None, byref(ppl))
         guard.reraise()
         L.check(status)
@@ -410,13 +417,15 @@ class Context(L.Closable):
         guard = L.CallbackGuard()
         cb = L.TOKEN_FN(lambda tok, user: guard.run(lambda: on_token(int(tok))))
         n = c_int32(0)
+        n_prompt = L.check_c_int("prompt_ids size", prompt.size)
+        max_new = L.check_c_int("max_new", max_new)
         if mixture is None:
             status = L.call("mop_generate", self, sampler, L.ptr(prompt, c_int32),
-                                            prompt.size, int(max_new), cb, None, byref(n))
+                                            n_prompt, max_new, cb, None, byref(n))
         else:
             status = L.call("mop_mixture_generate", self, mixture, sampler,
-                                                    L.ptr(prompt, c_int32), prompt.size,
-                                                    int(max_new), cb, None, byref(n))
+                                                    L.ptr(prompt, c_int32), n_prompt,
+                                                    max_new, cb, None, byref(n))
         guard.reraise()
         L.check(status)
         return int(n.value)

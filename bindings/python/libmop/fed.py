@@ -70,8 +70,10 @@ class Update(L.Closable):
     def __init__(self, kind: Union[str, int] = "delta", round: int = 0, client_id: int = 0,
                  n_samples: float = 0.0, tensors: Optional[Mapping[str, Any]] = None) -> None:
         k = L.enum_value(kind, KIND, "kind")
+        rnd = L.check_c_int("round", round, L.INT64)
+        cid = L.check_c_int("client_id", client_id, L.UINT64)
         self._h = L.create("mop_update", lambda out: L.fn("mop_update_create")(
-            k, int(round), int(client_id), float(n_samples), out))
+            k, rnd, cid, float(n_samples), out))
         for name, arr in (tensors or {}).items():
             self.add_tensor(name, arr)
 
@@ -100,8 +102,10 @@ class Update(L.Closable):
             gu = L.float32_in(gate_usage, "gate_usage", ndim=1)
             if gu.size != mixture.n_experts:
                 raise L.shape_error(f"gate_usage: expected {mixture.n_experts} floats, got {gu.size}")
+        rnd = L.check_c_int("round", round, L.INT64)
+        cid = L.check_c_int("client_id", client_id, L.UINT64)
         return cls._wrap(L.create("mop_update", lambda out: L.call(
-            "mop_update_from_mixture", mixture, base, int(round), int(client_id),
+            "mop_update_from_mixture", mixture, base, rnd, cid,
             float(n_samples), L.ptr(gu, c_float), out)))
 
     def apply(self, mixture: Mixture, scale: float = 1.0) -> None:
@@ -176,7 +180,8 @@ class Update(L.Closable):
     def add_noise(self, std: float, seed: int = 0) -> None:
         """Add N(0, std²) noise to every value (except "gate.usage"). seed 0 = OS
         randomness (use it for real privacy); a fixed seed is reproducible."""
-        L.check(L.call("mop_update_add_noise", self, float(std), int(seed)))
+        L.check(L.call("mop_update_add_noise", self, float(std),
+                       L.check_c_int("seed", seed, L.UINT64)))
 
     def __repr__(self) -> str:
         if self.closed:
@@ -227,25 +232,29 @@ def partition_skewed(task: Any, n_clients: int, ratio: float = 15.0, seed: int =
     """The paper's skewed split: client id (int32) of each example; every
     client gets one part of each category, one of them ratio× larger."""
     t = _labels(task)
+    nc, sd = L.check_c_int("n_clients", n_clients), L.check_c_int("seed", seed, L.UINT64)
     out = np.empty(t.size, dtype=np.int32)
-    L.check(L.fn("mop_partition_skewed")(L.ptr(t, c_int32), t.size, int(n_clients),
-                                         float(ratio), int(seed), L.ptr(out, c_int32)))
+    L.check(L.fn("mop_partition_skewed")(L.ptr(t, c_int32), t.size, nc,
+                                         float(ratio), sd, L.ptr(out, c_int32)))
     return out
 
 
 def partition_iid(n: int, n_clients: int, seed: int = 0) -> np.ndarray:
     """Uniform random split of @p n examples (sizes differ by at most one)."""
-    out = np.empty(int(n), dtype=np.int32)
-    L.check(L.fn("mop_partition_iid")(int(n), int(n_clients), int(seed), L.ptr(out, c_int32)))
+    n = L.check_int("n", n, 0, 2**63 - 1, "int64, >= 0")
+    nc, sd = L.check_c_int("n_clients", n_clients), L.check_c_int("seed", seed, L.UINT64)
+    out = np.empty(n, dtype=np.int32)
+    L.check(L.fn("mop_partition_iid")(n, nc, sd, L.ptr(out, c_int32)))
     return out
 
 
 def partition_dirichlet(task: Any, n_clients: int, alpha: float, seed: int = 0) -> np.ndarray:
     """Dirichlet(alpha) split per category (small alpha = concentrated)."""
     t = _labels(task)
+    nc, sd = L.check_c_int("n_clients", n_clients), L.check_c_int("seed", seed, L.UINT64)
     out = np.empty(t.size, dtype=np.int32)
-    L.check(L.fn("mop_partition_dirichlet")(L.ptr(t, c_int32), t.size, int(n_clients),
-                                            float(alpha), int(seed), L.ptr(out, c_int32)))
+    L.check(L.fn("mop_partition_dirichlet")(L.ptr(t, c_int32), t.size, nc,
+                                            float(alpha), sd, L.ptr(out, c_int32)))
     return out
 
 
@@ -308,7 +317,8 @@ def rdp_epsilon(noise_multiplier: float, sample_rate: float, steps: int,
                 delta: float) -> tuple[float, float]:
     """(ε, best order) after @p steps steps (default orders, classic conversion)."""
     eps, order = ctypes.c_double(0), ctypes.c_double(0)
-    L.check(L.fn("mop_rdp_epsilon")(float(noise_multiplier), float(sample_rate), int(steps),
+    L.check(L.fn("mop_rdp_epsilon")(float(noise_multiplier), float(sample_rate),
+                                    L.check_c_int("steps", steps, L.INT64),
                                     float(delta), byref(eps), byref(order)))
     return float(eps.value), float(order.value)
 
@@ -325,13 +335,14 @@ class RdpAccountant(L.Closable):
         if orders is not None:
             keep = np.ascontiguousarray(orders, dtype=np.float64)
             p.orders = keep.ctypes.data_as(POINTER(ctypes.c_double))
-            p.n_orders = keep.size
+            p.n_orders = L.check_c_int("orders size", keep.size)
         self._h = L.create("mop_rdp_accountant",
                            lambda out: L.fn("mop_rdp_accountant_create")(byref(p), out))
 
     def add(self, noise_multiplier: float, sample_rate: float, steps: int = 1) -> None:
         L.check(L.call("mop_rdp_accountant_add", self, float(noise_multiplier),
-                                                 float(sample_rate), int(steps)))
+                                                 float(sample_rate),
+                                                 L.check_c_int("steps", steps, L.INT64)))
 
     def epsilon(self, delta: float) -> tuple[float, float]:
         """(ε, best order) of everything composed so far."""
@@ -365,8 +376,9 @@ class SecAggClient(L.Closable):
 
     def __init__(self, index: int, **params: Any) -> None:
         p = _secagg_params(params)
+        idx = L.check_c_int("index", index)
         self._h = L.create("mop_secagg_client", lambda out: L.fn("mop_secagg_client_create")(
-            byref(p), int(index), out))
+            byref(p), idx, out))
 
     @property
     def public_key(self) -> bytes:

@@ -339,7 +339,8 @@ class Optimizer(L.Closable):
 
     def __init__(self, target: Union[int, Mixture], **params: Any) -> None:
         self.mixture = target if isinstance(target, Mixture) else None
-        n = target.n_params if isinstance(target, Mixture) else int(target)
+        n = (target.n_params if isinstance(target, Mixture)
+             else L.check_c_int("n_params", target, L.SIZE))
         p = L.fn("mop_adamw_default_params")()
         L.fill_params(p, params, "Optimizer")
         self.params = {f: getattr(p, f) for f, _ in p._fields_ if f != "struct_size"}
@@ -371,4 +372,4 @@ class Optimizer(L.Closable):
 
     def lr_at(self, step: int) -> float:
         """Learning rate the schedule gives at @p step (0-based)."""
-        return float(L.call("mop_optimizer_lr_at", self, int(step)))
+        return float(L.call("mop_optimizer_lr_at", self, L.check_c_int("step", step, L.INT64)))
