@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run every test: C unit tests (release build and ASan+UBSan build), the
-# exported-symbol and header checks, pytest against PyTorch / HF tokenizers,
-# and short fuzz runs. Ends with one line "N passed, N failed".
+# threaded C tests under ThreadSanitizer, the exported-symbol and header
+# checks, pytest against PyTorch / HF tokenizers, and short fuzz runs. Ends
+# with one line "N passed, N failed".
 set -uo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] && [ -d build ] || scripts/setup.sh || exit 1
@@ -24,7 +25,9 @@ echo "==> build"
 ninja -C build >/dev/null || { echo "build failed"; echo "0 passed, 1 failed"; exit 1; }
 
 echo "==> C unit tests (release)"
-meson test -C build --print-errorlogs --num-processes 2 >/tmp/mop-test-release.log 2>&1
+# (suite 'threads' re-runs unit tests for the TSan step below; not again here)
+meson test -C build --no-suite threads --print-errorlogs --num-processes 2 \
+  >/tmp/mop-test-release.log 2>&1
 tail -n 25 /tmp/mop-test-release.log | grep -E 'FAIL|ERROR|TIMEOUT' || true
 count_meson build "unit (release)"
 
@@ -40,6 +43,23 @@ if [ "${MOP_SKIP_ASAN:-0}" != 1 ]; then
     >/tmp/mop-test-asan.log 2>&1
   grep -E 'FAIL|ERROR|TIMEOUT' /tmp/mop-test-asan.log | tail -n 20 || true
   count_meson build-asan "unit (asan)"
+fi
+
+if [ "${MOP_SKIP_TSAN:-0}" != 1 ] && command -v clang >/dev/null; then
+  # Every C test that runs threads (meson suite 'threads', tests/meson.build)
+  # under clang's ThreadSanitizer; any report fails the test (halt_on_error).
+  # No suppressions: OpenBLAS is not instrumented, and no report comes from it.
+  echo "==> C thread tests (TSan)"
+  if [ ! -d build-tsan ]; then
+    CC=clang meson setup build-tsan --buildtype=debugoptimized -Db_sanitize=thread -Db_lundef=false \
+      -Dwerror=true -Dbench=false -Dexamples=false >/dev/null
+  fi
+  ninja -C build-tsan >/dev/null || { record "tsan build" 1; }
+  TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
+    meson test -C build-tsan --suite threads --print-errorlogs --num-processes 2 \
+    --timeout-multiplier 2 >/tmp/mop-test-tsan.log 2>&1
+  grep -E 'FAIL|ERROR|TIMEOUT|ThreadSanitizer' /tmp/mop-test-tsan.log | tail -n 20 || true
+  count_meson build-tsan "threads (tsan)"
 fi
 
 echo "==> pytest"

@@ -80,7 +80,7 @@ static void test_clip_random(void **state)
     srand(3);
     double ss = 0;
     for (int i = 0; i < N; i++) {
-        x[i] = (float)rand() / RAND_MAX - 0.5f;
+        x[i] = (float)rand() / (float)RAND_MAX - 0.5f;
         ss += (double)x[i] * x[i];
     }
     mop_update *u = make_update();

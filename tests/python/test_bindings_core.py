@@ -8,6 +8,7 @@ References are independent of the code under test where possible: NLL from
 the decoded logits through a float64 log-softmax in numpy, greedy generation
 re-done with decode + argmax, sampler frequencies against the softmax.
 """
+import gc
 import math
 import os
 import pathlib
@@ -573,6 +574,7 @@ def test_no_leaks_context_sampler(model):
             s = libmop.Sampler(temperature=0.5, seed=i)
             s.sample(np.zeros(8, dtype=np.float32))
             del s  # freed by its finalizer
+    gc.collect()  # earlier tests may leave handles in reference cycles (kept tracebacks)
     live0 = libmop.live_handles()
     cycle(50)  # warm up allocator pools
     rss0 = rss_bytes()

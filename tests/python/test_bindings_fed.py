@@ -3,6 +3,8 @@
 Aggregation results are checked
 against numpy on hand-made tensors (weighted mean, coordinate-wise median).
 """
+import gc
+
 import numpy as np
 import pytest
 
@@ -233,6 +235,7 @@ def test_partitions():
 
 def test_no_leaks_updates():
     need(UPDATE_SYMBOLS + AGG_SYMBOLS)
+    gc.collect()  # earlier tests may leave handles in reference cycles (kept tracebacks)
     live0 = libmop.live_handles()
     x = np.ones((16, 16), dtype=np.float32)
 

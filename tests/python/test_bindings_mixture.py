@@ -4,6 +4,7 @@ References: base-model NLL of a
 batch from Context.nll (mop_core), a hand-computed first AdamW step, central
 finite differences of the loss for one parameter.
 """
+import gc
 import os
 
 import numpy as np
@@ -329,6 +330,7 @@ def test_generate_with_mixture(mixture, ctx, model):
 
 def test_no_leaks_mixture(model):
     need()
+    gc.collect()  # earlier tests may leave handles in reference cycles (kept tracebacks)
     live0 = libmop.live_handles()
 
     def cycle(k):

@@ -9,6 +9,7 @@ of the package keeps working.
 from __future__ import annotations
 
 import ctypes
+import operator
 import os
 import pathlib
 import subprocess
@@ -379,28 +380,69 @@ class Handle:
         self._fin = weakref.finalize(self, _release, kind, kind + "_free", ptr)
 
 
+_use_lock = threading.Lock()
+
+
 class Closable:
-    """Base of the wrapper classes: ``close()``, context manager, handle access."""
+    """Base of the wrapper classes: ``close()``, context manager, handle access.
+
+    Lifetimes during calls: every C call that uses a handle holds a *use* on
+    its wrapper for the length of the call (:func:`using`, :func:`call`: the
+    one mechanism, entered by every call in the package). ``close()`` while
+    uses are held — from an ``on_token``/``progress`` callback of that call,
+    from another thread, or while a ``generate_iter()`` generator is
+    suspended — is deferred: the object reads as closed at once and its handle
+    is dropped when the last use is released."""
 
     _h: Optional[Handle] = None
     _kind = "handle"
+    _uses = 0
+    _close_pending = False
 
     @property
     def _ptr(self) -> c_void_p:
+        """The raw handle pointer; ValueError once closed. Pass wrappers to C
+        through :func:`call` / :func:`using` instead, which keep the handle
+        alive for the call."""
         h = self._h
-        if h is None:
+        if h is None or self._close_pending:
             raise ValueError(f"{type(self).__name__} is closed")
         return h.ptr
 
     @property
     def closed(self) -> bool:
-        return self._h is None
+        return self._h is None or self._close_pending
+
+    def _acquire(self) -> Handle:
+        with _use_lock:
+            h = self._h
+            if h is None or self._close_pending:
+                raise ValueError(f"{type(self).__name__} is closed")
+            self._uses += 1
+            return h
+
+    def _release_use(self) -> None:
+        with _use_lock:
+            self._uses -= 1
+            if self._uses or not self._close_pending:
+                return
+            h, self._h = self._h, None  # the deferred close()
+            self._close_pending = False
+        del h  # the C free (if no view is left) runs here, outside the lock
 
     def close(self) -> None:
         """Drop this object's reference on the C handle. The handle is freed now,
         or — if numpy views into its memory are still alive — when the last
-        view goes. Calling close() twice is harmless."""
-        self._h = None
+        view goes. During a C call that uses this object (close() from its
+        callback, from another thread, or while a generate_iter() generator
+        is suspended) the drop is deferred until the call returns; the object
+        reads as closed at once. Calling close() twice is harmless."""
+        with _use_lock:
+            if self._uses:
+                self._close_pending = True
+                return
+            h, self._h = self._h, None
+        del h
 
     def __bool__(self) -> bool:  # classes with __len__ stay truthy
         return True
@@ -410,6 +452,48 @@ class Closable:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+class using:
+    """``with using(a, b, None) as (pa, pb, pn):`` holds a use on each wrapper
+    (None passes through as a NULL pointer) until the block ends, and gives
+    their raw pointers. ValueError if one is closed (nothing is held then)."""
+
+    __slots__ = ("_objs", "_held")
+
+    def __init__(self, *objs: Optional[Closable]) -> None:
+        self._objs = objs
+        self._held: list[Closable] = []
+
+    def __enter__(self) -> tuple[Optional[c_void_p], ...]:
+        ptrs = []
+        try:
+            for o in self._objs:
+                if o is None:
+                    ptrs.append(None)
+                    continue
+                ptrs.append(o._acquire().ptr)
+                self._held.append(o)
+        except BaseException:
+            self.__exit__()
+            raise
+        return tuple(ptrs)
+
+    def __exit__(self, *exc: Any) -> None:
+        held, self._held = self._held, []
+        for o in held:
+            o._release_use()
+
+
+def call(name: str, *args: Any) -> Any:
+    """``fn(name)(*args)`` where every :class:`Closable` argument is passed as
+    its pointer and held in use (:class:`using`) until the call returns."""
+    objs = [a for a in args if isinstance(a, Closable)]
+    if not objs:
+        return fn(name)(*args)
+    with using(*objs) as ptrs:
+        it = iter(ptrs)
+        return fn(name)(*[next(it) if isinstance(a, Closable) else a for a in args])
 
 
 def create(kind: str, call: Callable[[Any], int]) -> Handle:
@@ -506,6 +590,36 @@ def view(owner: Any, address: int, count: int, ctype: Any = c_float,
     return arr
 
 
+# Ranges of the C integer types the prototypes use, as (name, lo, hi).
+INT32 = ("int32", -2**31, 2**31 - 1)
+UINT32 = ("uint32", 0, 2**32 - 1)
+INT64 = ("int64", -2**63, 2**63 - 1)
+UINT64 = ("uint64", 0, 2**64 - 1)
+SIZE = ("size_t", 0, 2**(8 * ctypes.sizeof(c_size_t)) - 1)
+_CTYPE_RANGES = {c_int32: INT32, c_uint32: UINT32, c_int64: INT64, c_uint64: UINT64,
+                 c_size_t: SIZE, c_int: INT32}
+
+
+def check_int(what: str, value: Any, lo: int, hi: int, ctype: str = "") -> int:
+    """@p value as a Python int in [lo, hi], for an integer argument or field
+    passed to C (ctypes would silently keep only the low bits: 2**40 -> 0,
+    -1 -> 2**64 - 1). TypeError for a non-integer (floats are not truncated),
+    OverflowError naming @p what, the value and the range otherwise."""
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{what}: expected an integer, got {type(value).__name__}") from None
+    if not lo <= v <= hi:
+        kind = f" ({ctype})" if ctype else ""
+        raise OverflowError(f"{what}: {v} is out of range{kind}: must be in [{lo}, {hi}]")
+    return v
+
+
+def check_c_int(what: str, value: Any, rng: tuple[str, int, int] = INT32) -> int:
+    """check_int over the whole range of a C type (INT32, UINT64, SIZE, ...)."""
+    return check_int(what, value, rng[1], rng[2], rng[0])
+
+
 def enum_value(value: Any, table: dict[str, int], what: str) -> int:
     """An enum given as its int or as a name (case-insensitive)."""
     if isinstance(value, str):
@@ -513,14 +627,15 @@ def enum_value(value: Any, table: dict[str, int], what: str) -> int:
         if key not in table:
             raise ValueError(f"{what}: unknown value {value!r}; one of {sorted(table)}")
         return table[key]
-    return int(value)
+    return check_c_int(what, value)
 
 
 def fill_params(struct: Structure, params: dict[str, Any], what: str,
                 enums: Optional[dict[str, dict[str, int]]] = None) -> Structure:
     """Set fields of a params struct from keyword arguments; unknown names are a
     TypeError (so a typo never silently keeps a default)."""
-    names = {f[0] for f in struct._fields_} - {"struct_size", "progress", "progress_user"}
+    types = {f[0]: f[1] for f in struct._fields_}
+    names = set(types) - {"struct_size", "progress", "progress_user"}
     for k, v in params.items():
         if k not in names:
             raise TypeError(f"{what}: unknown parameter {k!r}; known: {sorted(names)}")
@@ -530,6 +645,9 @@ def fill_params(struct: Structure, params: dict[str, Any], what: str,
             v = enum_value(v, enums[k], f"{what}.{k}")
         elif isinstance(v, bool):
             v = int(v)
+        rng = _CTYPE_RANGES.get(types[k])
+        if rng is not None:
+            v = check_c_int(f"{what}.{k}", v, rng)
         setattr(struct, k, v)
     return struct
 

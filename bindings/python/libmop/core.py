@@ -144,7 +144,7 @@ class Model(L.Closable):
         """Load @p path. @p progress(done, total) is called per tensor; return
         True from it to cancel (MopError MOP_E_CANCELLED)."""
         p = L.fn("mop_model_default_params")()
-        p.n_threads = int(n_threads)
+        p.n_threads = L.check_c_int("n_threads", n_threads)
         p.use_mmap = int(bool(use_mmap))
         guard = L.CallbackGuard()
         cb = L.progress_callback(progress, guard)
@@ -170,7 +170,7 @@ class Model(L.Closable):
         if self._info is None:
             ci = L.ModelInfoC()
             ci.struct_size = ctypes.sizeof(ci)
-            L.check(L.fn("mop_model_get_info")(self._ptr, byref(ci)))
+            L.check(L.call("mop_model_get_info", self, byref(ci)))
             self._info = ModelInfo(
                 arch=ci.arch.decode(), name=ci.name.decode("utf-8", "replace"),
                 n_layer=ci.n_layer, n_embd=ci.n_embd, n_ff=ci.n_ff, n_head=ci.n_head,
@@ -188,12 +188,12 @@ class Model(L.Closable):
 
     def tensors(self) -> list[TensorInfo]:
         """The tensors read from the file(s), in file order."""
-        n = L.fn("mop_model_tensor_count")(self._ptr)
+        n = L.call("mop_model_tensor_count", self)
         out = []
         for i in range(n):
             ti = L.TensorInfoC()
             ti.struct_size = ctypes.sizeof(ti)
-            L.check(L.fn("mop_model_tensor_get_info")(self._ptr, i, byref(ti)))
+            L.check(L.call("mop_model_tensor_get_info", self, i, byref(ti)))
             out.append(TensorInfo(ti.name.decode(), ti.file_type.decode(),
                                   tuple(int(ti.dims[d]) for d in range(ti.n_dims))))
         return out
@@ -202,7 +202,7 @@ class Model(L.Closable):
     def special_token(self, which: Union[str, int]) -> Optional[int]:
         """Id of "bos", "eos", "eot" (end of turn) or "pad", or None if the model has none."""
         w = L.enum_value(which, SPECIAL_TOKENS, "which")
-        t = int(L.fn("mop_model_special_token")(self._ptr, w))
+        t = int(L.call("mop_model_special_token", self, w))
         return None if t < 0 else t
 
     @property
@@ -222,14 +222,14 @@ class Model(L.Closable):
         """The end-of-generation ids (ascending): generation stops when one is
         sampled (mop_model_eog_tokens). [] for a model without a tokenizer."""
         f = L.fn("mop_model_eog_tokens")
-        h = self._ptr
-        buf, n = _grow(lambda b, cap, n_out: f(h, b, cap, n_out), 16,
-                       lambda cap: (c_int32 * cap)())
+        with L.using(self) as (h,):  # the model stays alive for the call
+            buf, n = _grow(lambda b, cap, n_out: f(h, b, cap, n_out), 16,
+                           lambda cap: (c_int32 * cap)())
         return [int(buf[i]) for i in range(n)]
 
     def is_eog(self, token: int) -> bool:
         """Whether @p token ends generation (mop_model_is_eog)."""
-        return bool(L.fn("mop_model_is_eog")(self._ptr, int(token)))
+        return bool(L.call("mop_model_is_eog", self, L.check_c_int("token", token)))
 
     def tokenize(self, text: Union[str, bytes], add_bos: bool = False,
                  special: bool = False) -> np.ndarray:
@@ -238,20 +238,21 @@ class Model(L.Closable):
         data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
         flags = (TOKENIZE_ADD_BOS if add_bos else 0) | (TOKENIZE_PARSE_SPECIAL if special else 0)
         f = L.fn("mop_tokenize")
-        h = self._ptr
-        buf, n = _grow(lambda b, cap, n_out: f(h, data, len(data), flags,
-                                                L.ptr(b, c_int32), cap, n_out),
-                       len(data) + 2, lambda cap: np.empty(cap, dtype=np.int32))
+        with L.using(self) as (h,):  # the model stays alive for the call
+            buf, n = _grow(lambda b, cap, n_out: f(h, data, len(data), flags,
+                                                    L.ptr(b, c_int32), cap, n_out),
+                           len(data) + 2, lambda cap: np.empty(cap, dtype=np.int32))
         return buf[:n].copy() if n < len(buf) // 2 else buf[:n]
 
     def detokenize_bytes(self, ids: TokenIds, special: bool = False) -> bytes:
         """Token ids -> raw UTF-8 bytes (a cut in the middle of a character is kept as is)."""
         a = L.int32_array(ids, "ids")
         f = L.fn("mop_detokenize")
-        h = self._ptr
         flags = TOKENIZE_PARSE_SPECIAL if special else 0
-        buf, n = _grow(lambda b, cap, n_out: f(h, L.ptr(a, c_int32), a.size, flags, b, cap, n_out),
-                       8 * a.size + 16, lambda cap: ctypes.create_string_buffer(cap))
+        with L.using(self) as (h,):  # the model stays alive for the call
+            buf, n = _grow(lambda b, cap, n_out: f(h, L.ptr(a, c_int32), a.size, flags, b, cap,
+                                                    n_out),
+                           8 * a.size + 16, lambda cap: ctypes.create_string_buffer(cap))
         return buf.raw[:n]
 
     def detokenize(self, ids: TokenIds, special: bool = False, errors: str = "replace") -> str:
@@ -269,11 +270,11 @@ class Model(L.Closable):
         for i, (r, c) in enumerate(keep):
             arr[i].role, arr[i].content = r, c
         f = L.fn("mop_chat_format")
-        h = self._ptr
         total = sum(len(r) + len(c) for r, c in keep)
-        buf, n = _grow(lambda b, cap, n_out: f(h, arr, len(keep), int(bool(add_assistant_prompt)),
-                                                b, cap, n_out),
-                       total + 256, lambda cap: ctypes.create_string_buffer(cap))
+        add = int(bool(add_assistant_prompt))
+        with L.using(self) as (h,):  # the model stays alive for the call
+            buf, n = _grow(lambda b, cap, n_out: f(h, arr, len(keep), add, b, cap, n_out),
+                           total + 256, lambda cap: ctypes.create_string_buffer(cap))
         return buf.raw[:n].decode("utf-8", "replace")
 
     def tokenize_example(self, instruction: str, response: str,
@@ -283,22 +284,22 @@ class Model(L.Closable):
         token (mop_tokenize_example_v2, mop_gate.h). ``system``: None keeps
         the template's default system turn, "" an empty one, else its text."""
         f = L.fn("mop_tokenize_example_v2")
-        h = self._ptr
         ins, resp = L.cstr(instruction, "instruction"), L.cstr(response, "response")
         sys_b = None if system is None else L.cstr(system, "system")
         cap = len(ins) + len(resp) + len(sys_b or b"") + 64
-        for _ in range(2):
-            toks = np.empty(cap, dtype=np.int32)
-            mask = np.empty(cap, dtype=np.uint8)
-            n = c_size_t(0)
-            status = f(h, sys_b, ins, resp, L.ptr(toks, c_int32), L.ptr(mask, c_uint8), cap,
-                       byref(n))
-            if status == -8 and n.value > cap:
-                cap = n.value
-                continue
-            L.check(status)
-            return toks[:n.value].copy(), mask[:n.value].copy()
-        raise MopError("MOP_E_INTERNAL", "mop_tokenize_example: size changed between calls")
+        with L.using(self) as (h,):  # the model stays alive for the call
+            for _ in range(2):
+                toks = np.empty(cap, dtype=np.int32)
+                mask = np.empty(cap, dtype=np.uint8)
+                n = c_size_t(0)
+                status = f(h, sys_b, ins, resp, L.ptr(toks, c_int32), L.ptr(mask, c_uint8), cap,
+                           byref(n))
+                if status == -8 and n.value > cap:
+                    cap = n.value
+                    continue
+                L.check(status)
+                return toks[:n.value].copy(), mask[:n.value].copy()
+            raise MopError("MOP_E_INTERNAL", "mop_tokenize_example: size changed between calls")
 
     # -- sparse (mop_sparse.h) ----------------------------------------------
     def prune(self, progress: Optional[Callable[[int, int], Any]] = None, **params: Any) -> None:
@@ -315,7 +316,7 @@ class Model(L.Closable):
         """Write the model (pruned or not) as one GGUF file, atomically
         (mop_model_save_v2). Mode 0666 less the umask, as open() gives, or
         0600 with ``private=True`` (MOP_SAVE_PRIVATE)."""
-        L.check(L.fn("mop_model_save_v2")(self._ptr, L.cstr(path, "path"), 1 if private else 0))
+        L.check(L.call("mop_model_save_v2", self, L.cstr(path, "path"), 1 if private else 0))
 
 
 # ---------------------------------------------------------------------------
@@ -339,7 +340,8 @@ class Sampler(L.Closable):
         dtypes are converted)."""
         a = L.float32_in(logits, "logits", ndim=1)
         tok = c_int32(0)
-        L.check(L.fn("mop_sampler_sample")(self._ptr, L.ptr(a, c_float), a.size, byref(tok)))
+        n = L.check_c_int("logits size", a.size)
+        L.check(L.call("mop_sampler_sample", self, L.ptr(a, c_float), n, byref(tok)))
         return int(tok.value)
 
 
@@ -359,21 +361,22 @@ class Context(L.Closable):
     def __init__(self, model: Model, n_ctx: int = 2048, n_batch: int = 512,
                  n_threads: int = 0) -> None:
         p = L.fn("mop_ctx_default_params")()
-        p.n_ctx, p.n_batch, p.n_threads = int(n_ctx), int(n_batch), int(n_threads)
-        mh = model._ptr
-        self._h = L.create("mop_ctx", lambda out: L.fn("mop_ctx_create")(mh, byref(p), out))
+        p.n_ctx = L.check_c_int("n_ctx", n_ctx)
+        p.n_batch = L.check_c_int("n_batch", n_batch)
+        p.n_threads = L.check_c_int("n_threads", n_threads)
+        self._h = L.create("mop_ctx", lambda out: L.call("mop_ctx_create", model, byref(p), out))
         self.model = model
         self.n_ctx, self.n_batch, self.n_threads = p.n_ctx, p.n_batch, p.n_threads
         self.n_vocab = model.info.n_vocab
 
     def reset(self) -> None:
         """Forget all cached tokens."""
-        L.fn("mop_ctx_reset")(self._ptr)
+        L.call("mop_ctx_reset", self)
 
     @property
     def n_past(self) -> int:
         """Tokens in the KV cache."""
-        return int(L.fn("mop_ctx_n_past")(self._ptr))
+        return int(L.call("mop_ctx_n_past", self))
 
     def decode(self, ids: TokenIds, all_logits: bool = False) -> np.ndarray:
         """Run @p ids after the cached tokens. Returns a copy of the logits:
@@ -382,8 +385,9 @@ class Context(L.Closable):
         a = L.int32_array(ids, "ids")
         if a.size < 1:
             raise L.shape_error("ids: decode needs at least one token")
-        L.check(L.fn("mop_ctx_decode")(self._ptr, L.ptr(a, c_int32), a.size,
-                                       LOGITS_ALL if all_logits else LOGITS_LAST))
+        n_ids = L.check_c_int("ids size", a.size)
+        L.check(L.call("mop_ctx_decode", self, L.ptr(a, c_int32), n_ids,
+                                         LOGITS_ALL if all_logits else LOGITS_LAST))
         out = self.logits(copy=True)
         return out if all_logits else out[-1]
 
@@ -392,10 +396,11 @@ class Context(L.Closable):
         read-only view into the context, valid until the next call on it."""
         lp = ctypes.POINTER(c_float)()
         rows = c_int32(0)
-        L.check(L.fn("mop_ctx_get_logits")(self._ptr, byref(lp), byref(rows)))
-        n = rows.value * self.n_vocab
-        addr = ctypes.cast(lp, ctypes.c_void_p).value or 0
-        v = L.view(self._h, addr, n, c_float, (rows.value, self.n_vocab), writable=False)
+        with L.using(self) as (h,):  # self._h is set while in use
+            L.check(L.fn("mop_ctx_get_logits")(h, byref(lp), byref(rows)))
+            n = rows.value * self.n_vocab
+            addr = ctypes.cast(lp, ctypes.c_void_p).value or 0
+            v = L.view(self._h, addr, n, c_float, (rows.value, self.n_vocab), writable=False)
         return v.copy() if copy else v
 
     def nll(self, ids: TokenIds, return_total: bool = False) -> Any:
@@ -405,8 +410,9 @@ class Context(L.Closable):
         a = L.int32_array(ids, "ids")
         out = np.empty(max(0, a.size - 1), dtype=np.float32)
         total = c_double(0)
-        L.check(L.fn("mop_ctx_nll")(self._ptr, L.ptr(a, c_int32), a.size,
-                                    L.ptr(out, c_float), byref(total)))
+        n_ids = L.check_c_int("ids size", a.size)
+        L.check(L.call("mop_ctx_nll", self, L.ptr(a, c_int32), n_ids,
+                                      L.ptr(out, c_float), byref(total)))
         return (out, float(total.value)) if return_total else out
 
     def perplexity(self, ids: TokenIds, window: int = 0,
@@ -417,8 +423,10 @@ class Context(L.Closable):
         guard = L.CallbackGuard()
         cb = L.progress_callback(progress, guard)
         ppl = c_double(0)
-        status = L.fn("mop_ctx_perplexity")(self._ptr, L.ptr(a, c_int32), a.size, int(window),
-                                            cb, None, byref(ppl))
+        n_ids = L.check_c_int("ids size", a.size)
+        window = L.check_c_int("window", window)
+        status = L.call("mop_ctx_perplexity", self, L.ptr(a, c_int32), n_ids, window,
+                                              cb, None, byref(ppl))
         guard.reraise()
         L.check(status)
         return float(ppl.value)
@@ -429,13 +437,15 @@ class Context(L.Closable):
         guard = L.CallbackGuard()
         cb = L.TOKEN_FN(lambda tok, user: guard.run(lambda: on_token(int(tok))))
         n = c_int32(0)
+        n_prompt = L.check_c_int("prompt_ids size", prompt.size)
+        max_new = L.check_c_int("max_new", max_new)
         if mixture is None:
-            status = L.fn("mop_generate")(self._ptr, sampler._ptr, L.ptr(prompt, c_int32),
-                                          prompt.size, int(max_new), cb, None, byref(n))
+            status = L.call("mop_generate", self, sampler, L.ptr(prompt, c_int32),
+                                            n_prompt, max_new, cb, None, byref(n))
         else:
-            status = L.fn("mop_mixture_generate")(self._ptr, mixture._ptr, sampler._ptr,
-                                                  L.ptr(prompt, c_int32), prompt.size,
-                                                  int(max_new), cb, None, byref(n))
+            status = L.call("mop_mixture_generate", self, mixture, sampler,
+                                                    L.ptr(prompt, c_int32), n_prompt,
+                                                    max_new, cb, None, byref(n))
         guard.reraise()
         L.check(status)
         return int(n.value)
@@ -472,7 +482,10 @@ class Context(L.Closable):
     def generate_iter(self, prompt_ids: TokenIds, max_new: int = 64, **kwargs: Any) -> Iterator[int]:
         """Streaming form of :meth:`generate`: yields each token as it is made.
         The C call runs in a worker thread; leaving the loop early stops it.
-        Do not use this context elsewhere until the iterator is exhausted or closed."""
+        Do not use this context elsewhere until the iterator is exhausted or closed.
+        The running call holds its handles (context, sampler, mixture) in use:
+        close() on them meanwhile is deferred until the iterator is exhausted,
+        closed or garbage-collected."""
         a = L.int32_array(prompt_ids, "prompt_ids")
         mixture = kwargs.pop("mixture", None)
         sampler = kwargs.pop("sampler", None)

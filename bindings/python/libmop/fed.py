@@ -88,8 +88,10 @@ class Update(L.Closable):
     def __init__(self, kind: Union[str, int] = "delta", round: int = 0, client_id: int = 0,
                  n_samples: float = 0.0, tensors: Optional[Mapping[str, Any]] = None) -> None:
         k = L.enum_value(kind, KIND, "kind")
+        rnd = L.check_c_int("round", round, L.INT64)
+        cid = L.check_c_int("client_id", client_id, L.UINT64)
         self._h = L.create("mop_update", lambda out: L.fn("mop_update_create")(
-            k, int(round), int(client_id), float(n_samples), out))
+            k, rnd, cid, float(n_samples), out))
         for name, arr in (tensors or {}).items():
             self.add_tensor(name, arr)
 
@@ -118,14 +120,15 @@ class Update(L.Closable):
             gu = L.float32_in(gate_usage, "gate_usage", ndim=1)
             if gu.size != mixture.n_experts:
                 raise L.shape_error(f"gate_usage: expected {mixture.n_experts} floats, got {gu.size}")
-        bp = base._ptr if base is not None else None
-        return cls._wrap(L.create("mop_update", lambda out: L.fn("mop_update_from_mixture")(
-            mixture._ptr, bp, int(round), int(client_id), float(n_samples),
-            L.ptr(gu, c_float), out)))
+        rnd = L.check_c_int("round", round, L.INT64)
+        cid = L.check_c_int("client_id", client_id, L.UINT64)
+        return cls._wrap(L.create("mop_update", lambda out: L.call(
+            "mop_update_from_mixture", mixture, base, rnd, cid,
+            float(n_samples), L.ptr(gu, c_float), out)))
 
     def apply(self, mixture: Mixture, scale: float = 1.0) -> None:
         """FULL: set the mixture's values; DELTA: add scale × delta."""
-        L.check(L.fn("mop_update_apply")(self._ptr, mixture._ptr, float(scale)))
+        L.check(L.call("mop_update_apply", self, mixture, float(scale)))
 
     def add_tensor(self, name: str, data: Any) -> None:
         """Append a tensor (copied; 1..4 dims). Names are unique."""
@@ -133,21 +136,22 @@ class Update(L.Closable):
         if not 1 <= a.ndim <= 4:
             raise L.shape_error(f"{name}: tensors have 1 to 4 dimensions, got shape {a.shape}")
         dims = (c_int64 * a.ndim)(*a.shape)
-        L.check(L.fn("mop_update_add_tensor")(self._ptr, L.cstr(name, "name"), L.ptr(a, c_float),
-                                              a.ndim, dims))
+        L.check(L.call("mop_update_add_tensor", self, L.cstr(name, "name"), L.ptr(a, c_float),
+                                                a.ndim, dims))
 
     def __len__(self) -> int:
-        return int(L.fn("mop_update_tensor_count")(self._ptr))
+        return int(L.call("mop_update_tensor_count", self))
 
     def _tensor(self, index: int, name: Optional[str]) -> tuple[str, np.ndarray]:
         ti = L.UpdateTensorInfoC()
         ti.struct_size = ctypes.sizeof(ti)
-        L.check(L.fn("mop_update_get_tensor")(self._ptr, index,
-                                              None if name is None else L.cstr(name, "name"),
-                                              byref(ti)))
-        shape = tuple(int(ti.dims[d]) for d in range(ti.n_dims))
-        addr = ctypes.cast(ti.data, c_void_p).value or 0
-        return ti.name.decode(), L.view(self._h, addr, int(ti.size), c_float, shape)
+        with L.using(self) as (h,):  # self._h is set while in use
+            L.check(L.fn("mop_update_get_tensor")(h, index,
+                                                  None if name is None else L.cstr(name, "name"),
+                                                  byref(ti)))
+            shape = tuple(int(ti.dims[d]) for d in range(ti.n_dims))
+            addr = ctypes.cast(ti.data, c_void_p).value or 0
+            return ti.name.decode(), L.view(self._h, addr, int(ti.size), c_float, shape)
 
     def tensor(self, name: str) -> np.ndarray:
         """Writable zero-copy view of tensor @p name (MopError if absent)."""
@@ -161,41 +165,41 @@ class Update(L.Closable):
     def header(self) -> UpdateHeader:
         h = L.UpdateHeaderC()
         h.struct_size = ctypes.sizeof(h)
-        L.check(L.fn("mop_update_get_header")(self._ptr, byref(h)))
+        L.check(L.call("mop_update_get_header", self, byref(h)))
         return UpdateHeader(_KIND_NAMES.get(h.kind, str(h.kind)), int(h.round), int(h.client_id),
                             float(h.n_samples))
 
     def set_meta(self, key: str, value: str) -> None:
-        L.check(L.fn("mop_update_set_meta")(self._ptr, L.cstr(key, "key"), L.cstr(value, "value")))
+        L.check(L.call("mop_update_set_meta", self, L.cstr(key, "key"), L.cstr(value, "value")))
 
     def get_meta(self, key: str, default: Optional[str] = None) -> Optional[str]:
         """Metadata string for @p key, or @p default if absent."""
         v = c_char_p()
-        status = L.fn("mop_update_get_meta")(self._ptr, L.cstr(key, "key"), byref(v))
+        status = L.call("mop_update_get_meta", self, L.cstr(key, "key"), byref(v))
         if status == -8:  # MOP_E_RANGE: absent
             return default
         L.check(status)
         return (v.value or b"").decode("utf-8", "replace")
 
     def serialize(self) -> bytes:
-        f = L.fn("mop_update_serialize")
         n = c_size_t(0)
-        L.check(f(self._ptr, None, 0, byref(n)))
+        L.check(L.call("mop_update_serialize", self, None, 0, byref(n)))
         buf = np.empty(n.value, dtype=np.uint8)
-        L.check(f(self._ptr, L.ptr(buf, c_uint8), buf.size, byref(n)))
+        L.check(L.call("mop_update_serialize", self, L.ptr(buf, c_uint8), buf.size, byref(n)))
         return buf[:n.value].tobytes()
 
     def clip(self, max_norm: float) -> float:
         """Scale all tensors (except "gate.usage") so their global L2 norm is at
         most @p max_norm; returns the norm before clipping (mop_update_clip)."""
         before = c_float(0)
-        L.check(L.fn("mop_update_clip")(self._ptr, float(max_norm), byref(before)))
+        L.check(L.call("mop_update_clip", self, float(max_norm), byref(before)))
         return float(before.value)
 
     def add_noise(self, std: float, seed: int = 0) -> None:
         """Add N(0, std²) noise to every value (except "gate.usage"). seed 0 = OS
         randomness (use it for real privacy); a fixed seed is reproducible."""
-        L.check(L.fn("mop_update_add_noise")(self._ptr, float(std), int(seed)))
+        L.check(L.call("mop_update_add_noise", self, float(std),
+                       L.check_c_int("seed", seed, L.UINT64)))
 
     def __repr__(self) -> str:
         if self.closed:
@@ -227,17 +231,16 @@ class Aggregator(L.Closable):
 
     def add(self, update: Update) -> None:
         """Add one client update to the current round (read during the call only)."""
-        L.check(L.fn("mop_aggregator_add")(self._ptr, update._ptr))
+        L.check(L.call("mop_aggregator_add", self, update))
 
     def __len__(self) -> int:
         """Updates in the current round."""
-        return int(L.fn("mop_aggregator_count")(self._ptr))
+        return int(L.call("mop_aggregator_count", self))
 
     def finish(self, global_values: Update) -> Update:
         """Close the round: the next global values (a new FULL update)."""
-        gp = global_values._ptr
-        return Update._wrap(L.create("mop_update", lambda out: L.fn("mop_aggregator_finish")(
-            self._ptr, gp, out)))
+        return Update._wrap(L.create("mop_update", lambda out: L.call(
+            "mop_aggregator_finish", self, global_values, out)))
 
 
 def _labels(task: Any) -> np.ndarray:
@@ -248,25 +251,29 @@ def partition_skewed(task: Any, n_clients: int, ratio: float = 15.0, seed: int =
     """The paper's skewed split: client id (int32) of each example; every
     client gets one part of each category, one of them ratio× larger."""
     t = _labels(task)
+    nc, sd = L.check_c_int("n_clients", n_clients), L.check_c_int("seed", seed, L.UINT64)
     out = np.empty(t.size, dtype=np.int32)
-    L.check(L.fn("mop_partition_skewed")(L.ptr(t, c_int32), t.size, int(n_clients),
-                                         float(ratio), int(seed), L.ptr(out, c_int32)))
+    L.check(L.fn("mop_partition_skewed")(L.ptr(t, c_int32), t.size, nc,
+                                         float(ratio), sd, L.ptr(out, c_int32)))
     return out
 
 
 def partition_iid(n: int, n_clients: int, seed: int = 0) -> np.ndarray:
     """Uniform random split of @p n examples (sizes differ by at most one)."""
-    out = np.empty(int(n), dtype=np.int32)
-    L.check(L.fn("mop_partition_iid")(int(n), int(n_clients), int(seed), L.ptr(out, c_int32)))
+    n = L.check_int("n", n, 0, 2**63 - 1, "int64, >= 0")
+    nc, sd = L.check_c_int("n_clients", n_clients), L.check_c_int("seed", seed, L.UINT64)
+    out = np.empty(n, dtype=np.int32)
+    L.check(L.fn("mop_partition_iid")(n, nc, sd, L.ptr(out, c_int32)))
     return out
 
 
 def partition_dirichlet(task: Any, n_clients: int, alpha: float, seed: int = 0) -> np.ndarray:
     """Dirichlet(alpha) split per category (small alpha = concentrated)."""
     t = _labels(task)
+    nc, sd = L.check_c_int("n_clients", n_clients), L.check_c_int("seed", seed, L.UINT64)
     out = np.empty(t.size, dtype=np.int32)
-    L.check(L.fn("mop_partition_dirichlet")(L.ptr(t, c_int32), t.size, int(n_clients),
-                                            float(alpha), int(seed), L.ptr(out, c_int32)))
+    L.check(L.fn("mop_partition_dirichlet")(L.ptr(t, c_int32), t.size, nc,
+                                            float(alpha), sd, L.ptr(out, c_int32)))
     return out
 
 
@@ -329,7 +336,8 @@ def rdp_epsilon(noise_multiplier: float, sample_rate: float, steps: int,
                 delta: float) -> tuple[float, float]:
     """(ε, best order) after @p steps steps (default orders, classic conversion)."""
     eps, order = ctypes.c_double(0), ctypes.c_double(0)
-    L.check(L.fn("mop_rdp_epsilon")(float(noise_multiplier), float(sample_rate), int(steps),
+    L.check(L.fn("mop_rdp_epsilon")(float(noise_multiplier), float(sample_rate),
+                                    L.check_c_int("steps", steps, L.INT64),
                                     float(delta), byref(eps), byref(order)))
     return float(eps.value), float(order.value)
 
@@ -346,19 +354,20 @@ class RdpAccountant(L.Closable):
         if orders is not None:
             keep = np.ascontiguousarray(orders, dtype=np.float64)
             p.orders = keep.ctypes.data_as(POINTER(ctypes.c_double))
-            p.n_orders = keep.size
+            p.n_orders = L.check_c_int("orders size", keep.size)
         self._h = L.create("mop_rdp_accountant",
                            lambda out: L.fn("mop_rdp_accountant_create")(byref(p), out))
 
     def add(self, noise_multiplier: float, sample_rate: float, steps: int = 1) -> None:
-        L.check(L.fn("mop_rdp_accountant_add")(self._ptr, float(noise_multiplier),
-                                               float(sample_rate), int(steps)))
+        L.check(L.call("mop_rdp_accountant_add", self, float(noise_multiplier),
+                                                 float(sample_rate),
+                                                 L.check_c_int("steps", steps, L.INT64)))
 
     def epsilon(self, delta: float) -> tuple[float, float]:
         """(ε, best order) of everything composed so far."""
         eps, order = ctypes.c_double(0), ctypes.c_double(0)
-        L.check(L.fn("mop_rdp_accountant_epsilon")(self._ptr, float(delta), byref(eps),
-                                                   byref(order)))
+        L.check(L.call("mop_rdp_accountant_epsilon", self, float(delta), byref(eps),
+                                                     byref(order)))
         return float(eps.value), float(order.value)
 
 
@@ -386,13 +395,14 @@ class SecAggClient(L.Closable):
 
     def __init__(self, index: int, **params: Any) -> None:
         p = _secagg_params(params)
+        idx = L.check_c_int("index", index)
         self._h = L.create("mop_secagg_client", lambda out: L.fn("mop_secagg_client_create")(
-            byref(p), int(index), out))
+            byref(p), idx, out))
 
     @property
     def public_key(self) -> bytes:
         pk = np.zeros(SECAGG_KEY_BYTES, dtype=np.uint8)
-        L.check(L.fn("mop_secagg_client_public_key")(self._ptr, L.ptr(pk, c_uint8)))
+        L.check(L.call("mop_secagg_client_public_key", self, L.ptr(pk, c_uint8)))
         return pk.tobytes()
 
     def set_peer_keys(self, keys: Any) -> None:
@@ -400,24 +410,24 @@ class SecAggClient(L.Closable):
         if not isinstance(keys, (bytes, bytearray, memoryview)):
             keys = b"".join(bytes(k) for k in keys)
         k = _bytes_in(keys)
-        L.check(L.fn("mop_secagg_client_set_peer_keys")(self._ptr, L.ptr(k, c_uint8), k.size))
+        L.check(L.call("mop_secagg_client_set_peer_keys", self, L.ptr(k, c_uint8), k.size))
 
     def mask(self, x: Any) -> bytes:
         """Encode and mask a float vector of the round's length: the blob to send."""
         a = L.float32_in(x, "x", ndim=1)
-        f, h = L.fn("mop_secagg_client_mask"), self._ptr
-        return _blob(lambda b, cap, n: f(h, L.ptr(a, c_float), a.size, b, cap, n))
+        return _blob(lambda b, cap, n: L.call("mop_secagg_client_mask", self, L.ptr(a, c_float),
+                                              a.size, b, cap, n))
 
     def mask_update(self, update: Update) -> bytes:
         """As :meth:`mask` on the concatenation of all tensors of @p update."""
-        f, h, u = L.fn("mop_secagg_client_mask_update"), self._ptr, update._ptr
-        return _blob(lambda b, cap, n: f(h, u, b, cap, n))
+        return _blob(lambda b, cap, n: L.call("mop_secagg_client_mask_update", self, update,
+                                              b, cap, n))
 
     def reveal(self, dropped: Any) -> bytes:
         """Recovery blob with the round keys shared with the @p dropped clients."""
         d = L.int32_array(dropped, "dropped")
-        f, h = L.fn("mop_secagg_client_reveal"), self._ptr
-        return _blob(lambda b, cap, n: f(h, L.ptr(d, c_int32), d.size, b, cap, n))
+        return _blob(lambda b, cap, n: L.call("mop_secagg_client_reveal", self, L.ptr(d, c_int32),
+                                              d.size, b, cap, n))
 
 
 class SecAggServer(L.Closable):
@@ -431,17 +441,17 @@ class SecAggServer(L.Closable):
 
     def add_masked(self, blob: bytes) -> None:
         b = _bytes_in(blob)
-        L.check(L.fn("mop_secagg_server_add_masked")(self._ptr, L.ptr(b, c_uint8), b.size))
+        L.check(L.call("mop_secagg_server_add_masked", self, L.ptr(b, c_uint8), b.size))
 
     def add_recovery(self, blob: bytes) -> None:
         b = _bytes_in(blob)
-        L.check(L.fn("mop_secagg_server_add_recovery")(self._ptr, L.ptr(b, c_uint8), b.size))
+        L.check(L.call("mop_secagg_server_add_recovery", self, L.ptr(b, c_uint8), b.size))
 
     def finish(self) -> tuple[np.ndarray, np.ndarray]:
         """(sum of the included clients' inputs (length,) float32, their indices)."""
         s = np.zeros(self.length, dtype=np.float32)
         inc = np.zeros(max(1, self.n_clients), dtype=np.int32)
         n_inc = c_int32(0)
-        L.check(L.fn("mop_secagg_server_finish")(self._ptr, L.ptr(s, c_float), s.size,
-                                                 L.ptr(inc, c_int32), byref(n_inc)))
+        L.check(L.call("mop_secagg_server_finish", self, L.ptr(s, c_float), s.size,
+                                                   L.ptr(inc, c_int32), byref(n_inc)))
         return s, inc[:n_inc.value].copy()

@@ -197,16 +197,16 @@ class Mixture(L.Closable):
         p = L.fn("mop_mixture_default_params")()
         L.fill_params(p, dict(n_experts=n_experts, prompt_len=prompt_len, **params), "Mixture",
                       _ENUMS)
-        mh = model._ptr
-        h = L.create("mop_mixture", lambda out: L.fn("mop_mixture_create")(mh, byref(p), out))
+        h = L.create("mop_mixture",
+                     lambda out: L.call("mop_mixture_create", model, byref(p), out))
         self._setup(model, h)
 
     @classmethod
     def load(cls, model: Model, path: PathLike) -> "Mixture":
         """Load a mixture written by :meth:`save` (mop_mixture_load)."""
         self = cls.__new__(cls)
-        mh, bpath = model._ptr, L.cstr(path, "path")
-        h = L.create("mop_mixture", lambda out: L.fn("mop_mixture_load")(mh, bpath, out))
+        bpath = L.cstr(path, "path")
+        h = L.create("mop_mixture", lambda out: L.call("mop_mixture_load", model, bpath, out))
         self._setup(model, h)
         return self
 
@@ -225,7 +225,7 @@ class Mixture(L.Closable):
     def _get_config(self) -> dict[str, Any]:
         p = L.MixtureParams()
         p.struct_size = ctypes.sizeof(p)
-        L.check(L.fn("mop_mixture_get_params")(self._ptr, byref(p)))
+        L.check(L.call("mop_mixture_get_params", self, byref(p)))
         return {f: getattr(p, f) for f, _ in p._fields_ if f != "struct_size"}
 
     def __repr__(self) -> str:
@@ -258,10 +258,10 @@ class Mixture(L.Closable):
     def tensor_info(self) -> list[MixtureTensor]:
         """The named slices: "experts" (K,P,d), "gate.w1" (h,d), "gate.b1" (h), ..."""
         out = []
-        for i in range(L.fn("mop_mixture_tensor_count")(self._ptr)):
+        for i in range(L.call("mop_mixture_tensor_count", self)):
             ti = L.MixtureTensorInfoC()
             ti.struct_size = ctypes.sizeof(ti)
-            L.check(L.fn("mop_mixture_tensor_get_info")(self._ptr, i, byref(ti)))
+            L.check(L.call("mop_mixture_tensor_get_info", self, i, byref(ti)))
             out.append(MixtureTensor(ti.name.decode(), int(ti.offset), int(ti.size),
                                      tuple(int(ti.dims[d]) for d in range(ti.n_dims))))
         return out
@@ -273,22 +273,21 @@ class Mixture(L.Closable):
                 for t in self.tensor_info()}
 
     def zero_grad(self) -> None:
-        L.fn("mop_mixture_zero_grad")(self._ptr)
+        L.call("mop_mixture_zero_grad", self)
 
     def save(self, path: PathLike, *, private: bool = False) -> None:
         """Write as safetensors, atomically (mop_mixture_save_v2). Mode 0666
         less the umask, as open() gives, or 0600 with ``private=True``
         (MOP_SAVE_PRIVATE)."""
-        L.check(L.fn("mop_mixture_save_v2")(self._ptr, L.cstr(path, "path"),
-                                            1 if private else 0))
+        L.check(L.call("mop_mixture_save_v2", self, L.cstr(path, "path"), 1 if private else 0))
 
     def set_prox_reference(self) -> None:
         """Remember the current parameters as the FedProx reference."""
-        L.check(L.fn("mop_mixture_set_prox_reference")(self._ptr))
+        L.check(L.call("mop_mixture_set_prox_reference", self))
 
     def prepare(self, ctx: Context) -> None:
         """Build the experts' key/value cache now (mop_mixture_prepare)."""
-        L.check(L.fn("mop_mixture_prepare")(ctx._ptr, self._ptr))
+        L.check(L.call("mop_mixture_prepare", ctx, self))
 
     def forward_backward(self, ctx: Context, batch: Batch, load_balance: Optional[float] = None,
                          gate_supervision: Optional[float] = None,
@@ -302,8 +301,8 @@ class Mixture(L.Closable):
         r = L.LossResultC()
         r.struct_size = ctypes.sizeof(r)
         b = batch._c()
-        L.check(L.fn("mop_mixture_forward_backward")(ctx._ptr, self._ptr, byref(b), byref(lp),
-                                                     byref(r)))
+        L.check(L.call("mop_mixture_forward_backward", ctx, self, byref(b), byref(lp),
+                                                       byref(r)))
         return LossResult(float(r.loss), float(r.nll_sum), int(r.n_targets))
 
     def evaluate(self, ctx: Context, batch: Batch) -> EvalResult:
@@ -314,7 +313,7 @@ class Mixture(L.Closable):
         """Gate weights (B, K) for each sequence (runs layers [0, L_g) only)."""
         w = np.zeros((batch.n_seq, self.n_experts), dtype=np.float32)
         b = batch._c()
-        L.check(L.fn("mop_mixture_gate")(ctx._ptr, self._ptr, byref(b), L.ptr(w, c_float)))
+        L.check(L.call("mop_mixture_gate", ctx, self, byref(b), L.ptr(w, c_float)))
         return w
 
     def gate_inputs(self, ctx: Context, batch: Batch) -> np.ndarray:
@@ -323,8 +322,7 @@ class Mixture(L.Closable):
         d = self.tensor_info()[0].shape[2]
         u = np.zeros((batch.n_seq, d), dtype=np.float32)
         b = batch._c()
-        L.check(L.fn("mop_mixture_gate_inputs")(ctx._ptr, self._ptr, byref(b),
-                                                L.ptr(u, c_float)))
+        L.check(L.call("mop_mixture_gate_inputs", ctx, self, byref(b), L.ptr(u, c_float)))
         return u
 
     @staticmethod
@@ -349,15 +347,15 @@ class Mixture(L.Closable):
         d = self.tensor_info()[0].shape[2]
         if s.shape != (d,) or q.shape != (d,):
             raise L.shape_error(f"sum/sumsq: expected ({d},), got {s.shape} and {q.shape}")
-        L.check(L.fn("mop_mixture_set_input_stats")(self._ptr, float(n), L.ptr(s, c_double),
-                                                    L.ptr(q, c_double)))
+        L.check(L.call("mop_mixture_set_input_stats", self, float(n), L.ptr(s, c_double),
+                       L.ptr(q, c_double)))
 
     @property
     def input_stats(self) -> tuple[np.ndarray, np.ndarray]:
         """(mean, std) copies of the gate's input standardization."""
         mp = ctypes.POINTER(c_float)()
         sp = ctypes.POINTER(c_float)()
-        L.check(L.fn("mop_mixture_get_input_stats")(self._ptr, byref(mp), byref(sp)))
+        L.check(L.call("mop_mixture_get_input_stats", self, byref(mp), byref(sp)))
         d = self.tensor_info()[0].shape[2]
         return (np.ctypeslib.as_array(mp, (d,)).copy(), np.ctypeslib.as_array(sp, (d,)).copy())
 
@@ -387,8 +385,9 @@ class Mixture(L.Closable):
                       "pretrain_gate")
         r = L.GatePretrainResultC()
         r.struct_size = ctypes.sizeof(r)
-        L.check(L.fn("mop_mixture_pretrain_gate")(
-            self._ptr, L.ptr(u, c_float), L.ptr(t, c_int32), u.shape[0], L.ptr(uv, c_float),
+        L.check(L.call(
+            "mop_mixture_pretrain_gate", self, L.ptr(u, c_float), L.ptr(t, c_int32), u.shape[0],
+            L.ptr(uv, c_float),
             L.ptr(tv, c_int32), n_val, byref(p), byref(r)))
         return GatePretrainResult(int(r.epochs), int(r.best_epoch), float(r.train_accuracy),
                                   float(r.val_accuracy), float(r.val_loss))
@@ -397,7 +396,7 @@ class Mixture(L.Closable):
         """Experts from real layer-L_p hidden states of @p batch's tokens
         (mop_mixture_init_experts)."""
         b = batch._c()
-        L.check(L.fn("mop_mixture_init_experts")(ctx._ptr, self._ptr, byref(b)))
+        L.check(L.call("mop_mixture_init_experts", ctx, self, byref(b)))
 
     def generate(self, ctx: Context, prompt_ids: Any, max_new: int = 64,
                  **kwargs: Any) -> list[int]:
@@ -414,16 +413,16 @@ def evaluate(ctx: Context, mixtures: Sequence[Optional[Mixture]], batch: Batch) 
     if n not in (0, 1, B):
         raise L.shape_error(f"mixtures: expected 0, 1 or {B} (one per sequence), got {n}")
     arr = (c_void_p * max(1, n))()
-    for i, m in enumerate(mixtures):
-        arr[i] = None if m is None else m._ptr.value
     K = mixtures[0].n_experts if mixtures and mixtures[0] is not None else 0
     nll = np.zeros(B, dtype=np.float64)
     nt = np.zeros(B, dtype=np.int32)
     gw = np.zeros((B, max(K, 1)), dtype=np.float32)
     b = batch._c()
-    L.check(L.fn("mop_mixture_evaluate")(ctx._ptr, arr, n, byref(b), L.ptr(nll, c_double),
-                                         L.ptr(nt, c_int32),
-                                         L.ptr(gw, c_float) if K else None))
+    with L.using(*mixtures) as ptrs:  # every mixture stays alive for the call
+        for i, mp in enumerate(ptrs):
+            arr[i] = mp
+        L.check(L.call("mop_mixture_evaluate", ctx, arr, n, byref(b), L.ptr(nll, c_double),
+                       L.ptr(nt, c_int32), L.ptr(gw, c_float) if K else None))
     return EvalResult(nll, nt, gw[:, :K])
 
 
@@ -442,7 +441,8 @@ class Optimizer(L.Closable):
 
     def __init__(self, target: Union[int, Mixture], **params: Any) -> None:
         self.mixture = target if isinstance(target, Mixture) else None
-        n = target.n_params if isinstance(target, Mixture) else int(target)
+        n = (target.n_params if isinstance(target, Mixture)
+             else L.check_c_int("n_params", target, L.SIZE))
         p = L.fn("mop_adamw_default_params")()
         L.fill_params(p, params, "Optimizer")
         self.params = {f: getattr(p, f) for f, _ in p._fields_ if f != "struct_size"}
@@ -467,11 +467,11 @@ class Optimizer(L.Closable):
             raise L.shape_error(f"params {p.shape} and grads {g.shape} must both be "
                                 f"({self.n_params},) as at creation")
         lr, gn = c_float(0), c_float(0)
-        L.check(L.fn("mop_optimizer_step")(self._ptr, L.ptr(p, c_float), L.ptr(g, c_float),
-                                           p.size, float(grad_scale), byref(lr), byref(gn)))
+        L.check(L.call("mop_optimizer_step", self, L.ptr(p, c_float), L.ptr(g, c_float),
+                                             p.size, float(grad_scale), byref(lr), byref(gn)))
         self.last_lr, self.last_grad_norm = float(lr.value), float(gn.value)
         return self.last_lr, self.last_grad_norm
 
     def lr_at(self, step: int) -> float:
         """Learning rate the schedule gives at @p step (0-based)."""
-        return float(L.fn("mop_optimizer_lr_at")(self._ptr, int(step)))
+        return float(L.call("mop_optimizer_lr_at", self, L.check_c_int("step", step, L.INT64)))

@@ -41,7 +41,7 @@ def prune(model: "Model", progress: Optional[Callable[[int, int], Any]] = None,
     guard = L.CallbackGuard()
     cb = L.progress_callback(progress, guard)
     p.progress = cb
-    status = L.fn("mop_model_prune")(model._ptr, byref(p))
+    status = L.call("mop_model_prune", model, byref(p))
     guard.reraise()
     L.check(status)
     model._info = None  # weight_bytes changed
@@ -51,5 +51,5 @@ def sparsity(model: "Model") -> tuple[float, str]:
     """(fraction of zero weights over the pruned layers, format of the first pruned weight)."""
     s = c_double(0)
     fmt = c_char_p()
-    L.check(L.fn("mop_model_sparsity")(model._ptr, byref(s), byref(fmt)))
+    L.check(L.call("mop_model_sparsity", model, byref(s), byref(fmt)))
     return float(s.value), (fmt.value or b"").decode()
