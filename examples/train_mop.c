@@ -103,7 +103,8 @@ int main(int argc, char **argv)
     mop_loss_params lp = mop_loss_default_params();
     for (int step = 0; step < steps; step++) {
         const example *e = &ex[step % n_ex];
-        mop_batch batch = {sizeof batch, 1, e->len, e->tokens, &e->len, e->mask, NULL};
+        mop_batch batch = {.struct_size = sizeof batch, .n_seq = 1, .seq_len = e->len,
+                           .tokens = e->tokens, .lengths = &e->len, .loss_mask = e->mask};
         mop_loss_result res = {sizeof res, 0, 0, 0};
         float lr;
         mop_mixture_zero_grad(mix);

@@ -1069,6 +1069,60 @@ static void test_init_experts(void **state)
     mop_model_free(m);
 }
 
+
+/* Cached layer-L_p states: a training step and an evaluation from them equal,
+ * bit for bit, the ones that run layers [0, L_p); a batch of the 0.1 size
+ * (without the cache fields) is still accepted. */
+static void test_cached_states_equal_uncached(void **state)
+{
+    (void)state;
+    mop_model *m = tiny_model(TL);
+    mop_ctx *c = gate_ctx(m, 16);
+    mop_mixture *mx = shaped_mixture(m, edit_shared);
+    mop_batch b = tiny_batch();
+    float *st[BB], u[BB * TD];
+    for (int s = 0; s < BB; s++)
+        st[s] = malloc((size_t)g_len[s] * TD * sizeof(float));
+    assert_int_equal(mop_mixture_inject_states(c, mx, &b, st, u), MOP_OK);
+    float *grad;
+    size_t n;
+    assert_int_equal(mop_mixture_data(mx, NULL, &grad, &n), MOP_OK);
+    float *g0 = malloc(n * sizeof(float));
+    mop_loss_params lp = mop_loss_default_params();
+    lp.gate_supervision = 0.3f;
+    mop_mixture_zero_grad(mx);
+    double l0 = fb_loss(c, mx, &b, &lp);
+    memcpy(g0, grad, n * sizeof(float));
+    mop_batch bc = b;
+    bc.states = (const float *const *)st;
+    bc.gate_input = u;
+    mop_mixture_zero_grad(mx);
+    double l1 = fb_loss(c, mx, &bc, &lp);
+    assert_true(l0 == l1);
+    assert_memory_equal(g0, grad, n * sizeof(float));
+    const mop_mixture *list[1] = {mx};
+    double nll0[BB], nll1[BB];
+    assert_int_equal(mop_mixture_evaluate(c, list, 1, &b, nll0, NULL, NULL), MOP_OK);
+    assert_int_equal(mop_mixture_evaluate(c, list, 1, &bc, nll1, NULL, NULL), MOP_OK);
+    assert_memory_equal(nll0, nll1, sizeof nll0);
+    /* the old batch size; states without gate_input */
+    mop_batch old = b;
+    old.struct_size = (uint32_t)offsetof(mop_batch, states);
+    mop_mixture_zero_grad(mx);
+    assert_true(fb_loss(c, mx, &old, &lp) == l0);
+    bc.gate_input = NULL;
+    mop_loss_result r = {.struct_size = sizeof r};
+    assert_int_equal(mop_mixture_forward_backward(c, mx, &bc, &lp, &r), MOP_E_INVALID_ARG);
+    old.struct_size = (uint32_t)offsetof(mop_batch, states) - 1;
+    assert_int_equal(mop_mixture_forward_backward(c, mx, &old, &lp, &r), MOP_E_INVALID_ARG);
+    for (int s = 0; s < BB; s++)
+        free(st[s]);
+    free(g0);
+    mop_mixture_free(mx);
+    mop_ctx_free(c);
+    mop_model_free(m);
+}
+
 /* ---- allocation failures ---------------------------------------------------------- */
 
 /* Every allocation of create, a training step, prepare and save/load fails
@@ -1161,6 +1215,7 @@ int main(void)
         cmocka_unit_test(test_content_pool),
         cmocka_unit_test(test_pretrain_early_stop),
         cmocka_unit_test(test_init_experts),
+        cmocka_unit_test(test_cached_states_equal_uncached),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -239,7 +239,16 @@ typedef struct mop_batch {
     const int32_t *tokens;     /**< (B, T) token ids; padding ids are ignored */
     const int32_t *lengths;    /**< (B) real lengths, 1..T */
     const uint8_t *loss_mask;  /**< (B, T): 1 where token t is a target (predicted from t-1); NULL = every real token after the first */
-    const int32_t *task;       /**< (B) task labels 0..K-1 for gate supervision, or NULL */
+    const int32_t *task;       /**< (B) task labels 0..K-1 for gate supervision and the
+                                    oracle gate, or NULL */
+    /* since 0.2 (struct_size tells whether a caller set them) */
+    const float *const *states; /**< (B) NULL, or per sequence NULL or its hidden states
+                                     entering layer L_p, (lengths[b], d), from
+                                     mop_mixture_inject_states(): that sequence then skips
+                                     layers [0, L_p) in training and evaluation. Valid for
+                                     mixtures of the same L_g, L_p and gate_pool */
+    const float *gate_input;    /**< (B, d) the raw gate inputs of those sequences (from the
+                                     same call); required with @c states for a learned gate */
 } mop_batch;
 
 /** Loss options. Fill with mop_loss_default_params(). */
@@ -387,6 +396,25 @@ MOP_API MOP_NODISCARD mop_status mop_mixture_prepare(mop_ctx *ctx, mop_mixture *
  */
 MOP_API MOP_NODISCARD mop_status mop_mixture_gate_inputs(mop_ctx *ctx, const mop_mixture *m,
                                                          const mop_batch *batch, float *u);
+
+/**
+ * @brief What layers [0, L_p) give each sequence: its hidden states entering
+ * layer L_p and its raw pooled gate input. They do not depend on the prompts
+ * or the gate, so a training loop can compute them once per example and pass
+ * them back through mop_batch.states / .gate_input every epoch (the
+ * results are bit-identical to computing them again).
+ * @param[in,out] ctx        a context on the mixture's model; its cache is used as scratch
+ * @param[in]     m          the mixture (not modified; only L_g, L_p and gate_pool matter)
+ * @param[in]     batch      the sequences (its own states/gate_input are ignored)
+ * @param[out]    states     (B) buffers of (lengths[b], d) floats each
+ * @param[out]    gate_input (B, d) raw pooled gate inputs (may be NULL)
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL, bad batch, mixture on another
+ *         model), ::MOP_E_RANGE (a sequence longer than n_batch), ::MOP_E_NOMEM
+ */
+MOP_API MOP_NODISCARD mop_status mop_mixture_inject_states(mop_ctx *ctx, const mop_mixture *m,
+                                                           const mop_batch *batch,
+                                                           float *const *states,
+                                                           float *gate_input);
 
 /**
  * @brief Add the moments of @p n input rows to running sums:

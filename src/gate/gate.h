@@ -154,6 +154,16 @@ int gate_groups_separate(const mop_mixture_params *p);
 void gate_saved_rows(fwd_layer_saved *grp, const fwd_layer_saved *sv, const mop_hparams *hp,
                      int32_t first_layer, int64_t r0);
 
+/* The batch's cached layer-L_p states of sequence b, or NULL (also for a
+ * caller whose mop_batch predates the field). */
+const float *gate_batch_state(const mop_batch *batch, int32_t b);
+
+/* Sequence b of batch up to layer `to` (L_g, or L_p): x (T, d) = the hidden
+ * states entering it, u (d) = the raw pooled gate input; taken from the
+ * batch's cached states when it has them and to is L_p. pos (T) = 0..T-1. */
+void gate_run_to(mop_ctx *ctx, const mop_mixture *m, float *x, float *u, const mop_batch *batch,
+                 int32_t b, const int32_t *pos, int32_t to);
+
 /* bias (S) on the prompt keys: group k < K gets log(K·w_k) or log w_k (-inf for
  * w_k = 0), shared groups 0. */
 void gate_fill_bias(const mop_mixture_params *p, float *bias, const float *w);

@@ -256,17 +256,15 @@ mop_status mop_mixture_forward_backward(mop_ctx *ctx, mop_mixture *m, const mop_
     double nll_sum = 0.0;
     for (int32_t b = 0; b < B; b++) {
         const int32_t T = batch->lengths[b];
-        const int32_t *tok = batch->tokens + (int64_t)b * batch->seq_len;
         float *ub = ws->u + b * d, *ab_ = ws->a + (int64_t)b * p->gate_hidden;
         float *pib = ws->pi + b * K, *wb = ws->w + b * K, *Gb = ws->G + b * K;
         for (int32_t t = 0; t < T; t++)
             ws->pos[t] = t;
-        gate_embed_and_pool(ctx, m, ws->x, ub, tok, T, gate_pool_len(batch, b), ws->pos);
+        gate_run_to(ctx, m, ws->x, ub, batch, b, ws->pos, lm ? Lp : Lg);
         gate_standardize(m, ub);
         gate_forward_one(m, ab_, pib, wb, ub, batch->task ? batch->task[b] : -1);
         if (!lm)
             continue;
-        forward_layers(ctx, ws->x, T, ws->pos, Lg, Lp, NULL);
 
         attn_extra ex;
         memset(&ex, 0, sizeof ex);

@@ -1,6 +1,7 @@
 /* Mixture forward: gate, prompt stream, injection at L_p; evaluation,
  * gating, generation and the inference prompt K/V cache. */
 #include <math.h>
+#include <stddef.h>
 #include <string.h>
 
 #include "backward.h"
@@ -170,9 +171,12 @@ mop_status gate_ws_reserve(gate_ws *ws, const mop_mixture *m, int32_t T, int32_t
 mop_status gate_check_batch(const mop_ctx *ctx, const mop_batch *batch, int32_t need_task_K,
                             const char *fn)
 {
-    if (batch->struct_size < sizeof(mop_batch))
+    if (batch->struct_size < offsetof(mop_batch, states) || batch->struct_size > sizeof(mop_batch))
         return mop_fail(MOP_E_INVALID_ARG, "%s: batch->struct_size %u (expected %zu)", fn,
                         batch->struct_size, sizeof(mop_batch));
+    const int cached = batch->struct_size >= sizeof(mop_batch) && batch->states;
+    if (cached && !batch->gate_input)
+        return mop_fail(MOP_E_INVALID_ARG, "%s: batch->states needs batch->gate_input", fn);
     if (batch->n_seq < 1 || batch->seq_len < 2)
         return mop_fail(MOP_E_INVALID_ARG, "%s: batch of %d sequences of %d tokens (need >= 1, >= 2)",
                         fn, batch->n_seq, batch->seq_len);
@@ -357,6 +361,30 @@ void gate_standardize(const mop_mixture *m, float *u)
     const int64_t d = m->model->hp.n_embd;
     for (int64_t i = 0; i < d; i++)
         u[i] = (u[i] - m->in_mean[i]) / m->in_std[i];
+}
+
+const float *gate_batch_state(const mop_batch *batch, int32_t b)
+{
+    if (batch->struct_size < sizeof(mop_batch) || !batch->states)
+        return NULL;
+    return batch->states[b];
+}
+
+void gate_run_to(mop_ctx *ctx, const mop_mixture *m, float *x, float *u, const mop_batch *batch,
+                 int32_t b, const int32_t *pos, int32_t to)
+{
+    const int64_t d = m->model->hp.n_embd;
+    const int32_t T = batch->lengths[b];
+    const float *st = gate_batch_state(batch, b);
+    if (st && to == m->p.inject_layer) {
+        memcpy(x, st, (size_t)T * (size_t)d * sizeof(float));
+        memcpy(u, batch->gate_input + (int64_t)b * d, (size_t)d * sizeof(float));
+        return;
+    }
+    gate_embed_and_pool(ctx, m, x, u, batch->tokens + (int64_t)b * batch->seq_len, T,
+                        gate_pool_len(batch, b), pos);
+    if (to > m->p.gate_layer)
+        forward_layers(ctx, x, T, pos, m->p.gate_layer, to, NULL);
 }
 
 void gate_embed_and_pool(mop_ctx *ctx, const mop_mixture *m, float *x, float *u,
@@ -562,12 +590,11 @@ static void eval_one(mop_ctx *ctx, gate_ws *ws, const mop_mixture *m, const mop_
     }
     const mop_mixture_params *p = &m->p;
     const int32_t S = mixture_stream_len(p);
-    gate_embed_and_pool(ctx, m, ws->x, ws->u, tok, T, gate_pool_len(batch, b), ws->pos);
+    gate_run_to(ctx, m, ws->x, ws->u, batch, b, ws->pos, p->inject_layer);
     gate_standardize(m, ws->u);
     gate_forward_one(m, ws->a, ws->pi, ws->w, ws->u, batch->task ? batch->task[b] : -1);
     if (w_out)
         memcpy(w_out, ws->w, (size_t)p->n_experts * sizeof(float));
-    forward_layers(ctx, ws->x, T, ws->pos, p->gate_layer, p->inject_layer, NULL);
 
     gate_prompt_positions(p, ws->ppos);
     attn_extra ex;
@@ -720,6 +747,39 @@ mop_status mop_mixture_gate_inputs(mop_ctx *ctx, const mop_mixture *m, const mop
 {
     MOP_CHECK_ARG(u);
     return gate_batch(ctx, m, batch, NULL, u, "mop_mixture_gate_inputs");
+}
+
+mop_status mop_mixture_inject_states(mop_ctx *ctx, const mop_mixture *m, const mop_batch *batch,
+                                     float *const *states, float *gate_input)
+{
+    static const char fn[] = "mop_mixture_inject_states";
+    MOP_CHECK_ARG(ctx && m && batch && states);
+    if (ctx->model != m->model)
+        return mop_fail(MOP_E_INVALID_ARG, "%s: the mixture and the context use different models",
+                        fn);
+    MOP_TRY(gate_check_batch(ctx, batch, 0, fn));
+    for (int32_t b = 0; b < batch->n_seq; b++)
+        MOP_CHECK_ARG(states[b]);
+    mop_batch plain = *batch; /* computed, never taken from a cache */
+    plain.struct_size = (uint32_t)offsetof(mop_batch, states);
+    int32_t maxT = 1;
+    for (int32_t b = 0; b < batch->n_seq; b++)
+        maxT = MOP_MAX(maxT, batch->lengths[b]);
+    gate_ws ws;
+    memset(&ws, 0, sizeof ws);
+    MOP_TRY(gate_ws_reserve(&ws, m, maxT, 1, 1, 0));
+    const int64_t d = m->model->hp.n_embd;
+    mop_ctx_reset(ctx);
+    for (int32_t t = 0; t < maxT; t++)
+        ws.pos[t] = t;
+    for (int32_t b = 0; b < batch->n_seq; b++) {
+        gate_run_to(ctx, m, states[b], ws.u, &plain, b, ws.pos, m->p.inject_layer);
+        if (gate_input)
+            memcpy(gate_input + b * d, ws.u, (size_t)d * sizeof(float));
+    }
+    gate_ws_free(&ws);
+    mop_ctx_reset(ctx);
+    return MOP_OK;
 }
 
 /* ---- generation ---------------------------------------------------------------- */
