@@ -11,6 +11,14 @@
  * fedavg; names as in `mop fed-sim --help`), applies the result and prints
  * the validation perplexity. Last line: `perplexity: X`.
  *
+ * Before round 1 (learned gate): every client computes the moments (n, Σu,
+ * Σu²) of its examples' gate inputs, MPI_Allreduce adds them and every rank
+ * sets the gate's input statistics; with >= 2 tasks and K >= tasks every
+ * client then pre-trains the global gate on its task labels and a second
+ * MPI_Allreduce of (n_c·θ_c, n_c) gives the example-weighted mean gate. Each
+ * client keeps its two AdamW states (experts: lr 3e-3; gate: lr 1e-3, clip 1)
+ * across rounds.
+ *
  * The logic, seeds and order are those of `mop fed-sim --split iid --batch 2
  * --lr 3e-3 --seed 1234`, which prints the same numbers. Public API only;
  * one compute thread per rank. */
@@ -25,6 +33,7 @@
 
 #define BATCH 2
 #define LR 3e-3f
+#define GATE_LR 1e-3f
 #define SEED 1234u
 
 static int rank;
@@ -75,6 +84,7 @@ typedef struct example {
     int32_t *tokens;
     uint8_t *mask; /* 1 on target tokens (the response) */
     int32_t len;
+    int32_t task;  /* index of its "task" in the training file's sorted task names, or -1 */
 } example;
 
 typedef struct dataset {
@@ -83,8 +93,57 @@ typedef struct dataset {
     int32_t max_len;
 } dataset;
 
-/* Examples cut to max_len tokens; those with no target left are dropped. */
-static void load_jsonl(const mop_model *model, const char *path, int32_t max_len, dataset *ds)
+/* The distinct "task" names of a JSONL file, sorted (task ids, as `mop`). */
+typedef struct task_list {
+    char **names;
+    int32_t n;
+} task_list;
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static void load_tasks(const char *path, task_list *tl)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        die("cannot open a data file");
+    memset(tl, 0, sizeof *tl);
+    char *line = NULL;
+    size_t cap = 0;
+    while (getline(&line, &cap, f) > 0) {
+        cJSON *obj = cJSON_Parse(line);
+        const cJSON *t = cJSON_GetObjectItemCaseSensitive(obj, "task");
+        int32_t k = 0;
+        while (cJSON_IsString(t) && k < tl->n && strcmp(tl->names[k], t->valuestring) != 0)
+            k++;
+        if (cJSON_IsString(t) && k == tl->n) {
+            if (!(tl->names = realloc(tl->names, (size_t)(tl->n + 1) * sizeof *tl->names)) ||
+                !(tl->names[tl->n] = strdup(t->valuestring)))
+                die("out of memory");
+            tl->n++;
+        }
+        cJSON_Delete(obj);
+    }
+    free(line);
+    fclose(f);
+    if (tl->n)
+        qsort(tl->names, (size_t)tl->n, sizeof *tl->names, cmp_str);
+}
+
+static int32_t task_id(const task_list *tl, const char *name)
+{
+    for (int32_t k = 0; name && k < tl->n; k++)
+        if (strcmp(tl->names[k], name) == 0)
+            return k;
+    return -1;
+}
+
+/* Examples cut to max_len tokens; those with no target left are dropped.
+ * Tokenized with an empty system turn, as `mop fed-sim` by default. */
+static void load_jsonl(const mop_model *model, const char *path, int32_t max_len,
+                       const task_list *tl, dataset *ds)
 {
     FILE *f = fopen(path, "r");
     if (!f)
@@ -101,15 +160,17 @@ static void load_jsonl(const mop_model *model, const char *path, int32_t max_len
             continue; /* blank or malformed line */
         }
         size_t n = 0;
-        mop_status st = mop_tokenize_example(model, ins->valuestring, res->valuestring, NULL,
-                                             NULL, 0, &n); /* size query */
+        mop_status st = mop_tokenize_example_v2(model, "", ins->valuestring, res->valuestring,
+                                                NULL, NULL, 0, &n); /* size query */
         if (st != MOP_E_RANGE)
             check(st, "tokenizing");
-        example e = {malloc(n * sizeof(int32_t)), malloc(n), 0};
+        example e = {malloc(n * sizeof(int32_t)), malloc(n), 0, -1};
         if (!e.tokens || !e.mask)
             die("out of memory");
-        check(mop_tokenize_example(model, ins->valuestring, res->valuestring, e.tokens, e.mask,
-                                   n, &n), "tokenizing");
+        check(mop_tokenize_example_v2(model, "", ins->valuestring, res->valuestring, e.tokens,
+                                      e.mask, n, &n), "tokenizing");
+        const cJSON *tk = cJSON_GetObjectItemCaseSensitive(obj, "task");
+        e.task = task_id(tl, cJSON_IsString(tk) ? tk->valuestring : NULL);
         cJSON_Delete(obj);
         e.len = n < (size_t)max_len ? (int32_t)n : max_len;
         e.mask[0] = 0;
@@ -270,6 +331,21 @@ static double perplexity(mop_ctx *ctx, const mop_mixture *m, const dataset *val,
 /* Client c, round r: copy the global values, S AdamW steps on batches of its
  * shuffled examples (cycling), mean gate weights if the server needs them,
  * and the DELTA update (with the mean loss as metadata). */
+/* Index of the first "gate.*" tensor in the flat buffer (n_params without a gate). */
+static size_t gate_offset(const mop_mixture *m)
+{
+    for (int32_t i = 0; i < mop_mixture_tensor_count(m); i++) {
+        mop_mixture_tensor_info ti = {.struct_size = sizeof ti};
+        if (mop_mixture_tensor_get_info(m, i, &ti) == MOP_OK && strncmp(ti.name, "gate.", 5) == 0)
+            return ti.offset;
+    }
+    return mop_mixture_n_params(m);
+}
+
+/* This client's AdamW states, created in its first round and kept: the
+ * moments persist between rounds, the parameters come from the server. */
+static mop_optimizer *opt_experts, *opt_gate;
+
 static mop_update *client_round(mop_ctx *ctx, mop_mixture *base, mop_mixture *local,
                                 const mop_update *global, const dataset *ds, const size_t *mine,
                                 size_t n_mine, int32_t r, int32_t c, int32_t steps, int need_usage,
@@ -287,10 +363,16 @@ static mop_update *client_round(mop_ctx *ctx, mop_mixture *base, mop_mixture *lo
     float *params, *grads;
     size_t n;
     check(mop_mixture_data(local, &params, &grads, &n), "mixture data");
-    mop_adamw_params ap = mop_adamw_default_params();
-    ap.lr = LR;
-    mop_optimizer *opt = NULL;
-    check(mop_optimizer_create(n, &ap, &opt), "creating the optimizer");
+    const size_t n_opt = gate_offset(local);
+    if (!opt_experts) {
+        mop_adamw_params ap = mop_adamw_default_params();
+        ap.lr = LR;
+        check(mop_optimizer_create(n_opt, &ap, &opt_experts), "creating the optimizer");
+        if (n_opt < n) {
+            ap.lr = GATE_LR; /* clip 1 (the default), as `mop fed-sim --gate-clip` */
+            check(mop_optimizer_create(n - n_opt, &ap, &opt_gate), "creating the optimizer");
+        }
+    }
     mop_loss_params lp = mop_loss_default_params();
     int32_t B = n_mine < BATCH ? (int32_t)n_mine : BATCH;
     double loss = 0.0;
@@ -302,10 +384,13 @@ static mop_update *client_round(mop_ctx *ctx, mop_mixture *base, mop_mixture *lo
         mop_loss_result res = {.struct_size = sizeof res};
         mop_mixture_zero_grad(local);
         check(mop_mixture_forward_backward(ctx, local, &bt->b, &lp, &res), "local step");
-        check(mop_optimizer_step(opt, params, grads, n, 1.0f, NULL, NULL), "optimizer step");
+        check(mop_optimizer_step(opt_experts, params, grads, n_opt, 1.0f, NULL, NULL),
+              "optimizer step");
+        if (opt_gate)
+            check(mop_optimizer_step(opt_gate, params + n_opt, grads + n_opt, n - n_opt, 1.0f,
+                                     NULL, NULL), "optimizer step");
         loss += res.loss;
     }
-    mop_optimizer_free(opt);
     free(order);
 
     float usage[256], w[BATCH * 256];
@@ -329,6 +414,101 @@ static mop_update *client_round(mop_ctx *ctx, mop_mixture *base, mop_mixture *lo
     snprintf(text, sizeof text, "%.17g", loss / steps);
     check(mop_update_set_meta(u, "loss", text), "update metadata");
     return u;
+}
+
+/* Before round 1: the gate's input statistics from every client's moments
+ * (MPI_Allreduce of [n, Σu, Σu²]; the server adds zeros), set on every rank;
+ * then, with >= 2 tasks and K >= tasks, each client pre-trains the global
+ * gate on its labels and a second MPI_Allreduce of [n_c·θ_c, n_c] gives the
+ * example-weighted mean, written into every rank's global mixture. */
+static void gate_setup(mop_ctx *ctx, mop_mixture *global, mop_mixture *local, const dataset *ds,
+                       const size_t *mine, size_t n_mine, int32_t n_tasks, int32_t n_clients,
+                       batch *bt)
+{
+    mop_mixture_params mp = {.struct_size = sizeof mp};
+    check(mop_mixture_get_params(global, &mp), "mixture params");
+    if (mp.gate_mode != MOP_GATE_LEARNED)
+        return;
+    mop_mixture_tensor_info ti = {.struct_size = sizeof ti};
+    check(mop_mixture_tensor_get_info(global, 0, &ti), "tensor info");
+    const int32_t d = (int32_t)ti.dims[2];
+    float *u = malloc((n_mine ? n_mine : 1) * (size_t)d * sizeof *u);
+    double *mom = calloc(1 + 2 * (size_t)d, sizeof *mom);
+    if (!u || !mom)
+        die("out of memory");
+    double t0 = MPI_Wtime();
+    for (size_t first = 0; first < n_mine; first += BATCH) {
+        int32_t nb = n_mine - first < BATCH ? (int32_t)(n_mine - first) : BATCH;
+        fill_batch(bt, ds, mine + first, nb);
+        check(mop_mixture_gate_inputs(ctx, global, &bt->b, u + first * (size_t)d), "gate inputs");
+    }
+    mom[0] = (double)n_mine;
+    check(mop_mixture_input_moments(u, (int32_t)n_mine, d, mom + 1, mom + 1 + d), "moments");
+    MPI_Allreduce(MPI_IN_PLACE, mom, 1 + 2 * d, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+    check(mop_mixture_set_input_stats(global, mom[0], mom + 1, mom + 1 + d), "input statistics");
+    if (local)
+        check(mop_mixture_set_input_stats(local, mom[0], mom + 1, mom + 1 + d),
+              "input statistics");
+    if (rank == 0)
+        printf("gate input statistics: %.0f examples from %d clients, merged as exact sums of "
+               "the clients' moments (%.1f s)\n", mom[0], (int)n_clients, MPI_Wtime() - t0);
+    if (n_tasks >= 2 && mp.n_experts >= n_tasks) {
+        float *gp, *lp = NULL;
+        size_t n;
+        check(mop_mixture_data(global, &gp, NULL, &n), "mixture data");
+        const size_t off = gate_offset(global), g = n - off;
+        double *acc = calloc(g + 1, sizeof *acc);
+        int32_t *task = malloc((n_mine ? n_mine : 1) * sizeof *task);
+        if (!acc || !task)
+            die("out of memory");
+        int ok = n_mine > 0;
+        for (size_t i = 0; i < n_mine; i++) {
+            task[i] = ds->ex[mine[i]].task;
+            ok &= task[i] >= 0 && task[i] < mp.n_experts;
+        }
+        if (local && ok) {
+            check(mop_mixture_data(local, &lp, NULL, NULL), "mixture data");
+            memcpy(lp, gp, n * sizeof *lp);
+            mop_gate_pretrain_params pp;
+            check(mop_gate_pretrain_params_init(&pp), "pre-training settings");
+            pp.seed = client_seed(SEED, -1, rank - 1, 4);
+            check(mop_mixture_pretrain_gate(local, u, task, (int32_t)n_mine, NULL, NULL, 0, &pp,
+                                            NULL), "gate pre-training");
+            for (size_t j = 0; j < g; j++)
+                acc[j] = (double)n_mine * (double)lp[off + j];
+            acc[g] = (double)n_mine;
+        }
+        MPI_Allreduce(MPI_IN_PLACE, acc, (int)(g + 1), MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+        if (acc[g] > 0.5)
+            for (size_t j = 0; j < g; j++)
+                gp[off + j] = (float)(acc[j] / acc[g]);
+        if (rank == 0 && acc[g] > 0.5) { /* the averaged gate's argmax on the validation set */
+            size_t hits = 0, idx[BATCH];
+            float w[BATCH * 256];
+            for (size_t first = 0; first < ds->n; first += BATCH) {
+                int32_t nb = ds->n - first < BATCH ? (int32_t)(ds->n - first) : BATCH;
+                for (int32_t b = 0; b < nb; b++)
+                    idx[b] = first + (size_t)b;
+                fill_batch(bt, ds, idx, nb);
+                check(mop_mixture_gate(ctx, global, &bt->b, w), "gate weights");
+                for (int32_t b = 0; b < nb; b++) {
+                    int32_t best = 0;
+                    for (int32_t k = 1; k < mp.n_experts; k++)
+                        if (w[b * mp.n_experts + k] > w[b * mp.n_experts + best])
+                            best = k;
+                    hits += best == ds->ex[first + (size_t)b].task;
+                }
+            }
+            printf("federated gate pre-training: gate averaged over the clients (weights = "
+                   "example counts), argmax accuracy %.4f on %zu validation examples\n",
+                   (double)hits / (double)ds->n, ds->n);
+        }
+        free(acc);
+        free(task);
+    }
+    fflush(stdout);
+    free(u);
+    free(mom);
 }
 
 int main(int argc, char **argv)
@@ -365,7 +545,9 @@ int main(int argc, char **argv)
     mop_model *model = NULL;
     check(mop_model_load(argv[1], &lp, &model), "loading the model");
     dataset ds;
-    load_jsonl(model, rank == 0 ? argv[3] : argv[2], max_len, &ds); /* server: val; clients: train */
+    task_list tl; /* task ids: the training file's sorted task names, on every rank */
+    load_tasks(argv[2], &tl);
+    load_jsonl(model, rank == 0 ? argv[3] : argv[2], max_len, &tl, &ds); /* server: val; clients: train */
     mop_mixture *global = NULL, *local = NULL;
     check(mop_mixture_create(model, &mp, &global), "creating the mixture");
     mop_ctx_params cp = mop_ctx_default_params();
@@ -389,6 +571,8 @@ int main(int argc, char **argv)
                 mine[n_mine++] = i;
         free(client_of);
     }
+
+    gate_setup(ctx, global, local, &ds, mine, n_mine, tl.n, n_clients, &bt);
 
     mop_aggregator *agg = NULL;
     double ppl = 0.0;
@@ -451,7 +635,12 @@ int main(int argc, char **argv)
         free(ds.ex[i].mask);
     }
     free(ds.ex);
+    for (int32_t k = 0; k < tl.n; k++)
+        free(tl.names[k]);
+    free(tl.names);
     free(mine);
+    mop_optimizer_free(opt_experts);
+    mop_optimizer_free(opt_gate);
     mop_aggregator_free(agg);
     mop_ctx_free(ctx);
     mop_mixture_free(local);

@@ -23,4 +23,28 @@ int32_t *cli_gate_labels(const cli_dataset *ds);
 int cli_gate_pretrain(mop_mixture *m, const float *u, const cli_dataset *ds, const float *uv,
                       const cli_dataset *val, int32_t max_epochs, float lr, uint64_t seed);
 
+/* Width d of the gate's input (the model's width); 0 on error. */
+int32_t cli_gate_width(const mop_mixture *m);
+
+/* cli_gate_inputs over the examples rows[0..n_rows) of ds only (rows NULL:
+ * every example), (n_rows, d) in *u (malloc'ed). CLI_ERROR after printing. */
+int cli_gate_inputs_rows(mop_ctx *ctx, const mop_mixture *m, const cli_dataset *ds,
+                         const size_t *rows, size_t n_rows, cli_batch *cb, int32_t B, float **u);
+
+/* Pre-train the gate on n rows u with labels task (validation rows uv/task_val,
+ * n_val of them, or NULL/0: the training rows decide). Prints one summary
+ * line starting with `label` unless quiet; *result may be NULL.
+ * CLI_ERROR after printing. */
+int cli_gate_pretrain_rows(mop_mixture *m, const float *u, const int32_t *task, int32_t n,
+                           const float *uv, const int32_t *task_val, int32_t n_val,
+                           int32_t max_epochs, float lr, uint64_t seed, const char *label,
+                           int quiet, mop_gate_pretrain_result *result);
+
+/* Share of ds's examples whose argmax gate weight is their task (one pass
+ * through layers [0, L_g) with mop_mixture_gate). ids: the data set whose
+ * task ids the gate learned (ds's task names are looked up there), or NULL
+ * (ds's own ids). CLI_ERROR after printing. */
+int cli_gate_accuracy(mop_ctx *ctx, const mop_mixture *m, const cli_dataset *ds,
+                      const cli_dataset *ids, cli_batch *cb, int32_t B, double *accuracy);
+
 #endif

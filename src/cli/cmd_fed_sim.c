@@ -17,12 +17,15 @@
 #include "cli.h"
 #include "cli_common.h"
 #include "cli_data.h"
+#include "cli_gate.h"
 
 typedef struct fed_opts {
     const char *data, *val, *out, *csv, *strategy, *split, *baseline, *attack, *system;
     int32_t template_system;
     int32_t n_clients, rounds, local_steps, K, P, B, max_len, n_threads, malicious, krum_f;
     int32_t secure_agg, split_kind; /* 0 skewed, 1 iid, 2 dirichlet */
+    int32_t pretrain_epochs, no_pretrain;
+    float gate_lr, gate_clip, pretrain_lr;
     float alpha, lr, skew_ratio, prox_mu, dp_clip, dp_noise, dp_delta, server_lr, trim_ratio;
     uint64_t seed;
 } fed_opts;
@@ -93,7 +96,46 @@ typedef struct fed_state {
     size_t *n_members;       /* (n_clients) */
     size_t *order, *idx;     /* scratch: (ds->n), (B) */
     float *usage, *w;        /* (K), (B, K) */
+    size_t n_opt;            /* floats before the gate slice ("gate.*"): the experts */
+    mop_optimizer **opt;     /* (n_clients) each client's experts AdamW, kept across rounds */
+    mop_optimizer **opt_gate; /* (n_clients) each client's gate AdamW, kept across rounds */
 } fed_state;
+
+/* Index of the first gate tensor in the flat buffer (the experts come first);
+ * n_params when the mixture has no gate. */
+static size_t gate_offset(const mop_mixture *m)
+{
+    for (int32_t i = 0; i < mop_mixture_tensor_count(m); i++) {
+        mop_mixture_tensor_info ti;
+        memset(&ti, 0, sizeof ti);
+        ti.struct_size = sizeof ti;
+        if (mop_mixture_tensor_get_info(m, i, &ti) == MOP_OK && strncmp(ti.name, "gate.", 5) == 0)
+            return ti.offset;
+    }
+    return mop_mixture_n_params(m);
+}
+
+/* Client c's optimizers, created on its first round and kept afterwards: its
+ * AdamW moments and step count persist from round to round (the parameters
+ * come from the server every round). A fresh optimizer each round would make
+ * every round's first step lr*sign(g) on every weight. */
+static int client_optimizers(fed_state *fs, int32_t c, size_t n)
+{
+    const fed_opts *o = fs->o;
+    mop_status st = MOP_OK;
+    if (!fs->opt[c]) {
+        mop_adamw_params ap = mop_adamw_default_params();
+        ap.lr = o->lr;
+        st = mop_optimizer_create(fs->n_opt, &ap, &fs->opt[c]);
+    }
+    if (st == MOP_OK && !fs->opt_gate[c] && fs->n_opt < n) {
+        mop_adamw_params ap = mop_adamw_default_params();
+        ap.lr = o->gate_lr;
+        ap.clip_norm = o->gate_clip;
+        st = mop_optimizer_create(n - fs->n_opt, &ap, &fs->opt_gate[c]);
+    }
+    return st == MOP_OK ? CLI_OK : cli_fail(st, "cannot create client %d's optimizer", (int)c);
+}
 
 /* Local training of client c from the global values `gu` (FULL): S AdamW
  * steps on batches of its shuffled examples (cycling), then the mean gate
@@ -119,11 +161,9 @@ static int client_train(fed_state *fs, const mop_update *gu, int64_t round, int3
     size_t n;
     if ((st = mop_mixture_data(fs->local, &params, &grads, &n)) != MOP_OK)
         return cli_fail(st, "cannot access the client mixture");
-    mop_adamw_params ap = mop_adamw_default_params();
-    ap.lr = o->lr;
-    mop_optimizer *opt = NULL;
-    if ((st = mop_optimizer_create(n, &ap, &opt)) != MOP_OK)
-        return cli_fail(st, "cannot create the client optimizer");
+    if (client_optimizers(fs, c, n) != CLI_OK)
+        return CLI_ERROR;
+    mop_optimizer *opt = fs->opt[c], *opt_gate = fs->opt_gate[c];
     int32_t B = (size_t)o->B < n_c ? o->B : (int32_t)n_c;
     double loss = 0.0;
     for (int32_t s = 0; s < o->local_steps; s++) {
@@ -136,15 +176,16 @@ static int client_train(fed_state *fs, const mop_update *gu, int64_t round, int3
         mop_mixture_zero_grad(fs->local);
         st = mop_mixture_forward_backward(fs->ctx, fs->local, &fs->cb.b, &lp, &res);
         if (st == MOP_OK)
-            st = mop_optimizer_step(opt, params, grads, n, 1.0f, NULL, NULL);
+            st = mop_optimizer_step(opt, params, grads, fs->n_opt, 1.0f, NULL, NULL);
+        if (st == MOP_OK && opt_gate)
+            st = mop_optimizer_step(opt_gate, params + fs->n_opt, grads + fs->n_opt,
+                                    n - fs->n_opt, 1.0f, NULL, NULL);
         if (st != MOP_OK) {
-            mop_optimizer_free(opt);
             return cli_fail(st, "round %d, client %d: local step %d failed", (int)round + 1,
                             (int)c, (int)s + 1);
         }
         loss += res.loss;
     }
-    mop_optimizer_free(opt);
     *loss_mean = loss / o->local_steps;
 
     /* gate usage: mean gate weights over the client's examples (only
@@ -219,14 +260,16 @@ static void secagg_free(fed_secagg *sa, int32_t n_clients)
 /* Steps 1-2 of the protocol: key pairs, public keys to everyone. The vector
  * of each client is its n_i-weighted delta followed by n_i, so the server
  * learns only Σ n_i Δ_i and Σ n_i: weighted FedAvg without seeing a delta. */
-static int secagg_begin(fed_secagg *sa, int32_t n_clients, int64_t round, int64_t n_floats)
+static int secagg_begin_v(fed_secagg *sa, int32_t n_clients, int64_t round, int64_t length,
+                          float scale, float clip_range)
 {
     memset(sa, 0, sizeof *sa);
     sa->sp = mop_secagg_default_params();
     sa->sp.n_clients = n_clients;
     sa->sp.round = round;
-    sa->sp.length = n_floats + 1;
-    sa->sp.clip_range = 1048576.0f; /* 2^20 with scale 2^32: up to 2047 clients */
+    sa->sp.length = length;
+    sa->sp.scale = scale;
+    sa->sp.clip_range = clip_range;
     sa->clients = calloc((size_t)n_clients, sizeof *sa->clients);
     sa->vec = malloc((size_t)sa->sp.length * sizeof *sa->vec);
     uint8_t *keys = malloc((size_t)n_clients * MOP_SECAGG_KEY_BYTES);
@@ -257,6 +300,56 @@ static int secagg_begin(fed_secagg *sa, int32_t n_clients, int64_t round, int64_
     rc = CLI_OK;
 out:
     free(keys);
+    return rc;
+}
+
+static int secagg_begin(fed_secagg *sa, int32_t n_clients, int64_t round, int64_t n_floats)
+{
+    /* 2^20 with scale 2^32: up to 2047 clients */
+    return secagg_begin_v(sa, n_clients, round, n_floats + 1, 4294967296.0f, 1048576.0f);
+}
+
+/* One secure sum of a `length`-float vector per client: fill(user, c, vec)
+ * writes client c's vector (every value must lie in [-clip, clip], checked
+ * here: the protocol would clip silently), the server learns only the sum,
+ * written to sum (length floats). Fixed point x -> round(x*scale). */
+typedef int (*secure_fill_fn)(void *user, int32_t c, float *vec);
+
+static int secure_sum(int32_t n_clients, int64_t round, int64_t length, float scale, float clip,
+                      secure_fill_fn fill, void *user, float *sum)
+{
+    fed_secagg sa;
+    if (secagg_begin_v(&sa, n_clients, round, length, scale, clip) != CLI_OK) {
+        secagg_free(&sa, n_clients);
+        return CLI_ERROR;
+    }
+    int rc = CLI_ERROR;
+    mop_status st = MOP_OK;
+    for (int32_t c = 0; c < n_clients; c++) {
+        if (fill(user, c, sa.vec) != CLI_OK)
+            goto out;
+        for (int64_t j = 0; j < length; j++)
+            if (!(fabsf(sa.vec[j]) <= clip)) {
+                cli_error("secure aggregation: client %d's value %g is outside the fixed-point "
+                          "range +-%g", (int)c, (double)sa.vec[j], (double)clip);
+                goto out;
+            }
+        size_t n_blob = 0;
+        st = mop_secagg_client_mask(sa.clients[c], sa.vec, length, sa.blob, sa.blob_cap, &n_blob);
+        if (st == MOP_OK)
+            st = mop_secagg_server_add_masked(sa.server, sa.blob, n_blob);
+        if (st != MOP_OK) {
+            cli_fail(st, "secure aggregation: client %d", (int)c);
+            goto out;
+        }
+    }
+    if ((st = mop_secagg_server_finish(sa.server, sum, length, NULL, NULL)) != MOP_OK) {
+        cli_fail(st, "secure aggregation: the server cannot decode the sum");
+        goto out;
+    }
+    rc = CLI_OK;
+out:
+    secagg_free(&sa, n_clients);
     return rc;
 }
 
@@ -385,6 +478,240 @@ static void progress(int32_t r, int32_t R, int32_t c, int32_t N, double elapsed)
                  (int)c + 1, (int)N, elapsed);
 }
 
+/* ------------------------------------------------------------------------ */
+/* Before round 1: the gate's input statistics from the clients' moments, then
+ * per-client gate pre-training averaged by the server. */
+
+typedef struct fed_prep {
+    fed_state *fs;
+    float **u;          /* (n_clients) client c's raw gate inputs (n_c, d) */
+    int32_t d;
+    const double *mean; /* (d) stage 2 of the secure statistics: the global mean */
+    const float *theta; /* (n_clients, g) pre-trained gate slices */
+    size_t g;
+} fed_prep;
+
+/* Secure statistics, stage 1: [n_c, Σu (d)]. */
+static int fill_moments1(void *user, int32_t c, float *vec)
+{
+    fed_prep *p = user;
+    size_t n_c = p->fs->n_members[c];
+    double *s = calloc((size_t)p->d * 2, sizeof *s);
+    if (!s)
+        return cli_error("out of memory");
+    mop_status st = mop_mixture_input_moments(p->u[c], (int32_t)n_c, p->d, s, s + p->d);
+    vec[0] = (float)n_c;
+    for (int32_t j = 0; j < p->d; j++)
+        vec[1 + j] = (float)s[j];
+    free(s);
+    return st == MOP_OK ? CLI_OK : cli_fail(st, "client %d: input moments failed", (int)c);
+}
+
+/* Stage 2: Σ (u − μ)² around the global mean μ of stage 1 (the shift keeps
+ * the values small: raw Σu² of the massive-activation channels would not fit
+ * the fixed-point range, and Σu²/n − μ² from float sums would cancel). */
+static int fill_moments2(void *user, int32_t c, float *vec)
+{
+    fed_prep *p = user;
+    size_t n_c = p->fs->n_members[c];
+    for (int32_t j = 0; j < p->d; j++) {
+        double q = 0.0;
+        for (size_t i = 0; i < n_c; i++) {
+            double x = (double)p->u[c][i * (size_t)p->d + (size_t)j] - p->mean[j];
+            q += x * x;
+        }
+        vec[j] = (float)q;
+    }
+    return CLI_OK;
+}
+
+/* Gate averaging: [n_c·θ_c (g), n_c]. */
+static int fill_gate(void *user, int32_t c, float *vec)
+{
+    fed_prep *p = user;
+    double n_c = (double)p->fs->n_members[c];
+    for (size_t j = 0; j < p->g; j++)
+        vec[j] = (float)(n_c * (double)p->theta[(size_t)c * p->g + j]);
+    vec[p->g] = (float)n_c;
+    return CLI_OK;
+}
+
+/* Merged moments (n, Σu, Σu²) of every client's gate inputs: added exactly
+ * in double, or through two secure sums with --secure-agg. */
+static int merge_stats(fed_prep *p, double *n_out, double *sum, double *sumsq)
+{
+    fed_state *fs = p->fs;
+    const fed_opts *o = fs->o;
+    const int32_t N = o->n_clients, d = p->d;
+    if (!o->secure_agg) {
+        double n = 0.0;
+        for (int32_t c = 0; c < N; c++) {
+            mop_status st = mop_mixture_input_moments(p->u[c], (int32_t)fs->n_members[c], d,
+                                                      sum, sumsq);
+            if (st != MOP_OK)
+                return cli_fail(st, "client %d: input moments failed", (int)c);
+            n += (double)fs->n_members[c];
+        }
+        *n_out = n;
+        return CLI_OK;
+    }
+    /* scale 2^16, range 2^36: n·2^52 < 2^63 for up to 2047 clients */
+    const float scale = 65536.0f, clip = 68719476736.0f;
+    float *v = malloc((size_t)(d + 1) * sizeof *v);
+    double *mean = malloc((size_t)d * sizeof *mean);
+    int rc = CLI_ERROR;
+    if (!v || !mean) {
+        cli_error("out of memory");
+        goto out;
+    }
+    if (secure_sum(N, o->rounds, d + 1, scale, clip, fill_moments1, p, v) != CLI_OK)
+        goto out;
+    double n = floor((double)v[0] + 0.5);
+    if (!(n > 0.5)) {
+        cli_error("secure aggregation: the clients' total sample count is %g", n);
+        goto out;
+    }
+    for (int32_t j = 0; j < d; j++) {
+        sum[j] = (double)v[1 + j];
+        mean[j] = sum[j] / n;
+    }
+    p->mean = mean;
+    if (secure_sum(N, o->rounds + 1, d, scale, clip, fill_moments2, p, v) != CLI_OK)
+        goto out;
+    /* Σu² = Σ(u − μ)² + 2μΣu − nμ² */
+    for (int32_t j = 0; j < d; j++)
+        sumsq[j] = (double)v[j] + 2.0 * mean[j] * sum[j] - n * mean[j] * mean[j];
+    *n_out = n;
+    rc = CLI_OK;
+out:
+    p->mean = NULL;
+    free(v);
+    free(mean);
+    return rc;
+}
+
+static int fed_prepare_gate(fed_state *fs, const mop_mixture_params *got)
+{
+    const fed_opts *o = fs->o;
+    const int32_t N = o->n_clients;
+    const int pretrain = fs->learned_gate && !o->no_pretrain && fs->ds->n_tasks > 1 &&
+                         fs->K >= fs->ds->n_tasks;
+    if (fs->learned_gate && o->pretrain_epochs > 0 && !o->no_pretrain &&
+        fs->K < fs->ds->n_tasks)
+        return cli_error("--gate-pretrain-epochs needs --experts >= the %d tasks of the data",
+                         (int)fs->ds->n_tasks);
+    if (!fs->learned_gate || (!got->gate_norm && !pretrain))
+        return CLI_OK;
+    fed_prep p;
+    memset(&p, 0, sizeof p);
+    p.fs = fs;
+    p.d = cli_gate_width(fs->global);
+    float *gp, *lp;
+    size_t n;
+    mop_status st = mop_mixture_data(fs->global, &gp, NULL, &n);
+    if (st == MOP_OK)
+        st = mop_mixture_data(fs->local, &lp, NULL, NULL);
+    if (st != MOP_OK)
+        return cli_fail(st, "cannot access the mixtures");
+    p.g = n - fs->n_opt;
+    p.u = calloc((size_t)N, sizeof *p.u);
+    double *sum = calloc((size_t)p.d * 2, sizeof *sum), *sumsq = sum ? sum + p.d : NULL;
+    float *theta = malloc((size_t)N * (p.g ? p.g : 1) * sizeof *theta);
+    double *acc = calloc(p.g + 1, sizeof *acc);
+    float *avg = malloc((p.g + 1) * sizeof *avg);
+    int32_t *task = malloc((fs->ds->n ? fs->ds->n : 1) * sizeof *task);
+    int rc = CLI_ERROR;
+    if (!p.u || !sum || !theta || !acc || !avg || !task) {
+        cli_error("out of memory");
+        goto out;
+    }
+    /* every client's gate inputs: one pass through layers [0, L_g) over its
+     * own examples (the global mixture's gate layer and pooling) */
+    double t0 = cli_now();
+    for (int32_t c = 0; c < N; c++)
+        if (cli_gate_inputs_rows(fs->ctx, fs->global, fs->ds, fs->members[c], fs->n_members[c],
+                                 &fs->cb, o->B, &p.u[c]) != CLI_OK)
+            goto out;
+    double t_inputs = cli_now() - t0, n_tot = 0.0;
+    if (got->gate_norm) {
+        double t1 = cli_now();
+        if (merge_stats(&p, &n_tot, sum, sumsq) != CLI_OK)
+            goto out;
+        if ((st = mop_mixture_set_input_stats(fs->global, n_tot, sum, sumsq)) != MOP_OK ||
+            (st = mop_mixture_set_input_stats(fs->local, n_tot, sum, sumsq)) != MOP_OK) {
+            cli_fail(st, "cannot set the gate's input statistics");
+            goto out;
+        }
+        printf("gate input statistics: %.0f examples from %d clients, merged %s (inputs %.1f s, "
+               "merge %.3f s)\n", n_tot, (int)N,
+               o->secure_agg ? "by two secure sums (n, sum u; sum (u - mean)^2)"
+                             : "as exact sums of the clients' moments",
+               t_inputs, cli_now() - t1);
+        fflush(stdout);
+    }
+    if (pretrain) {
+        double t1 = cli_now();
+        for (int32_t c = 0; c < N; c++) {
+            size_t n_c = fs->n_members[c];
+            memcpy(theta + (size_t)c * p.g, gp + fs->n_opt, p.g * sizeof *theta);
+            if (n_c == 0)
+                continue; /* sends weight 0 */
+            for (size_t i = 0; i < n_c; i++)
+                task[i] = fs->ds->ex[fs->members[c][i]].task;
+            memcpy(lp, gp, n * sizeof *lp);
+            char label[64];
+            snprintf(label, sizeof label, "client %d gate pre-training", (int)c);
+            /* validation = the client's own training rows */
+            if (cli_gate_pretrain_rows(fs->local, p.u[c], task, (int32_t)n_c, NULL, NULL, 0,
+                                       o->pretrain_epochs, o->pretrain_lr,
+                                       client_seed(o->seed, -1, c, 4), label, 0, NULL) != CLI_OK)
+                goto out;
+            memcpy(theta + (size_t)c * p.g, lp + fs->n_opt, p.g * sizeof *theta);
+        }
+        p.theta = theta;
+        if (o->secure_agg) {
+            if (secure_sum(N, o->rounds + 2, (int64_t)p.g + 1, 4294967296.0f, 1048576.0f,
+                           fill_gate, &p, avg) != CLI_OK)
+                goto out;
+            for (size_t j = 0; j <= p.g; j++)
+                acc[j] = (double)avg[j];
+            acc[p.g] = floor(acc[p.g] + 0.5);
+        } else {
+            for (int32_t c = 0; c < N; c++) {
+                for (size_t j = 0; j < p.g; j++)
+                    acc[j] += (double)fs->n_members[c] * (double)theta[(size_t)c * p.g + j];
+                acc[p.g] += (double)fs->n_members[c];
+            }
+        }
+        if (!(acc[p.g] > 0.5)) {
+            cli_error("gate pre-training: no client has examples");
+            goto out;
+        }
+        for (size_t j = 0; j < p.g; j++)
+            gp[fs->n_opt + j] = (float)(acc[j] / acc[p.g]);
+        double accuracy = 0.0;
+        if (cli_gate_accuracy(fs->ctx, fs->global, fs->val, fs->ds, &fs->cb, o->B, &accuracy) !=
+            CLI_OK)
+            goto out;
+        printf("federated gate pre-training: gate averaged over %d clients (weights = example "
+               "counts%s), argmax accuracy %.4f on %zu validation examples (%.1f s)\n", (int)N,
+               o->secure_agg ? ", secure sum" : "", accuracy, fs->val->n, cli_now() - t1);
+        fflush(stdout);
+    }
+    rc = CLI_OK;
+out:
+    if (p.u)
+        for (int32_t c = 0; c < N; c++)
+            free(p.u[c]);
+    free(p.u);
+    free(sum);
+    free(theta);
+    free(acc);
+    free(avg);
+    free(task);
+    return rc;
+}
+
 static int run(mop_model *model, const fed_opts *o, const mop_mixture_params *mp,
                const cli_dataset *ds, const cli_dataset *val)
 {
@@ -433,6 +760,13 @@ static int run(mop_model *model, const fed_opts *o, const mop_mixture_params *mp
     }
     if (partition(&fs) != CLI_OK)
         goto out;
+    fs.n_opt = gate_offset(fs.global);
+    fs.opt = calloc((size_t)N, sizeof *fs.opt);
+    fs.opt_gate = calloc((size_t)N, sizeof *fs.opt_gate);
+    if (!fs.opt || !fs.opt_gate) {
+        cli_error("out of memory");
+        goto out;
+    }
 
     mop_aggregator_params ap = mop_aggregator_default_params();
     ap.strategy = strategy_id(o->strategy);
@@ -469,6 +803,9 @@ static int run(mop_model *model, const fed_opts *o, const mop_mixture_params *mp
     printf("\n");
     if (o->malicious > 0)
         printf("malicious: clients 0..%d (%s)\n", (int)o->malicious - 1, o->attack);
+    fflush(stdout);
+    if (fed_prepare_gate(&fs, &got) != CLI_OK)
+        goto out;
     double ppl;
     if (validate(&fs, &ppl) != CLI_OK)
         goto out;
@@ -600,6 +937,14 @@ out:
             free(fs.members[c]);
     free(fs.members);
     free(fs.n_members);
+    if (fs.opt)
+        for (int32_t c = 0; c < N; c++)
+            mop_optimizer_free(fs.opt[c]);
+    if (fs.opt_gate)
+        for (int32_t c = 0; c < N; c++)
+            mop_optimizer_free(fs.opt_gate[c]);
+    free(fs.opt);
+    free(fs.opt_gate);
     free(fs.client_of);
     free(fs.order);
     free(fs.idx);
@@ -620,6 +965,7 @@ int cli_cmd_fed_sim(int argc, char **argv)
         .rounds = 10, .local_steps = 10, .K = defaults.n_experts, .P = defaults.prompt_len,
         .B = 4, .max_len = 256, .krum_f = 1, .lr = 3e-3f, .skew_ratio = 15.0f,
         .dp_delta = 1e-5f, .server_lr = 0.0f, .trim_ratio = 0.1f, .seed = 1234,
+        .gate_lr = 1e-3f, .gate_clip = 1.0f,
     };
     const cli_opt opts[] = {
         {"data", 'd', CLI_STRING, &o.data, "FILE", "training data, JSONL {task, instruction, response}; required"},
@@ -637,7 +983,12 @@ int cli_cmd_fed_sim(int argc, char **argv)
         {"experts", 'K', CLI_INT, &o.K, "K", "number of experts; default 8"},
         {"prompt-len", 'P', CLI_INT, &o.P, "P", "soft tokens per expert; default 8"},
         {"batch", 'b', CLI_INT, &o.B, "B", "sequences per local step (and per evaluation call); default 4"},
-        {"lr", 0, CLI_FLOAT, &o.lr, "LR", "client AdamW learning rate (fresh optimizer each round); default 3e-3"},
+        {"lr", 0, CLI_FLOAT, &o.lr, "LR", "client AdamW learning rate of the experts (each client keeps its optimizer state across rounds); default 3e-3"},
+        {"gate-lr", 0, CLI_FLOAT, &o.gate_lr, "LR", "client learning rate of the gate (its own AdamW state, kept across rounds); default 1e-3"},
+        {"gate-clip", 0, CLI_FLOAT, &o.gate_clip, "X", "clip the gate's gradient to this norm, 0 = off; default 1"},
+        {"gate-pretrain-epochs", 0, CLI_INT, &o.pretrain_epochs, "N", "most epochs of each client's gate pre-training on task labels (on by default when the data has >= 2 tasks and K >= tasks); default 100"},
+        {"gate-pretrain-lr", 0, CLI_FLOAT, &o.pretrain_lr, "LR", "gate pre-training learning rate; default 3e-3"},
+        {"no-gate-pretrain", 0, CLI_FLAG, &o.no_pretrain, NULL, "skip the federated gate pre-training"},
         {"max-len", 0, CLI_INT, &o.max_len, "T", "cut examples to T tokens; default 256"},
         {"prox-mu", 0, CLI_FLOAT, &o.prox_mu, "MU", "FedProx: client loss + (MU/2)||theta - theta_global||^2; default 0"},
         {"dp-clip", 0, CLI_FLOAT, &o.dp_clip, "C", "clip each client delta to L2 norm C; default off"},
@@ -662,11 +1013,21 @@ int cli_cmd_fed_sim(int argc, char **argv)
         "on its own examples and sends the delta with its mean gate weights; the\n"
         "server aggregates the deltas with --strategy and updates the global mixture,\n"
         "whose validation perplexity (response tokens) is printed after every round.\n"
+        "Before round 1 (learned gate): every client computes its examples' gate\n"
+        "inputs and their moments (n, sum u, sum u^2); the server adds them and sets\n"
+        "the gate's input standardization. Then (>= 2 tasks and K >= tasks, unless\n"
+        "--no-gate-pretrain) every client pre-trains the global gate on its task\n"
+        "labels and the server averages the gates weighted by example counts.\n"
+        "Each client keeps its AdamW state (moments, step count) across rounds, one\n"
+        "for the experts (--lr) and one for the gate (--gate-lr, --gate-clip); only\n"
+        "the parameters come from the server each round.\n"
         "Strategies: fedavg fedavgm fedadam fedyogi fedadagrad median trimmed_mean\n"
         "krum multi_krum task_arithmetic ties dare breadcrumbs mop_aware.\n"
         "--dp-clip/--dp-noise: local DP, epsilon from the RDP accountant (sample\n"
         "rate 1, one step per round). --secure-agg: clients mask n_i*delta_i and n_i,\n"
-        "the server only learns the sums and takes their FedAvg (FedAvg family only).\n"
+        "the server only learns the sums and takes their FedAvg (FedAvg family only);\n"
+        "the gate's statistics (n, sum u, then sum (u - mean)^2) and the pre-trained\n"
+        "gates (n_i*gate_i, n_i) go through secure sums too.\n"
         "--malicious M: the first M clients attack (robustness experiments).\n"
         "Progress on stderr. The last line of stdout is 'perplexity: X' (final\n"
         "global mixture on --val).",
@@ -756,6 +1117,13 @@ int cli_cmd_fed_sim(int argc, char **argv)
                                o.strategy);
     if (o.secure_agg && o.n_clients < 2)
         return cli_usage_error(cmd, "--secure-agg needs --clients >= 2");
+    if (o.pretrain_epochs < 0)
+        return cli_usage_error(cmd, "--gate-pretrain-epochs must be >= 0");
+    if (!(o.gate_lr >= 0.0f && isfinite(o.gate_lr)) || !(o.gate_clip >= 0.0f && isfinite(o.gate_clip)) ||
+        !(o.pretrain_lr >= 0.0f && isfinite(o.pretrain_lr)))
+        return cli_usage_error(cmd, "--gate-lr, --gate-clip and --gate-pretrain-lr must be finite and >= 0");
+    if (o.baseline && o.pretrain_epochs > 0)
+        return cli_usage_error(cmd, "--baseline has no learned gate: --gate-pretrain-epochs does not apply");
 
     mop_mixture_params mp = defaults;
     mp.n_experts = o.K;

@@ -166,11 +166,27 @@ class MopClient(NumPyClient):
     ``clip_norm`` / ``noise_std`` / ``noise_seed`` (local DP) and the
     ``secagg_*`` keys (secure aggregation) are set by :class:`MopStrategy`.
     @p progress(message) is called once per fit with a summary line.
+
+    Gate set-up (driven by :class:`MopStrategy` before round 1 through
+    ``get_properties`` with ``mop_phase``): ``gate_moments`` returns the
+    moments (n, Σu, Σu²) of the client's pooled gate inputs;
+    ``gate_pretrain`` sets the merged statistics, pre-trains the sent gate on
+    the client's task labels (examples as dicts with a ``task`` key, ids =
+    positions in @p tasks, which must be the same list on every client) and
+    returns it. Fit configs carry the merged statistics (``gate_stats``).
+
+    Optimizer state: the client keeps two AdamW states across rounds, one
+    for the experts (@p lr, clip 1) and one for the gate (@p gate_lr,
+    @p gate_clip), kept per (run, client id) in the client's process (a
+    client re-created by Flower's engine in the same process finds them
+    again); only the parameters come from the server each round.
     """
 
     def __init__(self, model: Model, train: Sequence[Example], val: Sequence[Example] = (),
                  *, client_id: int = 0, local_steps: int = 4, batch_size: int = 2,
                  max_len: int = 96, lr: float = 3e-3, weight_decay: float = 0.0,
+                 gate_lr: float = 1e-3, gate_clip: float = 1.0,
+                 tasks: Optional[Sequence[str]] = None,
                  n_threads: int = 0, seed: int = 0, progress: Optional[Callable[[str], Any]] = None,
                  **mixture_params: Any) -> None:
         if not train:
@@ -183,7 +199,12 @@ class MopClient(NumPyClient):
         self.max_len, self.lr, self.weight_decay = int(max_len), float(lr), float(weight_decay)
         self.seed = int(seed)
         self.progress = progress
+        self.gate_lr, self.gate_clip = float(gate_lr), float(gate_clip)
+        self.tasks = list(tasks) if tasks is not None else None
         self.mixture = Mixture(model, **mixture_params)
+        self._n_opt = next((t.offset for t in self.mixture.tensor_info()
+                            if t.name.startswith("gate.")), self.mixture.n_params)
+        self._gate_u: Optional[np.ndarray] = None
         P = self.mixture.config["prompt_len"]
         self.ctx = Context(model, n_ctx=self.max_len + P + 8, n_batch=self.max_len + P + 8,
                            n_threads=n_threads)
@@ -196,6 +217,9 @@ class MopClient(NumPyClient):
     def get_properties(self, config: dict[str, Scalar]) -> dict[str, Scalar]:
         """Secure aggregation setup: with ``secagg_round`` in @p config, create
         this round's :class:`SecAggClient` and return its public key."""
+        phase = config.get("mop_phase")
+        if phase is not None:
+            return self._gate_phase(str(phase), config)
         if "secagg_round" not in config:
             return {"client_id": self.client_id}
         sa = SecAggClient(int(config["secagg_index"]), **_secagg_kwargs(config))
@@ -209,8 +233,10 @@ class MopClient(NumPyClient):
         bs = int(config.get("batch_size", self.batch_size))
         lr = float(config.get("lr", self.lr))
         set_mixture_arrays(self.mixture, parameters)
-        opt = Optimizer(self.mixture, lr=lr, weight_decay=self.weight_decay, total_steps=steps,
-                        warmup_steps=0, min_lr_ratio=1.0)
+        self._set_stats(config)
+        opt, opt_gate = self._optimizers(config, lr)
+        n_opt = self._n_opt
+        flat, grads = self.mixture.params, self.mixture.grads
         rng = np.random.default_rng([self.seed, rnd, self.client_id])
         losses, seen = [], []
         for _ in range(steps):
@@ -220,9 +246,10 @@ class MopClient(NumPyClient):
             b = Batch.from_examples(self.model, exs, max_len=self.max_len)
             self.mixture.zero_grad()
             r = self.mixture.forward_backward(self.ctx, b)
-            opt.step()
+            opt.step(flat[:n_opt], grads[:n_opt])
+            if opt_gate is not None:
+                opt_gate.step(flat[n_opt:], grads[n_opt:])
             losses.append(r.mean_nll)
-        opt.close()
         if self.progress:
             self.progress(f"client {self.client_id} round {rnd}: {steps} local steps on "
                           f"{len(self.train)} examples, mean loss {np.mean(losses):.3f}")
@@ -267,6 +294,99 @@ class MopClient(NumPyClient):
         return nll / max(1, n), len(self.val), {"ppl": ppl, "n_targets": n}
 
     # -- helpers ------------------------------------------------------------
+    def _optimizers(self, config: dict[str, Scalar], lr: float
+                    ) -> tuple[Optimizer, Optional[Optimizer]]:
+        """This client's AdamW states, created on its first fit and kept."""
+        key = (str(config.get("run_id", "")), self.client_id)
+        opts = _client_optimizers.get(key)
+        if opts is None:
+            n, n_opt = self.mixture.n_params, self._n_opt
+            opt = Optimizer(n_opt, lr=lr, weight_decay=self.weight_decay)
+            gate = None
+            if n_opt < n:
+                gate = Optimizer(n - n_opt, lr=float(config.get("gate_lr", self.gate_lr)),
+                                 weight_decay=self.weight_decay,
+                                 clip_norm=float(config.get("gate_clip", self.gate_clip)))
+            opts = _client_optimizers[key] = (opt, gate)
+        return opts
+
+    def _set_stats(self, config: dict[str, Scalar]) -> None:
+        blob = config.get("gate_stats")
+        if isinstance(blob, bytes) and blob:
+            v = np.frombuffer(blob, dtype=np.float64)
+            d = (v.size - 1) // 2
+            self.mixture.set_input_stats(float(v[0]), v[1:1 + d], v[1 + d:])
+
+    def _gate_inputs(self) -> np.ndarray:
+        """Raw pooled gate inputs of the client's training examples (cached)."""
+        if self._gate_u is None:
+            us = [self.mixture.gate_inputs(self.ctx, b)
+                  for b in make_batches(self.model, self.train, max(1, self.batch_size * 2),
+                                        self.max_len)]
+            self._gate_u = np.concatenate(us, axis=0)
+        return self._gate_u
+
+    def _labels(self) -> Optional[np.ndarray]:
+        if self.tasks is None or len(self.tasks) < 2 or \
+                self.mixture.n_experts < len(self.tasks):
+            return None
+        if not all(isinstance(e, dict) and "task" in e for e in self.train):
+            return None
+        return np.array([self.tasks.index(e["task"]) for e in self.train], dtype=np.int32)
+
+    def _gate_phase(self, phase: str, config: dict[str, Scalar]) -> dict[str, Scalar]:
+        out: dict[str, Scalar] = {"client_id": self.client_id}
+        if self._n_opt == self.mixture.n_params:   # no learned gate
+            return out
+        if phase == "gate_moments":
+            n, s, q = Mixture.input_moments(self._gate_inputs())
+            if "secagg_round" in config:           # two secure sums (see MopStrategy)
+                if "gate_mean" in config:          # stage 2: Σ (u − μ)²
+                    mu = np.frombuffer(config["gate_mean"], dtype=np.float64)
+                    vec = ((self._gate_inputs().astype(np.float64) - mu) ** 2).sum(axis=0)
+                else:                              # stage 1: (n, Σu)
+                    vec = np.concatenate([[n], s])
+                return dict(out, **self._secure_phase(config, vec))
+            return dict(out, n=n, sum=s.tobytes(), sumsq=q.tobytes())
+        if phase == "gate_pretrain":
+            task = self._labels()
+            if task is None:                       # nothing to pre-train on: weight 0
+                self._pretrained = np.zeros(self.mixture.n_params - self._n_opt, np.float32)
+            elif "secagg_keys" not in config:      # pre-train (once) and keep the result
+                self._set_stats(config)
+                theta = np.frombuffer(config["gate_params"], dtype=np.float32)
+                flat = self.mixture.params
+                flat[self._n_opt:] = theta
+                u = self._gate_inputs()
+                r = self.mixture.pretrain_gate(
+                    u, task, u, task, seed=self.seed * 7919 + self.client_id + 1,
+                    max_epochs=int(config["pretrain_epochs"]) if "pretrain_epochs" in config
+                    else None)
+                self._pretrained = np.array(flat[self._n_opt:], dtype=np.float32, copy=True)
+                if self.progress:
+                    self.progress(f"client {self.client_id} gate pre-training: {r.epochs} "
+                                  f"epochs, argmax accuracy {r.train_accuracy:.3f} train")
+            n = float(len(self.train)) if task is not None else 0.0
+            if "secagg_round" in config:
+                return dict(out, **self._secure_phase(
+                    config, np.concatenate([n * self._pretrained.astype(np.float64), [n]])))
+            return dict(out, n=n, gate=self._pretrained.tobytes())
+        raise ValueError(f"unknown mop_phase {phase!r}")
+
+    def _secure_phase(self, config: dict[str, Scalar], vec: np.ndarray) -> dict[str, Scalar]:
+        """Secure sum in two calls: without ``secagg_keys`` a fresh key pair
+        (the public key is returned), with them the masked vector."""
+        key = (self.client_id, int(config["secagg_round"]))
+        if "secagg_keys" not in config:
+            sa = SecAggClient(int(config["secagg_index"]), **_secagg_kwargs(config))
+            _secagg_clients[key] = sa
+            return {"public_key": sa.public_key}
+        sa = _secagg_clients.pop(key)
+        sa.set_peer_keys(config["secagg_keys"])
+        blob = sa.mask(np.asarray(vec, dtype=np.float32))
+        sa.close()
+        return {"masked": blob}
+
     def _gate_usage(self, examples: list[tuple[str, str]]) -> np.ndarray:
         """Mean gate weight per expert over @p examples (the local data seen)."""
         K = self.mixture.n_experts
@@ -283,6 +403,8 @@ class MopClient(NumPyClient):
 # Secure-aggregation client state between get_properties (keys) and fit
 # (masking) of one round, per (client id, round), in the client's process.
 _secagg_clients: dict[tuple[int, int], SecAggClient] = {}
+# Each client's AdamW states (experts, gate) across rounds, per (run id, client id).
+_client_optimizers: dict[tuple[str, int], tuple[Optimizer, Optional[Optimizer]]] = {}
 _SECAGG_KEYS = ("n_clients", "length", "round", "ring_bits", "scale", "clip_range",
                 "min_survivors")
 
@@ -325,6 +447,18 @@ class MopStrategy(Strategy):
     metrics: ``loss`` (example-weighted mean of the clients' training loss).
     :attr:`history` keeps per-round dicts; :attr:`global_arrays` the current
     global values.
+
+    Gate set-up (mixtures with a learned gate; @p gate_setup, on by default),
+    before the first round's fit, through ``get_properties`` calls: every
+    client sends the moments (n, Σu, Σu²) of its gate inputs, the server adds
+    them (:attr:`gate_stats`; set on @p initial when it is a Mixture, and sent
+    to the clients in every fit config); then (@p gate_pretrain, clients
+    created with ``tasks``) every client pre-trains the global gate on its
+    labels (@p pretrain_epochs) and the server averages the gates weighted by
+    example counts into :attr:`global_arrays`. With @p secure_aggregation both
+    go through secure sums (moments as (n, Σu), then Σ(u − μ)² around the
+    global mean μ: fixed point 2^16, range 2^36; gates as (n·θ, n): 2^32,
+    2^20). :attr:`gate_setup_info` records what was done.
     """
 
     def __init__(self, initial: Union[Mixture, tuple[Sequence[str], Sequence[np.ndarray]]],
@@ -337,8 +471,11 @@ class MopStrategy(Strategy):
                  dp: Optional[str] = None, clip_norm: float = 1.0, noise_multiplier: float = 0.0,
                  noise_seed: int = 0, secure_aggregation: bool = False,
                  secagg_params: Optional[dict[str, Any]] = None,
+                 gate_setup: bool = True, gate_pretrain: bool = True,
+                 pretrain_epochs: Optional[int] = None,
                  seed: int = 0, **aggregator_params: Any) -> None:
         super().__init__()
+        self._initial_mixture = initial if isinstance(initial, Mixture) else None
         if isinstance(initial, Mixture):
             self.names = [t.name for t in initial.tensor_info()]
             arrays = mixture_arrays(initial)
@@ -376,6 +513,13 @@ class MopStrategy(Strategy):
         self.secure_aggregation = bool(secure_aggregation)
         self.secagg_params = dict(secagg_params or {})
         self.history: list[dict[str, Any]] = []
+        self.gate_setup, self.gate_pretrain = bool(gate_setup), bool(gate_pretrain)
+        self.pretrain_epochs = pretrain_epochs
+        self.gate_stats: Optional[tuple[float, np.ndarray, np.ndarray]] = None
+        self.gate_setup_info: dict[str, Any] = {}
+        self._gate_done = not any(n.startswith("gate.") for n in self.names)
+        # the clients key their optimizer states by this (a run = one strategy)
+        self.run_id = os.urandom(8).hex()
 
     def __repr__(self) -> str:
         return f"<MopStrategy {self.strategy_name} dp={self.dp} secagg={self.secure_aggregation}>"
@@ -392,7 +536,14 @@ class MopStrategy(Strategy):
     def configure_fit(self, server_round: int, parameters: Parameters,
                       client_manager: ClientManager) -> list[tuple[ClientProxy, FitIns]]:
         clients = self._sample(client_manager, self.fraction_fit, self.min_fit_clients)
-        config: dict[str, Scalar] = dict(self.fit_config, round=server_round)
+        if not self._gate_done and self.gate_setup:
+            self._setup_gate(clients)
+            parameters = ndarrays_to_parameters(self.global_arrays)
+        self._gate_done = True
+        config: dict[str, Scalar] = dict(self.fit_config, round=server_round, run_id=self.run_id)
+        if self.gate_stats is not None:
+            n_, s_, q_ = self.gate_stats
+            config["gate_stats"] = np.concatenate([[n_], s_, q_]).astype(np.float64).tobytes()
         n = len(clients)
         if self.dp == "local":
             z = self.noise_multiplier / (math.sqrt(n) if self.secure_aggregation else 1.0)
@@ -416,6 +567,87 @@ class MopStrategy(Strategy):
         config["secagg_keys"] = b"".join(keys)
         return [(c, FitIns(parameters, dict(config, secagg_index=i)))
                 for i, c in enumerate(clients)]
+
+    # -- gate set-up before round 1 -------------------------------------------
+    def _props(self, c: ClientProxy, config: dict[str, Scalar]) -> dict[str, Scalar]:
+        return c.get_properties(GetPropertiesIns(config), timeout=None, group_id=0).properties
+
+    def _secure_sum(self, clients: list[ClientProxy], config: dict[str, Scalar], length: int,
+                    scale: float, clip: float) -> np.ndarray:
+        """Σ of the clients' vectors for @p config's phase, by secure aggregation."""
+        sa = dict(n_clients=len(clients), length=length, round=0, scale=scale, clip_range=clip)
+        cfg = dict(config, **{f"secagg_{k}": v for k, v in sa.items()})
+        keys = [self._props(c, dict(cfg, secagg_index=i))["public_key"]
+                for i, c in enumerate(clients)]
+        server = SecAggServer(**sa)
+        try:
+            for i, c in enumerate(clients):
+                server.add_masked(self._props(c, dict(cfg, secagg_index=i,
+                                                      secagg_keys=b"".join(keys)))["masked"])
+            total, _ = server.finish()
+        finally:
+            server.close()
+        return np.asarray(total, dtype=np.float64)
+
+    def _setup_gate(self, clients: list[ClientProxy]) -> None:
+        import time
+        t0 = time.perf_counter()
+        names = self.names
+        gi = [i for i, n in enumerate(names) if n.startswith("gate.")]
+        d = int(self.global_arrays[0].shape[-1])   # experts (groups, P, d)
+        base: dict[str, Scalar] = {"mop_phase": "gate_moments"}
+        if self.secure_aggregation:
+            v = self._secure_sum(clients, base, d + 1, 65536.0, 68719476736.0)
+            n, s = float(np.floor(v[0] + 0.5)), v[1:]
+            mu = s / n
+            c2 = self._secure_sum(clients, dict(base, gate_mean=mu.tobytes()), d,
+                                  65536.0, 68719476736.0)
+            q = c2 + 2.0 * mu * s - n * mu * mu    # Σu² = Σ(u − μ)² + 2μΣu − nμ²
+        else:
+            n, s, q = 0.0, np.zeros(d), np.zeros(d)
+            for c in clients:
+                r = self._props(c, base)
+                if "n" not in r:
+                    continue
+                n += float(r["n"])
+                s += np.frombuffer(r["sum"], dtype=np.float64)
+                q += np.frombuffer(r["sumsq"], dtype=np.float64)
+        if n <= 0:
+            return
+        self.gate_stats = (n, s, q)
+        if self._initial_mixture is not None:
+            self._initial_mixture.set_input_stats(n, s, q)
+        info: dict[str, Any] = {"stats_examples": n, "stats_seconds": time.perf_counter() - t0,
+                                "pretrained_clients": 0}
+        if self.gate_pretrain:
+            theta = np.concatenate([self.global_arrays[i].ravel() for i in gi]).astype(np.float32)
+            cfg: dict[str, Scalar] = {
+                "mop_phase": "gate_pretrain", "gate_params": theta.tobytes(),
+                "gate_stats": np.concatenate([[n], s, q]).astype(np.float64).tobytes()}
+            if self.pretrain_epochs is not None:
+                cfg["pretrain_epochs"] = int(self.pretrain_epochs)
+            if self.secure_aggregation:
+                v = self._secure_sum(clients, cfg, theta.size + 1, 4294967296.0, 1048576.0)
+                acc, total = v[:-1], float(np.floor(v[-1] + 0.5))
+                n_pre = None
+            else:
+                acc, total, n_pre = np.zeros(theta.size), 0.0, 0
+                for c in clients:
+                    r = self._props(c, cfg)
+                    if float(r.get("n", 0.0)) > 0:
+                        acc += float(r["n"]) * np.frombuffer(r["gate"], dtype=np.float32)
+                        total += float(r["n"])
+                        n_pre += 1
+            if total > 0:
+                avg, off = acc / total, 0
+                for i in gi:
+                    a = self.global_arrays[i]
+                    self.global_arrays[i] = avg[off:off + a.size].reshape(a.shape).astype(
+                        np.float32)
+                    off += a.size
+                info.update(pretrained_clients=n_pre, pretrained_examples=total)
+        info["seconds"] = time.perf_counter() - t0
+        self.gate_setup_info = info
 
     def client_update(self, arrays: Sequence[np.ndarray], n_samples: float, client_id: int,
                       server_round: int, gate_usage: Optional[np.ndarray] = None) -> Update:
