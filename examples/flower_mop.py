@@ -71,21 +71,31 @@ def import_libmop():
     return libmop
 
 
+def _task_list(task_set: str) -> list[str]:
+    sys.path.insert(0, str(ROOT / "examples" / "data"))
+    import build_dataset
+    return list(build_dataset.TASK_SETS[task_set])
+
+
 def load_dataset(data_dir: pathlib.Path, per_task: int, seed: int = 0,
-                 log: Callable[[str], Any] = print) -> dict[str, list[dict]]:
+                 log: Callable[[str], Any] = print,
+                 task_set: str = "classic") -> dict[str, list[dict]]:
     """{split: records} from data_dir, building it with build_dataset.py when
-    missing or built with other options."""
+    missing or built with other options (task_set: build_dataset's
+    --task-set: classic, hetero or all)."""
     man = data_dir / "manifest.json"
     ok = False
     if man.exists():
         m = json.loads(man.read_text())
-        ok = m.get("per_task") == per_task and m.get("seed") == seed
+        ok = m.get("per_task") == per_task and m.get("seed") == seed and \
+            m.get("tasks") == _task_list(task_set)
     if not ok:
         log(f"==> building the dataset ({per_task} examples per task) in {data_dir}")
         sys.path.insert(0, str(ROOT / "examples" / "data"))
         import build_dataset
         try:
-            build_dataset.build(str(data_dir), seed=seed, per_task=per_task)
+            build_dataset.build(str(data_dir), seed=seed, per_task=per_task,
+                                tasks=build_dataset.TASK_SETS[task_set])
         except build_dataset.BuildError as e:
             sys.exit(f"error: dataset: {e} (scripts/setup.sh installs the corpora)")
     out = {}
@@ -111,17 +121,19 @@ def federate(libmop, model_key: str, train: list[dict], client_of: np.ndarray,
              batch_size: int, max_len: int, lr: float, mixture_params: dict,
              strategy: str = "fedavg", engine: str = "ray", threads: int = 2, seed: int = 0,
              label: str = "MoP", log: Callable[[str], Any] = print,
-             strategy_kwargs: Optional[dict] = None):
+             strategy_kwargs: Optional[dict] = None, tasks: Optional[list[str]] = None):
     """Train a mixture federated over the clients; returns the MopStrategy
-    (``history`` per round, ``global_arrays`` = the final mixture)."""
+    (``history`` per round, ``global_arrays`` = the final mixture). With
+    ``tasks`` (the ordered task names) the clients pre-train the gate on their
+    labels before round 1 and batches carry task ids (the oracle gate)."""
     from libmop import flower as lf
 
     server_model = lf.shared_model(model_key, n_threads=threads)
     initial = libmop.Mixture(server_model, seed=seed, **mixture_params)
-    P = initial.config["prompt_len"]
-    ctx = libmop.Context(server_model, n_ctx=max_len + P + 8, n_batch=max_len + P + 8,
+    G, P = initial.tensor_info()[0].shape[:2]   # the prompt stream: up to G*P rows
+    ctx = libmop.Context(server_model, n_ctx=max_len + G * P + 8, n_batch=max_len + G * P + 8,
                          n_threads=threads)
-    val_batches = lf.make_batches(server_model, val, 4, max_len)
+    val_batches = lf.make_batches(server_model, val, 4, max_len, tasks=tasks)
     t0 = time.time()
 
     def evaluate_fn(rnd: int, arrays: list[np.ndarray]):
@@ -138,7 +150,7 @@ def federate(libmop, model_key: str, train: list[dict], client_of: np.ndarray,
                         seed=seed, **(strategy_kwargs or {}))
     parts = [[train[i] for i in np.flatnonzero(client_of == c)] for c in range(n_clients)]
     client_kw = dict(local_steps=local_steps, batch_size=batch_size, max_len=max_len, lr=lr,
-                     n_threads=threads, seed=seed, progress=_client_log(label),
+                     n_threads=threads, seed=seed, progress=_client_log(label), tasks=tasks,
                      **mixture_params)
 
     def make(c: int):

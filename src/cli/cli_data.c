@@ -32,6 +32,8 @@ void cli_dataset_free(cli_dataset *ds)
     for (size_t i = 0; i < ds->n; i++) {
         free(ds->ex[i].tokens);
         free(ds->ex[i].mask);
+        free(ds->ex[i].states);
+        free(ds->ex[i].gate_u);
     }
     for (int32_t t = 0; t < ds->n_tasks; t++)
         free(ds->tasks[t]);
@@ -219,6 +221,8 @@ void cli_batch_free(cli_batch *cb)
 {
     free(cb->tokens);
     free(cb->mask);
+    free(cb->states);
+    free(cb->gate_u);
     free(cb->lengths);
     free(cb->task);
     memset(cb, 0, sizeof *cb);
@@ -243,6 +247,9 @@ void cli_batch_fill(cli_batch *cb, const cli_dataset *ds, const size_t *idx, int
         cb->lengths[b] = ex->len;
         cb->task[b] = ex->task;
     }
+    int cached = cb->states != NULL;
+    for (int32_t b = 0; b < n && cached; b++)
+        cached = ds->ex[idx[b]].states != NULL;
     memset(&cb->b, 0, sizeof cb->b);
     cb->b.struct_size = sizeof cb->b;
     cb->b.n_seq = n;
@@ -251,6 +258,15 @@ void cli_batch_fill(cli_batch *cb, const cli_dataset *ds, const size_t *idx, int
     cb->b.lengths = cb->lengths;
     cb->b.loss_mask = cb->mask;
     cb->b.task = cb->task; /* used by gate supervision and the oracle gate only */
+    if (cached) {
+        for (int32_t b = 0; b < n; b++) {
+            cb->states[b] = ds->ex[idx[b]].states;
+            memcpy(cb->gate_u + (size_t)b * cb->d, ds->ex[idx[b]].gate_u,
+                   (size_t)cb->d * sizeof *cb->gate_u);
+        }
+        cb->b.states = cb->states;
+        cb->b.gate_input = cb->gate_u;
+    }
 }
 
 uint64_t cli_rand(uint64_t *state)
@@ -363,4 +379,75 @@ const char *cli_data_system(const char *system_opt, int template_system)
     if (template_system)
         return NULL;
     return system_opt ? system_opt : "";
+}
+
+size_t cli_dataset_cache_bytes(const cli_dataset *ds, int32_t d)
+{
+    size_t rows = 0;
+    for (size_t i = 0; i < ds->n; i++)
+        rows += (size_t)ds->ex[i].len + 1;
+    return rows * (size_t)d * sizeof(float);
+}
+
+int cli_dataset_cache(mop_ctx *ctx, const mop_mixture *m, cli_dataset *ds, cli_batch *cb,
+                      int32_t B)
+{
+    mop_mixture_tensor_info ti;
+    memset(&ti, 0, sizeof ti);
+    ti.struct_size = sizeof ti;
+    mop_status st = mop_mixture_tensor_get_info(m, 0, &ti);
+    if (st != MOP_OK)
+        return cli_fail(st, "cannot read the mixture's shape");
+    const int32_t d = (int32_t)ti.dims[2];
+    if (!cb->states) {
+        cb->d = d;
+        cb->states = malloc((size_t)cb->cap_B * sizeof *cb->states);
+        cb->gate_u = malloc((size_t)cb->cap_B * (size_t)d * sizeof *cb->gate_u);
+        if (!cb->states || !cb->gate_u)
+            return cli_error("out of memory");
+    }
+    size_t *idx = malloc((size_t)B * sizeof *idx);
+    float **out = malloc((size_t)B * sizeof *out);
+    if (!idx || !out) {
+        free(idx), free(out);
+        return cli_error("out of memory");
+    }
+    double t0 = cli_now();
+    int rc = CLI_OK;
+    for (size_t first = 0; first < ds->n && rc == CLI_OK; first += (size_t)B) {
+        int32_t n = (int32_t)(ds->n - first < (size_t)B ? ds->n - first : (size_t)B);
+        for (int32_t b = 0; b < n; b++)
+            idx[b] = first + (size_t)b;
+        cli_batch_fill(cb, ds, idx, n); /* these examples have no states yet */
+        for (int32_t b = 0; b < n; b++) {
+            cli_example *ex = &ds->ex[first + (size_t)b];
+            ex->states = malloc((size_t)ex->len * (size_t)d * sizeof *ex->states);
+            ex->gate_u = malloc((size_t)d * sizeof *ex->gate_u);
+            out[b] = ex->states;
+            if (!ex->states || !ex->gate_u)
+                rc = cli_error("out of memory caching layer states");
+        }
+        if (rc != CLI_OK)
+            break;
+        float *u = cb->gate_u; /* (n, d) scratch */
+        st = mop_mixture_inject_states(ctx, m, &cb->b, out, u);
+        if (st != MOP_OK) {
+            rc = cli_fail(st, "caching layer states failed at line %d", (int)ds->ex[first].line);
+            break;
+        }
+        for (int32_t b = 0; b < n; b++)
+            memcpy(ds->ex[first + (size_t)b].gate_u, u + (size_t)b * d, (size_t)d * sizeof *u);
+        size_t done = first + (size_t)n;
+        double dt = cli_now() - t0;
+        cli_progress("layer states: %zu/%zu examples, %.1f s, ETA %.0f s", done, ds->n, dt,
+                     dt / (double)done * (double)(ds->n - done));
+    }
+    cli_progress_end();
+    free(idx), free(out);
+    if (rc != CLI_OK)
+        for (size_t i = 0; i < ds->n; i++) {
+            free(ds->ex[i].states), free(ds->ex[i].gate_u);
+            ds->ex[i].states = NULL, ds->ex[i].gate_u = NULL;
+        }
+    return rc;
 }

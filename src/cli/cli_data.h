@@ -16,6 +16,8 @@ typedef struct cli_example {
     int32_t line;      /* 1-based line in the file */
     int32_t *tokens;   /* (len) */
     uint8_t *mask;     /* (len) 1 on response tokens and the closing end of turn */
+    float *states;     /* (len, d) hidden states entering L_p (cli_dataset_cache), or NULL */
+    float *gate_u;     /* (d) raw gate input, with states */
 } cli_example;
 
 typedef struct cli_dataset {
@@ -50,16 +52,29 @@ int32_t cli_dataset_task_id(const cli_dataset *ds, const char *name);
 
 /* Room for batches of up to cap_B sequences of up to cap_T tokens. */
 typedef struct cli_batch {
-    int32_t cap_B, cap_T;
+    int32_t cap_B, cap_T, d;
     int32_t *tokens, *lengths, *task;
     uint8_t *mask;
+    const float **states; /* (cap_B) the examples' cached states, when the data set has them */
+    float *gate_u;        /* (cap_B, d) their gate inputs */
     mop_batch b; /* points into the arrays above */
 } cli_batch;
 
 int cli_batch_init(cli_batch *cb, int32_t cap_B, int32_t cap_T);
+
+/* Compute and keep every example's layer-L_p states and raw gate input
+ * (mop_mixture_inject_states) so that batches of ds skip layers [0, L_p):
+ * bit-identical results, one forward of those layers per example in all.
+ * Needs (Σ len) · d floats; CLI_ERROR after printing. */
+int cli_dataset_cache(mop_ctx *ctx, const mop_mixture *m, cli_dataset *ds, cli_batch *cb,
+                      int32_t B);
+
+/* Bytes cli_dataset_cache would keep for ds at width d. */
+size_t cli_dataset_cache_bytes(const cli_dataset *ds, int32_t d);
 void cli_batch_free(cli_batch *cb);
 
-/* Fill cb->b with examples idx[0..n) (n <= cap_B), padded to the longest. */
+/* Fill cb->b with examples idx[0..n) (n <= cap_B), padded to the longest,
+ * with their cached states when ds has them. */
 void cli_batch_fill(cli_batch *cb, const cli_dataset *ds, const size_t *idx, int32_t n);
 
 /* Score every example of ds with mixture m (NULL = the base model) in

@@ -73,7 +73,7 @@ int cli_gate_set_stats(mop_mixture *m, const float *u, size_t n)
     return st == MOP_OK ? CLI_OK : cli_fail(st, "cannot set the gate's input statistics");
 }
 
-int32_t *cli_gate_labels(const cli_dataset *ds)
+int32_t *cli_gate_labels(const cli_dataset *ds, const cli_dataset *ids)
 {
     int32_t *t = malloc((ds->n ? ds->n : 1) * sizeof *t);
     if (!t) {
@@ -81,7 +81,7 @@ int32_t *cli_gate_labels(const cli_dataset *ds)
         return NULL;
     }
     for (size_t i = 0; i < ds->n; i++)
-        t[i] = ds->ex[i].task;
+        t[i] = ids ? cli_dataset_task_id(ids, ds->tasks[ds->ex[i].task]) : ds->ex[i].task;
     return t;
 }
 
@@ -120,15 +120,25 @@ int cli_gate_pretrain_rows(mop_mixture *m, const float *u, const int32_t *task, 
 int cli_gate_pretrain(mop_mixture *m, const float *u, const cli_dataset *ds, const float *uv,
                       const cli_dataset *val, int32_t max_epochs, float lr, uint64_t seed)
 {
-    int32_t *task = cli_gate_labels(ds), *task_val = val ? cli_gate_labels(val) : NULL;
-    if (!task || (val && !task_val)) {
-        free(task), free(task_val);
-        return CLI_ERROR;
+    /* validation labels by task name in the training set's numbering; rows
+     * of tasks the training set lacks are left out */
+    const size_t d = (size_t)cli_gate_width(m);
+    int32_t *task = cli_gate_labels(ds, NULL), *task_val = val ? cli_gate_labels(val, ds) : NULL;
+    float *uv_kept = val ? malloc((val->n ? val->n : 1) * d * sizeof *uv_kept) : NULL;
+    if (!task || (val && (!task_val || !uv_kept))) {
+        free(task), free(task_val), free(uv_kept);
+        return cli_error("out of memory");
     }
-    int rc = cli_gate_pretrain_rows(m, u, task, (int32_t)ds->n, val ? uv : NULL, task_val,
-                                    val ? (int32_t)val->n : 0, max_epochs, lr, seed,
-                                    "gate pre-training", 0, NULL);
-    free(task), free(task_val);
+    int32_t n_val = 0;
+    for (size_t i = 0; val && i < val->n; i++)
+        if (task_val[i] >= 0) {
+            memcpy(uv_kept + (size_t)n_val * d, uv + i * d, d * sizeof *uv_kept);
+            task_val[n_val++] = task_val[i];
+        }
+    int rc = cli_gate_pretrain_rows(m, u, task, (int32_t)ds->n, n_val > 0 ? uv_kept : NULL,
+                                    task_val, n_val, max_epochs, lr, seed, "gate pre-training", 0,
+                                    NULL);
+    free(task), free(task_val), free(uv_kept);
     return rc;
 }
 

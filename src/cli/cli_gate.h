@@ -14,8 +14,10 @@ int cli_gate_inputs(mop_ctx *ctx, const mop_mixture *m, const cli_dataset *ds, c
 /* Standardize the gate's input with the moments of the n rows of u. */
 int cli_gate_set_stats(mop_mixture *m, const float *u, size_t n);
 
-/* Task labels of ds as an array (malloc'ed); NULL after printing. */
-int32_t *cli_gate_labels(const cli_dataset *ds);
+/* Task labels of ds as an array (malloc'ed): ds's own ids, or with ids the
+ * index of each example's task name in ids (-1 when ids lacks it); NULL
+ * after printing. */
+int32_t *cli_gate_labels(const cli_dataset *ds, const cli_dataset *ids);
 
 /* Pre-train the gate on ds's labels (rows u), stopping on the validation
  * rows uv of val (or on the training rows when val is NULL); prints one

@@ -11,7 +11,7 @@
 #include "cli_gate.h"
 
 typedef struct train_opts {
-    const char *data, *val, *out, *baseline, *combine, *system, *pool, *bias, *init;
+    const char *data, *val, *out, *baseline, *combine, *system, *pool, *bias, *init, *cache;
     int32_t K, P, steps, B, accum, warmup, gate_layer, inject_layer, top_k, pretrain_epochs;
     int32_t max_len, n_threads, eval_every, gate_hidden, template_system, no_pretrain;
     int32_t no_gate_norm, n_shared, joint_experts, top_k_renorm;
@@ -79,6 +79,36 @@ static void next_batch(size_t *idx, int32_t B, size_t *order, size_t n, size_t *
     }
 }
 
+/* --cache-states: keep the layer-L_p states of the training (and validation)
+ * examples when they are reused: auto = when the steps cover more than one
+ * epoch (validation: when it is scored at least twice) and the cache fits
+ * in 2 GiB. */
+static int cache_states(mop_ctx *ctx, const mop_mixture *m, const train_opts *o,
+                        cli_dataset *ds, cli_dataset *val, cli_batch *cb, int32_t cap_B)
+{
+    const char *mode = o->cache ? o->cache : "auto";
+    const int32_t d = cli_gate_width(m);
+    const size_t cap = (size_t)2 << 30;
+    int64_t seen = (int64_t)o->steps * o->B * o->accum;
+    int64_t n_evals = o->eval_every > 0 ? o->steps / o->eval_every + 1 : 1;
+    int on = strcmp(mode, "on") == 0, autom = strcmp(mode, "auto") == 0;
+    int train = on || (autom && seen > (int64_t)ds->n && cli_dataset_cache_bytes(ds, d) <= cap);
+    int v = val && (on || (autom && n_evals >= 2 && cli_dataset_cache_bytes(val, d) <= cap));
+    double t0 = cli_now();
+    if (train && cli_dataset_cache(ctx, m, ds, cb, cap_B) != CLI_OK)
+        return CLI_ERROR;
+    if (v && cli_dataset_cache(ctx, m, val, cb, cap_B) != CLI_OK)
+        return CLI_ERROR;
+    if (train || v)
+        printf("cached the layer-L_p states of %s (%.0f MiB, %.1f s)\n",
+               train && v ? "the training and validation sets" : train ? "the training set"
+                                                                       : "the validation set",
+               (double)((train ? cli_dataset_cache_bytes(ds, d) : 0) +
+                        (v ? cli_dataset_cache_bytes(val, d) : 0)) / (1 << 20),
+               cli_now() - t0);
+    return CLI_OK;
+}
+
 /* Before prompt training: experts from hidden states (--init hidden), the
  * gate's input statistics and its pre-training on task labels. */
 static int prepare_gate(mop_ctx *ctx, mop_mixture *m, const train_opts *o,
@@ -137,7 +167,7 @@ static int save(const mop_mixture *m, const char *path)
 }
 
 static int run(mop_model *model, const train_opts *o, const mop_mixture_params *mp,
-               const cli_dataset *ds, const cli_dataset *val)
+               cli_dataset *ds, cli_dataset *val)
 {
     mop_mixture *m = NULL;
     mop_ctx *ctx = NULL;
@@ -183,7 +213,8 @@ static int run(mop_model *model, const train_opts *o, const mop_mixture_params *
            ds->n, (int)ds->n_tasks, (int)ds->max_len, ds->n_truncated, ds->n_dropped);
     fflush(stdout);
 
-    if (prepare_gate(ctx, m, o, &got, ds, val, &cb, cap_B) != CLI_OK)
+    if (cache_states(ctx, m, o, ds, val, &cb, cap_B) != CLI_OK ||
+        prepare_gate(ctx, m, o, &got, ds, val, &cb, cap_B) != CLI_OK)
         goto out;
 
     float *params, *grads;
@@ -339,6 +370,7 @@ int cli_cmd_train(int argc, char **argv)
         {"threads", 't', CLI_INT, &o.n_threads, "N", "compute threads, 0 = all cores; default 0"},
         {"val", 0, CLI_STRING, &o.val, "FILE", "validation data; the best mixture by perplexity is saved"},
         {"eval-every", 0, CLI_INT, &o.eval_every, "N", "validate every N steps (and at the end); default 0 = end only"},
+        {"cache-states", 0, CLI_STRING, &o.cache, "auto|on|off", "keep every example's layer-L_p states in memory so later epochs skip layers [0, L_p) (identical results); auto: when the steps cover more than one epoch and it fits in 2 GiB; default auto"},
         CLI_OPT_SYSTEM(&o.system, &o.template_system),
         {NULL, 0, CLI_FLAG, NULL, NULL, NULL},
     };
@@ -398,6 +430,10 @@ int cli_cmd_train(int argc, char **argv)
     mp.gate_norm = !o.no_gate_norm;
     mp.n_shared = o.n_shared;
     mp.expert_attention = o.joint_experts ? MOP_EXPERTS_JOINT : MOP_EXPERTS_INDEPENDENT;
+    if (o.cache && strcmp(o.cache, "auto") != 0 && strcmp(o.cache, "on") != 0 &&
+        strcmp(o.cache, "off") != 0)
+        return cli_usage_error("train", "--cache-states must be auto, on or off, got '%s'",
+                               o.cache);
     if (o.pool && strcmp(o.pool, "prompt") == 0)
         mp.gate_pool = MOP_POOL_PROMPT;
     else if (o.pool && strcmp(o.pool, "content") != 0)

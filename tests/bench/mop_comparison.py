@@ -160,8 +160,8 @@ class Study:
             best_lr[meth] = best_lr[src]
         # 2. every model and seed at the chosen rates
         jobs = {(m, meth, s): pool.submit(self.train, m, meth, s, best_lr[meth])
-                for m in a.models for s in (a.seeds if m == "dense" else a.seeds[:1])
-                for meth in trained}
+                for s in a.seeds for m in a.models for meth in trained
+                if m == "dense" or s == a.seeds[0]}  # first seed of every model first
         dirs = {k: f.result() for k, f in jobs.items()}
         # 3. test sets, per example
         ev = {k: pool.submit(self.evaluate, k[0], d) for k, d in dirs.items()}

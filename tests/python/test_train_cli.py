@@ -244,3 +244,21 @@ def test_gate_lr_zero_freezes_only_the_gate(mop_bin, model_path, data, tmp_path)
     assert abs(a["experts"] - b["experts"]).max() > 1e-4
     r = run(*common, "--gate-lr", "-1e-3", "-o", tmp_path / "x.safetensors")
     assert r.returncode == 2 and "--gate-lr" in r.stderr
+
+
+def test_cached_states_train_the_same_mixture(mop_bin, model_path, data, tmp_path):
+    """--cache-states on (layers [0, L_p) once per example, then reused) and
+    off train the same mixture, byte for byte, with validation scored from
+    the cache too."""
+    common = [mop_bin, "train", model_path, "--data", data / "train.jsonl", "--val",
+              data / "test.jsonl", "--eval-every", "1", "-K", "2", "-P", "2", "--steps", "3",
+              "--batch", "2", *FAST]
+    outs = {}
+    for mode in ("on", "off"):
+        outs[mode] = tmp_path / f"{mode}.safetensors"
+        r = run(*common, "--cache-states", mode, "-o", outs[mode])
+        assert r.returncode == 0, r.stderr
+        assert ("cached the layer-L_p states" in r.stdout) == (mode == "on"), r.stdout
+    assert outs["on"].read_bytes() == outs["off"].read_bytes()
+    r = run(*common, "--cache-states", "maybe", "-o", tmp_path / "x.safetensors")
+    assert r.returncode == 2 and "--cache-states" in r.stderr

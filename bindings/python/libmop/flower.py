@@ -121,11 +121,17 @@ def _example_pair(ex: Example) -> tuple[str, str]:
 
 
 def make_batches(model: Model, examples: Sequence[Example], batch_size: int,
-                 max_len: int) -> list[Batch]:
-    """Consecutive batches of @p batch_size examples (the last may be smaller)."""
-    return [Batch.from_examples(model, [_example_pair(e) for e in examples[i:i + batch_size]],
-                                max_len=max_len)
-            for i in range(0, len(examples), batch_size)]
+                 max_len: int, tasks: Optional[Sequence[str]] = None) -> list[Batch]:
+    """Consecutive batches of ``batch_size`` examples (the last may be smaller).
+    With ``tasks`` (the ordered task names), each batch carries the examples'
+    task ids (dict examples with a "task" key), which the oracle gate needs."""
+    out = []
+    for i in range(0, len(examples), batch_size):
+        part = examples[i:i + batch_size]
+        task = None if tasks is None else [list(tasks).index(e["task"]) for e in part]
+        out.append(Batch.from_examples(model, [_example_pair(e) for e in part],
+                                       max_len=max_len, task=task))
+    return out
 
 
 def perplexity(ctx: Context, mixture: Optional[Mixture], batches: Sequence[Batch]
@@ -205,9 +211,9 @@ class MopClient(NumPyClient):
         self._n_opt = next((t.offset for t in self.mixture.tensor_info()
                             if t.name.startswith("gate.")), self.mixture.n_params)
         self._gate_u: Optional[np.ndarray] = None
-        P = self.mixture.config["prompt_len"]
-        self.ctx = Context(model, n_ctx=self.max_len + P + 8, n_batch=self.max_len + P + 8,
-                           n_threads=n_threads)
+        G, P = self.mixture.tensor_info()[0].shape[:2]   # the prompt stream: up to G*P rows
+        self.ctx = Context(model, n_ctx=self.max_len + G * P + 8,
+                           n_batch=self.max_len + G * P + 8, n_threads=n_threads)
         self._val_batches: Optional[list[Batch]] = None
 
     # -- Flower API ---------------------------------------------------------
@@ -243,7 +249,9 @@ class MopClient(NumPyClient):
             idx = rng.choice(len(self.train), size=min(bs, len(self.train)), replace=False)
             exs = [_example_pair(self.train[i]) for i in idx]
             seen.extend(exs)
-            b = Batch.from_examples(self.model, exs, max_len=self.max_len)
+            labels = self._labels()
+            b = Batch.from_examples(self.model, exs, max_len=self.max_len,
+                                    task=None if labels is None else labels[idx])
             self.mixture.zero_grad()
             r = self.mixture.forward_backward(self.ctx, b)
             opt.step(flat[:n_opt], grads[:n_opt])
@@ -390,7 +398,7 @@ class MopClient(NumPyClient):
     def _gate_usage(self, examples: list[tuple[str, str]]) -> np.ndarray:
         """Mean gate weight per expert over @p examples (the local data seen)."""
         K = self.mixture.n_experts
-        if K == 1 or not examples:
+        if K == 1 or not examples or self.mixture.config["gate_mode"] == 2:  # oracle
             return np.ones(K, dtype=np.float32)
         b = Batch.from_examples(self.model, examples, max_len=self.max_len)
         return self.mixture.gate(self.ctx, b).mean(axis=0).astype(np.float32)
