@@ -65,7 +65,7 @@ def parse_args(argv=None):
             ("local-steps", int, 3, 10, "local AdamW steps per round"),
             ("experts", int, 8, 8, "K (pre-training needs K >= the 8 tasks)"),
             ("prompt-len", int, 4, 8, "P (the baseline gets K*P)"),
-            ("max-len", int, 96, 128, "max tokens per example"),
+            ("max-len", int, 256, 256, "longest example kept (tokens; longer ones are left out)"),
             ("batch", int, 2, 4, "examples per local step"),
             ("test-per-task", int, 4, 50, "test examples per task in the table"),
             ("val-per-task", int, 1, 10, "validation examples per task (per-round ppl)")]:
@@ -128,10 +128,15 @@ def main(argv=None) -> int:
     log(f"step 1/6: dataset ({a.per_task} examples per task)")
     data = fm.load_dataset(out / f"data-hetero-{a.per_task}", a.per_task, a.seed, log=log,
                            task_set="hetero")
-    train = data["train"]
-    tasks = sorted({r["task"] for r in train})   # task k <-> expert k
-    test = fm.per_task(data["test"], a.test_per_task)
-    val = fm.per_task(data["validation"], a.val_per_task)
+    tasks = sorted({r["task"] for r in data["train"]})   # task k <-> expert k
+    tok_model = libmop.Model(fm.find_model(a.model), n_threads=a.threads)
+
+    def fits(r):   # whole examples only: a cut one may keep no response token
+        return len(tok_model.tokenize_example(r["instruction"], r["response"])[0]) <= a.max_len
+    train = [r for r in data["train"] if fits(r)]
+    test = fm.per_task([r for r in data["test"] if fits(r)], a.test_per_task)
+    val = fm.per_task([r for r in data["validation"] if fits(r)], a.val_per_task)
+    tok_model.close()
     log(f"  {len(train)} train, {len(val)} validation, {len(test)} test examples, "
         f"{len(tasks)} tasks")
 

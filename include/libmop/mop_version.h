@@ -13,7 +13,7 @@
 /** Major version: changes only with an incompatible ABI (the soname's number). */
 #define MOP_VERSION_MAJOR 0
 /** Minor version: new symbols and struct fields, ABI compatible. */
-#define MOP_VERSION_MINOR 1
+#define MOP_VERSION_MINOR 2
 /** Patch version: fixes only. */
 #define MOP_VERSION_PATCH 0
 

@@ -183,3 +183,15 @@ int cli_gate_accuracy(mop_ctx *ctx, const mop_mixture *m, const cli_dataset *ds,
     *accuracy = ds->n ? (double)hits / (double)ds->n : 0.0;
     return CLI_OK;
 }
+
+size_t cli_gate_offset(const mop_mixture *m)
+{
+    for (int32_t i = 0; i < mop_mixture_tensor_count(m); i++) {
+        mop_mixture_tensor_info ti;
+        memset(&ti, 0, sizeof ti);
+        ti.struct_size = sizeof ti;
+        if (mop_mixture_tensor_get_info(m, i, &ti) == MOP_OK && strncmp(ti.name, "gate.", 5) == 0)
+            return ti.offset;
+    }
+    return mop_mixture_n_params(m);
+}

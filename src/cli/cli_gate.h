@@ -49,4 +49,9 @@ int cli_gate_pretrain_rows(mop_mixture *m, const float *u, const int32_t *task, 
 int cli_gate_accuracy(mop_ctx *ctx, const mop_mixture *m, const cli_dataset *ds,
                       const cli_dataset *ids, cli_batch *cb, int32_t B, double *accuracy);
 
+/* Index of the first gate tensor in the flat buffer (the experts come first);
+ * n_params when the mixture has no gate: the gate's optimizer covers
+ * [cli_gate_offset, n_params). */
+size_t cli_gate_offset(const mop_mixture *m);
+
 #endif

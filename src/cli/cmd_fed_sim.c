@@ -101,19 +101,6 @@ typedef struct fed_state {
     mop_optimizer **opt_gate; /* (n_clients) each client's gate AdamW, kept across rounds */
 } fed_state;
 
-/* Index of the first gate tensor in the flat buffer (the experts come first);
- * n_params when the mixture has no gate. */
-static size_t gate_offset(const mop_mixture *m)
-{
-    for (int32_t i = 0; i < mop_mixture_tensor_count(m); i++) {
-        mop_mixture_tensor_info ti;
-        memset(&ti, 0, sizeof ti);
-        ti.struct_size = sizeof ti;
-        if (mop_mixture_tensor_get_info(m, i, &ti) == MOP_OK && strncmp(ti.name, "gate.", 5) == 0)
-            return ti.offset;
-    }
-    return mop_mixture_n_params(m);
-}
 
 /* Client c's optimizers, created on its first round and kept afterwards: its
  * AdamW moments and step count persist from round to round (the parameters
@@ -760,7 +747,7 @@ static int run(mop_model *model, const fed_opts *o, const mop_mixture_params *mp
     }
     if (partition(&fs) != CLI_OK)
         goto out;
-    fs.n_opt = gate_offset(fs.global);
+    fs.n_opt = cli_gate_offset(fs.global);
     fs.opt = calloc((size_t)N, sizeof *fs.opt);
     fs.opt_gate = calloc((size_t)N, sizeof *fs.opt_gate);
     if (!fs.opt || !fs.opt_gate) {

@@ -3,7 +3,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "cli.h"
 #include "cli_common.h"
@@ -18,53 +17,6 @@ typedef struct train_opts {
     float lr, gate_lr, gate_clip, pretrain_lr, load_balance, weight_decay, clip;
     uint64_t seed;
 } train_opts;
-
-/* "1m05s" */
-static void fmt_duration(char *buf, size_t cap, double s)
-{
-    if (!(s >= 0.0) || s > 1e7)
-        s = 0.0;
-    long t = (long)(s + 0.5);
-    if (t >= 3600)
-        snprintf(buf, cap, "%ldh%02ldm", t / 3600, (t / 60) % 60);
-    else
-        snprintf(buf, cap, "%ldm%02lds", t / 60, t % 60);
-}
-
-/* One status line per step: in place on a terminal, else every 10 steps. */
-static void report(const char *phase, int32_t step, int32_t total, double loss, double lr,
-                   double tok_s, double elapsed)
-{
-    int tty = isatty(STDERR_FILENO);
-    if (!tty && !(step % 10 == 0 || step == total))
-        return;
-    char eta[32];
-    fmt_duration(eta, sizeof eta, step > 0 ? elapsed / step * (total - step) : 0.0);
-    char bar[21];
-    int filled = total > 0 ? (int)(20.0 * step / total) : 20;
-    for (int i = 0; i < 20; i++)
-        bar[i] = i < filled ? '#' : '.';
-    bar[20] = '\0';
-    if (tty)
-        cli_progress("%s [%s] %d/%d loss %.4f lr %.2e %.0f tok/s ETA %s", phase, bar, (int)step,
-                     (int)total, loss, lr, tok_s, eta);
-    else
-        fprintf(stderr, "%s %d/%d loss %.4f lr %.2e %.0f tok/s ETA %s\n", phase, (int)step,
-                (int)total, loss, lr, tok_s, eta);
-}
-
-/* Index of the first gate tensor in the flat buffer (the experts come first). */
-static size_t gate_offset(const mop_mixture *m)
-{
-    for (int32_t i = 0; i < mop_mixture_tensor_count(m); i++) {
-        mop_mixture_tensor_info ti;
-        memset(&ti, 0, sizeof ti);
-        ti.struct_size = sizeof ti;
-        if (mop_mixture_tensor_get_info(m, i, &ti) == MOP_OK && strncmp(ti.name, "gate.", 5) == 0)
-            return ti.offset;
-    }
-    return mop_mixture_n_params(m);
-}
 
 /* Next B example indices from a reshuffled-every-epoch order. */
 static void next_batch(size_t *idx, int32_t B, size_t *order, size_t n, size_t *cursor,
@@ -230,7 +182,7 @@ static int run(mop_model *model, const train_opts *o, const mop_mixture_params *
     ap.weight_decay = o->weight_decay;
     ap.clip_norm = o->clip;
     /* the gate's slice has its own AdamW state, rate and clip */
-    const size_t n_opt = gate_offset(m);
+    const size_t n_opt = cli_gate_offset(m);
     if ((st = mop_optimizer_create(n_opt, &ap, &opt)) != MOP_OK) {
         cli_fail(st, "cannot create the optimizer");
         goto out;
@@ -250,6 +202,8 @@ static int run(mop_model *model, const train_opts *o, const mop_mixture_params *
     int32_t best_step = -1;
     size_t cursor = ds->n;
     double t0 = cli_now(), tokens = 0.0, last_loss = 0.0;
+    cli_meter meter;
+    cli_meter_start(&meter, "train", 10.0);
     for (int32_t step = 1; step <= o->steps; step++) {
         mop_mixture_zero_grad(m);
         double loss = 0.0;
@@ -279,7 +233,8 @@ static int run(mop_model *model, const train_opts *o, const mop_mixture_params *
         }
         last_loss = loss;
         double dt = cli_now() - t0;
-        report("train", step, o->steps, loss, lr_used, tokens / dt, dt);
+        cli_meter_report(&meter, (uint64_t)step, (uint64_t)o->steps, "loss %.4f lr %.2e %.0f tok/s",
+                         loss, (double)lr_used, dt > 0 ? tokens / dt : 0.0);
 
         if (val && ((o->eval_every > 0 && step % o->eval_every == 0) || step == o->steps)) {
             cli_progress_end();
@@ -389,7 +344,7 @@ int cli_cmd_train(int argc, char **argv)
         "--baseline oracle gives task k's examples to expert k (perfect routing).\n"
         "Without --val the mixture is saved at the end; with --val it is validated\n"
         "every --eval-every steps and at the end, and the best one is kept.\n"
-        "Progress on stderr: in place on a terminal, one line every 10 steps otherwise.",
+        "Progress on stderr with an ETA: in place on a terminal, one line every 10 s otherwise.",
         opts, 1};
     const char *pos[1];
     int done;

@@ -141,11 +141,22 @@ class Study:
         return out
 
     # ---- the study -------------------------------------------------------------
+    def run_one(self, model, method, seed, lr):
+        """Train (unless done), then score the test set and, for a mixture,
+        its gate: a finished run is complete on its own."""
+        d = self.train(model, method, seed, lr)
+        res = self.evaluate(model, d)
+        gate = self.gate_stats(model, d) if method.startswith("mop") else None
+        return d, res, gate
+
     def main(self):
         a = self.a
         self.prepare()
         pool = cf.ThreadPoolExecutor(max_workers=a.jobs)
         trained = TRAINED
+        # 0. the frozen models
+        none = {m: pool.submit(self.evaluate, m, self.out / m / "none", False)
+                for m in a.models}
         # 1. learning rates on validation: first model, first seed
         m0, s0 = a.models[0], a.seeds[0]
         gridded = [m for m in trained if m not in LR_FROM]
@@ -158,20 +169,25 @@ class Study:
             log(f"{meth}: validation ppl by lr {vals} -> {best_lr[meth]}")
         for meth, src in LR_FROM.items():
             best_lr[meth] = best_lr[src]
-        # 2. every model and seed at the chosen rates
-        jobs = {(m, meth, s): pool.submit(self.train, m, meth, s, best_lr[meth])
-                for s in a.seeds for m in a.models for meth in trained
-                if m == "dense" or s == a.seeds[0]}  # first seed of every model first
-        dirs = {k: f.result() for k, f in jobs.items()}
-        # 3. test sets, per example
-        ev = {k: pool.submit(self.evaluate, k[0], d) for k, d in dirs.items()}
-        for m in a.models:
-            ev[(m, "none", 0)] = pool.submit(self.evaluate, m, self.out / m / "none", False)
-        res = {k: f.result() for k, f in ev.items()}
-        gates = {k: pool.submit(self.gate_stats, k[0], d).result()
-                 for k, d in dirs.items() if k[1].startswith("mop")}
+        (self.out / "learning_rates.json").write_text(json.dumps(best_lr) + "\n")
+        # 2. every model and seed at the chosen rates, first seed of every model first
+        keys = [(m, meth, s) for s in a.seeds for m in a.models for meth in trained
+                if m == "dense" or s == a.seeds[0]]
+        if a.report_only:
+            keys = [k for k in keys if (self.run_dir(k, best_lr) / "test.csv").exists()]
+        jobs = {k: pool.submit(self.run_one, *k, best_lr[k[1]]) for k in keys}
+        done = {k: f.result() for k, f in jobs.items()}
         pool.shutdown()
+        dirs = {k: v[0] for k, v in done.items()}
+        res = {k: v[1] for k, v in done.items()}
+        gates = {k: v[2] for k, v in done.items() if v[2] is not None}
+        for m, f in none.items():
+            res[(m, "none", 0)] = f.result()
         self.report(dirs, res, gates, best_lr)
+
+    def run_dir(self, key, best_lr):
+        m, meth, s = key
+        return self.out / m / f"{meth}-lr{best_lr[meth]}-s{s}"
 
     def report(self, dirs, res, gates, best_lr):
         a = self.a
@@ -191,10 +207,14 @@ class Study:
             none = res[(m, "none", 0)]
             lines.append(f"| none | - | - | {ppl(none):.2f} | | |")
             for s in seeds:
+                if any((m, meth, s) not in dirs for meth in TRAINED):
+                    lines.append(f"| (seed {s}: not all runs finished; see results.json) | | | | | |")
+                if any((m, meth, s) not in dirs for meth in ("single", "single_in")):
+                    continue
                 # the better single baseline of this seed, chosen on validation
                 singles = {meth: best_val(dirs[(m, meth, s)]) for meth in ("single", "single_in")}
                 ref = min(singles, key=singles.get)
-                for meth in TRAINED:
+                for meth in (x for x in TRAINED if (m, x, s) in dirs):
                     r = res[(m, meth, s)]
                     gain, lo, hi = paired_gain(r, res[(m, ref, s)], a.boot, seed=s)
                     tag = " (reference)" if meth == ref else ""
@@ -204,7 +224,8 @@ class Study:
                     summary[f"{m}/{meth}/s{s}"] = dict(test_ppl=ppl(r), gain=gain, ci=[lo, hi],
                                                        val_ppl=best_val(dirs[(m, meth, s)]),
                                                        reference=ref)
-            for s, meth in ((s, meth) for s in seeds for meth in ("mop", "mop_shared")):
+            for s, meth in ((s, meth) for s in seeds for meth in ("mop", "mop_shared")
+                            if (m, meth, s) in gates):
                 acc, table = gate_table(gates[(m, meth, s)])
                 lines += ["", f"Gate of {meth} on the test set ({m}, seed {s}): a task's examples give "
                           f"their own expert (pre-training's assignment) {100 * acc:.1f}% of "
@@ -288,6 +309,8 @@ def parse_args(argv):
     p.add_argument("--lrs", default="3e-3,1e-2")
     p.add_argument("--jobs", type=int, default=2, help="processes at once, one thread each")
     p.add_argument("--boot", type=int, default=2000)
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing new: tables from the runs that finished")
     a = p.parse_args(argv)
     a.models = a.models.split(",")
     a.seeds = [int(s) for s in a.seeds.split(",")]

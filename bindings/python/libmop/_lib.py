@@ -26,7 +26,7 @@ from ._errors import MopError
 __all__ = ["lib", "library_path", "has", "fn", "check"]
 
 # The package's version; a test keeps it equal to include/libmop/mop_version.h.
-VERSION = "0.1.0"
+VERSION = "0.2.0"
 VERSION_MAJOR = int(VERSION.split(".")[0])
 
 # ---------------------------------------------------------------------------

@@ -257,7 +257,8 @@ class MopClient(NumPyClient):
             opt.step(flat[:n_opt], grads[:n_opt])
             if opt_gate is not None:
                 opt_gate.step(flat[n_opt:], grads[n_opt:])
-            losses.append(r.mean_nll)
+            if r.n_targets:   # a batch cut to max_len may keep no target
+                losses.append(r.mean_nll)
         if self.progress:
             self.progress(f"client {self.client_id} round {rnd}: {steps} local steps on "
                           f"{len(self.train)} examples, mean loss {np.mean(losses):.3f}")
