@@ -9,7 +9,7 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 APT_PACKAGES=(
   build-essential meson ninja-build pkg-config clang
-  libopenblas-dev libopenblas0 libcmocka-dev libsodium-dev libcjson-dev libpcre2-dev
+  libopenblas-dev libopenblas0 libcmocka-dev libsodium-dev libcjson-dev
   python3-venv python3-pip python3-torch python3-numpy python3-matplotlib python3-scipy
   abigail-tools libclang-rt-14-dev cmake
   wordnet-base dict-freedict-eng-fra dict-freedict-eng-deu dict-freedict-eng-spa

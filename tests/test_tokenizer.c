@@ -16,6 +16,7 @@
 
 #include "model.h"
 #include "tokenizer.h"
+#include "tokenizer_unicode.h"
 #include "tokenizer_util.h"
 
 /* ---- the test vocabulary ----------------------------------------------------
@@ -157,6 +158,35 @@ static void test_pre_tokenizer_splits(void **state)
     /* llama3 groups up to three digits */
     EXPECT(t3, "1234", 0, v3.byte_id['1'], v3.byte_id['2'], v3.byte_id['3'], v3.byte_id['4']);
     mop_tokenizer_free(t3);
+}
+
+/* The pre-tokenizer's own Unicode table (not the regex library's). */
+static void test_unicode_classes(void **state)
+{
+    (void)state;
+    assert_string_equal(tok_unicode_version, "15.0.0");
+    assert_int_equal(tok_cp_class('a'), TOK_CLS_L);
+    assert_int_equal(tok_cp_class('7'), TOK_CLS_N);
+    assert_int_equal(tok_cp_class('\n'), TOK_CLS_WS);
+    assert_int_equal(tok_cp_class('\''), TOK_CLS_OTHER);
+    assert_int_equal(tok_cp_class(0x85), TOK_CLS_WS);     /* NEL: White_Space */
+    assert_int_equal(tok_cp_class(0x180E), TOK_CLS_OTHER); /* not White_Space since 6.3 */
+    assert_int_equal(tok_cp_class(0x3000), TOK_CLS_WS);
+    assert_int_equal(tok_cp_class(0xE9), TOK_CLS_L);
+    assert_int_equal(tok_cp_class(0xBD), TOK_CLS_N);       /* No */
+    assert_int_equal(tok_cp_class(0x2167), TOK_CLS_N);     /* Nl */
+    assert_int_equal(tok_cp_class(0x301), TOK_CLS_OTHER);  /* Mn */
+    assert_int_equal(tok_cp_class(0x378), TOK_CLS_OTHER);  /* unassigned */
+    assert_int_equal(tok_cp_class(0x4E00), TOK_CLS_L);     /* CJK range */
+    assert_int_equal(tok_cp_class(0x9FFF), TOK_CLS_L);
+    assert_int_equal(tok_cp_class(0x1E4F0), TOK_CLS_N);    /* new in 15.0 */
+    assert_int_equal(tok_cp_class(0x11F50), TOK_CLS_N);
+    assert_int_equal(tok_cp_class(0x11F04), TOK_CLS_L);
+    assert_int_equal(tok_cp_class(0x31350), TOK_CLS_L);    /* CJK Ext H */
+    assert_int_equal(tok_cp_class(0x2EBF0), TOK_CLS_OTHER); /* CJK Ext I: 15.1 */
+    assert_int_equal(tok_cp_class(0x10FFFF), TOK_CLS_OTHER);
+    for (uint32_t i = 1; i < tok_n_class_ranges; i++)
+        assert_true(tok_class_ranges[i - 1].hi < tok_class_ranges[i].lo);
 }
 
 static void test_unknown_bytes_fall_back(void **state)
@@ -540,6 +570,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_merges_follow_rank_then_position),
         cmocka_unit_test(test_pre_tokenizer_splits),
+        cmocka_unit_test(test_unicode_classes),
         cmocka_unit_test(test_unknown_bytes_fall_back),
         cmocka_unit_test(test_special_tokens),
         cmocka_unit_test(test_round_trip_and_decode),

@@ -7,29 +7,26 @@
  * rank, leftmost first, until no ranked pair remains.
  * decode(ids) = concat of each token's text mapped back through the inverse
  * byte table. Everything the tokenizer keeps is copied at creation. */
-#define PCRE2_CODE_UNIT_WIDTH 8
-#include <pcre2.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "model.h"
 #include "tokenizer.h"
+#include "tokenizer_unicode.h"
 #include "tokenizer_util.h"
 
 /* ---- pre-tokenizers -------------------------------------------------------
- * \s is spelled out as the Unicode White_Space set, which is what HF's
- * regex engine (Oniguruma) matches; PCRE2's UCP \s differs (it leaves out
- * U+0085 and takes in U+180E). */
-#define WS "\\t\\n\\x{0b}\\f\\r \\x{85}\\x{a0}\\x{1680}\\x{2000}-\\x{200a}\\x{2028}\\x{2029}" \
-           "\\x{202f}\\x{205f}\\x{3000}"
-static const char PAT_GPT2[] =
-    "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^" WS "\\p{L}\\p{N}]+"
-    "|[" WS "]+(?![^" WS "])|[" WS "]+";
-static const char PAT_LLAMA3[] =
-    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}"
-    "| ?[^" WS "\\p{L}\\p{N}]+[\\r\\n]*|[" WS "]*[\\r\\n]+|[" WS "]+(?![^" WS "])|[" WS "]+";
-static const char PAT_DIGIT[] = "\\p{N}";
-
+ * Hand-written scanners for the pre-tokenizer regexes (docs/TOKENIZER.md),
+ * with the character classes of tokenizer_unicode.h, so that the pieces do
+ * not depend on a regex library's Unicode version:
+ *   GPT-2:   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+ *   Llama 3: (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}
+ *            | ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
+ *   smollm:  every \p{N} alone, then GPT-2 on the text between.
+ * \s is the White_Space property, which is what HF's regex engine
+ * (Oniguruma) matches. Every character starts some alternative, so the
+ * matches tile the text. */
 enum { PRE_SMOLLM = 1, PRE_GPT2 = 2, PRE_LLAMA3 = 3 };
 
 static const struct {
@@ -75,8 +72,6 @@ struct mop_tokenizer {
     int32_t *eog; /* end-of-generation ids, ascending, no repeats */
     int32_t n_eog;
     int32_t pre_kind;
-    pcre2_general_context *gctx;
-    pcre2_code *re_split, *re_digit;
     char *chat_template;
 };
 
@@ -140,39 +135,6 @@ static int32_t pair_lookup(const mop_tokenizer *t, int32_t a, int32_t b, int32_t
     }
 }
 
-/* ---- PCRE2 through libmop's allocator ------------------------------------ */
-static void *pcre_alloc(PCRE2_SIZE size, void *user)
-{
-    (void)user;
-    return mop_alloc(size);
-}
-
-static void pcre_free(void *p, void *user)
-{
-    (void)user;
-    mop_free(p);
-}
-
-static mop_status compile_regex(mop_tokenizer *t, const char *pattern, pcre2_code **out)
-{
-    pcre2_compile_context *cc = pcre2_compile_context_create(t->gctx);
-    if (!cc)
-        return mop_fail(MOP_E_NOMEM, "tokenizer: out of memory compiling the pre-tokenizer");
-    int err = 0;
-    PCRE2_SIZE where = 0;
-    *out = pcre2_compile((PCRE2_SPTR)pattern, PCRE2_ZERO_TERMINATED, PCRE2_UTF | PCRE2_UCP, &err,
-                         &where, cc);
-    pcre2_compile_context_free(cc);
-    if (*out)
-        return MOP_OK;
-    if (err == PCRE2_ERROR_HEAP_FAILED)
-        return mop_fail(MOP_E_NOMEM, "tokenizer: out of memory compiling the pre-tokenizer");
-    PCRE2_UCHAR msg[160];
-    pcre2_get_error_message(err, msg, sizeof msg);
-    return mop_fail(MOP_E_INTERNAL, "tokenizer: pre-tokenizer regex at offset %zu: %s",
-                    (size_t)where, (const char *)msg);
-}
-
 /* ---- creation ------------------------------------------------------------- */
 void mop_tokenizer_free(mop_tokenizer *t)
 {
@@ -186,9 +148,6 @@ void mop_tokenizer_free(mop_tokenizer *t)
     mop_free(t->pair);
     mop_free(t->special);
     mop_free(t->eog);
-    pcre2_code_free(t->re_split);
-    pcre2_code_free(t->re_digit);
-    pcre2_general_context_free(t->gctx);
     mop_free(t->chat_template);
     mop_free(t);
 }
@@ -442,12 +401,6 @@ static mop_status create_inner(mop_tokenizer *t, const mop_tokenizer_spec *sp)
         t->chat_template[sp->chat_template.len] = '\0';
     }
 
-    t->gctx = pcre2_general_context_create(pcre_alloc, pcre_free, NULL);
-    if (!t->gctx)
-        return mop_fail(MOP_E_NOMEM, "tokenizer: out of memory for the regex context");
-    MOP_TRY(compile_regex(t, t->pre_kind == PRE_LLAMA3 ? PAT_LLAMA3 : PAT_GPT2, &t->re_split));
-    if (t->pre_kind == PRE_SMOLLM)
-        MOP_TRY(compile_regex(t, PAT_DIGIT, &t->re_digit));
     return MOP_OK;
 }
 
@@ -520,7 +473,6 @@ typedef struct encoder {
     size_t heap_n, heap_cap;
     char *mapped; /* the piece in byte-to-unicode form (llama3 whole-word lookup) */
     size_t mapped_cap;
-    pcre2_match_data *md;
     int32_t *out;
     size_t out_cap, n_out;
 } encoder;
@@ -655,43 +607,137 @@ static mop_status bpe_piece(encoder *e, const uint8_t *p, size_t n)
     return MOP_OK;
 }
 
-static mop_status match_error(int rc)
+/* ---- the pre-tokenizer scanners ------------------------------------------
+ * The text is valid UTF-8 (checked on entry), so decoding needs no checks. */
+typedef struct tchar {
+    uint32_t cp;
+    int cls;  /* TOK_CLS_* */
+    size_t len; /* bytes, 0 past the end */
+} tchar;
+
+static inline tchar char_at(const uint8_t *s, size_t n, size_t i)
 {
-    if (rc == PCRE2_ERROR_NOMEMORY || rc == PCRE2_ERROR_HEAPLIMIT)
-        return mop_fail(MOP_E_NOMEM, "tokenize: out of memory in the pre-tokenizer");
-    PCRE2_UCHAR msg[160];
-    pcre2_get_error_message(rc, msg, sizeof msg);
-    return mop_fail(MOP_E_INTERNAL, "tokenize: pre-tokenizer match failed: %s", (const char *)msg);
+    tchar c = {0, TOK_CLS_OTHER, 0};
+    if (i >= n)
+        return c;
+    uint8_t b = s[i];
+    if (b < 0x80) {
+        c.cp = b, c.len = 1;
+        c.cls = tok_ascii_class[b];
+        return c;
+    }
+    if (b < 0xE0)
+        c.cp = (uint32_t)(b & 0x1F) << 6 | (s[i + 1] & 0x3Fu), c.len = 2;
+    else if (b < 0xF0)
+        c.cp = (uint32_t)(b & 0x0F) << 12 | (s[i + 1] & 0x3Fu) << 6 | (s[i + 2] & 0x3Fu), c.len = 3;
+    else
+        c.cp = (uint32_t)(b & 0x07) << 18 | (s[i + 1] & 0x3Fu) << 12 | (s[i + 2] & 0x3Fu) << 6 |
+               (s[i + 3] & 0x3Fu),
+        c.len = 4;
+    c.cls = tok_cp_class(c.cp);
+    return c;
 }
 
-/* Split s[0, n) by the regex: each match is a piece, and so is any text
- * between matches (HF's "Isolated" split behaviour). */
-static mop_status regex_pieces(encoder *e, const pcre2_code *re, const char *s, size_t n,
-                               mop_status (*piece)(encoder *, const char *, size_t))
+/* End of the run of class cls that starts at i; *last = start of its last
+ * character (i if the run is empty). */
+static size_t run_end(const uint8_t *s, size_t n, size_t i, int cls, size_t *last)
 {
-    size_t gap = 0, from = 0;
-    while (from < n) {
-        int rc = pcre2_match(re, (PCRE2_SPTR)s, n, from, PCRE2_NO_UTF_CHECK, e->md, NULL);
-        if (rc == PCRE2_ERROR_NOMATCH)
+    size_t l = i;
+    for (;;) {
+        tchar c = char_at(s, n, i);
+        if (!c.len || c.cls != cls)
             break;
-        if (rc < 0)
-            return match_error(rc);
-        const PCRE2_SIZE *ov = pcre2_get_ovector_pointer(e->md);
-        size_t b = ov[0], end = ov[1];
-        if (end == b) { /* empty match: step over one character, it joins the gap */
-            from = b + 1;
-            while (from < n && ((uint8_t)s[from] & 0xC0) == 0x80)
-                from++;
-            continue;
-        }
-        if (b > gap)
-            MOP_TRY(piece(e, s + gap, b - gap));
-        MOP_TRY(piece(e, s + b, end - b));
-        gap = from = end;
+        l = i;
+        i += c.len;
     }
-    if (n > gap)
-        MOP_TRY(piece(e, s + gap, n - gap));
-    return MOP_OK;
+    if (last)
+        *last = l;
+    return i;
+}
+
+/* 's 't 're 've 'm 'll 'd at i: the length matched, or 0. Caseless for Llama 3
+ * (where PCRE2's and Oniguruma's caseless 's' also takes U+017F LONG S). */
+static size_t contraction(const uint8_t *s, size_t n, size_t i, int caseless)
+{
+    if (s[i] != '\'' || i + 1 >= n)
+        return 0;
+    uint8_t a = s[i + 1], b = i + 2 < n ? s[i + 2] : 0;
+    if (caseless) {
+        if (a == 0xC5 && b == 0xBF) /* U+017F folds to s */
+            return 3;
+        a = (uint8_t)(a | (a >= 'A' && a <= 'Z' ? 0x20 : 0));
+        b = (uint8_t)(b | (b >= 'A' && b <= 'Z' ? 0x20 : 0));
+    }
+    if (a == 's' || a == 't' || a == 'm' || a == 'd')
+        return 2;
+    if ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l'))
+        return 3;
+    return 0;
+}
+
+/* \s+(?!\S)|\s+ for the whitespace run at i: the run, less its last
+ * character when something other than whitespace follows it. */
+static size_t ws_tail(const uint8_t *s, size_t n, size_t i)
+{
+    size_t last, end = run_end(s, n, i, TOK_CLS_WS, &last);
+    return end < n && last > i ? last : end;
+}
+
+/* End of the GPT-2 regex match at i (< n). */
+static size_t scan_gpt2(const uint8_t *s, size_t n, size_t i)
+{
+    size_t k = contraction(s, n, i, 0);
+    if (k)
+        return i + k;
+    tchar c = char_at(s, n, i);
+    if (c.cp == ' ') { /* ' ?X+' for X in L, N, other */
+        tchar d = char_at(s, n, i + 1);
+        if (d.len && d.cls != TOK_CLS_WS)
+            return run_end(s, n, i + 1, d.cls, NULL);
+    }
+    if (c.cls != TOK_CLS_WS)
+        return run_end(s, n, i, c.cls, NULL);
+    return ws_tail(s, n, i);
+}
+
+/* End of the Llama 3 regex match at i (< n). */
+static size_t scan_llama3(const uint8_t *s, size_t n, size_t i)
+{
+    size_t k = contraction(s, n, i, 1);
+    if (k)
+        return i + k;
+    tchar c = char_at(s, n, i);
+    if (c.cls == TOK_CLS_L)
+        return run_end(s, n, i, TOK_CLS_L, NULL);
+    if (c.cls == TOK_CLS_N) { /* \p{N}{1,3} */
+        size_t j = i + c.len;
+        for (int m = 1; m < 3; m++) {
+            tchar d = char_at(s, n, j);
+            if (!d.len || d.cls != TOK_CLS_N)
+                break;
+            j += d.len;
+        }
+        return j;
+    }
+    tchar d = char_at(s, n, i + c.len);
+    if (c.cp != '\r' && c.cp != '\n' && d.len && d.cls == TOK_CLS_L) /* [^\r\n\p{L}\p{N}]?\p{L}+ */
+        return run_end(s, n, i + c.len, TOK_CLS_L, NULL);
+    size_t j = c.cls == TOK_CLS_OTHER ? i : c.cp == ' ' && d.len && d.cls == TOK_CLS_OTHER ? i + 1
+                                                                                      : n + 1;
+    if (j <= n) { /* ' ?[^\s\p{L}\p{N}]+[\r\n]*' */
+        j = run_end(s, n, j, TOK_CLS_OTHER, NULL);
+        while (j < n && (s[j] == '\r' || s[j] == '\n'))
+            j++;
+        return j;
+    }
+    /* c is whitespace: \s*[\r\n]+ ends after the run's last CR or LF */
+    size_t end = run_end(s, n, i, TOK_CLS_WS, NULL), crlf = 0;
+    for (size_t q = i; q < end; q++)
+        if (s[q] == '\r' || s[q] == '\n')
+            crlf = q + 1;
+    if (crlf)
+        return crlf;
+    return ws_tail(s, n, i);
 }
 
 static mop_status piece_bpe(encoder *e, const char *s, size_t n)
@@ -699,9 +745,17 @@ static mop_status piece_bpe(encoder *e, const char *s, size_t n)
     return bpe_piece(e, (const uint8_t *)s, n);
 }
 
-static mop_status piece_split(encoder *e, const char *s, size_t n)
+/* Split s[0, n) with the pre-tokenizer's regex; each match is a piece. */
+static mop_status split_pieces(encoder *e, const char *str, size_t n)
 {
-    return regex_pieces(e, e->t->re_split, s, n, piece_bpe);
+    const uint8_t *s = (const uint8_t *)str;
+    int llama3 = e->t->pre_kind == PRE_LLAMA3;
+    for (size_t i = 0; i < n;) {
+        size_t j = llama3 ? scan_llama3(s, n, i) : scan_gpt2(s, n, i);
+        MOP_TRY(bpe_piece(e, s + i, j - i));
+        i = j;
+    }
+    return MOP_OK;
 }
 
 /* Text between special tokens. */
@@ -709,9 +763,20 @@ static mop_status encode_span(encoder *e, const char *s, size_t n)
 {
     if (n == 0)
         return MOP_OK;
-    if (e->t->pre_kind == PRE_SMOLLM) /* every digit alone, then the GPT-2 regex */
-        return regex_pieces(e, e->t->re_digit, s, n, piece_split);
-    return piece_split(e, s, n);
+    if (e->t->pre_kind != PRE_SMOLLM)
+        return split_pieces(e, s, n);
+    /* smollm: every \p{N} character is a piece, the GPT-2 regex between them */
+    size_t gap = 0;
+    for (size_t i = 0; i < n;) {
+        tchar c = char_at((const uint8_t *)s, n, i);
+        if (c.cls == TOK_CLS_N) {
+            MOP_TRY(split_pieces(e, s + gap, i - gap));
+            MOP_TRY(piece_bpe(e, s + i, c.len));
+            gap = i + c.len;
+        }
+        i += c.len;
+    }
+    return split_pieces(e, s + gap, n - gap);
 }
 
 /* The longest special token at s, or -1. Control tokens only when asked. */
@@ -761,11 +826,7 @@ mop_status mop_tokenizer_encode(const mop_tokenizer *t, const char *text, size_t
         return mop_fail(MOP_E_INVALID_ARG, "tokenize: text is not valid UTF-8 at byte %zu", bad);
 
     encoder e = {.t = t, .out = tokens, .out_cap = cap};
-    e.md = pcre2_match_data_create(1, t->gctx);
-    mop_status st = e.md ? MOP_OK : mop_fail(MOP_E_NOMEM, "tokenize: out of memory");
-    if (st == MOP_OK)
-        st = encode_all(&e, text ? text : "", len, flags);
-    pcre2_match_data_free(e.md);
+    mop_status st = encode_all(&e, text ? text : "", len, flags);
     mop_free(e.sym);
     mop_free(e.prev);
     mop_free(e.next);

@@ -249,6 +249,16 @@ def test_bytes_without_a_token_are_dropped(mop, reference, reader):
     assert mop.detokenize(got)[1] == b"abc"
 
 
+def test_byte_without_a_token_blocks_merges(mop, reference):
+    """Where HF and llama.cpp differ, libmop follows llama.cpp: a byte with no
+    token (0x04 in SmolLM2) is dropped after the merges, so '|' 0x04 '|' stays
+    two '|' tokens; HF drops it first and merges '||' (docs/TOKENIZER.md)."""
+    bar, bars = mop.tokenize("|"), mop.tokenize("||")
+    assert len(bar) == 1 and len(bars) == 1
+    assert mop.tokenize("|\x04|") == bar + bar
+    assert reference.encode("|\x04|", add_special_tokens=False).ids == bars
+
+
 def test_concurrent_tokenize_on_shared_model(mop):
     """mop_tokenize is thread-safe on one model (ctypes drops the GIL in calls)."""
     import concurrent.futures
@@ -258,3 +268,81 @@ def test_concurrent_tokenize_on_shared_model(mop):
     with concurrent.futures.ThreadPoolExecutor(max_workers=4) as ex:
         parallel = list(ex.map(mop.tokenize, texts))
     assert parallel == serial
+
+
+# ---- code points newer than the system regex library (issue 14) -----------
+# libmop's pre-tokenizer classes come from its own Unicode table
+# (src/core/tokenizer_unicode.c), not from PCRE2's; these cases differed when
+# they did (PCRE2 10.42 is Unicode 14: U+1E4F0 NAG MUNDARI DIGIT ZERO and
+# U+11F50 KAWI DIGIT ZERO are 15.0 digits).
+NEW_IN_15 = [
+    ("\U0001E4F0't", [187, 248, 237, 125, 982]),
+    ("   \U00011F50", [333, 187, 235, 138, 234]),
+    ("\n\n\n\U0001E4F0", None),
+    ("\U00011F04\U00011F05 \U0001E4D0\U0001E4D1 \U00031350\U00031351 \U0001D2C0\U0001D2C1", None),
+    ("\u0CF3 \U0001E030 \U00011F50\U00011F51's", None),
+]
+
+
+@pytest.mark.parametrize("text,ids", NEW_IN_15, ids=range(len(NEW_IN_15)))
+def test_unicode_15_minimal_cases(mop, reference, text, ids):
+    want = reference.encode(text, add_special_tokens=False).ids
+    if ids is not None:
+        assert want == ids
+    assert mop.tokenize(text) == want
+    assert mop.detokenize(want)[1].decode("utf-8") == text
+
+
+def assigned_code_points():
+    """Assigned code points of planes 0-3 and 14 in the table's UnicodeData.txt."""
+    path = pathlib.Path("/usr/share/unicode/UnicodeData.txt")
+    if not path.exists():
+        pytest.skip("no /usr/share/unicode/UnicodeData.txt (apt-get install unicode-data)")
+    cps, first = [], None
+    for line in path.read_text(encoding="utf-8").splitlines():
+        f = line.split(";")
+        cp = int(f[0], 16)
+        if f[1].endswith(", First>"):
+            first = cp
+            continue
+        lo = first if f[1].endswith(", Last>") else cp
+        first = None
+        cps.extend(c for c in range(lo, cp + 1)
+                   if (c >> 16) in (0, 1, 2, 3, 14) and not 0xD800 <= c <= 0xDFFF)
+    return cps
+
+
+# each code point X in these contexts, many per probe string joined by '|'
+CONTEXTS = ["{}", "'{}", "{}'t", "{}'s", "   {}", "\n\n\n{}", "12{}", "{}3", "a{}b", " {} ",
+            "\t{}\t", "({})", "{}{} x"]
+
+
+def byte_stand_in(b):
+    """GPT-2's printable stand-in character of byte b."""
+    keep = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    if b in keep:
+        return chr(b)
+    return chr(256 + [x for x in range(256) if x not in keep].index(b))
+
+
+def test_every_assigned_code_point_matches_hf(mop, reference, reader):
+    vocab = set(reader.fields["tokenizer.ggml.tokens"].contents())
+    # bytes without a token: HF drops them before merging, libmop (as llama.cpp)
+    # after, so their neighbours cannot merge across them; see
+    # test_byte_without_a_token_blocks_merges
+    cps = [c for c in assigned_code_points()
+           if all(byte_stand_in(b) in vocab for b in chr(c).encode("utf-8"))]
+    assert len(cps) > 140000
+    chunk = 3000
+    for ctx in CONTEXTS:
+        for k in range(0, len(cps), chunk):
+            part = cps[k:k + chunk]
+            text = "|".join(ctx.format(chr(c), chr(c)) for c in part)
+            want = reference.encode(text, add_special_tokens=False).ids
+            got = mop.tokenize(text)
+            if got != want:  # name the first code point that differs
+                for c in part:
+                    one = ctx.format(chr(c), chr(c))
+                    if mop.tokenize(one) != reference.encode(one, add_special_tokens=False).ids:
+                        pytest.fail(f"context {ctx!r}: U+{c:04X} differs from HF")
+                pytest.fail(f"context {ctx!r}: chunk at U+{part[0]:04X} differs from HF")
