@@ -12,7 +12,7 @@ APT_PACKAGES=(
   libopenblas-dev libopenblas0 libcmocka-dev libsodium-dev libcjson-dev
   python3-venv python3-pip python3-torch python3-numpy python3-matplotlib python3-scipy
   abigail-tools libclang-rt-14-dev cmake
-  wordnet-base dict-freedict-eng-fra dict-freedict-eng-deu dict-freedict-eng-spa
+  unicode-data wordnet-base dict-freedict-eng-fra dict-freedict-eng-deu dict-freedict-eng-spa
   fortunes dict-gcide
   libopenmpi-dev openmpi-bin
 )
