@@ -346,3 +346,24 @@ def test_no_leaks_mixture(model):
     grown = rss_bytes() - rss0
     assert libmop.live_handles() == live0
     assert grown < 8 * 2**20, f"RSS grew by {grown / 2**20:.1f} MiB over 1000 cycles"
+
+
+def test_inject_states_give_identical_training(model):
+    """Mixture.inject_states + Batch.with_states: the same loss and gradients
+    as running layers [0, L_p) again (bit for bit)."""
+    import libmop
+    with libmop.Context(model, n_ctx=128, n_batch=128, n_threads=2) as ctx, \
+            libmop.Mixture(model, n_experts=2, prompt_len=2) as mix:
+        ex = [("Define the word cat.", "A small animal."), ("2+2?", "4")]
+        b = libmop.Batch.from_examples(model, ex, max_len=64)
+        mix.zero_grad()
+        r0 = mix.forward_backward(ctx, b)
+        g0 = mix.grads.copy()
+        states, u = mix.inject_states(ctx, b)
+        assert [s.shape[0] for s in states] == list(b.lengths) and u.shape[0] == 2
+        mix.zero_grad()
+        r1 = mix.forward_backward(ctx, b.with_states(states, u))
+        assert r1.loss == r0.loss
+        assert np.array_equal(mix.grads, g0)
+        with pytest.raises(libmop.MopError):
+            b.with_states(states[:1], u)

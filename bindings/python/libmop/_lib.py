@@ -151,7 +151,8 @@ class MixtureTensorInfoC(Structure):
 class BatchC(Structure):
     _fields_ = [("struct_size", c_uint32), ("n_seq", c_int32), ("seq_len", c_int32),
                 ("tokens", POINTER(c_int32)), ("lengths", POINTER(c_int32)),
-                ("loss_mask", POINTER(c_uint8)), ("task", POINTER(c_int32))]
+                ("loss_mask", POINTER(c_uint8)), ("task", POINTER(c_int32)),
+                ("states", POINTER(POINTER(c_float))), ("gate_input", POINTER(c_float))]
 
 
 class LossParams(Structure):
@@ -262,6 +263,7 @@ _PROTOS: dict[str, tuple[Any, list[Any]]] = {
                                        P(c_int32), c_int32, P(GatePretrainParams),
                                        P(GatePretrainResultC)]),
     "mop_mixture_init_experts": (st, [vp, vp, P(BatchC)]),
+    "mop_mixture_inject_states": (st, [vp, vp, P(BatchC), P(P(c_float)), P(c_float)]),
     "mop_mixture_generate": (st, [vp, vp, vp, P(c_int32), c_int32, c_int32, TOKEN_FN, vp,
                                   P(c_int32)]),
     "mop_mixture_prepare": (st, [vp, vp]),

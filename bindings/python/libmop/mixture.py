@@ -109,6 +109,23 @@ class Batch:
         self.task = None if task is None else L.int32_array(task, "task")
         if self.task is not None and self.task.shape != (B,):
             raise L.shape_error(f"task: expected shape ({B},), got {self.task.shape}")
+        self.states: Optional[list[np.ndarray]] = None    # see with_states()
+        self.gate_input: Optional[np.ndarray] = None
+
+    def with_states(self, states: Sequence[Any], gate_input: Any) -> "Batch":
+        """Attach cached layer-L_p states (from :meth:`Mixture.inject_states`):
+        training and evaluation then skip layers [0, L_p), with identical
+        results. Returns self."""
+        B, _ = self.tokens.shape
+        d = np.asarray(gate_input).shape[-1] if np.ndim(gate_input) == 2 else -1
+        sts = [np.ascontiguousarray(x, dtype=np.float32) for x in states]
+        if len(sts) != B or d < 1 or any(x.shape != (int(self.lengths[i]), d)
+                                         for i, x in enumerate(sts)):
+            raise L.shape_error("states: one (lengths[b], d) array per sequence and "
+                                f"gate_input ({B}, d)")
+        self.states = sts
+        self.gate_input = np.ascontiguousarray(gate_input, dtype=np.float32)
+        return self
 
     @property
     def n_seq(self) -> int:
@@ -129,6 +146,11 @@ class Batch:
         b.lengths = L.ptr(self.lengths, c_int32)
         b.loss_mask = L.ptr(self.loss_mask, c_uint8)
         b.task = L.ptr(self.task, c_int32)
+        if self.states is not None:
+            self._state_ptrs = (ctypes.POINTER(c_float) * len(self.states))(
+                *[L.ptr(x, c_float) for x in self.states])
+            b.states = ctypes.cast(self._state_ptrs, ctypes.POINTER(ctypes.POINTER(c_float)))
+            b.gate_input = L.ptr(self.gate_input, c_float)
         return b
 
     @classmethod
@@ -391,6 +413,20 @@ class Mixture(L.Closable):
             L.ptr(tv, c_int32), n_val, byref(p), byref(r)))
         return GatePretrainResult(int(r.epochs), int(r.best_epoch), float(r.train_accuracy),
                                   float(r.val_accuracy), float(r.val_loss))
+
+    def inject_states(self, ctx: Context, batch: Batch) -> tuple[list[np.ndarray], np.ndarray]:
+        """What layers [0, L_p) give each sequence: its hidden states entering
+        L_p, (lengths[b], d) each, and its raw gate input (B, d)
+        (mop_mixture_inject_states); pass them back with
+        :meth:`Batch.with_states` to skip those layers in later epochs."""
+        d = self.tensor_info()[0].shape[2]
+        states = [np.zeros((int(n), d), dtype=np.float32) for n in batch.lengths]
+        ptrs = (ctypes.POINTER(c_float) * len(states))(*[L.ptr(x, c_float) for x in states])
+        u = np.zeros((batch.n_seq, d), dtype=np.float32)
+        b = batch._c()
+        L.check(L.call("mop_mixture_inject_states", ctx, self, byref(b), ptrs,
+                       L.ptr(u, c_float)))
+        return states, u
 
     def init_experts(self, ctx: Context, batch: Batch) -> None:
         """Experts from real layer-L_p hidden states of @p batch's tokens
