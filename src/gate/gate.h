@@ -89,6 +89,10 @@ struct mop_mixture {
 /* Views. */
 static inline float *gate_experts(const mop_mixture *m) { return m->params + m->off[GATE_T_EXPERTS]; }
 
+/* xorshift64* step of the module's seeded draws (initialisation, shuffles);
+ * the state must not be 0. */
+uint64_t gate_rng_next(uint64_t *state);
+
 /* Resolve -1 defaults against the model and check every field; errors are
  * MOP_E_RANGE / MOP_E_INVALID_ARG with the field's name. */
 mop_status mixture_resolve_params(mop_mixture_params *p, int32_t n_layer, const char *fn);

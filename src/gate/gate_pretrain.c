@@ -52,14 +52,6 @@ static void score(const mop_mixture *m, const float *u, const int32_t *task, int
     *loss = n > 0 ? nll / n : 0.0;
 }
 
-static uint64_t shuffle_next(uint64_t *s)
-{
-    *s ^= *s >> 12;
-    *s ^= *s << 25;
-    *s ^= *s >> 27;
-    return *s * 0x2545F4914F6CDD1Dull;
-}
-
 mop_status mop_mixture_pretrain_gate(mop_mixture *m, const float *u, const int32_t *task,
                                      int32_t n, const float *u_val, const int32_t *task_val,
                                      int32_t n_val, const mop_gate_pretrain_params *params,
@@ -129,7 +121,7 @@ mop_status mop_mixture_pretrain_gate(mop_mixture *m, const float *u, const int32
     while (epoch < p.max_epochs && epoch - improved < p.patience) {
         epoch++;
         for (int32_t r = n - 1; r > 0; r--) {
-            int32_t j = (int32_t)(shuffle_next(&rng) % (uint64_t)(r + 1));
+            int32_t j = (int32_t)(gate_rng_next(&rng) % (uint64_t)(r + 1));
             int32_t t = order[r];
             order[r] = order[j], order[j] = t;
         }

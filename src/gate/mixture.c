@@ -201,12 +201,17 @@ typedef struct gate_rng {
     uint64_t s;
 } gate_rng;
 
+uint64_t gate_rng_next(uint64_t *s)
+{
+    *s ^= *s >> 12;
+    *s ^= *s << 25;
+    *s ^= *s >> 27;
+    return *s * 0x2545F4914F6CDD1Dull;
+}
+
 static uint64_t rng_next(gate_rng *r)
 {
-    r->s ^= r->s >> 12;
-    r->s ^= r->s << 25;
-    r->s ^= r->s >> 27;
-    return r->s * 0x2545F4914F6CDD1Dull;
+    return gate_rng_next(&r->s);
 }
 
 static double rng_uniform(gate_rng *r) /* (0, 1) */
