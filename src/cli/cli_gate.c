@@ -195,3 +195,18 @@ size_t cli_gate_offset(const mop_mixture *m)
     }
     return mop_mixture_n_params(m);
 }
+
+int cli_gate_baseline(const char *cmd, const char *name, mop_mixture_params *mp)
+{
+    mp->gate_mode = MOP_GATE_UNIFORM;
+    if (strcmp(name, "single") == 0) {
+        mp->prompt_len = mp->n_experts * mp->prompt_len;
+        mp->n_experts = 1;
+    } else if (strcmp(name, "oracle") == 0) {
+        mp->gate_mode = MOP_GATE_ORACLE;
+    } else if (strcmp(name, "uniform") != 0) {
+        return cli_usage_error(cmd, "--baseline must be 'single', 'uniform' or 'oracle', got '%s'",
+                               name);
+    }
+    return CLI_OK;
+}

@@ -54,4 +54,9 @@ int cli_gate_accuracy(mop_ctx *ctx, const mop_mixture *m, const cli_dataset *ds,
  * [cli_gate_offset, n_params). */
 size_t cli_gate_offset(const mop_mixture *m);
 
+/* Apply --baseline NAME to mp (K and P already set): "single" (one K*P-token
+ * prompt), "uniform" (K experts, uniform gate) or "oracle" (expert k serves
+ * task k by label). CLI_ERROR after a usage message naming cmd. */
+int cli_gate_baseline(const char *cmd, const char *name, mop_mixture_params *mp);
+
 #endif

@@ -24,7 +24,7 @@ typedef struct fed_opts {
     int32_t template_system;
     int32_t n_clients, rounds, local_steps, K, P, B, max_len, n_threads, malicious, krum_f;
     int32_t secure_agg, split_kind; /* 0 skewed, 1 iid, 2 dirichlet */
-    int32_t pretrain_epochs, no_pretrain;
+    int32_t pretrain_epochs, no_pretrain, n_shared;
     float gate_lr, gate_clip, pretrain_lr;
     float alpha, lr, skew_ratio, prox_mu, dp_clip, dp_noise, dp_delta, server_lr, trim_ratio;
     uint64_t seed;
@@ -782,7 +782,8 @@ static int run(mop_model *model, const fed_opts *o, const mop_mixture_params *mp
            (int)o->rounds, (int)o->local_steps, o->strategy,
            o->secure_agg ? " (secure aggregation)" : "", o->split);
     printf("mixture: K=%d P=%d gate=%s params=%zu\n", (int)got.n_experts, (int)got.prompt_len,
-           fs.learned_gate ? "learned" : "uniform", mop_mixture_n_params(fs.global));
+           fs.learned_gate ? "learned" : got.gate_mode == MOP_GATE_ORACLE ? "oracle" : "uniform",
+           mop_mixture_n_params(fs.global));
     printf("data: %zu training examples (%d tasks), %zu validation examples; client sizes:",
            ds->n, (int)ds->n_tasks, val->n);
     for (int32_t c = 0; c < N; c++)
@@ -791,6 +792,10 @@ static int run(mop_model *model, const fed_opts *o, const mop_mixture_params *mp
     if (o->malicious > 0)
         printf("malicious: clients 0..%d (%s)\n", (int)o->malicious - 1, o->attack);
     fflush(stdout);
+    if (got.gate_mode == MOP_GATE_ORACLE && got.n_experts < ds->n_tasks) {
+        cli_error("--baseline oracle needs --experts >= the %d tasks of the data", (int)ds->n_tasks);
+        goto out;
+    }
     if (fed_prepare_gate(&fs, &got) != CLI_OK)
         goto out;
     double ppl;
@@ -966,7 +971,8 @@ int cli_cmd_fed_sim(int argc, char **argv)
         {"trim-ratio", 0, CLI_FLOAT, &o.trim_ratio, "X", "fraction trimmed from each end by trimmed_mean; default 0.1"},
         {"split", 0, CLI_STRING, &o.split, "KIND", "skewed | iid | dirichlet:ALPHA; default skewed"},
         {"skew-ratio", 0, CLI_FLOAT, &o.skew_ratio, "X", "skewed split: big part / small part per task; default 15"},
-        {"baseline", 0, CLI_STRING, &o.baseline, "single|uniform", "single: one K*P-token prompt; uniform: K experts, uniform gate"},
+        {"baseline", 0, CLI_STRING, &o.baseline, "single|uniform|oracle", "single: one K*P-token prompt; uniform: K experts, uniform gate; oracle: expert k serves task k by label"},
+        {"shared", 0, CLI_INT, &o.n_shared, "N", "always-on shared groups of P tokens next to the K routed ones; default 0"},
         {"experts", 'K', CLI_INT, &o.K, "K", "number of experts; default 8"},
         {"prompt-len", 'P', CLI_INT, &o.P, "P", "soft tokens per expert; default 8"},
         {"batch", 'b', CLI_INT, &o.B, "B", "sequences per local step (and per evaluation call); default 4"},
@@ -1104,8 +1110,8 @@ int cli_cmd_fed_sim(int argc, char **argv)
                                o.strategy);
     if (o.secure_agg && o.n_clients < 2)
         return cli_usage_error(cmd, "--secure-agg needs --clients >= 2");
-    if (o.pretrain_epochs < 0)
-        return cli_usage_error(cmd, "--gate-pretrain-epochs must be >= 0");
+    if (o.pretrain_epochs < 0 || o.n_shared < 0)
+        return cli_usage_error(cmd, "--gate-pretrain-epochs and --shared must be >= 0");
     if (!(o.gate_lr >= 0.0f && isfinite(o.gate_lr)) || !(o.gate_clip >= 0.0f && isfinite(o.gate_clip)) ||
         !(o.pretrain_lr >= 0.0f && isfinite(o.pretrain_lr)))
         return cli_usage_error(cmd, "--gate-lr, --gate-clip and --gate-pretrain-lr must be finite and >= 0");
@@ -1116,16 +1122,9 @@ int cli_cmd_fed_sim(int argc, char **argv)
     mp.n_experts = o.K;
     mp.prompt_len = o.P;
     mp.seed = o.seed;
-    if (o.baseline) {
-        if (strcmp(o.baseline, "single") == 0) {
-            mp.n_experts = 1;
-            mp.prompt_len = o.K * o.P;
-        } else if (strcmp(o.baseline, "uniform") != 0) {
-            return cli_usage_error(cmd, "--baseline must be 'single' or 'uniform', got '%s'",
-                                   o.baseline);
-        }
-        mp.gate_mode = MOP_GATE_UNIFORM;
-    }
+    mp.n_shared = o.n_shared;
+    if (o.baseline && cli_gate_baseline(cmd, o.baseline, &mp) != CLI_OK)
+        return CLI_ERROR;
     if (cli_check_output_path(o.out) != CLI_OK || cli_check_output_path(o.csv) != CLI_OK)
         return CLI_ERROR;
 

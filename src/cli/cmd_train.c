@@ -407,16 +407,8 @@ int cli_cmd_train(int argc, char **argv)
     else if (o.combine && strcmp(o.combine, "bias") != 0)
         return cli_usage_error("train", "--combine must be 'bias' or 'sum', got '%s'", o.combine);
     if (o.baseline) {
-        mp.gate_mode = MOP_GATE_UNIFORM;
-        if (strcmp(o.baseline, "single") == 0) {
-            mp.n_experts = 1;
-            mp.prompt_len = o.K * o.P;
-        } else if (strcmp(o.baseline, "oracle") == 0) {
-            mp.gate_mode = MOP_GATE_ORACLE;
-        } else if (strcmp(o.baseline, "uniform") != 0) {
-            return cli_usage_error("train", "--baseline must be 'single', 'uniform' or 'oracle', "
-                                   "got '%s'", o.baseline);
-        }
+        if (cli_gate_baseline("train", o.baseline, &mp) != CLI_OK)
+            return CLI_ERROR;
         if (o.top_k || o.pretrain_epochs || o.load_balance != 0.0f)
             return cli_usage_error("train", "--baseline has no learned gate: --top-k, "
                                             "--gate-pretrain-epochs and --load-balance do not apply");

@@ -21,6 +21,8 @@ import sys
 import numpy as np
 import pytest
 
+from test_bindings_core import import_libmop
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SMALL = ["--clients", "3", "--rounds", "2", "--local-steps", "2", "-K", "2", "-P", "2",
          "--max-len", "64", "--batch", "2", "--threads", "2", "--split", "skewed",
@@ -166,3 +168,31 @@ def test_strategy_names_and_deprecated_spelling(mop_bin, model_path, given, cano
     warning = (f"mop fed-sim: warning: --strategy '{given}' is deprecated, use '{canonical}'")
     assert (warning in r.stderr) == deprecated, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 + deprecated
+
+
+def test_oracle_and_shared_baselines(mop_bin, model_path, data, tmp_path):
+    """--baseline oracle routes task k to expert k (gate-stats: one-hot rows,
+    expert order = sorted task names); --shared adds always-on groups, and
+    a K smaller than the number of tasks is refused for the oracle."""
+    mix = tmp_path / "oracle.safetensors"
+    stdout, rows = fed_sim(mop_bin, model_path, data, tmp_path, "oracle", "--rounds", "1",
+                           "--local-steps", "1", "-K", "9", "-P", "1", "--baseline", "oracle",
+                           "--shared", "1", "-o", mix)
+    assert "gate=oracle" in stdout
+    libmop = import_libmop()
+    with libmop.Model(model_path) as model, libmop.Mixture.load(model, mix) as m:
+        assert (m.config["n_experts"], m.config["n_shared"], m.config["gate_mode"]) == (9, 1, 2)
+    assert len(rows) == 1 and math.isfinite(float(rows[0]["val_ppl"]))
+    table = tmp_path / "gate.csv"
+    r = run(mop_bin, "gate-stats", model_path, "--mixture", mix, "--data", data / "test.jsonl",
+            "-o", table, "-t", "2")
+    assert r.returncode == 0, r.stderr
+    with open(table) as f:
+        got = list(csv.DictReader(f))
+    tasks = sorted(row["task"] for row in got)
+    for row in got:
+        w = np.array([float(row[f"w{k}"]) for k in range(9)])
+        np.testing.assert_allclose(w, np.eye(9)[tasks.index(row["task"])], atol=1e-6)
+    r = run(mop_bin, "fed-sim", model_path, "--data", data / "train.jsonl", "--val",
+            data / "test.jsonl", *SMALL, "--baseline", "oracle")
+    assert r.returncode == 1 and "needs --experts >= the 9 tasks" in r.stderr, r.stderr
