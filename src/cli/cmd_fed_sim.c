@@ -24,7 +24,7 @@ typedef struct fed_opts {
     int32_t template_system;
     int32_t n_clients, rounds, local_steps, K, P, B, max_len, n_threads, malicious, krum_f;
     int32_t secure_agg, split_kind; /* 0 skewed, 1 iid, 2 dirichlet */
-    int32_t pretrain_epochs, no_pretrain, n_shared;
+    int32_t pretrain_epochs, no_pretrain, n_shared, gate_layer, inject_layer;
     float gate_lr, gate_clip, pretrain_lr;
     float alpha, lr, skew_ratio, prox_mu, dp_clip, dp_noise, dp_delta, server_lr, trim_ratio;
     uint64_t seed;
@@ -957,7 +957,7 @@ int cli_cmd_fed_sim(int argc, char **argv)
         .rounds = 10, .local_steps = 10, .K = defaults.n_experts, .P = defaults.prompt_len,
         .B = 4, .max_len = 256, .krum_f = 1, .lr = 3e-3f, .skew_ratio = 15.0f,
         .dp_delta = 1e-5f, .server_lr = 0.0f, .trim_ratio = 0.1f, .seed = 1234,
-        .gate_lr = 1e-3f, .gate_clip = 1.0f,
+        .gate_lr = 1e-3f, .gate_clip = 1.0f, .gate_layer = -1, .inject_layer = -1,
     };
     const cli_opt opts[] = {
         {"data", 'd', CLI_STRING, &o.data, "FILE", "training data, JSONL {task, instruction, response}; required"},
@@ -972,6 +972,8 @@ int cli_cmd_fed_sim(int argc, char **argv)
         {"split", 0, CLI_STRING, &o.split, "KIND", "skewed | iid | dirichlet:ALPHA; default skewed"},
         {"skew-ratio", 0, CLI_FLOAT, &o.skew_ratio, "X", "skewed split: big part / small part per task; default 15"},
         {"baseline", 0, CLI_STRING, &o.baseline, "single|uniform|oracle", "single: one K*P-token prompt; uniform: K experts, uniform gate; oracle: expert k serves task k by label"},
+        {"gate-layer", 0, CLI_INT, &o.gate_layer, "L", "gate reads hidden states after L layers; default n_layer/3"},
+        {"inject-layer", 0, CLI_INT, &o.inject_layer, "L", "experts enter before layer L; default n_layer/3"},
         {"shared", 0, CLI_INT, &o.n_shared, "N", "always-on shared groups of P tokens next to the K routed ones; default 0"},
         {"experts", 'K', CLI_INT, &o.K, "K", "number of experts; default 8"},
         {"prompt-len", 'P', CLI_INT, &o.P, "P", "soft tokens per expert; default 8"},
@@ -1123,6 +1125,8 @@ int cli_cmd_fed_sim(int argc, char **argv)
     mp.prompt_len = o.P;
     mp.seed = o.seed;
     mp.n_shared = o.n_shared;
+    mp.gate_layer = o.gate_layer;
+    mp.inject_layer = o.inject_layer;
     if (o.baseline && cli_gate_baseline(cmd, o.baseline, &mp) != CLI_OK)
         return CLI_ERROR;
     if (cli_check_output_path(o.out) != CLI_OK || cli_check_output_path(o.csv) != CLI_OK)

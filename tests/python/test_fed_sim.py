@@ -172,16 +172,19 @@ def test_strategy_names_and_deprecated_spelling(mop_bin, model_path, given, cano
 
 def test_oracle_and_shared_baselines(mop_bin, model_path, data, tmp_path):
     """--baseline oracle routes task k to expert k (gate-stats: one-hot rows,
-    expert order = sorted task names); --shared adds always-on groups, and
+    expert order = sorted task names); --shared adds always-on groups,
+    --gate-layer/--inject-layer are stored, and
     a K smaller than the number of tasks is refused for the oracle."""
     mix = tmp_path / "oracle.safetensors"
     stdout, rows = fed_sim(mop_bin, model_path, data, tmp_path, "oracle", "--rounds", "1",
                            "--local-steps", "1", "-K", "9", "-P", "1", "--baseline", "oracle",
-                           "--shared", "1", "-o", mix)
+                           "--shared", "1", "--gate-layer", "3", "--inject-layer", "5", "-o", mix)
     assert "gate=oracle" in stdout
     libmop = import_libmop()
     with libmop.Model(model_path) as model, libmop.Mixture.load(model, mix) as m:
-        assert (m.config["n_experts"], m.config["n_shared"], m.config["gate_mode"]) == (9, 1, 2)
+        c = m.config
+        assert (c["n_experts"], c["n_shared"], c["gate_mode"]) == (9, 1, 2)
+        assert (c["gate_layer"], c["inject_layer"]) == (3, 5)
     assert len(rows) == 1 and math.isfinite(float(rows[0]["val_ppl"]))
     table = tmp_path / "gate.csv"
     r = run(mop_bin, "gate-stats", model_path, "--mixture", mix, "--data", data / "test.jsonl",
