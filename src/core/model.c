@@ -8,7 +8,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "fileio.h"
 #include "loaders.h"
@@ -324,6 +326,27 @@ static void add_job(load_job *jobs, int *n, const char *name, int64_t rows, int6
     j->vec = vec;
 }
 
+/* Drop the resident file pages of a tensor that was just converted into its
+ * own buffer: without this the load peaks at the whole file plus the F32
+ * weights. The mapping is private and read-only, so a later read (tensor
+ * info, a re-save) faults the pages back in from the file; data outside
+ * m's file mappings (a caller's buffer) is left alone. */
+static void release_source(const mop_model *m, const mop_src_tensor *t)
+{
+    long page = sysconf(_SC_PAGESIZE);
+    uintptr_t lo = (uintptr_t)t->data, hi = lo + t->nbytes;
+    for (int32_t i = 0; page > 0 && i < m->n_maps; i++) {
+        uintptr_t a = (uintptr_t)m->maps[i].addr, b = a + m->maps[i].size;
+        if (lo < a || hi > b)
+            continue;
+        uintptr_t first = (lo + (uintptr_t)page - 1) & ~((uintptr_t)page - 1);
+        uintptr_t last = hi & ~((uintptr_t)page - 1);
+        if (last > first)
+            (void)madvise((void *)first, last - first, MADV_DONTNEED);
+        return;
+    }
+}
+
 /* Make job j's F32 data: borrow the mapping or convert into a model buffer. */
 static mop_status run_job(mop_model *m, load_job *j, const mop_model_params *p, mop_pool **pool,
                           int64_t head_dim)
@@ -367,6 +390,7 @@ static mop_status run_job(mop_model *m, load_job *j, const mop_model_params *p, 
     mop_pool_run(n >= ((size_t)1 << 16) ? *pool : NULL, convert_rows, &ct);
     MOP_TRY(check_finite(&ct));
     j->data = buf;
+    release_source(m, t);
     return MOP_OK;
 }
 
