@@ -43,6 +43,15 @@ if [ "${MOP_SKIP_ASAN:-0}" != 1 ]; then
     >/tmp/mop-test-asan.log 2>&1
   grep -E 'FAIL|ERROR|TIMEOUT' /tmp/mop-test-asan.log | tail -n 20 || true
   count_meson build-asan "unit (asan)"
+  # Mutated inputs and bad options through the ASan CLI, and the Python
+  # misuse cases against the ASan library (tests/hostile_campaign.py).
+  echo "==> hostile-input campaign (ASan+UBSan)"
+  .venv/bin/python tests/hostile_campaign.py --mop build-asan/src/cli/mop --runs 300 \
+    --seconds 180 --seed "${MOP_HOSTILE_SEED:-1}" --pytest build-asan/libmop.so \
+    >/tmp/mop-hostile.log 2>&1
+  rc=$?
+  grep -E '^(FAIL|hostile campaign|misuse)' /tmp/mop-hostile.log | tail -n 10
+  record "hostile campaign (asan)" $rc
 fi
 
 if [ "${MOP_SKIP_TSAN:-0}" != 1 ] && command -v clang >/dev/null; then
