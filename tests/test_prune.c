@@ -272,6 +272,27 @@ static void test_lm_head_formats(void **state)
     free(W), free(X), free(dY);
 }
 
+/* Stored head data with a NaN/Inf half is refused when wrapped (the load
+ * path): in F16 any value, in Q8_0 a block's scale. */
+static void test_lm_head_wrap_rejects_nonfinite(void **state)
+{
+    (void)state;
+    const int64_t rows = 4, cols = 64;
+    uint8_t f16[4 * 64 * 2] = {0}, q8[4 * 2 * 34] = {0};
+    mop_weight c;
+    assert_int_equal(lm_head_wrap(&c, f16, MOP_FT_F16, rows, cols), MOP_OK);
+    c.ops->release(&c);
+    assert_int_equal(lm_head_wrap(&c, q8, MOP_FT_Q8_0, rows, cols), MOP_OK);
+    c.ops->release(&c);
+    const uint16_t nan16 = 0x7e00, inf16 = 0xfc00;
+    memcpy(f16 + 2 * (2 * cols + 5), &nan16, 2); /* row 2, column 5 */
+    assert_int_equal(lm_head_wrap(&c, f16, MOP_FT_F16, rows, cols), MOP_E_FORMAT);
+    assert_non_null(strstr(mop_last_error(), "NaN at row 2, column 5"));
+    memcpy(q8 + 34 * 3, &inf16, 2); /* row 1, second block: column 32 */
+    assert_int_equal(lm_head_wrap(&c, q8, MOP_FT_Q8_0, rows, cols), MOP_E_FORMAT);
+    assert_non_null(strstr(mop_last_error(), "Inf at row 1, column 32"));
+}
+
 /* ---- the tiny model -------------------------------------------------------------- */
 
 static void write_file(const char *path, const void *data, size_t size)
@@ -744,6 +765,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_wanda_order),
         cmocka_unit_test(test_sparsegpt_reconstruction),
         cmocka_unit_test(test_lm_head_formats),
+        cmocka_unit_test(test_lm_head_wrap_rejects_nonfinite),
         cmocka_unit_test(test_format_version_checked),
         cmocka_unit_test(test_packed_equals_dense),
         cmocka_unit_test(test_save_load_roundtrip),

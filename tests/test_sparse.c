@@ -414,6 +414,34 @@ static void test_serialize_round_trip_and_truncation(void **state)
 #define OFF_NM 32 /* u32 n, u32 m; or u64 nnz */
 #define OFF_BODY 40
 
+/* A NaN or Inf among the stored values is a format error in every format
+ * (the values follow the header and, for bitmask/blocked, the mask/counts
+ * and indices; the last 4 bytes of each stream are its last value). */
+static void test_deserialize_rejects_nonfinite_values(void **state)
+{
+    (void)state;
+    const pattern pts[] = {{2, 4, 0, 0}, {0, 0, 0.75, SPARSE_BITMASK}, {0, 0, 0.9, SPARSE_BLOCKED}};
+    const float bad[2] = {NAN, -INFINITY};
+    for (size_t p = 0; p < sizeof pts / sizeof pts[0]; p++) {
+        float *W = pruned(&pts[p], 17, 301);
+        mop_weight w;
+        assert_int_equal(pack(&w, &pts[p], W, 17, 301), MOP_OK);
+        size_t size;
+        uint8_t *buf = serialized(&w, &size);
+        w.ops->release(&w);
+        for (int k = 0; k < 2; k++) {
+            uint8_t *c = malloc(size);
+            memcpy(c, buf, size);
+            /* N:M stores values first, the others last */
+            size_t at = pts[p].n ? OFF_BODY + 8 : size - 4;
+            memcpy(c + at, &bad[k], 4);
+            expect_format_error(c, size, "weights must be finite");
+            free(c);
+        }
+        free(buf), free(W);
+    }
+}
+
 static void test_deserialize_rejects_corruption(void **state)
 {
     (void)state;
@@ -604,6 +632,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_to_dense_exact_and_bytes_formula),
         cmocka_unit_test(test_serialize_round_trip_and_truncation),
         cmocka_unit_test(test_deserialize_rejects_corruption),
+        cmocka_unit_test(test_deserialize_rejects_nonfinite_values),
         cmocka_unit_test(test_bitwise_independent_of_pool),
         cmocka_unit_test(test_products_match_dense),
         cmocka_unit_test(test_transpose_cache_shared_by_threads),

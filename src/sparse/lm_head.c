@@ -270,11 +270,33 @@ static mop_status make(mop_weight *out, const uint8_t *data, uint8_t *owned, int
     return MOP_OK;
 }
 
+/* MOP_E_FORMAT at the first NaN/Inf half in stored head data: every F16
+ * value, or every Q8_0 block's F16 scale (its int8 values are finite).
+ * A model's weights must be finite, as the dense loader checks too. */
+static mop_status check_finite(const uint8_t *data, int32_t ftype, int64_t rows, int64_t cols)
+{
+    const size_t step = ftype == MOP_FT_F16 ? 2 : 34; /* Q8_0: f16 scale + 32 int8 */
+    const size_t n = (size_t)rows * (size_t)(ftype == MOP_FT_F16 ? cols : cols / 32);
+    for (size_t i = 0; i < n; i++) {
+        uint16_t h;
+        memcpy(&h, data + i * step, sizeof h);
+        if ((h & 0x7c00u) == 0x7c00u) {
+            size_t v = ftype == MOP_FT_F16 ? i : i * 32;
+            return mop_fail(MOP_E_FORMAT, "LM head (%s): %s at row %lld, column %lld; a "
+                            "model's weights must be finite", ftype == MOP_FT_F16 ? "F16" : "Q8_0",
+                            (h & 0x03ffu) ? "NaN" : "Inf", (long long)(v / (size_t)cols),
+                            (long long)(v % (size_t)cols));
+        }
+    }
+    return MOP_OK;
+}
+
 mop_status lm_head_wrap(mop_weight *out, const void *data, int32_t ftype, int64_t rows,
                         int64_t cols)
 {
     MOP_CHECK_ARG(out && data);
     MOP_TRY(check_shape(ftype, rows, cols));
+    MOP_TRY(check_finite(data, ftype, rows, cols));
     return make(out, data, NULL, ftype, rows, cols);
 }
 

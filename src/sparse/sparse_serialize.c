@@ -106,6 +106,19 @@ static mop_status size_check(size_t need, size_t size, const char *what)
     return MOP_OK;
 }
 
+/* MOP_E_FORMAT at the first NaN/Inf among the n little-endian F32 values at
+ * v (unaligned): a model's weights must be finite, as the dense loader
+ * checks too. */
+static mop_status finite_values(const uint8_t *v, size_t n, const char *what)
+{
+    for (size_t i = 0; i < n; i++)
+        if ((get_u32(v + 4 * i) & 0x7f800000u) == 0x7f800000u)
+            return mop_fail(MOP_E_FORMAT, "sparse weight (%s): value %zu is %s; a model's "
+                            "weights must be finite", what, i,
+                            (get_u32(v + 4 * i) & 0x007fffffu) ? "NaN" : "infinite");
+    return MOP_OK;
+}
+
 static mop_status load_nm(mop_weight *out, const uint8_t *b, size_t size, int64_t rows,
                           int64_t cols)
 {
@@ -139,6 +152,7 @@ static mop_status load_nm(mop_weight *out, const uint8_t *b, size_t size, int64_
             return mop_fail(MOP_E_FORMAT, "sparse weight (nm): row %lld: padding nibble not zero",
                             (long long)r);
     }
+    MOP_TRY(finite_values(b + HEADER_BYTES + 8, vbytes / 4, "nm"));
     mop_weight w;
     MOP_TRY(nm_alloc(&w, rows, cols, (int)n, (int)m));
     sparse_nm *p = w.impl;
@@ -181,6 +195,7 @@ static mop_status load_bitmask(mop_weight *out, const uint8_t *b, size_t size, i
         return mop_fail(MOP_E_FORMAT,
                         "sparse weight (bitmask): mask has %llu bits set, header says %llu",
                         (unsigned long long)bits, (unsigned long long)nnz);
+    MOP_TRY(finite_values(mask + (size_t)rows * stride, (size_t)nnz, "bitmask"));
     mop_weight w;
     MOP_TRY(bitmask_alloc(&w, rows, cols, (int64_t)nnz));
     sparse_bitmask *p = w.impl;
@@ -239,6 +254,7 @@ static mop_status load_blocked(mop_weight *out, const uint8_t *b, size_t size, i
     if (k != nnz)
         return mop_fail(MOP_E_FORMAT, "sparse weight (blocked): counts sum to %llu, header says %llu",
                         (unsigned long long)k, (unsigned long long)nnz);
+    MOP_TRY(finite_values(idx + nnz, (size_t)nnz, "blocked"));
     mop_weight w;
     MOP_TRY(blocked_alloc(&w, rows, cols, (int64_t)nnz));
     sparse_blocked *p = w.impl;
