@@ -3,8 +3,6 @@
 #include <string.h>
 
 #include "forward.h"
-#include "sparse/sparse.h"
-#include "weight_dense.h"
 
 /* Y (T, rows) = X (T, cols) · Wᵀ; the matrix-vector kernel for one token. */
 static void linear(const mop_weight *w, float *Y, const float *X, int32_t T, mop_pool *pool)
@@ -15,13 +13,13 @@ static void linear(const mop_weight *w, float *Y, const float *X, int32_t T, mop
         w->ops->matmul(w, Y, X, T, pool);
 }
 
-/* Y[i] = X · w[i]ᵀ for products sharing their input: one pool job for all of
- * them when the weights are dense (weight_dense.h) or, for one token, sparse
- * (sparse/sparse.h); else one by one. */
+/* Y[i] = X · w[i]ᵀ for products sharing their input: one pool job for the
+ * group when the format offers one (mop_weight_ops.linear_multi); else one
+ * by one. */
 static void linear_multi(const mop_weight *const *w, float *const *Y, int n_w, const float *X,
                          int32_t T, mop_pool *pool)
 {
-    if (dense_linear_multi(w, Y, n_w, X, T, pool) || sparse_linear_multi(w, Y, n_w, X, T, pool))
+    if (w[0]->ops->linear_multi && w[0]->ops->linear_multi(w, Y, n_w, X, T, pool))
         return;
     for (int i = 0; i < n_w; i++)
         linear(w[i], Y[i], X, T, pool);

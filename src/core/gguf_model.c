@@ -9,8 +9,8 @@
 #include "fileio.h"
 #include "gguf.h"
 #include "loaders.h"
-#include "sparse/pruned_gguf.h"
 #include "tokenizer.h"
+#include "weight_codec.h"
 
 /* Architectures whose GGUF tensors and semantics are exactly llama's. */
 static const char *const llama_like[] = {"llama"};
@@ -142,6 +142,47 @@ static mop_status read_hparams(const arch_keys *a, mop_hparams *hp)
     return MOP_OK;
 }
 
+/* Assemble src with the prebuilt weights of every codec (weight_codec.h):
+ * their arrays are joined for assembly, which moves out the weights it
+ * uses, then each codec releases what is left of its own part. */
+static mop_status assemble_with_codecs(mop_model *m, const gguf_file *g, mop_model_source *src,
+                                       const mop_model_params *p)
+{
+    enum { MAX_CODECS = 8 };
+    mop_src_weight *part[MAX_CODECS] = {0};
+    int64_t n_part[MAX_CODECS] = {0}, total = 0;
+    int n_codecs = 0;
+    mop_status st = MOP_OK;
+    for (; n_codecs < MAX_CODECS && mop_gguf_codecs[n_codecs] && st == MOP_OK; n_codecs++) {
+        st = mop_gguf_codecs[n_codecs]->load(g, src->hp.n_layer, &part[n_codecs],
+                                              &n_part[n_codecs]);
+        total += n_part[n_codecs];
+    }
+    mop_src_weight *all = NULL;
+    if (st == MOP_OK && total > 0) {
+        all = mop_alloc((size_t)total * sizeof *all);
+        if (!all)
+            st = mop_fail(MOP_E_NOMEM, "out of memory for %lld prebuilt weights", (long long)total);
+    }
+    if (st == MOP_OK) {
+        for (int c = 0, at = 0; c < n_codecs; at += (int)n_part[c], c++)
+            if (n_part[c])
+                memcpy(all + at, part[c], (size_t)n_part[c] * sizeof *all);
+        src->weights = all;
+        src->n_weights = total;
+        st = mop_model_assemble(m, src, p);
+        for (int c = 0, at = 0; c < n_codecs; at += (int)n_part[c], c++)
+            if (n_part[c])
+                memcpy(part[c], all + at, (size_t)n_part[c] * sizeof *all);
+    }
+    for (int c = 0; c < n_codecs; c++)
+        mop_gguf_codecs[c]->release(part[c], n_part[c]);
+    mop_free(all);
+    src->weights = NULL;
+    src->n_weights = 0;
+    return st;
+}
+
 static mop_status load_parsed(mop_model *m, const gguf_file *g, size_t file_bytes,
                               const mop_model_params *p)
 {
@@ -194,11 +235,8 @@ static mop_status load_parsed(mop_model *m, const gguf_file *g, size_t file_byte
         .n_tensors = gguf_n_tensors(g),
         .qk_rope_halves = 0,
     };
-    /* packed sparse weights and a compact LM head saved by libmop */
-    MOP_TRY(pruned_gguf_weights(g, hp.n_layer, &src.weights, &src.n_weights));
-    mop_status st = mop_model_assemble(m, &src, p);
-    pruned_gguf_weights_free(src.weights, src.n_weights);
-    return st;
+    /* weights the format modules packed into tensors of their own */
+    return assemble_with_codecs(m, g, &src, p);
 }
 
 mop_status mop_load_gguf(mop_model *m, const char *path, const mop_model_params *p)

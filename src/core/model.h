@@ -14,7 +14,7 @@
  * A linear weight W of shape (rows, cols) = (out_features, in_features),
  * row-major, used as y = W·x. Dense F32 is one implementation (weight_dense.c);
  * sparse formats provide their own ops table. Model code never branches on
- * the format. Every op may split its work over `pool` (NULL = caller only). */
+ * the format: it calls the table (optional slots are NULL-checked). Every op may split its work over `pool` (NULL = caller only). */
 typedef struct mop_weight mop_weight;
 
 typedef struct mop_weight_ops {
@@ -32,6 +32,13 @@ typedef struct mop_weight_ops {
     void (*to_dense)(const mop_weight *w, float *out);
     /* Release what impl owns (not the struct itself). May be NULL. */
     void (*release)(mop_weight *w);
+    /* May be NULL. Y[i] (n, w[i]->rows) = X (n, cols) · w[i]ᵀ for the n_w
+     * weights sharing their input X (q/k/v, gate/up), w[0] using this table:
+     * one pool job for the group. Returns 1 when done; 0, doing nothing,
+     * when the group is not one it handles (the caller then runs the
+     * products one by one, with the same results). */
+    int (*linear_multi)(const mop_weight *const *w, float *const *Y, int n_w, const float *X,
+                        int64_t n, mop_pool *pool);
 } mop_weight_ops;
 
 struct mop_weight {

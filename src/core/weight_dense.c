@@ -288,6 +288,7 @@ const mop_weight_ops mop_weight_dense_ops = {
     .bytes = dense_bytes,
     .to_dense = dense_to_dense,
     .release = NULL,
+    .linear_multi = dense_linear_multi,
 };
 
 void mop_weight_dense_init(mop_weight *w, const float *data, int64_t rows, int64_t cols)

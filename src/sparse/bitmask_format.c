@@ -61,6 +61,7 @@ const mop_weight_ops sparse_bitmask_ops = {
     .bytes = sparse_bytes,
     .to_dense = sparse_to_dense,
     .release = bitmask_release,
+    .linear_multi = sparse_linear_multi,
 };
 
 mop_status bitmask_alloc(mop_weight *w, int64_t rows, int64_t cols, int64_t nnz)

@@ -235,10 +235,14 @@ static void lm_release(mop_weight *w)
     w->impl = NULL;
 }
 
-const mop_weight_ops lm_head_f16_ops = {"f16", lm_matvec, lm_matmul, lm_matmul_t,
-                                        lm_bytes, lm_to_dense, lm_release};
-const mop_weight_ops lm_head_q8_0_ops = {"q8_0", lm_matvec, lm_matmul, lm_matmul_t,
-                                         lm_bytes, lm_to_dense, lm_release};
+const mop_weight_ops lm_head_f16_ops = {.format = "f16", .matvec = lm_matvec,
+                                        .matmul = lm_matmul, .matmul_t = lm_matmul_t,
+                                        .bytes = lm_bytes, .to_dense = lm_to_dense,
+                                        .release = lm_release};
+const mop_weight_ops lm_head_q8_0_ops = {.format = "q8_0", .matvec = lm_matvec,
+                                         .matmul = lm_matmul, .matmul_t = lm_matmul_t,
+                                         .bytes = lm_bytes, .to_dense = lm_to_dense,
+                                         .release = lm_release};
 
 /* ---- construction ------------------------------------------------------------- */
 

@@ -191,6 +191,9 @@ void pruned_gguf_weights_free(mop_src_weight *w, int64_t n)
     mop_free(w);
 }
 
+const mop_gguf_codec pruned_gguf_codec = {"pruned", pruned_gguf_weights,
+                                          pruned_gguf_weights_free};
+
 /* "blk.<l>.<linear>.weight" with l < n_layer. */
 static int is_linear_name(const char *s, int32_t n_layer)
 {

@@ -54,6 +54,7 @@ const mop_weight_ops sparse_nm_ops = {
     .bytes = sparse_bytes,
     .to_dense = sparse_to_dense,
     .release = nm_release,
+    .linear_multi = sparse_linear_multi,
 };
 
 mop_status nm_alloc(mop_weight *w, int64_t rows, int64_t cols, int n, int m)

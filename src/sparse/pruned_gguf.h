@@ -8,6 +8,7 @@
 
 #include "gguf.h"
 #include "model.h"
+#include "weight_codec.h"
 
 #define PRUNED_GGUF_SUFFIX ".sparse"
 
@@ -20,5 +21,8 @@ mop_status pruned_gguf_weights(const gguf_file *g, int32_t n_layer, mop_src_weig
 
 /* Release what assembly left (entries whose w.ops is still set) and the array. */
 void pruned_gguf_weights_free(mop_src_weight *w, int64_t n);
+
+/* The two above as the GGUF loader's codec (src/codecs.c). */
+extern const mop_gguf_codec pruned_gguf_codec;
 
 #endif
