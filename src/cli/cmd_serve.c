@@ -158,8 +158,10 @@ int cli_cmd_serve(int argc, char **argv)
     sigwait(&sigs, &sig);
     fprintf(stderr, "mop serve: %s: draining (up to %d s)\n", sig == SIGINT ? "SIGINT" : "SIGTERM",
             (int)drain);
+    double until = cli_now() + drain;
     serve_http_quiesce(http);
-    serve_engine_drain(engine, cli_now() + drain);
+    serve_engine_drain(engine, until); /* jobs end ... */
+    serve_http_wait(http, until + 5);  /* ... and their replies reach the clients */
     rc = CLI_OK;
 out:
     serve_http_stop(http);

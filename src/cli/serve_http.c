@@ -29,6 +29,7 @@ struct serve_http {
     serve_engine *engine;
     struct MHD_Daemon *daemon;
     atomic_int draining;
+    atomic_int in_flight;   /* requests whose reply is not fully sent yet */
     atomic_uint_fast64_t next_id;
     struct sockaddr_storage addr;
 };
@@ -677,6 +678,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             return MHD_NO;
         cn->route = route_of(url);
         *con_cls = cn;
+        atomic_fetch_add(&h->in_flight, 1); /* until on_completed */
         const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
         if (cl && strtoull(cl, NULL, 10) > h->p.max_body)
             cn->too_big = 1; /* answered below, before the body is read */
@@ -742,11 +744,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
-    (void)cls;
     (void)c;
     (void)toe;
+    serve_http *h = cls;
     conn *cn = *con_cls;
     if (cn) {
+        atomic_fetch_sub(&h->in_flight, 1);
         free(cn->body);
         free(cn);
         *con_cls = NULL;
@@ -816,6 +819,14 @@ void serve_http_quiesce(serve_http *h)
     MHD_socket s = MHD_quiesce_daemon(h->daemon);
     if (s != MHD_INVALID_SOCKET)
         close(s);
+}
+
+void serve_http_wait(serve_http *h, double deadline)
+{
+    while (h && atomic_load(&h->in_flight) > 0 && cli_now() < deadline) {
+        struct timespec ts = {0, 20 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
 }
 
 void serve_http_stop(serve_http *h)

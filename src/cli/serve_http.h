@@ -32,6 +32,10 @@ int serve_http_start(const serve_http_params *p, mop_model *model, serve_mixture
 /* Stop accepting connections; requests on open connections get 503. */
 void serve_http_quiesce(serve_http *h);
 
+/* Wait until every request received so far has its reply sent (the last
+ * bytes of a stream included), or until @p deadline (a cli_now() time). */
+void serve_http_wait(serve_http *h, double deadline);
+
 /* Close every connection and free (after the engine has drained). */
 void serve_http_stop(serve_http *h);
 
