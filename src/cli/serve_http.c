@@ -21,6 +21,7 @@
 #include "serve_http.h"
 #include "serve_reply.h"
 #include "serve_request.h"
+#include "serve_utf8.h"
 
 struct serve_http {
     serve_http_params p;

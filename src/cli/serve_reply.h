@@ -35,8 +35,4 @@ int serve_reply_add_token(serve_reply *r, int32_t token);
  * short of a possible stop-string prefix and an incomplete UTF-8 tail. */
 size_t serve_reply_ready(const serve_reply *r, int final);
 
-/* Copy @p n bytes of @p s into a malloc'ed NUL-terminated string with every
- * invalid UTF-8 sequence replaced by U+FFFD (so the JSON is valid). */
-char *serve_utf8_clean(const char *s, size_t n);
-
 #endif
