@@ -86,7 +86,8 @@ class Server:
     def __init__(self, mop, model_path, mixture_dir, *extra):
         self.cmd = [str(mop), "serve", model_path, "--mixtures", str(mixture_dir), "--port", "0",
                     "--workers", "2", "--threads", "1", "--ctx", str(CTX), "--queue", "64",
-                    "--max-tokens", str(MAX_TOKENS), "--timeout", "60", *map(str, extra)]
+                    "--max-tokens", str(MAX_TOKENS), "--timeout", "60",
+                    *map(str, extra)]  # given twice, the later value wins
         self.proc = subprocess.Popen(self.cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
         self.log = []
         deadline = time.monotonic() + 120
@@ -441,3 +442,25 @@ def test_sigterm_drains_running_requests(mop, model_path, mixture_dir):
     assert rc == 0
     log = "".join(s.log)
     assert "draining" in log and "stopped" in log
+
+
+def test_timeout_is_504(mop, model_path, mixture_dir):
+    # --timeout 1 and a request that cannot finish in a second here: a long
+    # prompt and 256 tokens (the deadline is checked at every token)
+    s = Server(mop, model_path, mixture_dir, "--timeout", "1", "--ctx", "2048",
+               "--max-tokens", "256")
+    try:
+        prompt = " ".join(["the cat sat on the mat"] * 200)
+        status, body = post(s.url, "/v1/completions", {"model": "mix0", "prompt": prompt,
+                                                       "max_tokens": 256, "temperature": 0})
+        assert_openai_error(body, status, 504)
+        assert body["error"]["code"] == "timeout" and "--timeout" in body["error"]["message"]
+        # streaming: the error arrives as an event, then [DONE]
+        req = urllib.request.Request(s.url + "/v1/completions", method="POST", data=json.dumps(
+            {"model": "mix0", "prompt": prompt, "max_tokens": 256, "stream": True}).encode())
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            events = [e for e in resp.read().decode().split("\n\n") if e]
+        assert events[-1] == "data: [DONE]"
+        assert json.loads(events[-2][6:])["error"]["code"] == "timeout"
+    finally:
+        assert s.stop() == 0
