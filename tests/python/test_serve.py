@@ -464,3 +464,18 @@ def test_timeout_is_504(mop, model_path, mixture_dir):
         assert json.loads(events[-2][6:])["error"]["code"] == "timeout"
     finally:
         assert s.stop() == 0
+
+
+def test_usage_and_start_errors(mop, model_path, tmp_path):
+    def run(*args):
+        r = subprocess.run([str(mop), "serve", *map(str, args)], capture_output=True, timeout=120)
+        return r.returncode, r.stderr.decode(errors="replace")
+
+    for args in [[], ["--port", "70000", model_path], ["--workers", "0", model_path],
+                 ["--ctx", "1", model_path], [model_path, "--bogus"]]:
+        rc, err = run(*args)
+        assert rc == 2 and err.count("\n") == 1 and "mop serve" in err, (args, err)
+    rc, err = run(model_path, "--mixtures", tmp_path / "missing", "--port", "0")
+    assert rc == 1 and "cannot open the mixtures folder" in err, err
+    rc, err = run(tmp_path / "missing.gguf", "--port", "0")
+    assert rc == 1 and err.startswith("mop: "), err
