@@ -421,6 +421,23 @@ def test_soak_rss_bounded(server):
     assert rss1 - rss0 < SOAK_RSS_BOUND, f"RSS grew {(rss1 - rss0) / 1e6:.1f} MB ({dt:.1f} s)"
 
 
+def test_mixture_added_while_running(server, model, ctx, mixture_dir):
+    # a file dropped into DIR is found when a request names it
+    with libmop.Mixture(model, n_experts=2, prompt_len=3, gate_hidden=8, seed=999) as m:
+        m.save(mixture_dir / "late.safetensors.tmp")
+        os.replace(mixture_dir / "late.safetensors.tmp", mixture_dir / "late.safetensors")
+        expect = model.detokenize(m.generate(ctx, model.tokenize(PROMPTS[5], add_bos=True), 8,
+                                             temperature=0))
+    client = server.client()
+    r = client.completions.create(model="late", prompt=PROMPTS[5], max_tokens=8, temperature=0)
+    assert r.choices[0].text == expect
+    assert "late" in [x.id for x in client.models.list().data]
+    # a file that does not load is a server-side error naming the mixture
+    status, body = post(server.url, "/v1/completions", {"model": "broken", "prompt": "x"})
+    assert_openai_error(body, status, 500)
+    assert "broken" in body["error"]["message"]
+
+
 def test_sigterm_drains_running_requests(mop, model_path, mixture_dir):
     s = Server(mop, model_path, mixture_dir, "--workers", "1", "--queue", "0")
     try:
