@@ -63,7 +63,7 @@ int cli_cmd_serve(int argc, char **argv)
         {"max-tokens", 0, CLI_INT, &max_tokens, "N",
          "most tokens a request may generate; default 256"},
         {"ctx", 'c', CLI_INT, &n_ctx, "N",
-         "context per request: mixture prompt + prompt + reply; default 2048"},
+         "context per request: prompt + reply tokens; default 2048"},
         {"queue", 'q', CLI_INT, &queue, "N",
          "requests waiting for a worker before 429; default 16"},
         {"max-body", 0, CLI_INT, &max_body, "BYTES",

@@ -212,10 +212,13 @@ static unsigned int end_error(const call *k, const char **type, const char **cod
         snprintf(msg, cap, "the server is shutting down; the request was cancelled");
         return MHD_HTTP_SERVICE_UNAVAILABLE;
     case SERVE_FINISH_ERROR:
-        *type = "server_error";
+        /* a size the library refuses (MOP_E_RANGE: prompt too long for the
+         * context or the prefill chunk) is the request's fault */
+        *type = k->result.status == MOP_E_RANGE ? "invalid_request_error" : "server_error";
         *code = NULL;
         snprintf(msg, cap, "%s", k->result.message);
-        return MHD_HTTP_INTERNAL_SERVER_ERROR;
+        return k->result.status == MOP_E_RANGE ? MHD_HTTP_BAD_REQUEST
+                                               : MHD_HTTP_INTERNAL_SERVER_ERROR;
     default:
         if (k->reply_failed) {
             *type = "server_error";
@@ -505,14 +508,13 @@ static enum MHD_Result handle_generate(serve_http *h, struct MHD_Connection *c, 
         call_unref(k);
         return ret;
     }
-    int32_t rows = mix >= 0 ? serve_mixtures_stream_len(h->mixtures, (size_t)mix) : 0;
-    int64_t room = (int64_t)h->p.n_ctx - rows; /* cache rows left for prompt + reply */
-    if ((int64_t)n_prompt >= room) {
+    /* the context holds prompt + reply; a mixture's K·P prompt rows are kept
+     * beside it by mop_mixture_generate() (its own prefix cache), so they do
+     * not count here. A prompt of exactly n_ctx tokens still gets one token. */
+    if ((int64_t)n_prompt > h->p.n_ctx) {
         ret = BAD_REQUEST(c, kind == SERVE_REQ_CHAT ? "messages" : "prompt",
-                          "the prompt has %zu tokens; the context holds %d (--ctx), %d of them "
-                          "for the mixture's prompt, which leaves room for at most %lld prompt "
-                          "tokens", n_prompt, (int)h->p.n_ctx, (int)rows,
-                          (long long)(room - 1));
+                          "the prompt has %zu tokens; the context holds %d (--ctx)", n_prompt,
+                          (int)h->p.n_ctx);
         free(tokens);
         call_unref(k);
         return ret;
