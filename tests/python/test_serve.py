@@ -269,6 +269,17 @@ def test_stop_strings_and_sampling(server, model, ctx, mixtures):
     streamed = "".join(c.choices[0].text for c in client.completions.create(
         model="mix2", prompt=PROMPTS[3], max_tokens=24, temperature=0, stop=stop, stream=True))
     assert streamed == r.choices[0].text
+    # a stop string across a token boundary (end of one word, space, start of
+    # the next), plain and streamed
+    if len(words[1]) >= 2 and len(words[2]) >= 2:
+        stop2 = words[1][-2:] + " " + words[2][:2]
+        r2 = client.completions.create(model="mix2", prompt=PROMPTS[3], max_tokens=24,
+                                       temperature=0, stop=stop2)
+        assert r2.choices[0].text == full[:full.index(stop2)]
+        s2 = "".join(c.choices[0].text for c in client.completions.create(
+            model="mix2", prompt=PROMPTS[3], max_tokens=24, temperature=0, stop=stop2,
+            stream=True))
+        assert s2 == r2.choices[0].text
     # seeded sampling repeats; top_p accepted
     a = [client.completions.create(model="mix2", prompt=PROMPTS[4], max_tokens=8,
                                    temperature=0.9, top_p=0.9, seed=7).choices[0].text
