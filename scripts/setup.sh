@@ -22,8 +22,11 @@ APT_PACKAGES=(
 # though libmop no longer links it, so the package-derived tasks stay the
 # ones docs/RESULTS.md measured.
 TEST_PACKAGES=(unicode-data)
+# `mop serve` (HTTP; docs/SERVING.md, docs/DEPENDENCIES.md). Kept apart from
+# APT_PACKAGES for the same reason: adding it there would change the dataset.
+SERVE_PACKAGES=(libmicrohttpd-dev)
 missing=()
-for p in "${APT_PACKAGES[@]}" "${TEST_PACKAGES[@]}"; do
+for p in "${APT_PACKAGES[@]}" "${TEST_PACKAGES[@]}" "${SERVE_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -152,5 +152,6 @@ int cli_cmd_train(int argc, char **argv);
 int cli_cmd_eval(int argc, char **argv);
 int cli_cmd_gate_stats(int argc, char **argv);
 int cli_cmd_fed_sim(int argc, char **argv);
+int cli_cmd_serve(int argc, char **argv);
 
 #endif

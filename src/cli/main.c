@@ -18,6 +18,7 @@ static const cli_command commands[] = {
     {"eval", "response perplexity per task, with a mixture or the base model", cli_cmd_eval},
     {"fed-sim", "simulate federated training of a mixture (clients in-process)", cli_cmd_fed_sim},
     {"gate-stats", "per-task average gate weight of each expert, as CSV", cli_cmd_gate_stats},
+    {"serve", "serve the model and its mixtures over HTTP (OpenAI-compatible API)", cli_cmd_serve},
 };
 
 static void print_usage(FILE *out)

@@ -1,0 +1,157 @@
+#!/usr/bin/env python3
+"""Throughput and latency of `mop serve` with the official `openai` client.
+
+Not a test: prints a markdown table (and --json) for docs/PERFORMANCE.md.
+For each number of concurrent clients (--clients, default 1,4,16) and each
+case, the same total number of requests (--requests) is sent, every client
+sending its share back to back:
+
+  (a) one-mixture   every client uses the same mixture
+  (b) own-mixture   client i uses mixture i (as many mixtures as clients)
+  (c) base          the base model, no mixture
+
+Requests are greedy completions of a fixed prompt with max_tokens set, so
+every request makes the same number of tokens unless the model stops early
+(the generated count is what is summed). Throughput = generated tokens / wall
+time of the whole case; latency = one request's wall time at the client,
+queueing included; p50/p99 by the nearest-rank method over the requests.
+
+The server is started here on 127.0.0.1 (--port 0) with the given workers
+and threads; mixtures are made through the bindings (random, K x P given by
+--experts/--prompt-len) in a temporary folder.
+
+    LIBMOP_BUILD_DIR=build .venv/bin/python tests/bench/bench_serve.py \\
+        $(scripts/model-path.sh) --workers 2 --threads 1
+"""
+import argparse
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "bindings" / "python"))
+
+
+def pct(values, q):
+    v = sorted(values)
+    return v[max(0, math.ceil(q / 100 * len(v)) - 1)]
+
+
+def start_server(mop, model, mixdir, workers, threads, ctx, lru):
+    cmd = [str(mop), "serve", model, "--mixtures", str(mixdir), "--port", "0",
+           "--workers", str(workers), "--threads", str(threads), "--ctx", str(ctx),
+           "--queue", "256", "--lru", str(lru), "--timeout", "600"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    url = None
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline().decode(errors="replace")
+        if not line:
+            break
+        if "listening on " in line:
+            url = line.split("listening on ", 1)[1].strip()
+            break
+    if not url:
+        proc.kill()
+        raise SystemExit("the server did not start")
+    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+    return proc, url
+
+
+def run_case(client, names, n_clients, n_requests, prompt, max_tokens):
+    """names[i] is client i's model. Returns (tokens, wall seconds, latencies)."""
+    per = [n_requests // n_clients + (1 if i < n_requests % n_clients else 0)
+           for i in range(n_clients)]
+    lat, toks = [], []
+    lock = threading.Lock()
+
+    def one_client(i):
+        for _ in range(per[i]):
+            t0 = time.perf_counter()
+            r = client.completions.create(model=names[i], prompt=prompt, max_tokens=max_tokens,
+                                          temperature=0)
+            dt = time.perf_counter() - t0
+            with lock:
+                lat.append(dt)
+                toks.append(r.usage.completion_tokens)
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(n_clients) as ex:
+        list(ex.map(one_client, range(n_clients)))
+    return sum(toks), time.perf_counter() - t0, lat
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("model")
+    ap.add_argument("--build-dir", default=os.environ.get("LIBMOP_BUILD_DIR", str(ROOT / "build")))
+    ap.add_argument("--clients", default="1,4,16")
+    ap.add_argument("--requests", type=int, default=16, help="requests per case (default 16)")
+    ap.add_argument("--max-tokens", type=int, default=16)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--ctx", type=int, default=512)
+    ap.add_argument("--experts", type=int, default=4)
+    ap.add_argument("--prompt-len", type=int, default=8)
+    ap.add_argument("--prompt", default="The history of the city of Paris begins")
+    ap.add_argument("--json", help="write the results here too")
+    a = ap.parse_args()
+    os.environ.setdefault("LIBMOP_LIBRARY", str(pathlib.Path(a.build_dir) / "libmop.so"))
+    import libmop
+    import openai
+
+    clients = [int(c) for c in a.clients.split(",")]
+    n_mix = max(clients)
+    with tempfile.TemporaryDirectory() as tmp:
+        with libmop.Model(a.model, n_threads=1) as m:
+            for i in range(n_mix):
+                with libmop.Mixture(m, n_experts=a.experts, prompt_len=a.prompt_len,
+                                    seed=1000 + i) as x:
+                    x.save(pathlib.Path(tmp) / f"bench{i:02d}.safetensors")
+        mop = pathlib.Path(a.build_dir) / "src" / "cli" / "mop"
+        proc, url = start_server(mop, a.model, tmp, a.workers, a.threads, a.ctx, n_mix)
+        try:
+            client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0,
+                                   timeout=600)
+            base = client.models.list().data[0].id
+            # warm-up: every worker loads and prepares every mixture once
+            run_case(client, [f"bench{i:02d}" for i in range(n_mix)], n_mix, 2 * n_mix,
+                     a.prompt, 1)
+            rows = []
+            for n in clients:
+                cases = {"(a) one mixture": ["bench00"] * n,
+                         "(b) own mixture": [f"bench{i:02d}" for i in range(n)],
+                         "(c) base model": [base] * n}
+                for case, names in cases.items():
+                    tok, wall, lat = run_case(client, names, n, a.requests, a.prompt,
+                                              a.max_tokens)
+                    row = dict(clients=n, case=case, requests=len(lat), tokens=tok, wall_s=wall,
+                               tok_per_s=tok / wall, p50_s=pct(lat, 50), p99_s=pct(lat, 99))
+                    rows.append(row)
+                    print(f"{n:>2} clients {case:<16} {row['tok_per_s']:7.1f} tok/s  "
+                          f"p50 {row['p50_s']:6.2f} s  p99 {row['p99_s']:6.2f} s", flush=True)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=120)
+    print("\n| clients | case | requests | tokens | tok/s | p50 s | p99 s | llama.cpp server |")
+    print("|---:|---|---:|---:|---:|---:|---:|---|")
+    for r in rows:
+        print(f"| {r['clients']} | {r['case']} | {r['requests']} | {r['tokens']} | "
+              f"{r['tok_per_s']:.1f} | {r['p50_s']:.2f} | {r['p99_s']:.2f} | not measured |")
+    for n in clients:
+        by = {r["case"][:3]: r for r in rows if r["clients"] == n}
+        print(f"{n} clients: (b)/(a) = {by['(b)']['tok_per_s'] / by['(a)']['tok_per_s']:.2f}, "
+              f"(a)/(c) = {by['(a)']['tok_per_s'] / by['(c)']['tok_per_s']:.2f}")
+    if a.json:
+        pathlib.Path(a.json).write_text(json.dumps(dict(args=vars(a), rows=rows), indent=1))
+
+
+if __name__ == "__main__":
+    main()
