@@ -32,52 +32,15 @@ import subprocess
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from mop_comparison import ROOT, PRUNED, gate_table, log, paired_gain, ppl, read_per_example, run  # noqa: E402
+from mop_comparison import (ROOT, Study, gate_table, log, paired_gain, ppl,  # noqa: E402
+                            read_per_example, run)
 
 METHODS = ("single", "single_in", "oracle", "mop", "mop_shared")
 
 
-class FedStudy:
-    def __init__(self, a):
-        self.a = a
-        self.out = pathlib.Path(a.out)
-        self.mop = pathlib.Path(a.build) / "src/cli/mop"
-        self.base = pathlib.Path(a.model)
-        self.data = self.out / "data"
-        self.out.mkdir(parents=True, exist_ok=True)
-
-    def prepare(self):
-        a = self.a
-        if not (self.data / "train.jsonl").exists():
-            subprocess.run([sys.executable, ROOT / "examples/data/build_dataset.py", "--out",
-                            self.data, "--seed", "0", "--per-task", "300", "--task-set",
-                            "hetero"], check=True)
-        self.files = {}
-        for split, n in (("test", a.n_test), ("validation", a.n_val), ("train", a.n_train)):
-            dst = self.data / f"{split}{n}.jsonl"
-            if not dst.exists():
-                subprocess.run([sys.executable, ROOT / "tests/bench/first_per_task.py",
-                                self.data / f"{split}.jsonl", dst, str(n)], check=True)
-            self.files[split] = dst
-        for m in a.models:
-            if m in PRUNED and not self.model_file(m).exists():
-                log(f"pruning {m} with SparseGPT")
-                run([self.mop, "prune", self.base, "--method", "sparsegpt", "--pattern",
-                     PRUNED[m], "--calib", "/usr/share/common-licenses/GPL-3", "--calib-tokens",
-                     "4096", "-t", "2", "-o", self.model_file(m)], self.out / f"prune-{m}.log")
-
-    def model_file(self, m):
-        return self.base if m == "dense" else self.out / f"smollm2-{m}.gguf"
-
-    def method_args(self, method):
-        a = self.a
-        kp = ["-K", str(a.K), "-P", str(a.P)]
-        return {"single": kp + ["--baseline", "single"],
-                "single_in": kp + ["--baseline", "single", "--gate-layer", "0",
-                                   "--inject-layer", "0"],
-                "oracle": kp + ["--baseline", "oracle"],
-                "mop": kp,
-                "mop_shared": ["-K", str(a.K), "-P", str(a.P // 2), "--shared", str(a.K)]}[method]
+class FedStudy(Study):
+    """The centralized study's inputs (data subsets, pruned models, method
+    arguments), trained with fed-sim."""
 
     def run_one(self, model, method, strategy):
         a = self.a
@@ -85,8 +48,8 @@ class FedStudy:
         mix = d / "mixture.safetensors"
         if not ((d / "fed.log").exists() and mix.exists()):
             d.mkdir(parents=True, exist_ok=True)
-            dt = run([self.mop, "fed-sim", self.model_file(model), "--data", self.files["train"],
-                      "--val", self.files["validation"], "--clients", str(a.clients),
+            dt = run([self.mop, "fed-sim", self.model_file(model), "--data", self.train_file,
+                      "--val", self.val, "--clients", str(a.clients),
                       "--rounds", str(a.rounds), "--local-steps", str(a.local_steps),
                       "-b", str(a.batch), "--lr", str(a.lr), "--max-len", str(a.max_len),
                       "--strategy", strategy, "--split", "skewed", "--seed", str(1234 + a.seed),
@@ -96,7 +59,7 @@ class FedStudy:
             log(f"federated {model} {method} {strategy} in {dt:.0f} s")
         csv_path = d / "test.csv"
         if not csv_path.exists():
-            run([self.mop, "eval", self.model_file(model), "--data", self.files["test"],
+            run([self.mop, "eval", self.model_file(model), "--data", self.test,
                  "--max-len", str(a.max_len), "-t", "1", "--per-example", csv_path,
                  "--mixture", mix], d / "eval.log")
         gate = None
@@ -104,7 +67,7 @@ class FedStudy:
             gate = d / "gate.csv"
             if not gate.exists():
                 run([self.mop, "gate-stats", self.model_file(model), "--mixture", mix, "--data",
-                     self.files["test"], "-t", "1", "-o", gate], d / "gate.log")
+                     self.test, "-t", "1", "-o", gate], d / "gate.log")
         return d, read_per_example(csv_path), gate
 
     def main(self):
@@ -171,6 +134,7 @@ def parse_args(argv):
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--strategies", default="fedavg,mop_aware")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--per-task", type=int, default=300, help="examples per task built")
     p.add_argument("--n-test", type=int, default=25, help="test examples per task")
     p.add_argument("--n-val", type=int, default=5, help="validation examples per task (every round)")
     p.add_argument("--n-train", type=int, default=60, help="training examples per task")
