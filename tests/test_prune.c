@@ -18,7 +18,7 @@
 #include "internal.h"
 #include "libmop/mop_sparse.h"
 #include "model.h"
-#include "sparse/lm_head.h"
+#include "lm_head.h"
 #include "sparse/prune.h"
 #include "sparse/sparse.h"
 
