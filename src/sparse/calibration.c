@@ -48,6 +48,11 @@ static void run_block(calib *c, int32_t l, const attn_extra *extra)
     }
 }
 
+mop_pool *calib_pool(const calib *c)
+{
+    return c ? c->ctx->pool : NULL;
+}
+
 mop_status calib_create(mop_model *m, const int32_t *tokens, int64_t n_tokens, int32_t seq_len,
                         int32_t n_threads, int32_t layer, calib **out)
 {

@@ -283,15 +283,18 @@ mop_status mop_model_prune(mop_model *model, const mop_prune_params *params)
     const int head = p.lm_head_format != MOP_LM_HEAD_F32;
     const uint64_t total = (uint64_t)(N_LINEAR * n_blocks + head);
     mop_weight *old = mop_calloc((size_t)(n_blocks * N_LINEAR + 1), sizeof *old);
-    mop_pool *pool = NULL;
+    mop_pool *own_pool = NULL, *pool = NULL;
     calib *cal = NULL;
     mop_status st = old ? MOP_OK : mop_fail(MOP_E_NOMEM, "mop_model_prune: out of memory");
-    if (st == MOP_OK)
-        st = mop_pool_create(p.n_threads, &pool);
     const int need_calib = p.method != MOP_PRUNE_MAGNITUDE && n_blocks > 0;
     if (st == MOP_OK && need_calib)
         st = calib_create(model, p.calib_tokens, p.n_calib_tokens, p.calib_seq_len, p.n_threads,
                           lb, &cal);
+    /* one pool at a time: the calibration context's, or one of our own */
+    if (st == MOP_OK && cal)
+        pool = calib_pool(cal);
+    else if (st == MOP_OK && (st = mop_pool_create(p.n_threads, &own_pool)) == MOP_OK)
+        pool = own_pool;
 
     int64_t swapped = 0; /* blocks whose new weights are in the model */
     uint64_t done = 0;
@@ -332,6 +335,7 @@ mop_status mop_model_prune(mop_model *model, const mop_prune_params *params)
             calib_advance(cal, l);
     }
     calib_free(cal);
+    pool = NULL;
 
     mop_weight new_head;
     memset(&new_head, 0, sizeof new_head);
@@ -343,7 +347,7 @@ mop_status mop_model_prune(mop_model *model, const mop_prune_params *params)
             st = mop_fail(MOP_E_CANCELLED, "pruning cancelled before the LM head");
         }
     }
-    mop_pool_free(pool);
+    mop_pool_free(own_pool);
 
     if (st != MOP_OK) { /* put every block back */
         for (int64_t b = 0; b < swapped; b++) {

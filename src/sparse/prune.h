@@ -71,6 +71,9 @@ typedef struct calib calib;
 mop_status calib_create(mop_model *m, const int32_t *tokens, int64_t n_tokens, int32_t seq_len,
                         int32_t n_threads, int32_t layer, calib **out);
 void calib_free(calib *c);
+/* The pool of the calibration context: pruning runs on it too, so one
+ * pool of n_threads works at a time. */
+mop_pool *calib_pool(const calib *c);
 
 /* Run block l (as the model holds it now) on every sequence, accumulating
  * what `want_colsq` / `want_H` ask for into st (allocated here, zeroed first).
