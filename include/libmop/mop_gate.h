@@ -15,9 +15,18 @@
  * mop_mixture_data()), with named views listed by mop_mixture_tensor_get_info(),
  * so optimizers, checkpoints and federated averaging all use the same array.
  *
- * Threads: a mixture belongs to one thread at a time while it is trained; a
- * mixture that is only read (inference) may be shared by contexts in several
- * threads once its prompt cache is built (mop_mixture_prepare()).
+ * Threads: a mixture belongs to one thread at a time while it is trained
+ * (mop_mixture_forward_backward(), optimizer steps, mop_mixture_pretrain_gate(),
+ * mop_mixture_init_experts(), writes through mop_mixture_data()). A mixture
+ * that is only read — mop_mixture_evaluate(), mop_mixture_gate(),
+ * mop_mixture_generate(), mop_mixture_prepare(), mop_ctx_set_mixture() and
+ * decoding through a context it is attached to, mop_decoder — may be used by
+ * any number of contexts in any number of threads at once: a mixture holds
+ * only its parameters, gradients and its prompt key/value cache; all work
+ * memory is the context's (or the call's). The cache is built once under the
+ * mixture's lock, by the first call that needs it (or mop_mixture_prepare()),
+ * and only read afterwards; it is rebuilt when the experts change. Changing
+ * the parameters while another thread reads the mixture is a data race.
  */
 #ifndef MOP_GATE_H
 #define MOP_GATE_H
@@ -533,6 +542,67 @@ MOP_API MOP_NODISCARD mop_status mop_mixture_init_experts(mop_ctx *ctx, mop_mixt
  * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL), ::MOP_E_NOMEM
  */
 MOP_API MOP_NODISCARD mop_status mop_mixture_set_prox_reference(mop_mixture *m);
+
+/** @} */
+
+/* ------------------------------------------------------------------------ */
+/** @name A mixture attached to a context
+ *  After mop_ctx_set_mixture(), the ordinary context calls run with the
+ *  mixture: mop_ctx_decode(), mop_ctx_get_logits(), mop_ctx_nll(),
+ *  mop_ctx_perplexity(), mop_generate() and sampling from those logits.
+ *  The context sizes its own buffers: its KV cache holds only the input
+ *  tokens (the prompt keys/values are the mixture's), so n_ctx is the
+ *  sequence length, whatever K·P is.
+ *
+ *  The gate of a sequence reads the tokens of the first mop_ctx_decode()
+ *  call after a reset (the prompt; for mop_ctx_nll() the whole sequence, as
+ *  mop_mixture_evaluate() without a loss mask): layers [0, L_g) run over
+ *  all of them, the gate weighs the experts, layers [L_g, L_p) follow, the
+ *  experts' keys/values are prepended at L_p (+ log-weight bias) and layers
+ *  [L_p, n_layer) finish; later calls reuse that gate and prefix. This is the
+ *  schedule training and evaluation use. mop_generate() on such a context
+ *  gives the tokens mop_mixture_generate() gives.
+ *
+ *  Threads: a context belongs to one thread at a time; one mixture may be
+ *  attached to any number of contexts in any threads at once (see the top
+ *  of this header). The context borrows the mixture: keep it alive, and its
+ *  parameters unchanged, while it is attached (detach with NULL or free the
+ *  context before freeing the mixture).
+ *  @{ */
+
+/**
+ * @brief Attach @p m to @p ctx, or detach with NULL (the base model). The
+ * context is reset (its cache emptied) in either case, also when @p m is
+ * already attached. Builds nothing yet: the prompt K/V cache is built by the
+ * first decode that needs it (or by mop_mixture_prepare()).
+ * @param[in,out] ctx the context (grows its scratch to the prompt stream if needed)
+ * @param[in]     m   the mixture (borrowed, see above), or NULL
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL @p ctx; @p m made for another
+ *         model), ::MOP_E_UNSUPPORTED (an oracle mixture: it routes by task
+ *         labels, which decoding has not), ::MOP_E_RANGE (the prompt stream
+ *         runs more rows at once — P, or K·P with ::MOP_EXPERTS_JOINT — than
+ *         n_ctx), ::MOP_E_NOMEM. On failure the previous attachment stays.
+ */
+MOP_API MOP_NODISCARD mop_status mop_ctx_set_mixture(mop_ctx *ctx, const mop_mixture *m);
+
+/** @brief The mixture attached to @p ctx.
+ *  @param ctx the context, or NULL
+ *  @return the mixture, or NULL (base model, or NULL @p ctx) */
+MOP_API const mop_mixture *mop_ctx_get_mixture(const mop_ctx *ctx);
+
+/**
+ * @brief The gate weights of the context's current sequence (after its first
+ * decode with a mixture attached).
+ * @param[in]  ctx   the context
+ * @param[out] w     receives K weights (after top-k); may be NULL when @p cap is 0
+ * @param[in]  cap   capacity of @p w
+ * @param[out] n_out K (also when @p cap is too small)
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL), ::MOP_E_STATE (no mixture
+ *         attached, or nothing decoded since the last reset), ::MOP_E_RANGE
+ *         (@p cap < K)
+ */
+MOP_API MOP_NODISCARD mop_status mop_ctx_gate_weights(const mop_ctx *ctx, float *w, int32_t cap,
+                                                      int32_t *n_out);
 
 /** @} */
 

@@ -51,6 +51,19 @@ typedef struct attn_extra {
     fwd_layer_saved *saved;       /* (n_layer) */
 } attn_extra;
 
+/* An adapter attached to a context (a mixture, by mop_ctx_set_mixture() in
+ * src/gate; core knows nothing of prompts). When `forward` is set, decode and
+ * NLL run their tokens through it instead of every layer: it runs n tokens
+ * at positions n_past.., advances n_past and points *x at their final hidden
+ * states (n, d), valid until the next call; on failure nothing has changed.
+ * `state` is the adapter's per-context memory, released with free_state. */
+typedef struct ctx_adapter {
+    const void *owner; /* the attached object, NULL = the base model */
+    void *state;
+    mop_status (*forward)(mop_ctx *ctx, const int32_t *tokens, int32_t n, const float **x);
+    void (*free_state)(void *state);
+} ctx_adapter;
+
 struct mop_ctx {
     mop_model *model;
     mop_ctx_params params;
@@ -61,7 +74,7 @@ struct mop_ctx {
     float *kv;
     int32_t n_past;
 
-    /* scratch for n_batch tokens */
+    /* scratch for cap_rows >= n_batch rows (ctx_reserve_rows grows it) */
     float *x;     /* (n_batch, d) hidden states of ctx_decode */
     float *xn;    /* (n_batch, d) normed input, then projection outputs */
     float *q;     /* (n_batch, qd) */
@@ -74,7 +87,20 @@ struct mop_ctx {
      * cap_logits rows and grows only for LOGITS_ALL calls wider than before. */
     float *logits;
     int32_t n_logits, cap_logits;
+
+    int32_t cap_rows;    /* rows of the scratch buffers above */
+    ctx_adapter adapter; /* attached mixture, if any */
+    int borrowed;        /* pool, rope and scratch belong to another context (mop_decoder) */
 };
+
+/* Grow the scratch so one forward_layers call may take `rows` rows; nothing
+ * changes on failure (MOP_E_NOMEM). Not for a borrowing context. */
+mop_status ctx_reserve_rows(mop_ctx *ctx, int32_t rows);
+
+/* A context whose pool, RoPE table and scratch are owner's (its KV cache, n_past,
+ * adapter and one row of logits are its own): the sequences of a mop_decoder,
+ * used one at a time from the owner's thread. Free with mop_ctx_free() before owner. */
+mop_status ctx_create_borrowing(mop_ctx *owner, int32_t n_ctx, mop_ctx **out);
 
 /* Rows per LM-head product when scoring many tokens (bounds the buffer). */
 #define FWD_HEAD_ROWS 32
