@@ -381,6 +381,218 @@ static void test_set_mixture_errors(void **state)
     mop_model_free(m);
 }
 
+/* ---- batched decoding across mixtures ---------------------------------------- */
+
+enum { DS = 10, DPMAX = 9, DCMAX = 8 };
+
+typedef struct dseq {
+    int mix;                 /* index into the mixtures, -1 = base model */
+    int32_t prompt[DPMAX], n_prompt;
+    int32_t cont[DCMAX], n_cont; /* teacher-forced continuation */
+    int start;               /* step at which it may join */
+    float ref[DCMAX + 1][TV]; /* one-sequence logits after the prompt and each token */
+    int32_t id, fed;         /* decoder id; tokens fed so far (-1 = not joined) */
+} dseq;
+
+static dseq g_seq[DS];
+
+/* 8 sequences on 4 mixtures (two attention-bias, one weighted-sum, one with
+ * a shared group and joint experts) plus 2 on the base model, prompts of
+ * 2..9 tokens, 3..8 more tokens each, joining at different steps into a
+ * decoder of 6 slots (so some wait for others to leave): every step's
+ * logits equal the one-sequence path (an attached context) to 1e-4. */
+static void test_decoder_matches_single(void **state)
+{
+    (void)state;
+    mop_model *m = tiny_model(TL);
+    mop_mixture *mx[4];
+    mx[0] = make_mixture(m, MOP_COMBINE_ATTENTION_BIAS, 4, 21);
+    mx[1] = make_mixture(m, MOP_COMBINE_ATTENTION_BIAS, 2, 22);
+    mx[2] = make_mixture(m, MOP_COMBINE_WEIGHTED_SUM, 3, 23);
+    {
+        mop_mixture_params p = mop_mixture_default_params();
+        p.n_experts = 3, p.prompt_len = 2, p.gate_layer = 0, p.inject_layer = 1;
+        p.gate_hidden = 8, p.n_shared = 1, p.expert_attention = MOP_EXPERTS_JOINT;
+        assert_int_equal(mop_mixture_create(m, &p, &mx[3]), MOP_OK);
+        float *par;
+        size_t n;
+        assert_int_equal(mop_mixture_data(mx[3], &par, NULL, &n), MOP_OK);
+        fill(par, n, 0.6f);
+    }
+    for (int i = 0; i < DS; i++) {
+        dseq *q = &g_seq[i];
+        memset(q, 0, sizeof *q);
+        q->mix = i < 8 ? i % 4 : -1;
+        q->n_prompt = 2 + (i * 5) % 8;
+        q->n_cont = 3 + (i * 3) % 6;
+        q->start = i % 5;
+        q->fed = -1;
+        for (int t = 0; t < q->n_prompt; t++)
+            q->prompt[t] = (int32_t)((frand() + 1.0f) * 0.5f * TV) % TV;
+        for (int t = 0; t < q->n_cont; t++)
+            q->cont[t] = (int32_t)((frand() + 1.0f) * 0.5f * TV) % TV;
+        /* the one-sequence reference */
+        mop_ctx *c = tiny_ctx(m, TCTX, 4, 1);
+        if (q->mix >= 0)
+            assert_int_equal(mop_ctx_set_mixture(c, mx[q->mix]), MOP_OK);
+        const float *lg;
+        int32_t rows;
+        assert_int_equal(mop_ctx_decode(c, q->prompt, q->n_prompt, MOP_LOGITS_LAST), MOP_OK);
+        assert_int_equal(mop_ctx_get_logits(c, &lg, &rows), MOP_OK);
+        memcpy(q->ref[0], lg, sizeof q->ref[0]);
+        for (int t = 0; t < q->n_cont; t++) {
+            assert_int_equal(mop_ctx_decode(c, &q->cont[t], 1, MOP_LOGITS_LAST), MOP_OK);
+            assert_int_equal(mop_ctx_get_logits(c, &lg, &rows), MOP_OK);
+            memcpy(q->ref[t + 1], lg, sizeof q->ref[0]);
+        }
+        mop_ctx_free(c);
+    }
+
+    mop_decoder_params dp;
+    assert_int_equal(mop_decoder_params_init(&dp), MOP_OK);
+    dp.n_seq_max = 6;
+    dp.n_ctx = 24;
+    dp.n_batch = 4;
+    dp.n_threads = 2;
+    mop_decoder *dec = NULL;
+    assert_int_equal(mop_decoder_create(m, &dp, &dec), MOP_OK);
+    int done = 0, max_batched = 0, live_n = 0;
+    double worst = 0.0;
+    for (int step = 0; done < DS; step++) {
+        assert_true(step < 100);
+        for (int i = 0; i < DS; i++) { /* join while there is room */
+            dseq *q = &g_seq[i];
+            if (q->fed == -1 && q->start <= step && live_n < dp.n_seq_max) {
+                assert_int_equal(mop_decoder_add(dec, q->mix >= 0 ? mx[q->mix] : NULL, &q->id),
+                                 MOP_OK);
+                q->fed = 0;
+                live_n++;
+            }
+        }
+        int32_t seqs[DS], ntok[DS];
+        const int32_t *toks[DS];
+        int idx[DS], n = 0, batched = 0;
+        for (int i = 0; i < DS; i++) {
+            dseq *q = &g_seq[i];
+            if (q->fed < 0 || q->fed > q->n_cont)
+                continue;
+            seqs[n] = q->id;
+            if (q->fed == 0) {
+                ntok[n] = q->n_prompt, toks[n] = q->prompt;
+            } else {
+                ntok[n] = 1, toks[n] = &q->cont[q->fed - 1];
+                batched++;
+            }
+            idx[n++] = i;
+        }
+        if (n == 0)
+            continue;
+        max_batched = batched > max_batched ? batched : max_batched;
+        mop_decoder_batch b = {.struct_size = sizeof b, .n = n, .seq = seqs, .n_tokens = ntok,
+                               .tokens = toks};
+        assert_int_equal(mop_decoder_step(dec, &b), MOP_OK);
+        for (int e = 0; e < n; e++) {
+            dseq *q = &g_seq[idx[e]];
+            const float *lg;
+            assert_int_equal(mop_decoder_get_logits(dec, q->id, &lg), MOP_OK);
+            for (int v = 0; v < TV; v++) {
+                double diff = fabs((double)lg[v] - q->ref[q->fed][v]);
+                worst = diff > worst ? diff : worst;
+                if (!close_rel(lg[v], q->ref[q->fed][v], REL_TOL))
+                    fail_msg("sequence %d (mixture %d) token %d logit %d: batched %.7f, alone "
+                             "%.7f", idx[e], q->mix, q->fed, v, (double)lg[v],
+                             (double)q->ref[q->fed][v]);
+            }
+            assert_int_equal(mop_decoder_n_past(dec, q->id), q->n_prompt + q->fed);
+            q->fed++;
+            if (q->fed > q->n_cont) { /* leave */
+                assert_int_equal(mop_decoder_remove(dec, q->id), MOP_OK);
+                live_n--;
+                done++;
+            }
+        }
+    }
+    assert_true(max_batched >= 4);
+    print_message("decoder: worst |batched - alone| logit difference %.2e, up to %d rows "
+                  "batched\n", worst, max_batched);
+    mop_decoder_free(dec);
+    for (int k = 0; k < 4; k++)
+        mop_mixture_free(mx[k]);
+    mop_model_free(m);
+}
+
+/* Decoder arguments: exact statuses, and nothing changes on a rejected step. */
+static void test_decoder_errors(void **state)
+{
+    (void)state;
+    mop_model *m = tiny_model(TL), *other = tiny_model(TL);
+    mop_mixture *mx = make_mixture(m, MOP_COMBINE_ATTENTION_BIAS, 4, 3);
+    mop_mixture *foreign = make_mixture(other, MOP_COMBINE_ATTENTION_BIAS, 4, 3);
+    mop_decoder_params dp;
+    assert_int_equal(mop_decoder_params_init(NULL), MOP_E_INVALID_ARG);
+    assert_int_equal(mop_decoder_params_init(&dp), MOP_OK);
+    mop_decoder *dec = NULL;
+    dp.n_seq_max = 0;
+    assert_int_equal(mop_decoder_create(m, &dp, &dec), MOP_E_RANGE);
+    dp.n_seq_max = 2;
+    dp.n_ctx = TCTX + 1;
+    assert_int_equal(mop_decoder_create(m, &dp, &dec), MOP_E_RANGE);
+    dp.n_ctx = 8;
+    dp.struct_size = 1;
+    assert_int_equal(mop_decoder_create(m, &dp, &dec), MOP_E_INVALID_ARG);
+    dp.struct_size = sizeof dp;
+    assert_int_equal(mop_decoder_create(NULL, &dp, &dec), MOP_E_INVALID_ARG);
+    assert_null(dec);
+    assert_int_equal(mop_decoder_create(m, &dp, &dec), MOP_OK);
+    int32_t a = -1, b2 = -1, c3 = -1;
+    assert_int_equal(mop_decoder_add(dec, foreign, &a), MOP_E_INVALID_ARG);
+    assert_int_equal(mop_decoder_add(dec, mx, &a), MOP_OK);
+    assert_int_equal(mop_decoder_add(dec, NULL, &b2), MOP_OK);
+    assert_int_equal(mop_decoder_add(dec, NULL, &c3), MOP_E_STATE);
+    const float *lg;
+    assert_int_equal(mop_decoder_get_logits(dec, a, &lg), MOP_E_STATE);
+    assert_int_equal(mop_decoder_get_logits(dec, 7, &lg), MOP_E_INVALID_ARG);
+    assert_int_equal(mop_decoder_n_past(dec, 7), -1);
+    assert_int_equal(mop_decoder_n_past(NULL, a), -1);
+
+    int32_t ids[2] = {a, b2}, one[2] = {1, 2};
+    mop_decoder_batch bt = {.struct_size = sizeof bt, .n = 2, .seq = ids, .token = one};
+    assert_int_equal(mop_decoder_step(NULL, &bt), MOP_E_INVALID_ARG);
+    bt.n = 3;
+    assert_int_equal(mop_decoder_step(dec, &bt), MOP_E_INVALID_ARG);
+    bt.n = 2;
+    int32_t twice[2] = {a, a};
+    bt.seq = twice;
+    assert_int_equal(mop_decoder_step(dec, &bt), MOP_E_INVALID_ARG);
+    assert_non_null(strstr(mop_last_error(), "twice"));
+    bt.seq = ids;
+    int32_t bad[2] = {1, TV};
+    bt.token = bad;
+    assert_int_equal(mop_decoder_step(dec, &bt), MOP_E_INVALID_ARG);
+    assert_int_equal(mop_decoder_n_past(dec, a), 0); /* nothing ran */
+    int32_t longp[9] = {0};
+    const int32_t *tp[2] = {longp, one};
+    int32_t nt[2] = {9, 1};
+    mop_decoder_batch bl = {.struct_size = sizeof bl, .n = 2, .seq = ids, .n_tokens = nt,
+                            .tokens = tp};
+    assert_int_equal(mop_decoder_step(dec, &bl), MOP_E_RANGE); /* n_ctx 8 */
+    assert_int_equal(mop_decoder_n_past(dec, b2), 0);
+    bt.token = one;
+    assert_int_equal(mop_decoder_step(dec, &bt), MOP_OK);
+    assert_int_equal(mop_decoder_get_logits(dec, a, &lg), MOP_OK);
+    assert_int_equal(mop_decoder_n_past(dec, a), 1);
+    assert_int_equal(mop_decoder_remove(dec, a), MOP_OK);
+    assert_int_equal(mop_decoder_remove(dec, a), MOP_E_INVALID_ARG);
+    assert_int_equal(mop_decoder_remove(NULL, b2), MOP_E_INVALID_ARG);
+    assert_int_equal(mop_decoder_step(dec, &bt), MOP_E_INVALID_ARG); /* a has left */
+    mop_decoder_free(dec);
+    mop_decoder_free(NULL);
+    mop_mixture_free(foreign);
+    mop_mixture_free(mx);
+    mop_model_free(other);
+    mop_model_free(m);
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
@@ -388,6 +600,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_ctx_decode_matches_mixture_paths),
         cmocka_unit_test(test_ctx_prefill_gate_and_buffers),
         cmocka_unit_test(test_set_mixture_errors),
+        cmocka_unit_test(test_decoder_matches_single),
+        cmocka_unit_test(test_decoder_errors),
     };
     if (argc > 1) {
         if (argv[1][0] == '-')

@@ -607,6 +607,126 @@ MOP_API MOP_NODISCARD mop_status mop_ctx_gate_weights(const mop_ctx *ctx, float 
 /** @} */
 
 /* ------------------------------------------------------------------------ */
+/** @name Batched decoding across mixtures
+ *  A ::mop_decoder holds up to n_seq_max sequences, each with its own KV
+ *  cache and its own mixture (or none). One mop_decoder_step() appends
+ *  tokens to any subset of them: every sequence that appends one token to a
+ *  non-empty cache joins one batched pass in which each linear product
+ *  (q/k/v, output, MLP, LM head) runs once over all of their rows, so the
+ *  frozen weights are read once per step for all of them; attention is per
+ *  sequence, over its own cache and its own mixture's prompt keys/values
+ *  with its own gate bias. A sequence's first call (its prompt, gated as
+ *  mop_ctx_decode() gates it), and any call of several tokens, runs on its
+ *  own in the same step. Sequences join (mop_decoder_add()) and leave
+ *  (mop_decoder_remove()) between steps: continuous batching.
+ *
+ *  Results equal the one-sequence path (a context with the mixture
+ *  attached) up to the rounding of multi-row products (float tolerance).
+ *  Threads: a decoder belongs to one thread at a time; its compute threads
+ *  are its own pool (n_threads). Mixtures are borrowed: keep each alive
+ *  and unchanged while a sequence uses it.
+ *  @{ */
+
+/** Several sequences decoded together. Opaque. */
+typedef struct mop_decoder mop_decoder;
+
+/** Options for mop_decoder_create(). Fill with mop_decoder_params_init(). */
+typedef struct mop_decoder_params {
+    uint32_t struct_size; /**< sizeof(mop_decoder_params); set by mop_decoder_params_init() */
+    int32_t n_seq_max;    /**< most sequences at once, 1..4096; default 16 */
+    int32_t n_ctx;        /**< KV cache of each sequence in tokens (input only: prompt
+                               keys/values are the mixture's); default 2048, <= the model's */
+    int32_t n_batch;      /**< most tokens of one prefill forward call; default 512 */
+    int32_t n_threads;    /**< compute threads; default 0 = all cores */
+} mop_decoder_params;
+
+/** @brief Fill @p p with the documented defaults.
+ *  @param[out] p the options; @c struct_size is set
+ *  @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL) */
+MOP_API MOP_NODISCARD mop_status mop_decoder_params_init(mop_decoder_params *p);
+
+/**
+ * @brief Create a decoder on @p model (takes a reference on it). Memory per
+ * sequence (its KV cache) is allocated when it joins.
+ * @param[in]  model  the model
+ * @param[in]  params options (copied), or NULL for the defaults
+ * @param[out] out    the decoder; free with mop_decoder_free()
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL, bad @c struct_size), ::MOP_E_RANGE
+ *         (n_seq_max, n_ctx, n_batch or n_threads out of range), ::MOP_E_UNSUPPORTED,
+ *         ::MOP_E_NOMEM
+ */
+MOP_API MOP_NODISCARD mop_status mop_decoder_create(mop_model *model,
+                                                    const mop_decoder_params *params,
+                                                    mop_decoder **out);
+
+/** @brief Free a decoder and its sequences (not their mixtures).
+ *  @param dec the decoder, or NULL (no-op) */
+MOP_API void mop_decoder_free(mop_decoder *dec);
+
+/**
+ * @brief A new, empty sequence that decodes with @p m (NULL = the base model).
+ * @param[in,out] dec the decoder
+ * @param[in]     m   the mixture (borrowed), or NULL
+ * @param[out]    seq the sequence's id, in [0, n_seq_max); ids of removed
+ *                    sequences are reused
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL; @p m made for another model),
+ *         ::MOP_E_UNSUPPORTED (an oracle mixture), ::MOP_E_STATE (n_seq_max
+ *         sequences already), ::MOP_E_RANGE (the prompt stream does not fit
+ *         n_ctx), ::MOP_E_NOMEM
+ */
+MOP_API MOP_NODISCARD mop_status mop_decoder_add(mop_decoder *dec, const mop_mixture *m,
+                                                 int32_t *seq);
+
+/** @brief End sequence @p seq and free its cache; its id may be reused.
+ *  @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL @p dec, @p seq not a live sequence) */
+MOP_API MOP_NODISCARD mop_status mop_decoder_remove(mop_decoder *dec, int32_t seq);
+
+/** One step's input: sequence seq[i] appends n_tokens[i] tokens. */
+typedef struct mop_decoder_batch {
+    uint32_t struct_size;        /**< sizeof(mop_decoder_batch) */
+    int32_t n;                   /**< entries, 1..n_seq_max */
+    const int32_t *seq;          /**< (n) live sequence ids, each at most once */
+    const int32_t *n_tokens;     /**< (n) tokens to append, >= 1; NULL = one each */
+    const int32_t *const *tokens; /**< (n) pointers to n_tokens[i] ids; NULL = use @c token */
+    const int32_t *token;        /**< (n) one id per entry, when @c tokens is NULL */
+} mop_decoder_batch;
+
+/**
+ * @brief Append tokens to several sequences in one step; afterwards each
+ * one's next-token logits are in mop_decoder_get_logits().
+ *
+ * Every argument is checked before anything runs: on an error no sequence
+ * has changed (except on ::MOP_E_NOMEM while a sequence's first call grows
+ * its buffers: sequences before it in @p batch have advanced).
+ * @param[in,out] dec   the decoder
+ * @param[in]     batch the entries
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL, bad @c struct_size, n out of
+ *         range, an id not live or repeated, n_tokens < 1, a token id outside
+ *         the vocabulary), ::MOP_E_RANGE (a sequence would overflow n_ctx),
+ *         ::MOP_E_NOMEM
+ */
+MOP_API MOP_NODISCARD mop_status mop_decoder_step(mop_decoder *dec,
+                                                  const mop_decoder_batch *batch);
+
+/**
+ * @brief Next-token logits of sequence @p seq after its last step.
+ * @param[in]  dec    the decoder
+ * @param[in]  seq    a live sequence
+ * @param[out] logits borrowed pointer to n_vocab floats, valid until the next
+ *                    step, remove or free
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL, @p seq not live), ::MOP_E_STATE
+ *         (nothing decoded in that sequence yet)
+ */
+MOP_API MOP_NODISCARD mop_status mop_decoder_get_logits(const mop_decoder *dec, int32_t seq,
+                                                        const float **logits);
+
+/** @brief Tokens in sequence @p seq's cache.
+ *  @return the count; -1 if @p dec is NULL or @p seq is not live */
+MOP_API int32_t mop_decoder_n_past(const mop_decoder *dec, int32_t seq);
+
+/** @} */
+
+/* ------------------------------------------------------------------------ */
 /** @name Training data
  *  @{ */
 

@@ -113,6 +113,24 @@ void forward_embed(mop_ctx *ctx, float *x, const int32_t *tokens, int32_t T);
 void forward_layers(mop_ctx *ctx, float *x, int32_t T, const int32_t *pos, int32_t layer_begin,
                     int32_t layer_end, const attn_extra *extra);
 
+/* One sequence of a batched decode step (forward_layers_rows). */
+typedef struct fwd_row {
+    mop_ctx *ctx;             /* its KV cache; the new token goes to row ctx->n_past (not advanced) */
+    const attn_extra *extra;  /* its prompt prefix, or NULL */
+    int32_t prefix_from;      /* layers >= prefix_from attend to extra's prefix */
+} fwd_row;
+
+/* One new token of each of B sequences, x (B, d) at positions pos (B),
+ * through layers [layer_begin, layer_end): every linear product runs once
+ * over all B rows (the weights are read once per step), attention per row
+ * on its own cache and prefix. Uses ctx's pool and scratch (cap_rows >= B);
+ * k_new, v_new (B, kvd) and ar (B) are scratch. A row gives what
+ * forward_layers gives its context for T = 1, up to the rounding of the
+ * multi-row products. */
+void forward_layers_rows(mop_ctx *ctx, float *x, int32_t B, const int32_t *pos,
+                         const fwd_row *rows, float *k_new, float *v_new, attn_row *ar,
+                         int32_t layer_begin, int32_t layer_end);
+
 /* logits (T, n_vocab) = lm_head(out_norm(x)) for x (T, d), T <= n_batch.
  * x is not modified. */
 void forward_head(mop_ctx *ctx, float *logits, const float *x, int32_t T);

@@ -246,6 +246,10 @@ void gate_bind_prefix(gate_ws *ws, const mop_mixture *m, const float *kv);
  * stream and resets the context. ctx must have no adapter attached. */
 mop_status gate_ctx_attach(mop_ctx *ctx, const mop_mixture *m, const char *fn);
 
+/* The prompt prefix of ctx's current sequence and the layer it starts at
+ * (the attached mixture's L_p); NULL without a mixture. */
+const attn_extra *gate_ctx_prefix(const mop_ctx *ctx, int32_t *inject_layer);
+
 /* Argument checks shared by the mixture calls (mixture_forward.c). */
 mop_status gate_check_stream(const mop_ctx *ctx, const mop_mixture *m, const char *fn);
 

@@ -176,3 +176,12 @@ mop_status mop_ctx_gate_weights(const mop_ctx *ctx, float *w, int32_t cap, int32
     memcpy(w, g->ws.w, (size_t)K * sizeof(float));
     return MOP_OK;
 }
+
+const attn_extra *gate_ctx_prefix(const mop_ctx *ctx, int32_t *inject_layer)
+{
+    if (!ctx->adapter.owner)
+        return NULL;
+    const gate_dec *g = ctx->adapter.state;
+    *inject_layer = g->m->p.inject_layer;
+    return &g->ex;
+}
