@@ -187,3 +187,29 @@ def test_decoder_matches_single_contexts(model, mixtures):
             dec.logits(99)
         assert e.value.name == "MOP_E_INVALID_ARG"
         assert dec.n_past(99) == -1
+
+
+def test_cli_generate_mixture(model, mixtures, build_dir, model_path, tmp_path):
+    """`mop generate --mixture FILE` prints the reply Mixture.generate gives
+    (greedy, raw prompt with BOS as the CLI tokenizes it); --help names it."""
+    import subprocess
+    mop = build_dir / "src" / "cli" / "mop"
+    if not mop.exists():
+        pytest.skip(f"{mop} not built")
+    path = tmp_path / "mix.safetensors"
+    mixtures[0].save(path)
+    with libmop.Context(model, n_ctx=64, n_batch=64, n_threads=2) as c:
+        loaded = libmop.Mixture.load(model, path)
+        ids = prompt_ids(model, PROMPTS[3])
+        want = model.detokenize(loaded.generate(c, ids, 6, temperature=0))
+        loaded.close()
+    r = subprocess.run([str(mop), "generate", model_path, "--mixture", str(path), "--prompt",
+                        PROMPTS[3], "-n", "6", "--temp", "0", "--threads", "2"],
+                       capture_output=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode("utf-8") == want + "\n"
+    r = subprocess.run([str(mop), "generate", "--help"], capture_output=True, timeout=60)
+    assert r.returncode == 0 and b"--mixture" in r.stdout
+    r = subprocess.run([str(mop), "generate", model_path, "--mixture", str(tmp_path / "none"),
+                        "--prompt", "x"], capture_output=True, timeout=300)
+    assert r.returncode == 1 and b"none" in r.stderr
