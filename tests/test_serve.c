@@ -593,6 +593,79 @@ static void test_decoder_errors(void **state)
     mop_model_free(m);
 }
 
+/* Every allocation of mop_ctx_set_mixture, a decode with the mixture, and
+ * the decoder's create/add/step, failing in turn: MOP_E_NOMEM and no leak. */
+static void test_alloc_failures(void **state)
+{
+    (void)state;
+    mop_allocator al = {failing_alloc, plain_free, NULL};
+    alloc_limit = -1;
+    assert_int_equal(mop_set_allocator(&al), MOP_OK);
+    mop_model *m = tiny_model(TL);
+    mop_ctx *c = tiny_ctx(m, TCTX, 4, 1); /* n_batch 4 < K·P: set_mixture grows the scratch */
+    mop_mixture *ab = make_mixture(m, MOP_COMBINE_ATTENTION_BIAS, 4, 1);
+    mop_mixture *wsum = make_mixture(m, MOP_COMBINE_WEIGHTED_SUM, 4, 2);
+    mop_ctx *big = tiny_ctx(m, TCTX, 16, 1);
+    assert_int_equal(mop_mixture_prepare(big, ab), MOP_OK); /* the cache is the mixture's */
+    mop_ctx_free(big);
+    long base = mop_alloc_live();
+    int32_t tok[6] = {1, 5, 9, 2, 7, 3};
+    int done = 0;
+    for (long n = 0; n < 2000 && !done; n++) {
+        alloc_count = 0;
+        alloc_limit = n;
+        mop_status st = mop_ctx_set_mixture(c, n % 2 ? wsum : ab);
+        if (st == MOP_OK)
+            st = mop_ctx_decode(c, tok, 6, MOP_LOGITS_ALL);
+        if (st == MOP_OK)
+            st = mop_ctx_decode(c, tok, 2, MOP_LOGITS_LAST);
+        mop_decoder *dec = NULL;
+        if (st == MOP_OK) {
+            mop_decoder_params dp;
+            assert_int_equal(mop_decoder_params_init(&dp), MOP_OK);
+            dp.n_seq_max = 3, dp.n_ctx = 16, dp.n_batch = 4, dp.n_threads = 1;
+            st = mop_decoder_create(m, &dp, &dec);
+            if (st != MOP_OK)
+                assert_null(dec);
+        }
+        int32_t ids[3];
+        if (st == MOP_OK)
+            st = mop_decoder_add(dec, ab, &ids[0]);
+        if (st == MOP_OK)
+            st = mop_decoder_add(dec, wsum, &ids[1]);
+        if (st == MOP_OK)
+            st = mop_decoder_add(dec, NULL, &ids[2]);
+        if (st == MOP_OK) {
+            const int32_t *tp[3] = {tok, tok + 1, tok + 2};
+            int32_t nt[3] = {4, 3, 2};
+            mop_decoder_batch b = {.struct_size = sizeof b, .n = 3, .seq = ids, .n_tokens = nt,
+                                   .tokens = tp};
+            st = mop_decoder_step(dec, &b);
+        }
+        if (st == MOP_OK) {
+            mop_decoder_batch b = {.struct_size = sizeof b, .n = 3, .seq = ids, .token = tok};
+            st = mop_decoder_step(dec, &b);
+            done = st == MOP_OK;
+        }
+        mop_decoder_free(dec);
+        alloc_limit = -1;
+        assert_int_equal(mop_ctx_set_mixture(c, NULL), MOP_OK);
+        if (!done && st != MOP_E_NOMEM)
+            fail_msg("allocation %ld failing gives %s (%s)", n, mop_status_name(st),
+                     mop_last_error());
+        if (mop_alloc_live() != base)
+            fail_msg("allocation %ld failing leaks %ld blocks (%s)", n, mop_alloc_live() - base,
+                     mop_last_error());
+    }
+    assert_true(done);
+    mop_mixture_free(wsum);
+    mop_mixture_free(ab);
+    mop_ctx_free(c);
+    mop_model_free(m);
+    assert_int_equal(mop_alloc_live(), 0);
+    assert_int_equal(mop_set_allocator(NULL), MOP_OK);
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
@@ -602,6 +675,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_set_mixture_errors),
         cmocka_unit_test(test_decoder_matches_single),
         cmocka_unit_test(test_decoder_errors),
+        cmocka_unit_test(test_alloc_failures),
     };
     if (argc > 1) {
         if (argv[1][0] == '-')
