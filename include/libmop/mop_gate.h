@@ -351,9 +351,13 @@ MOP_API MOP_NODISCARD mop_status mop_mixture_gate(mop_ctx *ctx, const mop_mixtur
  * mop_generate() does with the experts prepended at L_p. With
  * ::MOP_COMBINE_ATTENTION_BIAS the experts' keys/values are computed once per
  * mixture and reused across calls (until the mixture's parameters change).
+ * The same as mop_generate() on @p ctx with @p m attached
+ * (mop_ctx_set_mixture()); @p ctx's own attachment is kept (if it was
+ * another mixture, @p ctx is left reset). Safe on one mixture from several
+ * threads at once, each with its own context.
  * @param[in,out] ctx      a context on the mixture's model with n_batch >= the
  *                         prompt stream; its cache is reset
- * @param[in,out] m        the mixture (its prompt cache may be rebuilt)
+ * @param[in,out] m        the mixture (its prompt cache may be built, under its lock)
  * @param[in,out] sampler  draws each token
  * @param[in]     prompt   @p n_prompt ids in [0, n_vocab)
  * @param[in]     n_prompt number of prompt tokens, 1..n_ctx
