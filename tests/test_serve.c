@@ -260,6 +260,23 @@ static void test_ctx_decode_matches_mixture_paths(void **state)
             assert_true(close_rel(logsumexp(all + i * TV, TV) - all[i * TV + tok[i + 1]], nll[i],
                                   REL_TOL));
 
+        /* prefill logits: the attached context's equal mop_mixture_generate's, bitwise */
+        {
+            mop_sampler *g0 = greedy();
+            int32_t ng = -1;
+            assert_int_equal(mop_mixture_generate(c2, mx, g0, tok, NP, 0, NULL, NULL, &ng),
+                             MOP_OK);
+            const float *lg_gen, *lg_dec;
+            int32_t r1, r2;
+            assert_int_equal(mop_ctx_get_logits(c2, &lg_gen, &r1), MOP_OK);
+            float keep[TV];
+            memcpy(keep, lg_gen, sizeof keep);
+            mop_ctx_reset(c);
+            assert_int_equal(mop_ctx_decode(c, tok, NP, MOP_LOGITS_LAST), MOP_OK);
+            assert_int_equal(mop_ctx_get_logits(c, &lg_dec, &r2), MOP_OK);
+            assert_memory_equal(keep, lg_dec, sizeof keep);
+            mop_sampler_free(g0);
+        }
         /* the generate paths agree exactly, and detaching gives the base model */
         mop_sampler *s = greedy();
         int32_t g1[6], g2[6], n1 = 0, n2 = 0;
