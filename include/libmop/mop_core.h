@@ -10,7 +10,8 @@
  *   be freed in any order.
  * - A `mop_model` is read-only after load and may be used by any number of
  *   threads at once. A `mop_ctx` and a `mop_sampler` belong to one thread at
- *   a time.
+ *   a time. A prompt mixture attached to contexts (mop_ctx_set_mixture() in
+ *   mop_gate.h) may be shared by contexts in any number of threads.
  * - Every fallible call returns a ::mop_status; on failure the detail is in
  *   mop_last_error() and output arguments are left untouched unless stated.
  * - Strings returned as `const char *` are owned by the library and live as
@@ -512,7 +513,10 @@ enum {
  *
  * Tokens are processed in chunks of at most n_batch (matrix-matrix prefill);
  * a single token uses the matrix-vector decode path. Positions continue from
- * mop_ctx_n_past().
+ * mop_ctx_n_past(). With a mixture attached (mop_ctx_set_mixture()) the
+ * tokens run through it; the first call after a reset is the one its gate
+ * reads. mop_ctx_get_logits(), mop_ctx_nll(), mop_ctx_perplexity() and
+ * mop_generate() run with the attached mixture too.
  * @param[in,out] ctx    the context; its cache grows by @p n tokens
  * @param[in]     tokens @p n ids in [0, n_vocab)
  * @param[in]     n      number of tokens, >= 1
@@ -520,7 +524,8 @@ enum {
  * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL, token id out of range, n < 1,
  *         unknown @p logits_mode), ::MOP_E_RANGE (the cache would overflow
  *         n_ctx; nothing is run), ::MOP_E_NOMEM (::MOP_LOGITS_ALL wider than
- *         any call before and the larger logits buffer cannot be allocated)
+ *         any call before and the larger logits buffer cannot be allocated,
+ *         or, with a mixture attached, a call longer than any before)
  */
 MOP_API MOP_NODISCARD mop_status mop_ctx_decode(mop_ctx *ctx, const int32_t *tokens, int32_t n,
                                                 int32_t logits_mode);

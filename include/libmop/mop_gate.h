@@ -15,9 +15,18 @@
  * mop_mixture_data()), with named views listed by mop_mixture_tensor_get_info(),
  * so optimizers, checkpoints and federated averaging all use the same array.
  *
- * Threads: a mixture belongs to one thread at a time while it is trained; a
- * mixture that is only read (inference) may be shared by contexts in several
- * threads once its prompt cache is built (mop_mixture_prepare()).
+ * Threads: a mixture belongs to one thread at a time while it is trained
+ * (mop_mixture_forward_backward(), optimizer steps, mop_mixture_pretrain_gate(),
+ * mop_mixture_init_experts(), writes through mop_mixture_data()). A mixture
+ * that is only read — mop_mixture_evaluate(), mop_mixture_gate(),
+ * mop_mixture_generate(), mop_mixture_prepare(), mop_ctx_set_mixture() and
+ * decoding through a context it is attached to, mop_decoder — may be used by
+ * any number of contexts in any number of threads at once: a mixture holds
+ * only its parameters, gradients and its prompt key/value cache; all work
+ * memory is the context's (or the call's). The cache is built once under the
+ * mixture's lock, by the first call that needs it (or mop_mixture_prepare()),
+ * and only read afterwards; it is rebuilt when the experts change. Changing
+ * the parameters while another thread reads the mixture is a data race.
  */
 #ifndef MOP_GATE_H
 #define MOP_GATE_H
@@ -342,9 +351,13 @@ MOP_API MOP_NODISCARD mop_status mop_mixture_gate(mop_ctx *ctx, const mop_mixtur
  * mop_generate() does with the experts prepended at L_p. With
  * ::MOP_COMBINE_ATTENTION_BIAS the experts' keys/values are computed once per
  * mixture and reused across calls (until the mixture's parameters change).
+ * The same as mop_generate() on @p ctx with @p m attached
+ * (mop_ctx_set_mixture()); @p ctx's own attachment is kept (if it was
+ * another mixture, @p ctx is left reset). Safe on one mixture from several
+ * threads at once, each with its own context.
  * @param[in,out] ctx      a context on the mixture's model with n_batch >= the
  *                         prompt stream; its cache is reset
- * @param[in,out] m        the mixture (its prompt cache may be rebuilt)
+ * @param[in,out] m        the mixture (its prompt cache may be built, under its lock)
  * @param[in,out] sampler  draws each token
  * @param[in]     prompt   @p n_prompt ids in [0, n_vocab)
  * @param[in]     n_prompt number of prompt tokens, 1..n_ctx
@@ -533,6 +546,187 @@ MOP_API MOP_NODISCARD mop_status mop_mixture_init_experts(mop_ctx *ctx, mop_mixt
  * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL), ::MOP_E_NOMEM
  */
 MOP_API MOP_NODISCARD mop_status mop_mixture_set_prox_reference(mop_mixture *m);
+
+/** @} */
+
+/* ------------------------------------------------------------------------ */
+/** @name A mixture attached to a context
+ *  After mop_ctx_set_mixture(), the ordinary context calls run with the
+ *  mixture: mop_ctx_decode(), mop_ctx_get_logits(), mop_ctx_nll(),
+ *  mop_ctx_perplexity(), mop_generate() and sampling from those logits.
+ *  The context sizes its own buffers: its KV cache holds only the input
+ *  tokens (the prompt keys/values are the mixture's), so n_ctx is the
+ *  sequence length, whatever K·P is.
+ *
+ *  The gate of a sequence reads the tokens of the first mop_ctx_decode()
+ *  call after a reset (the prompt; for mop_ctx_nll() the whole sequence, as
+ *  mop_mixture_evaluate() without a loss mask): layers [0, L_g) run over
+ *  all of them, the gate weighs the experts, layers [L_g, L_p) follow, the
+ *  experts' keys/values are prepended at L_p (+ log-weight bias) and layers
+ *  [L_p, n_layer) finish; later calls reuse that gate and prefix. This is the
+ *  schedule training and evaluation use. mop_generate() on such a context
+ *  gives the tokens mop_mixture_generate() gives.
+ *
+ *  Threads: a context belongs to one thread at a time; one mixture may be
+ *  attached to any number of contexts in any threads at once (see the top
+ *  of this header). The context borrows the mixture: keep it alive, and its
+ *  parameters unchanged, while it is attached (detach with NULL or free the
+ *  context before freeing the mixture).
+ *  @{ */
+
+/**
+ * @brief Attach @p m to @p ctx, or detach with NULL (the base model). The
+ * context is reset (its cache emptied) in either case, also when @p m is
+ * already attached. Builds nothing yet: the prompt K/V cache is built by the
+ * first decode that needs it (or by mop_mixture_prepare()).
+ * @param[in,out] ctx the context (grows its scratch to the prompt stream if needed)
+ * @param[in]     m   the mixture (borrowed, see above), or NULL
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL @p ctx; @p m made for another
+ *         model), ::MOP_E_UNSUPPORTED (an oracle mixture: it routes by task
+ *         labels, which decoding has not), ::MOP_E_RANGE (the prompt stream
+ *         runs more rows at once — P, or K·P with ::MOP_EXPERTS_JOINT — than
+ *         n_ctx), ::MOP_E_NOMEM. On failure the previous attachment stays.
+ */
+MOP_API MOP_NODISCARD mop_status mop_ctx_set_mixture(mop_ctx *ctx, const mop_mixture *m);
+
+/** @brief The mixture attached to @p ctx.
+ *  @param ctx the context, or NULL
+ *  @return the mixture, or NULL (base model, or NULL @p ctx) */
+MOP_API const mop_mixture *mop_ctx_get_mixture(const mop_ctx *ctx);
+
+/**
+ * @brief The gate weights of the context's current sequence (after its first
+ * decode with a mixture attached).
+ * @param[in]  ctx   the context
+ * @param[out] w     receives K weights (after top-k); may be NULL when @p cap is 0
+ * @param[in]  cap   capacity of @p w
+ * @param[out] n_out K (also when @p cap is too small)
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL), ::MOP_E_STATE (no mixture
+ *         attached, or nothing decoded since the last reset), ::MOP_E_RANGE
+ *         (@p cap < K)
+ */
+MOP_API MOP_NODISCARD mop_status mop_ctx_gate_weights(const mop_ctx *ctx, float *w, int32_t cap,
+                                                      int32_t *n_out);
+
+/** @} */
+
+/* ------------------------------------------------------------------------ */
+/** @name Batched decoding across mixtures
+ *  A ::mop_decoder holds up to n_seq_max sequences, each with its own KV
+ *  cache and its own mixture (or none). One mop_decoder_step() appends
+ *  tokens to any subset of them: every sequence that appends one token to a
+ *  non-empty cache joins one batched pass in which each linear product
+ *  (q/k/v, output, MLP, LM head) runs once over all of their rows, so the
+ *  frozen weights are read once per step for all of them; attention is per
+ *  sequence, over its own cache and its own mixture's prompt keys/values
+ *  with its own gate bias. A sequence's first call (its prompt, gated as
+ *  mop_ctx_decode() gates it), and any call of several tokens, runs on its
+ *  own in the same step. Sequences join (mop_decoder_add()) and leave
+ *  (mop_decoder_remove()) between steps: continuous batching.
+ *
+ *  Results equal the one-sequence path (a context with the mixture
+ *  attached) up to the rounding of multi-row products (float tolerance).
+ *  Threads: a decoder belongs to one thread at a time; its compute threads
+ *  are its own pool (n_threads). Mixtures are borrowed: keep each alive
+ *  and unchanged while a sequence uses it.
+ *  @{ */
+
+/** Several sequences decoded together. Opaque. */
+typedef struct mop_decoder mop_decoder;
+
+/** Options for mop_decoder_create(). Fill with mop_decoder_params_init(). */
+typedef struct mop_decoder_params {
+    uint32_t struct_size; /**< sizeof(mop_decoder_params); set by mop_decoder_params_init() */
+    int32_t n_seq_max;    /**< most sequences at once, 1..4096; default 16 */
+    int32_t n_ctx;        /**< KV cache of each sequence in tokens (input only: prompt
+                               keys/values are the mixture's); default 2048, <= the model's */
+    int32_t n_batch;      /**< most tokens of one prefill forward call; default 512 */
+    int32_t n_threads;    /**< compute threads; default 0 = all cores */
+} mop_decoder_params;
+
+/** @brief Fill @p p with the documented defaults.
+ *  @param[out] p the options; @c struct_size is set
+ *  @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL) */
+MOP_API MOP_NODISCARD mop_status mop_decoder_params_init(mop_decoder_params *p);
+
+/**
+ * @brief Create a decoder on @p model (takes a reference on it). Memory per
+ * sequence (its KV cache) is allocated when it joins.
+ * @param[in]  model  the model
+ * @param[in]  params options (copied), or NULL for the defaults
+ * @param[out] out    the decoder; free with mop_decoder_free()
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL, bad @c struct_size), ::MOP_E_RANGE
+ *         (n_seq_max, n_ctx, n_batch or n_threads out of range), ::MOP_E_UNSUPPORTED,
+ *         ::MOP_E_NOMEM
+ */
+MOP_API MOP_NODISCARD mop_status mop_decoder_create(mop_model *model,
+                                                    const mop_decoder_params *params,
+                                                    mop_decoder **out);
+
+/** @brief Free a decoder and its sequences (not their mixtures).
+ *  @param dec the decoder, or NULL (no-op) */
+MOP_API void mop_decoder_free(mop_decoder *dec);
+
+/**
+ * @brief A new, empty sequence that decodes with @p m (NULL = the base model).
+ * @param[in,out] dec the decoder
+ * @param[in]     m   the mixture (borrowed), or NULL
+ * @param[out]    seq the sequence's id, in [0, n_seq_max); ids of removed
+ *                    sequences are reused
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL; @p m made for another model),
+ *         ::MOP_E_UNSUPPORTED (an oracle mixture), ::MOP_E_STATE (n_seq_max
+ *         sequences already), ::MOP_E_RANGE (the prompt stream does not fit
+ *         n_ctx), ::MOP_E_NOMEM
+ */
+MOP_API MOP_NODISCARD mop_status mop_decoder_add(mop_decoder *dec, const mop_mixture *m,
+                                                 int32_t *seq);
+
+/** @brief End sequence @p seq and free its cache; its id may be reused.
+ *  @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL @p dec, @p seq not a live sequence) */
+MOP_API MOP_NODISCARD mop_status mop_decoder_remove(mop_decoder *dec, int32_t seq);
+
+/** One step's input: sequence seq[i] appends n_tokens[i] tokens. */
+typedef struct mop_decoder_batch {
+    uint32_t struct_size;        /**< sizeof(mop_decoder_batch) */
+    int32_t n;                   /**< entries, 1..n_seq_max */
+    const int32_t *seq;          /**< (n) live sequence ids, each at most once */
+    const int32_t *n_tokens;     /**< (n) tokens to append, >= 1; NULL = one each */
+    const int32_t *const *tokens; /**< (n) pointers to n_tokens[i] ids; NULL = use @c token */
+    const int32_t *token;        /**< (n) one id per entry, when @c tokens is NULL */
+} mop_decoder_batch;
+
+/**
+ * @brief Append tokens to several sequences in one step; afterwards each
+ * one's next-token logits are in mop_decoder_get_logits().
+ *
+ * Every argument is checked before anything runs: on an error no sequence
+ * has changed (except on ::MOP_E_NOMEM while a sequence's first call grows
+ * its buffers: sequences before it in @p batch have advanced).
+ * @param[in,out] dec   the decoder
+ * @param[in]     batch the entries
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL, bad @c struct_size, n out of
+ *         range, an id not live or repeated, n_tokens < 1, a token id outside
+ *         the vocabulary), ::MOP_E_RANGE (a sequence would overflow n_ctx),
+ *         ::MOP_E_NOMEM
+ */
+MOP_API MOP_NODISCARD mop_status mop_decoder_step(mop_decoder *dec,
+                                                  const mop_decoder_batch *batch);
+
+/**
+ * @brief Next-token logits of sequence @p seq after its last step.
+ * @param[in]  dec    the decoder
+ * @param[in]  seq    a live sequence
+ * @param[out] logits borrowed pointer to n_vocab floats, valid until the next
+ *                    step, remove or free
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL, @p seq not live), ::MOP_E_STATE
+ *         (nothing decoded in that sequence yet)
+ */
+MOP_API MOP_NODISCARD mop_status mop_decoder_get_logits(const mop_decoder *dec, int32_t seq,
+                                                        const float **logits);
+
+/** @brief Tokens in sequence @p seq's cache.
+ *  @return the count; -1 if @p dec is NULL or @p seq is not live */
+MOP_API int32_t mop_decoder_n_past(const mop_decoder *dec, int32_t seq);
 
 /** @} */
 

@@ -1,9 +1,11 @@
-/* mop generate MODEL --prompt TEXT: stream a continuation (or a chat reply). */
+/* mop generate MODEL --prompt TEXT [--mixture FILE]: stream a continuation
+ * (or a chat reply), with the base model or a trained prompt mixture. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
+#include "cli_common.h"
 
 /* Streaming state: bytes of a UTF-8 character split across tokens wait in
  * `pending` until the rest arrives, so stdout never sees half a character. */
@@ -70,12 +72,17 @@ static int on_token(int32_t token, void *user)
     return 0;
 }
 
-/* The prompt as one user message in the model's chat template. */
-static char *format_chat(const mop_model *model, const char *prompt, size_t *len)
+/* The prompt as one user message in the model's chat template, after a
+ * system turn of `system` ("" = an empty turn) or, when NULL, the template's
+ * default one. */
+static char *format_chat(const mop_model *model, const char *system, const char *prompt,
+                         size_t *len)
 {
-    mop_chat_message msg = {"user", prompt};
+    mop_chat_message msgs[2] = {{"system", system}, {"user", prompt}};
+    const mop_chat_message *msg = system ? msgs : msgs + 1;
+    size_t n_msg = system ? 2 : 1;
     size_t n = 0;
-    mop_status st = mop_chat_format(model, &msg, 1, 1, NULL, 0, &n);
+    mop_status st = mop_chat_format(model, msg, n_msg, 1, NULL, 0, &n);
     if (st != MOP_OK && st != MOP_E_RANGE) {
         cli_fail(st, "cannot apply the chat template");
         return NULL;
@@ -85,7 +92,7 @@ static char *format_chat(const mop_model *model, const char *prompt, size_t *len
         cli_error("out of memory");
         return NULL;
     }
-    st = mop_chat_format(model, &msg, 1, 1, buf, n + 1, &n);
+    st = mop_chat_format(model, msg, n_msg, 1, buf, n + 1, &n);
     if (st != MOP_OK) {
         free(buf);
         cli_fail(st, "cannot apply the chat template");
@@ -122,12 +129,19 @@ static int32_t *tokenize_all(const mop_model *model, const char *text, size_t le
 int cli_cmd_generate(int argc, char **argv)
 {
     mop_sampler_params sp = mop_sampler_default_params();
-    const char *prompt = NULL;
-    int32_t n_new = 64, chat = 0, n_threads = 0, n_ctx = 0;
+    const char *prompt = NULL, *mix_path = NULL, *system = NULL;
+    int32_t n_new = 64, chat = 0, n_threads = 0, n_ctx = 0, template_system = 0;
     const cli_opt opts[] = {
         {"prompt", 'p', CLI_STRING, &prompt, "TEXT", "prompt text (required)"},
         {"n-predict", 'n', CLI_INT, &n_new, "N", "tokens to generate at most; default 64"},
         {"chat", 0, CLI_FLAG, &chat, NULL, "wrap the prompt as a user turn in the chat template"},
+        {"mixture", 'm', CLI_STRING, &mix_path, "FILE",
+         "generate with this prompt mixture (from mop train): the gate reads the prompt"},
+        {"system", 0, CLI_STRING, &system, "TEXT",
+         "with --chat: the system turn; default \"\" (empty, as mop train) with --mixture, "
+         "else the template's own"},
+        {"template-system", 0, CLI_FLAG, &template_system, NULL,
+         "with --chat: keep the template's default system turn (also with --mixture)"},
         {"temp", 0, CLI_FLOAT, &sp.temperature, "T", "temperature, 0 = greedy; default 0.8"},
         {"top-k", 0, CLI_INT, &sp.top_k, "K", "keep the K most likely tokens, 0 = all; default 40"},
         {"top-p", 0, CLI_FLOAT, &sp.top_p, "P", "nucleus sampling mass, 1 = off; default 0.95"},
@@ -137,10 +151,15 @@ int cli_cmd_generate(int argc, char **argv)
          "context (KV cache) size; default prompt + N, capped at the model's"},
         {NULL, 0, CLI_FLAG, NULL, NULL, NULL},
     };
-    const cli_spec spec = {"generate", "MODEL --prompt TEXT [options]",
+    const cli_spec spec = {"generate", "MODEL --prompt TEXT [--mixture FILE] [options]",
                            "Generate text after a prompt and stream it to stdout. Stops after N\n"
                            "tokens or at the end-of-sequence / end-of-turn token. With --chat the\n"
-                           "prompt becomes one user message and the reply is the assistant turn.",
+                           "prompt becomes one user message and the reply is the assistant turn.\n"
+                           "With --mixture the trained mixture is attached to the context: its\n"
+                           "gate reads the prompt, its experts are prepended at the injection\n"
+                           "layer, and decoding continues with both. Train with the same chat\n"
+                           "template and system turn as you generate with (mop train's default\n"
+                           "is an empty system turn, which --chat --mixture also uses).",
                            opts, 1};
     const char *pos[1];
     int done;
@@ -153,19 +172,31 @@ int cli_cmd_generate(int argc, char **argv)
         return cli_usage_error("generate", "-n must be >= 0, got %d", (int)n_new);
     if (n_threads < 0 || n_ctx < 0)
         return cli_usage_error("generate", "--threads and --ctx must be >= 0");
+    if ((system || template_system) && !chat)
+        return cli_usage_error("generate", "--system and --template-system need --chat");
+    if (system && template_system)
+        return cli_usage_error("generate", "--system and --template-system exclude each other");
 
     mop_model *model = cli_load_model(pos[0], n_threads);
     if (!model)
         return CLI_ERROR;
     mop_ctx *ctx = NULL;
     mop_sampler *sampler = NULL;
+    mop_mixture *mix = NULL;
     char *text = NULL;
     int32_t *tokens = NULL;
     rc = CLI_ERROR;
+    if (mix_path) {
+        mop_mixture_params mp;
+        if (cli_load_mixture(model, mix_path, &mix, &mp) != CLI_OK)
+            goto out;
+        if (!system && !template_system)
+            system = ""; /* mop train's default system turn */
+    }
 
     size_t len = strlen(prompt), n_prompt = 0;
     if (chat) {
-        text = format_chat(model, prompt, &len);
+        text = format_chat(model, template_system ? NULL : system, prompt, &len);
         if (!text)
             goto out;
     }
@@ -201,6 +232,13 @@ int cli_cmd_generate(int argc, char **argv)
         rc = cli_fail(st, "cannot create a context of %d tokens", (int)cp.n_ctx);
         goto out;
     }
+    if (mix) {
+        st = mop_ctx_set_mixture(ctx, mix);
+        if (st != MOP_OK) {
+            rc = cli_fail(st, "cannot use mixture '%s'", mix_path);
+            goto out;
+        }
+    }
     sp.struct_size = sizeof sp;
     st = mop_sampler_create(&sp, &sampler);
     if (st != MOP_OK) {
@@ -232,6 +270,7 @@ int cli_cmd_generate(int argc, char **argv)
 out:
     mop_sampler_free(sampler);
     mop_ctx_free(ctx);
+    mop_mixture_free(mix);
     free(tokens);
     free(text);
     mop_model_free(model);

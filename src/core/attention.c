@@ -126,3 +126,50 @@ void attention_forward(float *out, float *lse, const float *q, const float *k, c
         pool = NULL;
     mop_pool_run(pool, attention_worker, &job);
 }
+
+typedef struct attn_rows_job {
+    float *out;
+    const float *q;
+    const attn_row *rows;
+    int32_t B, n_head, n_head_kv, head_dim;
+    int avx2;
+} attn_rows_job;
+
+static void attention_rows_worker(void *arg, int ith, int nth)
+{
+    const attn_rows_job *a = arg;
+    const int32_t hd = a->head_dim, group = a->n_head / a->n_head_kv;
+    const int64_t q_stride = (int64_t)a->n_head * hd, kv_stride = (int64_t)a->n_head_kv * hd;
+    const float scale = 1.0f / sqrtf((float)hd);
+    float acc[ATTN_MAX_HD];
+    for (int64_t item = ith; item < (int64_t)a->B * a->n_head; item += nth) {
+        int64_t b = item / a->n_head;
+        int32_t h = (int32_t)(item % a->n_head), g = h / group;
+        const attn_row *r = &a->rows[b];
+        const float *q = a->q + b * q_stride + (int64_t)h * hd;
+        online_softmax st = {-INFINITY, 0.0f, acc};
+        memset(acc, 0, (size_t)hd * sizeof(float));
+        if (r->prefix.P > 0)
+            attend_keys(&st, q, r->prefix.k + (int64_t)g * hd, r->prefix.v + (int64_t)g * hd,
+                        r->prefix.bias, r->prefix.P, kv_stride, hd, scale, a->avx2);
+        attend_keys(&st, q, r->k + (int64_t)g * hd, r->v + (int64_t)g * hd, NULL,
+                    r->q_offset + 1, kv_stride, hd, scale, a->avx2);
+        float *o = a->out + b * q_stride + (int64_t)h * hd;
+        float inv = 1.0f / st.l;
+        for (int32_t i = 0; i < hd; i++)
+            o[i] = acc[i] * inv;
+    }
+}
+
+void attention_forward_rows(float *out, const float *q, const attn_row *rows, int32_t B,
+                            int32_t n_head, int32_t n_head_kv, int32_t head_dim, mop_pool *pool)
+{
+    attn_rows_job job = {out, q, rows, B, n_head, n_head_kv, head_dim,
+                         cpu_current() == CPU_AVX2 && head_dim % 8 == 0};
+    int64_t keys = 0;
+    for (int32_t b = 0; b < B; b++)
+        keys += (int64_t)rows[b].prefix.P + rows[b].q_offset + 1;
+    if ((int64_t)n_head * keys * head_dim < (1 << 16))
+        pool = NULL;
+    mop_pool_run(pool, attention_rows_worker, &job);
+}

@@ -28,6 +28,19 @@ void attention_forward(float *out, float *lse, const float *q, const float *k, c
                        const attn_prefix *prefix, int32_t q_offset, int32_t T, int32_t n_head,
                        int32_t n_head_kv, int32_t head_dim, mop_pool *pool);
 
+/* One query per sequence, B sequences with their own keys (a batched
+ * decode step): row b attends to its prefix, then its keys [0, q_offset + 1).
+ * Each row gives exactly what attention_forward gives for T = 1. */
+typedef struct attn_row {
+    const float *k, *v;  /* (q_offset + 1, n_head_kv*head_dim) the sequence's keys/values */
+    attn_prefix prefix;  /* P = 0: none */
+    int32_t q_offset;    /* keys before this row's own */
+} attn_row;
+
+/* out (B, n_head*head_dim), q (B, n_head*head_dim), rows (B). */
+void attention_forward_rows(float *out, const float *q, const attn_row *rows, int32_t B,
+                            int32_t n_head, int32_t n_head_kv, int32_t head_dim, mop_pool *pool);
+
 /* AVX2 inner loops (attention_avx2.c), for head_dim a multiple of 8:
  *   s (n)    = q (hd) · k[j] for keys j < n, rows strided by stride
  *   acc (hd) += Σ_j p[j] v[j] */

@@ -30,16 +30,20 @@ void mop_ctx_free(mop_ctx *ctx)
 {
     if (!ctx)
         return;
-    mop_pool_free(ctx->pool);
-    rope_table_free(&ctx->rope);
+    if (ctx->adapter.free_state)
+        ctx->adapter.free_state(ctx->adapter.state);
+    if (!ctx->borrowed) {
+        mop_pool_free(ctx->pool);
+        rope_table_free(&ctx->rope);
+        mop_free(ctx->x);
+        mop_free(ctx->xn);
+        mop_free(ctx->q);
+        mop_free(ctx->att);
+        mop_free(ctx->gate);
+        mop_free(ctx->up);
+        mop_free(ctx->pos);
+    }
     mop_free(ctx->kv);
-    mop_free(ctx->x);
-    mop_free(ctx->xn);
-    mop_free(ctx->q);
-    mop_free(ctx->att);
-    mop_free(ctx->gate);
-    mop_free(ctx->up);
-    mop_free(ctx->pos);
     mop_free(ctx->logits);
     mop_model_free(ctx->model);
     mop_free(ctx);
@@ -88,6 +92,7 @@ mop_status mop_ctx_create(mop_model *model, const mop_ctx_params *params, mop_ct
     size_t qd = (size_t)hp->n_head * (size_t)hp->head_dim;
     size_t kvd = (size_t)hp->n_head_kv * (size_t)hp->head_dim;
     ctx->cap_logits = MOP_MIN(p.n_batch, FWD_HEAD_ROWS);
+    ctx->cap_rows = p.n_batch;
     ctx->kv = alloc_floats((size_t)hp->n_layer * 2, (size_t)p.n_ctx, kvd);
     ctx->x = alloc_floats(nb, d, 1);
     ctx->xn = alloc_floats(nb, d, 1);
@@ -114,6 +119,58 @@ mop_status mop_ctx_create(mop_model *model, const mop_ctx_params *params, mop_ct
         mop_ctx_free(ctx);
         return s;
     }
+    *out = ctx;
+    return MOP_OK;
+}
+
+mop_status ctx_reserve_rows(mop_ctx *ctx, int32_t rows)
+{
+    if (rows <= ctx->cap_rows)
+        return MOP_OK;
+    const mop_hparams *hp = &ctx->model->hp;
+    size_t nr = (size_t)rows, d = (size_t)hp->n_embd, ff = (size_t)hp->n_ff;
+    size_t qd = (size_t)hp->n_head * (size_t)hp->head_dim;
+    float *x = alloc_floats(nr, d, 1), *xn = alloc_floats(nr, d, 1), *q = alloc_floats(nr, qd, 1);
+    float *att = alloc_floats(nr, qd, 1), *gate = alloc_floats(nr, ff, 1);
+    float *up = alloc_floats(nr, ff, 1);
+    int32_t *pos = mop_alloc(nr * sizeof(int32_t));
+    if (!x || !xn || !q || !att || !gate || !up || !pos) {
+        mop_free(x), mop_free(xn), mop_free(q), mop_free(att), mop_free(gate), mop_free(up);
+        mop_free(pos);
+        return mop_fail(MOP_E_NOMEM, "context: out of memory for %d rows of scratch", rows);
+    }
+    mop_free(ctx->x), mop_free(ctx->xn), mop_free(ctx->q), mop_free(ctx->att);
+    mop_free(ctx->gate), mop_free(ctx->up), mop_free(ctx->pos);
+    ctx->x = x, ctx->xn = xn, ctx->q = q, ctx->att = att, ctx->gate = gate, ctx->up = up;
+    ctx->pos = pos;
+    ctx->cap_rows = rows;
+    return MOP_OK;
+}
+
+mop_status ctx_create_borrowing(mop_ctx *owner, int32_t n_ctx, mop_ctx **out)
+{
+    const mop_hparams *hp = &owner->model->hp;
+    if (n_ctx < 1 || n_ctx > owner->params.n_ctx)
+        return mop_fail(MOP_E_RANGE, "context: n_ctx %d outside [1, %d]", n_ctx,
+                        owner->params.n_ctx);
+    mop_ctx *ctx = mop_calloc(1, sizeof *ctx);
+    if (!ctx)
+        return mop_fail(MOP_E_NOMEM, "context: out of memory");
+    *ctx = *owner;
+    memset(&ctx->adapter, 0, sizeof ctx->adapter);
+    ctx->borrowed = 1;
+    ctx->params.n_ctx = n_ctx;
+    ctx->n_past = 0;
+    ctx->n_logits = 0;
+    ctx->cap_logits = 1;
+    size_t kvd = (size_t)hp->n_head_kv * (size_t)hp->head_dim;
+    ctx->kv = alloc_floats((size_t)hp->n_layer * 2, (size_t)n_ctx, kvd);
+    ctx->logits = alloc_floats(1, (size_t)hp->n_vocab, 1);
+    if (!ctx->kv || !ctx->logits) {
+        mop_free(ctx->kv), mop_free(ctx->logits), mop_free(ctx);
+        return mop_fail(MOP_E_NOMEM, "context: out of memory for a KV cache of %d tokens", n_ctx);
+    }
+    mop_model_retain(ctx->model);
     *out = ctx;
     return MOP_OK;
 }
@@ -178,6 +235,19 @@ mop_status mop_ctx_decode(mop_ctx *ctx, const int32_t *tokens, int32_t n, int32_
         ctx->logits = grown;
         ctx->cap_logits = n;
     }
+    if (ctx->adapter.forward) {
+        /* a mixture: its layer schedule over the whole call, then the head */
+        const float *xs;
+        MOP_TRY(ctx->adapter.forward(ctx, tokens, n, &xs));
+        if (logits_mode == MOP_LOGITS_ALL)
+            for (int32_t c0 = 0; c0 < n; c0 += ctx->params.n_batch)
+                forward_head(ctx, ctx->logits + (int64_t)c0 * V, xs + (int64_t)c0 * d,
+                             MOP_MIN(ctx->params.n_batch, n - c0));
+        else
+            forward_head(ctx, ctx->logits, xs + (int64_t)(n - 1) * d, 1);
+        ctx->n_logits = logits_mode == MOP_LOGITS_ALL ? n : 1;
+        return MOP_OK;
+    }
     for (int32_t c0 = 0; c0 < n; c0 += ctx->params.n_batch) {
         int32_t T = MOP_MIN(ctx->params.n_batch, n - c0);
         run_chunk(ctx, tokens + c0, T);
@@ -215,14 +285,19 @@ mop_status mop_ctx_nll(mop_ctx *ctx, const int32_t *tokens, int32_t n, float *nl
 
     mop_ctx_reset(ctx);
     const int64_t V = ctx->model->hp.n_vocab, d = ctx->model->hp.n_embd;
+    const float *xs = NULL; /* with a mixture: every token's final states at once */
+    if (ctx->adapter.forward)
+        MOP_TRY(ctx->adapter.forward(ctx, tokens, n, &xs));
     double sum = 0.0;
     for (int32_t c0 = 0; c0 < n; c0 += ctx->params.n_batch) {
         int32_t T = MOP_MIN(ctx->params.n_batch, n - c0);
-        run_chunk(ctx, tokens + c0, T);
+        const float *xc = xs ? xs + (int64_t)c0 * d : ctx->x;
+        if (!xs)
+            run_chunk(ctx, tokens + c0, T);
         /* LM head a few rows at a time: the logits buffer holds cap_logits rows. */
         for (int32_t r0 = 0; r0 < T; r0 += ctx->cap_logits) {
             int32_t R = MOP_MIN(ctx->cap_logits, T - r0);
-            forward_head(ctx, ctx->logits, ctx->x + (int64_t)r0 * d, R);
+            forward_head(ctx, ctx->logits, xc + (int64_t)r0 * d, R);
             for (int32_t r = 0; r < R; r++) {
                 int32_t i = c0 + r0 + r;
                 if (i + 1 >= n)

@@ -125,16 +125,36 @@ void forward_embed(mop_ctx *ctx, float *x, const int32_t *tokens, int32_t T)
         memcpy(x + t * d, ctx->model->tok_embd + (int64_t)tokens[t] * d, (size_t)d * sizeof(float));
 }
 
+/* MLP block of layer L over x (T, d): x += down(silu(gate(xn)) * up(xn)), xn = norm(x). */
+static void mlp_block(mop_ctx *ctx, float *x, int32_t T, const mop_layer *L,
+                      const fwd_layer_saved *sv)
+{
+    const int64_t d = ctx->model->hp.n_embd, ff = ctx->model->hp.n_ff;
+    float *xn = ctx->xn, *gate = ctx->gate, *up = ctx->up;
+    mop_pool *pool = ctx->pool;
+    rmsnorm_rows(ctx, xn, sv->rstd_ffn, x, L->ffn_norm, T);
+    save(sv->xn_ffn, xn, T * d);
+    const mop_weight *gu_w[2] = {&L->w_gate, &L->w_up};
+    float *gu_y[2] = {gate, up};
+    linear_multi(gu_w, gu_y, 2, xn, T, pool);
+    save(sv->gate, gate, T * ff);
+    save(sv->up, up, T * ff);
+    rows_job sw = {.op = ROWS_SWIGLU, .out = gate, .a = gate, .b = up, .T = T, .width = ff};
+    run_rows(ctx, &sw);
+    linear(&L->w_down, xn, gate, T, pool);
+    add_rows(ctx, x, xn, T, d);
+}
+
 void forward_layers(mop_ctx *ctx, float *x, int32_t T, const int32_t *pos, int32_t layer_begin,
                     int32_t layer_end, const attn_extra *extra)
 {
     const mop_model *m = ctx->model;
     const mop_hparams *hp = &m->hp;
-    const int64_t d = hp->n_embd, ff = hp->n_ff;
+    const int64_t d = hp->n_embd;
     const int64_t qd = (int64_t)hp->n_head * hp->head_dim;
     const int64_t kvd = (int64_t)hp->n_head_kv * hp->head_dim;
     mop_pool *pool = ctx->pool;
-    float *xn = ctx->xn, *q = ctx->q, *att = ctx->att, *gate = ctx->gate, *up = ctx->up;
+    float *xn = ctx->xn, *q = ctx->q, *att = ctx->att;
 
     for (int32_t l = layer_begin; l < layer_end; l++) {
         const mop_layer *L = &m->layers[l];
@@ -167,18 +187,50 @@ void forward_layers(mop_ctx *ctx, float *x, int32_t T, const int32_t *pos, int32
         add_rows(ctx, x, xn, T, d);
         save(sv->x_mid, x, T * d);
 
-        /* MLP block: x += down(silu(gate(xn)) * up(xn)), xn = norm(x) */
-        rmsnorm_rows(ctx, xn, sv->rstd_ffn, x, L->ffn_norm, T);
-        save(sv->xn_ffn, xn, T * d);
-        const mop_weight *gu_w[2] = {&L->w_gate, &L->w_up};
-        float *gu_y[2] = {gate, up};
-        linear_multi(gu_w, gu_y, 2, xn, T, pool);
-        save(sv->gate, gate, T * ff);
-        save(sv->up, up, T * ff);
-        rows_job sw = {.op = ROWS_SWIGLU, .out = gate, .a = gate, .b = up, .T = T, .width = ff};
-        run_rows(ctx, &sw);
-        linear(&L->w_down, xn, gate, T, pool);
-        add_rows(ctx, x, xn, T, d);
+        mlp_block(ctx, x, T, L, sv);
+    }
+}
+
+void forward_layers_rows(mop_ctx *ctx, float *x, int32_t B, const int32_t *pos,
+                         const fwd_row *rows, float *k_new, float *v_new, attn_row *ar,
+                         int32_t layer_begin, int32_t layer_end)
+{
+    const mop_model *m = ctx->model;
+    const mop_hparams *hp = &m->hp;
+    const int64_t d = hp->n_embd, kvd = (int64_t)hp->n_head_kv * hp->head_dim;
+    mop_pool *pool = ctx->pool;
+    float *xn = ctx->xn, *q = ctx->q, *att = ctx->att;
+    for (int32_t l = layer_begin; l < layer_end; l++) {
+        const mop_layer *L = &m->layers[l];
+        const fwd_layer_saved none = {0};
+        rmsnorm_rows(ctx, xn, NULL, x, L->attn_norm, B);
+        const mop_weight *qkv_w[3] = {&L->wq, &L->wk, &L->wv};
+        float *qkv_y[3] = {q, k_new, v_new};
+        linear_multi(qkv_w, qkv_y, 3, xn, B, pool);
+        rope_rows(ctx, q, pos, B, hp->n_head);
+        rope_rows(ctx, k_new, pos, B, hp->n_head_kv);
+        for (int32_t b = 0; b < B; b++) {
+            mop_ctx *c = rows[b].ctx;
+            memcpy(forward_cache_k(c, l) + (int64_t)c->n_past * kvd, k_new + b * kvd,
+                   (size_t)kvd * sizeof(float));
+            memcpy(forward_cache_v(c, l) + (int64_t)c->n_past * kvd, v_new + b * kvd,
+                   (size_t)kvd * sizeof(float));
+        }
+        for (int32_t b = 0; b < B; b++) {
+            mop_ctx *c = rows[b].ctx;
+            const attn_extra *ex = rows[b].extra;
+            memset(&ar[b], 0, sizeof ar[b]);
+            ar[b].k = forward_cache_k(c, l);
+            ar[b].v = forward_cache_v(c, l);
+            ar[b].q_offset = c->n_past;
+            if (ex && ex->P > 0 && l >= rows[b].prefix_from)
+                ar[b].prefix = (attn_prefix){ex->prefix_k[l], ex->prefix_v[l], ex->prefix_bias,
+                                             ex->P};
+        }
+        attention_forward_rows(att, q, ar, B, hp->n_head, hp->n_head_kv, hp->head_dim, pool);
+        linear(&L->wo, xn, att, B, pool);
+        add_rows(ctx, x, xn, B, d);
+        mlp_block(ctx, x, B, L, &none);
     }
 }
 

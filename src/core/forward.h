@@ -51,6 +51,19 @@ typedef struct attn_extra {
     fwd_layer_saved *saved;       /* (n_layer) */
 } attn_extra;
 
+/* An adapter attached to a context (a mixture, by mop_ctx_set_mixture() in
+ * src/gate; core knows nothing of prompts). When `forward` is set, decode and
+ * NLL run their tokens through it instead of every layer: it runs n tokens
+ * at positions n_past.., advances n_past and points *x at their final hidden
+ * states (n, d), valid until the next call; on failure nothing has changed.
+ * `state` is the adapter's per-context memory, released with free_state. */
+typedef struct ctx_adapter {
+    const void *owner; /* the attached object, NULL = the base model */
+    void *state;
+    mop_status (*forward)(mop_ctx *ctx, const int32_t *tokens, int32_t n, const float **x);
+    void (*free_state)(void *state);
+} ctx_adapter;
+
 struct mop_ctx {
     mop_model *model;
     mop_ctx_params params;
@@ -61,7 +74,7 @@ struct mop_ctx {
     float *kv;
     int32_t n_past;
 
-    /* scratch for n_batch tokens */
+    /* scratch for cap_rows >= n_batch rows (ctx_reserve_rows grows it) */
     float *x;     /* (n_batch, d) hidden states of ctx_decode */
     float *xn;    /* (n_batch, d) normed input, then projection outputs */
     float *q;     /* (n_batch, qd) */
@@ -74,7 +87,20 @@ struct mop_ctx {
      * cap_logits rows and grows only for LOGITS_ALL calls wider than before. */
     float *logits;
     int32_t n_logits, cap_logits;
+
+    int32_t cap_rows;    /* rows of the scratch buffers above */
+    ctx_adapter adapter; /* attached mixture, if any */
+    int borrowed;        /* pool, rope and scratch belong to another context (mop_decoder) */
 };
+
+/* Grow the scratch so one forward_layers call may take `rows` rows; nothing
+ * changes on failure (MOP_E_NOMEM). Not for a borrowing context. */
+mop_status ctx_reserve_rows(mop_ctx *ctx, int32_t rows);
+
+/* A context whose pool, RoPE table and scratch are owner's (its KV cache, n_past,
+ * adapter and one row of logits are its own): the sequences of a mop_decoder,
+ * used one at a time from the owner's thread. Free with mop_ctx_free() before owner. */
+mop_status ctx_create_borrowing(mop_ctx *owner, int32_t n_ctx, mop_ctx **out);
 
 /* Rows per LM-head product when scoring many tokens (bounds the buffer). */
 #define FWD_HEAD_ROWS 32
@@ -86,6 +112,24 @@ void forward_embed(mop_ctx *ctx, float *x, const int32_t *tokens, int32_t T);
  * are the RoPE positions. T <= n_batch, n_past + T <= n_ctx (unchecked). */
 void forward_layers(mop_ctx *ctx, float *x, int32_t T, const int32_t *pos, int32_t layer_begin,
                     int32_t layer_end, const attn_extra *extra);
+
+/* One sequence of a batched decode step (forward_layers_rows). */
+typedef struct fwd_row {
+    mop_ctx *ctx;             /* its KV cache; the new token goes to row ctx->n_past (not advanced) */
+    const attn_extra *extra;  /* its prompt prefix, or NULL */
+    int32_t prefix_from;      /* layers >= prefix_from attend to extra's prefix */
+} fwd_row;
+
+/* One new token of each of B sequences, x (B, d) at positions pos (B),
+ * through layers [layer_begin, layer_end): every linear product runs once
+ * over all B rows (the weights are read once per step), attention per row
+ * on its own cache and prefix. Uses ctx's pool and scratch (cap_rows >= B);
+ * k_new, v_new (B, kvd) and ar (B) are scratch. A row gives what
+ * forward_layers gives its context for T = 1, up to the rounding of the
+ * multi-row products. */
+void forward_layers_rows(mop_ctx *ctx, float *x, int32_t B, const int32_t *pos,
+                         const fwd_row *rows, float *k_new, float *v_new, attn_row *ar,
+                         int32_t layer_begin, int32_t layer_end);
 
 /* logits (T, n_vocab) = lm_head(out_norm(x)) for x (T, d), T <= n_batch.
  * x is not modified. */

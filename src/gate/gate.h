@@ -5,6 +5,7 @@
 #ifndef MOP_GATE_INTERNAL_H
 #define MOP_GATE_INTERNAL_H
 
+#include <pthread.h>
 #include <stdint.h>
 
 #include "forward.h"
@@ -21,6 +22,7 @@ enum { GATE_T_EXPERTS = 0, GATE_T_W1, GATE_T_B1, GATE_T_W2, GATE_T_B2, GATE_T_CO
  * says whether the activations a backward needs were allocated too. */
 typedef struct gate_ws {
     int32_t cap_T, cap_S, cap_B, train;
+    int32_t decode_only; /* no LM-head buffers (gate_ws_reserve_decode) */
     int32_t first_layer; /* saved activations exist for layers >= first_layer */
 
     /* per sequence of the batch */
@@ -71,7 +73,11 @@ struct mop_mixture {
     size_t off[GATE_T_COUNT], size[GATE_T_COUNT];
 
     /* Prompt K/V cache (attention-bias mode, inference): valid while the
-     * experts are byte-identical to cache_experts. */
+     * experts are byte-identical to cache_experts. Every field is read and
+     * written under cache_lock; cache_kv is read without it once a reader
+     * got it from gate_cache_acquire()/gate_cache_peek() (it changes only
+     * when the parameters change, which no reader may do concurrently). */
+    pthread_mutex_t cache_lock;
     float *cache_kv;      /* (n_layer - L_p, 2, K·P, kvd) */
     float *cache_experts; /* (K·P·d) the experts the cache was built from */
     int32_t cache_valid;
@@ -82,8 +88,8 @@ struct mop_mixture {
     /* Content pooling: the chat template's user header ("<|im_start|>user\n"
      * as ids) and its end of turn; n_user_hdr = 0 without a chat template. */
     int32_t user_hdr[8], n_user_hdr, eot;
-
-    gate_ws ws;           /* training work buffers */
+    /* No work buffers: those are the context's or the call's (a prepared
+     * mixture is shared by threads). */
 };
 
 /* Views. */
@@ -179,9 +185,73 @@ void gate_weighted_prompt(const mop_mixture *m, float *out, const float *w);
  * target; returns their count. */
 int32_t gate_targets(int32_t *row_idx, const mop_batch *batch, int32_t b);
 
-/* Check the model-level cache; (re)build it with ctx when stale. */
+/* The prompt K/V cache (attention-bias mode). gate_cache_acquire builds it
+ * with ctx when stale (rows [0, S) of ctx's KV cache in layers >= L_p are
+ * overwritten: call it before the sequence reaches L_p) and sets *kv;
+ * gate_cache_peek gives it only when fresh, else NULL; gate_cache_invalidate
+ * marks it stale (the owner of a mixture under training). All three lock. */
+mop_status gate_cache_acquire(mop_ctx *ctx, const mop_mixture *m, const float **kv);
+const float *gate_cache_peek(const mop_mixture *m);
+void gate_cache_invalidate(mop_mixture *m);
 mop_status gate_cache_build(mop_ctx *ctx, mop_mixture *m);
 int gate_cache_fresh(const mop_mixture *m);
+
+/* ---- the layer schedule (schedule.c): the one place that orders a mixture's
+ * forward, used by training, evaluation and inference alike ---------------- */
+
+/* Where a run's prompt keys/values come from (attention-bias mode; a
+ * weighted-sum prompt is always computed, it depends on the gate). */
+enum { GATE_PREFIX_CACHE = 0, GATE_PREFIX_READY = 1, GATE_PREFIX_COMPUTE = 2 };
+
+typedef struct gate_seq {
+    const int32_t *tokens;   /* (T) ids (unused when state is given) */
+    int32_t T;               /* tokens, at positions pos[0..T) = 0..T-1 */
+    int32_t n_pool;          /* the gate reads the first n_pool tokens */
+    int32_t chunk;           /* most rows per forward_layers call (>= T to run whole) */
+    const float *state;      /* (T, d) cached hidden states entering L_p, or NULL */
+    const float *gate_input; /* (d) the raw gate input, with state */
+    int32_t task;            /* oracle label, or -1 */
+    int32_t stop_at_gate;    /* 1: layers [0, L_g) and the gate only */
+    int32_t prefix;          /* GATE_PREFIX_*: CACHE binds cache_kv, READY ws->sv_pr as it
+                                is, COMPUTE runs the experts into ws->sv_pr first */
+    const float *cache_kv;   /* with GATE_PREFIX_CACHE */
+    fwd_layer_saved *saved;  /* training: layers >= L_p save here (n_layer entries) */
+} gate_seq;
+
+/* One sequence through the mixture's schedule:
+ *   embed -> layers [0, L_g) -> u = pool -> gate (a, pi, w) -> layers [L_g, L_p)
+ *   -> prompt prefix at L_p (K/V per s->prefix, bias from w) -> layers [L_p, L)
+ * x (T, d) ends as the final hidden states (or the layer-L_g states with
+ * stop_at_gate); u (d) standardized, a (h), pi (K), w (K) the gate's; *ex
+ * the prefix binding (into ws->pk/pv/bias), reused by gate_schedule_step for
+ * later tokens. ws needs u.. only for ppos, xp, bias, pk, pv, sv_pr, sv_grp.
+ * ctx->n_past is left 0. */
+void gate_schedule(mop_ctx *ctx, const mop_mixture *m, gate_ws *ws, float *x, const int32_t *pos,
+                   float *u, float *a, float *pi, float *w, attn_extra *ex, const gate_seq *s);
+
+/* Later tokens of a gated sequence: x (T, d) at positions pos (from ctx->n_past)
+ * through layers [0, L_p) and, with the prefix of ex, [L_p, L). */
+void gate_schedule_step(mop_ctx *ctx, const mop_mixture *m, float *x, int32_t T,
+                        const int32_t *pos, const attn_extra *ex);
+
+/* The decode-state subset of ws for stream length S (pk, pv, bias, ppos, xp,
+ * u, a, pi, w, sv_pr/sv_grp with K/V only). */
+mop_status gate_ws_reserve_decode(gate_ws *ws, const mop_mixture *m);
+
+/* Point ws->pk/pv at each layer's prompt K/V: kv (the cache) when given, else ws->sv_pr. */
+void gate_bind_prefix(gate_ws *ws, const mop_mixture *m, const float *kv);
+
+/* Attach m to ctx (mixture_ctx.c): checks m against ctx (fn names the caller),
+ * allocates the context's decode state, grows its scratch to the prompt
+ * stream and resets the context. ctx must have no adapter attached. */
+mop_status gate_ctx_attach(mop_ctx *ctx, const mop_mixture *m, const char *fn);
+
+/* The prompt prefix of ctx's current sequence and the layer it starts at
+ * (the attached mixture's L_p); NULL without a mixture. */
+const attn_extra *gate_ctx_prefix(const mop_ctx *ctx, int32_t *inject_layer);
+
+/* Argument checks shared by the mixture calls (mixture_forward.c). */
+mop_status gate_check_stream(const mop_ctx *ctx, const mop_mixture *m, const char *fn);
 
 /* Parse and validate a mixture file image. On success *params holds the
  * resolved shape and *values (mop_alloc'ed, n floats in flat order) the

@@ -166,7 +166,7 @@ mop_status mop_mixture_pretrain_gate(mop_mixture *m, const float *u, const int32
     }
     memcpy(gp, best, n_gate * sizeof(float));
     memset(gg, 0, n_gate * sizeof(float));
-    m->cache_valid = 0;
+    gate_cache_invalidate(m);
     if (st == MOP_OK && result) {
         mop_gate_pretrain_result res;
         memset(&res, 0, sizeof res);

@@ -128,7 +128,7 @@ void mop_mixture_free(mop_mixture *m)
 {
     if (!m)
         return;
-    gate_ws_free(&m->ws);
+    pthread_mutex_destroy(&m->cache_lock);
     mop_free(m->params);
     mop_free(m->grads);
     mop_free(m->prox_ref);
@@ -162,6 +162,10 @@ mop_status mixture_alloc(mop_model *model, const mop_mixture_params *p, mop_mixt
     mop_mixture *m = mop_calloc(1, sizeof *m);
     if (!m)
         return mop_fail(MOP_E_NOMEM, "mop_mixture_create: out of memory");
+    if (pthread_mutex_init(&m->cache_lock, NULL) != 0) {
+        mop_free(m);
+        return mop_fail(MOP_E_NOMEM, "mop_mixture_create: cannot create a mutex");
+    }
     m->model = model;
     mop_model_retain(model);
     m->p = *p;
@@ -473,6 +477,6 @@ mop_status mop_mixture_init_experts(mop_ctx *ctx, mop_mixture *m, const mop_batc
     }
     mop_ctx_reset(ctx);
     mop_free(src), mop_free(pos), mop_free(x);
-    m->cache_valid = 0;
+    gate_cache_invalidate(m);
     return MOP_OK;
 }

@@ -220,7 +220,7 @@ mop_status mop_mixture_forward_backward(mop_ctx *ctx, mop_mixture *m, const mop_
 
     const mop_hparams *hp = &m->model->hp;
     const int32_t B = batch->n_seq, K = p->n_experts, P = p->prompt_len, L = hp->n_layer;
-    const int32_t Lg = p->gate_layer, Lp = p->inject_layer;
+    const int32_t Lp = p->inject_layer;
     const int64_t d = hp->n_embd;
     int32_t maxT = 1;
     int64_t n_tgt = 0;
@@ -228,12 +228,15 @@ mop_status mop_mixture_forward_backward(mop_ctx *ctx, mop_mixture *m, const mop_
         maxT = MOP_MAX(maxT, batch->lengths[b]);
         n_tgt += gate_targets(NULL, batch, b);
     }
-    MOP_TRY(gate_ws_reserve(&m->ws, m, maxT, S, B, 1));
-    gate_ws *ws = &m->ws;
+    /* the call's work buffers (a mixture holds none) */
+    gate_ws ws_call;
+    memset(&ws_call, 0, sizeof ws_call);
+    MOP_TRY(gate_ws_reserve(&ws_call, m, maxT, S, B, 1));
+    gate_ws *ws = &ws_call;
     for (int32_t i = 0; i < hp->n_rot / 2; i++)
         ws->inv_freq[i] = (float)ctx->rope.freq[i];
     gate_prompt_positions(p, ws->ppos);
-    m->cache_valid = 0; /* the caller is about to change the parameters */
+    gate_cache_invalidate(m); /* the caller is about to change the parameters */
     mop_ctx_reset(ctx);
 
     const int ab = p->combine == MOP_COMBINE_ATTENTION_BIAS;
@@ -248,10 +251,7 @@ mop_status mop_mixture_forward_backward(mop_ctx *ctx, mop_mixture *m, const mop_
         gate_prompt_stream(ctx, m, ws->xp, S, ws->ppos, ws->sv_pr, ws->sv_grp);
         zero_prompt_grads(ws, m);
     }
-    for (int32_t l = 0; l < L; l++) {
-        ws->pk[l] = l >= Lp ? ws->sv_pr[l].k : NULL;
-        ws->pv[l] = l >= Lp ? ws->sv_pr[l].v : NULL;
-    }
+    gate_bind_prefix(ws, m, NULL);
 
     double nll_sum = 0.0;
     for (int32_t b = 0; b < B; b++) {
@@ -260,28 +260,21 @@ mop_status mop_mixture_forward_backward(mop_ctx *ctx, mop_mixture *m, const mop_
         float *pib = ws->pi + b * K, *wb = ws->w + b * K, *Gb = ws->G + b * K;
         for (int32_t t = 0; t < T; t++)
             ws->pos[t] = t;
-        gate_run_to(ctx, m, ws->x, ub, batch, b, ws->pos, lm ? Lp : Lg);
-        gate_standardize(m, ub);
-        gate_forward_one(m, ab_, pib, wb, ub, batch->task ? batch->task[b] : -1);
+        /* the schedule, saving what backward needs above L_p; in bias mode
+         * the prompt stream (shared by every sequence) is ready in sv_pr */
+        gate_seq sq = {.tokens = batch->tokens + (int64_t)b * batch->seq_len, .T = T,
+                      .n_pool = gate_pool_len(batch, b), .chunk = T,
+                      .state = gate_batch_state(batch, b),
+                      .task = batch->task ? batch->task[b] : -1, .stop_at_gate = !lm,
+                      .prefix = GATE_PREFIX_READY, .saved = ws->sv_in};
+        if (sq.state)
+            sq.gate_input = batch->gate_input + (int64_t)b * d;
+        attn_extra ex;
+        gate_schedule(ctx, m, ws, ws->x, ws->pos, ub, ab_, pib, wb, &ex, &sq);
         if (!lm)
             continue;
-
-        attn_extra ex;
-        memset(&ex, 0, sizeof ex);
-        ex.P = S;
-        ex.prefix_k = ws->pk;
-        ex.prefix_v = ws->pv;
-        ex.saved = ws->sv_in;
-        if (ab) {
-            gate_fill_bias(p, ws->bias, wb);
-            ex.prefix_bias = ws->bias;
-        } else {
-            gate_weighted_prompt(m, ws->xp, wb);
-            gate_prompt_stream(ctx, m, ws->xp, S, ws->ppos, ws->sv_pr, ws->sv_grp);
+        if (!ab)
             zero_prompt_grads(ws, m);
-        }
-        ctx->n_past = 0;
-        forward_layers(ctx, ws->x, T, ws->pos, Lp, L, &ex);
 
         /* backward of this sequence's input stream down to L_p */
         float *dx = ws->dx;
@@ -390,6 +383,7 @@ mop_status mop_mixture_forward_backward(mop_ctx *ctx, mop_mixture *m, const mop_
         }
         loss_total += 0.5 * lp.prox_mu * sq;
     }
+    gate_ws_free(ws);
     mop_ctx_reset(ctx);
     if (result) {
         mop_loss_result r;

@@ -65,8 +65,10 @@ mop_status gate_ws_reserve(gate_ws *ws, const mop_mixture *m, int32_t T, int32_t
     int32_t cT = MOP_MAX(T, ws->cap_T), cS = MOP_MAX(S, ws->cap_S), cB = MOP_MAX(B, ws->cap_B);
     int32_t tr = MOP_MAX(train, ws->train);
     int32_t fl = ws->pk ? MOP_MIN(first, ws->first_layer) : first;
+    const int32_t head = !ws->decode_only;
     gate_ws_free(ws);
     ws->cap_T = cT, ws->cap_S = cS, ws->cap_B = cB, ws->train = tr, ws->first_layer = fl;
+    ws->decode_only = !head;
 
     /* K and h are at most 256 and 8192; size the per-sequence gate buffers
      * for the largest so mixtures of any shape on this model fit. */
@@ -82,14 +84,17 @@ mop_status gate_ws_reserve(gate_ws *ws, const mop_mixture *m, int32_t T, int32_t
     ws->w = ws_alloc(Bn * K, sizeof(float), &fail);
     ws->G = ws_alloc(Bn * K, sizeof(float), &fail);
     ws->dz = ws_alloc(Bn * K, sizeof(float), &fail);
-    ws->tgt_count = ws_alloc(Bn, sizeof(int64_t), &fail);
+    if (head)
+        ws->tgt_count = ws_alloc(Bn, sizeof(int64_t), &fail);
     ws->x = ws_alloc(Tn * d, sizeof(float), &fail);
     ws->xp = ws_alloc(Sn * d, sizeof(float), &fail);
     ws->bias = ws_alloc(Sn, sizeof(float), &fail);
-    ws->xn_out = ws_alloc(Tn * d, sizeof(float), &fail);
-    ws->rows = ws_alloc((size_t)FWD_HEAD_ROWS * d, sizeof(float), &fail);
-    ws->logits = ws_alloc((size_t)FWD_HEAD_ROWS * V, sizeof(float), &fail);
-    ws->row_idx = ws_alloc(Tn, sizeof(int32_t), &fail);
+    if (head) {
+        ws->xn_out = ws_alloc(Tn * d, sizeof(float), &fail);
+        ws->rows = ws_alloc((size_t)FWD_HEAD_ROWS * d, sizeof(float), &fail);
+        ws->logits = ws_alloc((size_t)FWD_HEAD_ROWS * V, sizeof(float), &fail);
+        ws->row_idx = ws_alloc(Tn, sizeof(int32_t), &fail);
+    }
     ws->pos = ws_alloc(Tn, sizeof(int32_t), &fail);
     ws->ppos = ws_alloc(Sn, sizeof(int32_t), &fail);
     ws->pk = ws_alloc(nL, sizeof(float *), &fail);
@@ -166,6 +171,12 @@ mop_status gate_ws_reserve(gate_ws *ws, const mop_mixture *m, int32_t T, int32_t
     return MOP_OK;
 }
 
+mop_status gate_ws_reserve_decode(gate_ws *ws, const mop_mixture *m)
+{
+    ws->decode_only = 1;
+    return gate_ws_reserve(ws, m, 1, mixture_stream_len(&m->p), 1, 0);
+}
+
 /* ---- checks ------------------------------------------------------------------ */
 
 mop_status gate_check_batch(const mop_ctx *ctx, const mop_batch *batch, int32_t need_task_K,
@@ -215,7 +226,7 @@ mop_status gate_check_batch(const mop_ctx *ctx, const mop_batch *batch, int32_t 
 }
 
 /* The stream of prompt rows must fit one forward call. */
-static mop_status check_stream(const mop_ctx *ctx, const mop_mixture *m, const char *fn)
+mop_status gate_check_stream(const mop_ctx *ctx, const mop_mixture *m, const char *fn)
 {
     if (ctx->model != m->model)
         return mop_fail(MOP_E_INVALID_ARG, "%s: the mixture and the context use different models",
@@ -470,16 +481,46 @@ void gate_prompt_stream(mop_ctx *ctx, const mop_mixture *m, float *xp, int32_t S
 
 /* ---- inference cache of the prompt keys/values (attention-bias mode) ---------- */
 
-int gate_cache_fresh(const mop_mixture *m)
+/* Under cache_lock. */
+static int cache_fresh_locked(const mop_mixture *m)
 {
     return m->cache_valid && m->cache_kv &&
            memcmp(m->cache_experts, gate_experts(m), m->size[GATE_T_EXPERTS] * sizeof(float)) == 0;
 }
 
-mop_status gate_cache_build(mop_ctx *ctx, mop_mixture *m)
+/* The cache fields change under the lock only; the lock is the mixture's
+ * (not its parameters'), so taking it on a const mixture is sound. */
+static pthread_mutex_t *cache_lock(const mop_mixture *m)
 {
-    if (m->p.combine != MOP_COMBINE_ATTENTION_BIAS || gate_cache_fresh(m))
-        return MOP_OK;
+    return (pthread_mutex_t *)&m->cache_lock;
+}
+
+int gate_cache_fresh(const mop_mixture *m)
+{
+    pthread_mutex_lock(cache_lock(m));
+    int fresh = cache_fresh_locked(m);
+    pthread_mutex_unlock(cache_lock(m));
+    return fresh;
+}
+
+const float *gate_cache_peek(const mop_mixture *m)
+{
+    pthread_mutex_lock(cache_lock(m));
+    const float *kv = cache_fresh_locked(m) ? m->cache_kv : NULL;
+    pthread_mutex_unlock(cache_lock(m));
+    return kv;
+}
+
+void gate_cache_invalidate(mop_mixture *m)
+{
+    pthread_mutex_lock(&m->cache_lock);
+    m->cache_valid = 0;
+    pthread_mutex_unlock(&m->cache_lock);
+}
+
+/* Build the cache with ctx (under the lock). */
+static mop_status cache_build_locked(mop_ctx *ctx, mop_mixture *m)
+{
     const mop_hparams *hp = &m->model->hp;
     const int32_t S = mixture_stream_len(&m->p), Lp = m->p.inject_layer;
     const size_t kvd = (size_t)hp->n_head_kv * hp->head_dim, d = (size_t)hp->n_embd;
@@ -510,24 +551,44 @@ mop_status gate_cache_build(mop_ctx *ctx, mop_mixture *m)
     gate_prompt_positions(&m->p, ppos);
     memcpy(xp, gate_experts(m), (size_t)S * d * sizeof(float));
     memcpy(m->cache_experts, gate_experts(m), m->size[GATE_T_EXPERTS] * sizeof(float));
+    const int32_t n_past = ctx->n_past;
     gate_prompt_stream(ctx, m, xp, S, ppos, sv, sv + hp->n_layer);
+    ctx->n_past = n_past;
     mop_free(sv), mop_free(xp), mop_free(ppos);
     m->cache_valid = 1;
     return MOP_OK;
+}
+
+mop_status gate_cache_acquire(mop_ctx *ctx, const mop_mixture *m, const float **kv)
+{
+    mop_mixture *mm = (mop_mixture *)m; /* only the cache fields change, under the lock */
+    mop_status st = MOP_OK;
+    pthread_mutex_lock(&mm->cache_lock);
+    if (!cache_fresh_locked(mm))
+        st = cache_build_locked(ctx, mm);
+    *kv = st == MOP_OK ? mm->cache_kv : NULL;
+    pthread_mutex_unlock(&mm->cache_lock);
+    return st;
+}
+
+mop_status gate_cache_build(mop_ctx *ctx, mop_mixture *m)
+{
+    if (m->p.combine != MOP_COMBINE_ATTENTION_BIAS)
+        return MOP_OK;
+    const float *kv;
+    return gate_cache_acquire(ctx, m, &kv);
 }
 
 mop_status mop_mixture_prepare(mop_ctx *ctx, mop_mixture *m)
 {
     MOP_CHECK_ARG(ctx);
     MOP_CHECK_ARG(m);
-    MOP_TRY(check_stream(ctx, m, "mop_mixture_prepare"));
+    MOP_TRY(gate_check_stream(ctx, m, "mop_mixture_prepare"));
     mop_ctx_reset(ctx);
     return gate_cache_build(ctx, m);
 }
 
-/* Point pk/pv at the prompt K/V of each layer >= L_p: the mixture's cache
- * when it is fresh, else the stream computed into ws->sv_pr. */
-static void bind_prefix(gate_ws *ws, const mop_mixture *m, int use_cache)
+void gate_bind_prefix(gate_ws *ws, const mop_mixture *m, const float *kv)
 {
     const mop_hparams *hp = &m->model->hp;
     const int32_t S = mixture_stream_len(&m->p), Lp = m->p.inject_layer;
@@ -535,8 +596,8 @@ static void bind_prefix(gate_ws *ws, const mop_mixture *m, int use_cache)
     for (int32_t l = 0; l < hp->n_layer; l++) {
         if (l < Lp) {
             ws->pk[l] = ws->pv[l] = NULL;
-        } else if (use_cache) {
-            ws->pk[l] = m->cache_kv + (size_t)(l - Lp) * 2 * (size_t)S * kvd;
+        } else if (kv) {
+            ws->pk[l] = kv + (size_t)(l - Lp) * 2 * (size_t)S * kvd;
             ws->pv[l] = ws->pk[l] + (size_t)S * kvd;
         } else {
             ws->pk[l] = ws->sv_pr[l].k;
@@ -589,36 +650,22 @@ static void eval_one(mop_ctx *ctx, gate_ws *ws, const mop_mixture *m, const mop_
         return;
     }
     const mop_mixture_params *p = &m->p;
-    const int32_t S = mixture_stream_len(p);
-    gate_run_to(ctx, m, ws->x, ws->u, batch, b, ws->pos, p->inject_layer);
-    gate_standardize(m, ws->u);
-    gate_forward_one(m, ws->a, ws->pi, ws->w, ws->u, batch->task ? batch->task[b] : -1);
+    gate_seq s = {.tokens = tok, .T = T, .n_pool = gate_pool_len(batch, b), .chunk = T,
+                  .state = gate_batch_state(batch, b),
+                  .task = batch->task ? batch->task[b] : -1, .prefix = GATE_PREFIX_COMPUTE};
+    if (s.state)
+        s.gate_input = batch->gate_input + (int64_t)b * m->model->hp.n_embd;
+    if (p->combine == MOP_COMBINE_ATTENTION_BIAS) {
+        s.cache_kv = gate_cache_peek(m);
+        s.prefix = s.cache_kv ? GATE_PREFIX_CACHE
+                   : *prompt_ready ? GATE_PREFIX_READY : GATE_PREFIX_COMPUTE;
+        if (s.prefix == GATE_PREFIX_COMPUTE)
+            *prompt_ready = 1;
+    }
+    attn_extra ex;
+    gate_schedule(ctx, m, ws, ws->x, ws->pos, ws->u, ws->a, ws->pi, ws->w, &ex, &s);
     if (w_out)
         memcpy(w_out, ws->w, (size_t)p->n_experts * sizeof(float));
-
-    gate_prompt_positions(p, ws->ppos);
-    attn_extra ex;
-    memset(&ex, 0, sizeof ex);
-    ex.P = S;
-    ex.prefix_k = ws->pk;
-    ex.prefix_v = ws->pv;
-    if (p->combine == MOP_COMBINE_ATTENTION_BIAS) {
-        int cached = gate_cache_fresh(m);
-        if (!cached && !*prompt_ready) {
-            memcpy(ws->xp, gate_experts(m), (size_t)m->size[GATE_T_EXPERTS] * sizeof(float));
-            gate_prompt_stream(ctx, m, ws->xp, S, ws->ppos, ws->sv_pr, ws->sv_grp);
-            *prompt_ready = 1;
-        }
-        bind_prefix(ws, m, cached);
-        gate_fill_bias(p, ws->bias, ws->w);
-        ex.prefix_bias = ws->bias;
-    } else {
-        gate_weighted_prompt(m, ws->xp, ws->w);
-        gate_prompt_stream(ctx, m, ws->xp, S, ws->ppos, ws->sv_pr, ws->sv_grp);
-        bind_prefix(ws, m, 0);
-    }
-    ctx->n_past = 0;
-    forward_layers(ctx, ws->x, T, ws->pos, p->inject_layer, n_layer, &ex);
     *nll = head_nll(ctx, ws, ws->x, batch, b);
 }
 
@@ -642,7 +689,7 @@ mop_status mop_mixture_evaluate(mop_ctx *ctx, const mop_mixture *const *mixtures
         const mop_mixture *m = mixtures[i];
         if (!m)
             continue;
-        MOP_TRY(check_stream(ctx, m, fn));
+        MOP_TRY(gate_check_stream(ctx, m, fn));
         if (m->p.gate_mode == MOP_GATE_ORACLE)
             MOP_TRY(gate_check_batch(ctx, batch, m->p.n_experts, fn));
         if (!first)
@@ -796,102 +843,25 @@ mop_status mop_mixture_generate(mop_ctx *ctx, mop_mixture *m, mop_sampler *sampl
     if (n_prompt < 1 || max_new < 0)
         return mop_fail(MOP_E_INVALID_ARG, "%s: n_prompt %d (need >= 1), max_new %d (need >= 0)",
                         fn, n_prompt, max_new);
-    MOP_TRY(check_stream(ctx, m, fn));
+    MOP_TRY(gate_check_stream(ctx, m, fn));
     if (m->p.gate_mode == MOP_GATE_ORACLE)
         return mop_fail(MOP_E_UNSUPPORTED, "%s: an oracle mixture routes by task label and "
                         "cannot generate (it is an evaluation baseline)", fn);
-    const mop_hparams *hp = &ctx->model->hp;
     if (n_prompt > ctx->params.n_ctx)
         return mop_fail(MOP_E_RANGE, "%s: prompt of %d tokens exceeds n_ctx %d", fn, n_prompt,
                         ctx->params.n_ctx);
-    for (int32_t i = 0; i < n_prompt; i++)
-        if (prompt[i] < 0 || prompt[i] >= hp->n_vocab)
-            return mop_fail(MOP_E_INVALID_ARG, "%s: token %d at index %d outside [0, %d)", fn,
-                            prompt[i], i, hp->n_vocab);
-    const mop_mixture_params *p = &m->p;
-    const int32_t S = mixture_stream_len(p), nb = ctx->params.n_batch, L = hp->n_layer;
-    const int64_t d = hp->n_embd;
-    MOP_TRY(gate_ws_reserve(&m->ws, m, MOP_MIN(nb, n_prompt), S, 1, 0));
-    gate_ws *ws = &m->ws;
-    float *x_all = mop_alloc((size_t)n_prompt * (size_t)d * sizeof(float));
-    if (!x_all)
-        return mop_fail(MOP_E_NOMEM, "%s: out of memory for %d prompt tokens", fn, n_prompt);
-
-    mop_ctx_reset(ctx);
-    mop_status st = gate_cache_build(ctx, m); /* uses cache rows [0, S): before the prompt */
-    if (st != MOP_OK) {
-        mop_free(x_all);
-        return st;
-    }
-    /* layers [0, L_g) over the whole prompt, then the gate on its mean */
-    for (int32_t c0 = 0; c0 < n_prompt; c0 += nb) {
-        int32_t T = MOP_MIN(nb, n_prompt - c0);
-        for (int32_t t = 0; t < T; t++)
-            ws->pos[t] = c0 + t;
-        ctx->n_past = c0;
-        forward_embed(ctx, x_all + c0 * d, prompt + c0, T);
-        forward_layers(ctx, x_all + c0 * d, T, ws->pos, 0, p->gate_layer, NULL);
-    }
-    gate_pool_input(m, ws->u, x_all, prompt, n_prompt);
-    gate_standardize(m, ws->u);
-    gate_forward_one(m, ws->a, ws->pi, ws->w, ws->u, -1);
-    for (int32_t c0 = 0; c0 < n_prompt; c0 += nb) {
-        int32_t T = MOP_MIN(nb, n_prompt - c0);
-        for (int32_t t = 0; t < T; t++)
-            ws->pos[t] = c0 + t;
-        ctx->n_past = c0;
-        forward_layers(ctx, x_all + c0 * d, T, ws->pos, p->gate_layer, p->inject_layer, NULL);
-    }
-    attn_extra ex;
-    memset(&ex, 0, sizeof ex);
-    ex.P = S;
-    ex.prefix_k = ws->pk;
-    ex.prefix_v = ws->pv;
-    if (p->combine == MOP_COMBINE_ATTENTION_BIAS) {
-        bind_prefix(ws, m, 1);
-        gate_fill_bias(p, ws->bias, ws->w);
-        ex.prefix_bias = ws->bias;
-    } else {
-        /* the input has not reached L_p yet, so cache rows [0, S) there are free */
-        gate_prompt_positions(p, ws->ppos);
-        gate_weighted_prompt(m, ws->xp, ws->w);
-        gate_prompt_stream(ctx, m, ws->xp, S, ws->ppos, ws->sv_pr, ws->sv_grp);
-        bind_prefix(ws, m, 0);
-    }
-    for (int32_t c0 = 0; c0 < n_prompt; c0 += nb) {
-        int32_t T = MOP_MIN(nb, n_prompt - c0);
-        for (int32_t t = 0; t < T; t++)
-            ws->pos[t] = c0 + t;
-        ctx->n_past = c0;
-        forward_layers(ctx, x_all + c0 * d, T, ws->pos, p->inject_layer, L, &ex);
-    }
-    ctx->n_past = n_prompt;
-    forward_head(ctx, ctx->logits, x_all + (int64_t)(n_prompt - 1) * d, 1);
-    ctx->n_logits = 1;
-
-    int32_t gen = 0;
-    float *x1 = x_all; /* one row is enough from here on */
-    while (gen < max_new) {
-        int32_t tok;
-        st = mop_sampler_sample(sampler, ctx->logits, hp->n_vocab, &tok);
-        if (st != MOP_OK)
-            break;
-        if (mop_model_is_eog(ctx->model, tok))
-            break;
-        gen++;
-        if (on_token && on_token(tok, user))
-            break;
-        if (gen == max_new || ctx->n_past >= ctx->params.n_ctx)
-            break;
-        int32_t pos1 = ctx->n_past;
-        forward_embed(ctx, x1, &tok, 1);
-        forward_layers(ctx, x1, 1, &pos1, 0, p->inject_layer, NULL);
-        forward_layers(ctx, x1, 1, &pos1, p->inject_layer, L, &ex);
-        forward_head(ctx, ctx->logits, x1, 1);
-        ctx->n_past++;
-    }
-    mop_free(x_all);
-    if (st == MOP_OK && n_generated)
-        *n_generated = gen;
+    /* mop_generate() on the context with m attached (the one decode path) */
+    if (ctx->adapter.owner == m)
+        return mop_generate(ctx, sampler, prompt, n_prompt, max_new, on_token, user, n_generated);
+    ctx_adapter prev = ctx->adapter;
+    memset(&ctx->adapter, 0, sizeof ctx->adapter);
+    mop_status st = gate_ctx_attach(ctx, m, fn);
+    if (st == MOP_OK)
+        st = mop_generate(ctx, sampler, prompt, n_prompt, max_new, on_token, user, n_generated);
+    if (ctx->adapter.free_state)
+        ctx->adapter.free_state(ctx->adapter.state);
+    ctx->adapter = prev;
+    if (prev.owner) /* the cache holds m's sequence, not the attached mixture's */
+        mop_ctx_reset(ctx);
     return st;
 }

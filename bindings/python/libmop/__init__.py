@@ -13,8 +13,8 @@ from . import _lib
 from ._lib import library_path, live_handles
 from .core import (Context, Model, ModelInfo, Sampler, TensorInfo, last_error,
                    set_log_callback, status_name, status_str, version, version_number)
-from .mixture import (Batch, EvalResult, LossResult, Mixture, MixtureTensor, Optimizer,
-                      evaluate)
+from .mixture import (Batch, Decoder, EvalResult, LossResult, Mixture, MixtureTensor,
+                      Optimizer, evaluate)
 from .sparse import prune, sparsity
 from .fed import (Aggregator, RdpAccountant, SecAggClient, SecAggServer, Update, UpdateHeader,
                   partition_dirichlet, partition_iid, partition_skewed, rdp_epsilon,
@@ -29,7 +29,7 @@ def has_symbol(name: str) -> bool:
 
 
 __all__ = ["MopError", "Model", "ModelInfo", "TensorInfo", "Context", "Sampler",
-           "Mixture", "MixtureTensor", "Batch", "Optimizer", "LossResult", "EvalResult",
+           "Mixture", "MixtureTensor", "Decoder", "Batch", "Optimizer", "LossResult", "EvalResult",
            "evaluate", "prune", "sparsity", "Update", "UpdateHeader", "Aggregator",
            "partition_skewed", "partition_iid", "partition_dirichlet", "rdp_epsilon",
            "rdp_sampled_gaussian", "RdpAccountant", "SecAggClient", "SecAggServer",

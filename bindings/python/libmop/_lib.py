@@ -143,6 +143,17 @@ class GatePretrainResultC(Structure):
                 ("train_accuracy", c_float), ("val_accuracy", c_float), ("val_loss", c_double)]
 
 
+class DecoderParams(Structure):
+    _fields_ = [("struct_size", c_uint32), ("n_seq_max", c_int32), ("n_ctx", c_int32),
+                ("n_batch", c_int32), ("n_threads", c_int32)]
+
+
+class DecoderBatchC(Structure):
+    _fields_ = [("struct_size", c_uint32), ("n", c_int32), ("seq", POINTER(c_int32)),
+                ("n_tokens", POINTER(c_int32)), ("tokens", POINTER(POINTER(c_int32))),
+                ("token", POINTER(c_int32))]
+
+
 class MixtureTensorInfoC(Structure):
     _fields_ = [("struct_size", c_uint32), ("name", c_char_p), ("offset", c_size_t),
                 ("size", c_size_t), ("n_dims", c_int32), ("dims", c_int64 * 4)]
@@ -267,6 +278,17 @@ _PROTOS: dict[str, tuple[Any, list[Any]]] = {
     "mop_mixture_generate": (st, [vp, vp, vp, P(c_int32), c_int32, c_int32, TOKEN_FN, vp,
                                   P(c_int32)]),
     "mop_mixture_prepare": (st, [vp, vp]),
+    "mop_ctx_set_mixture": (st, [vp, vp]),
+    "mop_ctx_get_mixture": (vp, [vp]),
+    "mop_ctx_gate_weights": (st, [vp, P(c_float), c_int32, P(c_int32)]),
+    "mop_decoder_params_init": (st, [P(DecoderParams)]),
+    "mop_decoder_create": (st, [vp, P(DecoderParams), P(vp)]),
+    "mop_decoder_free": (None, [vp]),
+    "mop_decoder_add": (st, [vp, vp, P(c_int32)]),
+    "mop_decoder_remove": (st, [vp, c_int32]),
+    "mop_decoder_step": (st, [vp, P(DecoderBatchC)]),
+    "mop_decoder_get_logits": (st, [vp, c_int32, P(P(c_float))]),
+    "mop_decoder_n_past": (c_int32, [vp, c_int32]),
     "mop_mixture_set_prox_reference": (st, [vp]),
     "mop_tokenize_example": (st, [vp, c_char_p, c_char_p, P(c_int32), P(c_uint8), c_size_t,
                                   P(c_size_t)]),

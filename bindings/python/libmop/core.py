@@ -373,6 +373,32 @@ class Context(L.Closable):
         """Forget all cached tokens."""
         L.call("mop_ctx_reset", self)
 
+    # -- a mixture attached (mop_ctx_set_mixture) --------------------------------
+    def set_mixture(self, mixture: Optional["Mixture"]) -> None:
+        """Attach @p mixture (None = the base model); the context is reset.
+        Afterwards :meth:`decode`, :meth:`nll`, :meth:`perplexity`,
+        :meth:`generate` run with it: the gate reads the first decode after a
+        reset (the prompt). The context keeps the mixture's C handle alive
+        while it is attached (also after ``mixture.close()``). One mixture may
+        be attached to contexts in several threads at once."""
+        L.check(L.call("mop_ctx_set_mixture", self, mixture))
+        self._mixture = mixture
+        self._mixture_h = mixture._h if mixture is not None else None
+
+    @property
+    def mixture(self) -> Optional["Mixture"]:
+        """The attached mixture (mop_ctx_get_mixture), or None."""
+        p = L.call("mop_ctx_get_mixture", self)
+        return getattr(self, "_mixture", None) if p else None
+
+    def gate_weights(self) -> np.ndarray:
+        """Gate weights (K,) of the current sequence (mop_ctx_gate_weights);
+        MopError MOP_E_STATE without a mixture or before the first decode."""
+        n = c_int32(0)
+        w = np.zeros(256, dtype=np.float32)
+        L.check(L.call("mop_ctx_gate_weights", self, L.ptr(w, c_float), 256, byref(n)))
+        return w[:n.value].copy()
+
     @property
     def n_past(self) -> int:
         """Tokens in the KV cache."""

@@ -440,6 +440,75 @@ class Mixture(L.Closable):
         return ctx.generate(prompt_ids, max_new, mixture=self, **kwargs)
 
 
+class Decoder(L.Closable):
+    """Batched decoding across mixtures (``mop_decoder``): up to @p n_seq_max
+    sequences, each with its own KV cache and mixture (or none); one
+    :meth:`step` appends tokens to any of them, and every sequence that adds
+    one token joins one pass over the layers (the frozen weights are read
+    once per step). Sequences join with :meth:`add` and leave with
+    :meth:`remove` between steps. One thread at a time. The decoder keeps
+    each sequence's mixture alive while the sequence lives."""
+
+    def __init__(self, model: Model, n_seq_max: int = 16, n_ctx: int = 2048,
+                 n_batch: int = 512, n_threads: int = 0) -> None:
+        p = L.DecoderParams()
+        L.check(L.fn("mop_decoder_params_init")(byref(p)))
+        p.n_seq_max = L.check_c_int("n_seq_max", n_seq_max)
+        p.n_ctx = L.check_c_int("n_ctx", n_ctx)
+        p.n_batch = L.check_c_int("n_batch", n_batch)
+        p.n_threads = L.check_c_int("n_threads", n_threads)
+        self._h = L.create("mop_decoder",
+                           lambda out: L.call("mop_decoder_create", model, byref(p), out))
+        self.model = model
+        self.n_vocab = model.info.n_vocab
+        self._mixtures: dict[int, Any] = {}
+
+    def add(self, mixture: Optional[Mixture] = None) -> int:
+        """A new empty sequence decoding with @p mixture (None = base model);
+        returns its id (mop_decoder_add)."""
+        seq = c_int32(-1)
+        L.check(L.call("mop_decoder_add", self, mixture, byref(seq)))
+        self._mixtures[seq.value] = mixture._h if mixture is not None else None
+        return int(seq.value)
+
+    def remove(self, seq: int) -> None:
+        """End sequence @p seq (mop_decoder_remove); its id may be reused."""
+        L.check(L.call("mop_decoder_remove", self, L.check_c_int("seq", seq)))
+        self._mixtures.pop(seq, None)
+
+    def step(self, inputs: Any) -> dict[int, np.ndarray]:
+        """Append tokens: @p inputs maps sequence id -> token ids (one id or a
+        sequence of ids; a sequence's first call is its prompt). Returns
+        {id: next-token logits (n_vocab,) copy} for the sequences stepped
+        (mop_decoder_step)."""
+        items = list(inputs.items()) if isinstance(inputs, dict) else list(inputs)
+        if not items:
+            raise L.shape_error("step: no sequences")
+        arrays = [L.int32_array(np.atleast_1d(np.asarray(t)), "tokens") for _, t in items]
+        n = len(items)
+        seq = np.array([L.check_c_int("seq", s) for s, _ in items], dtype=np.int32)
+        ntok = np.array([L.check_c_int("tokens size", a.size) for a in arrays], dtype=np.int32)
+        ptrs = (ctypes.POINTER(c_int32) * n)(*[L.ptr(a, c_int32) for a in arrays])
+        b = L.DecoderBatchC()
+        b.struct_size = ctypes.sizeof(b)
+        b.n = n
+        b.seq = L.ptr(seq, c_int32)
+        b.n_tokens = L.ptr(ntok, c_int32)
+        b.tokens = ctypes.cast(ptrs, ctypes.POINTER(ctypes.POINTER(c_int32)))
+        L.check(L.call("mop_decoder_step", self, byref(b)))
+        return {int(s): self.logits(int(s)) for s in seq}
+
+    def logits(self, seq: int) -> np.ndarray:
+        """Copy of sequence @p seq's next-token logits (mop_decoder_get_logits)."""
+        lp = ctypes.POINTER(c_float)()
+        L.check(L.call("mop_decoder_get_logits", self, L.check_c_int("seq", seq), byref(lp)))
+        return np.ctypeslib.as_array(lp, shape=(self.n_vocab,)).copy()
+
+    def n_past(self, seq: int) -> int:
+        """Tokens in sequence @p seq's cache; -1 if it is not live."""
+        return int(L.call("mop_decoder_n_past", self, L.check_c_int("seq", seq)))
+
+
 def evaluate(ctx: Context, mixtures: Sequence[Optional[Mixture]], batch: Batch) -> EvalResult:
     """Score a batch (mop_mixture_evaluate). @p mixtures: one per sequence, or
     one for all, or [] for the base model; a None entry scores the base model
