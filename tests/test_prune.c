@@ -307,7 +307,8 @@ static void make_tiny(void)
 static mop_model *load_tiny(void)
 {
     make_tiny();
-    mop_model_params p = mop_model_default_params();
+    mop_model_params p;
+    mop_model_params_init(&p);
     p.use_mmap = 0; /* every weight in its own buffer, so tests may rewrite it */
     p.n_threads = 1;
     mop_model *m = NULL;
@@ -327,7 +328,8 @@ static void init_tokens(void)
 /* logits (NTOK, vocab) of one decode of toks, and the perplexity in windows of 16 */
 static void run(mop_model *m, float *logits, double *ppl)
 {
-    mop_ctx_params cp = mop_ctx_default_params();
+    mop_ctx_params cp;
+    mop_ctx_params_init(&cp);
     cp.n_ctx = 64;
     cp.n_threads = 2;
     mop_ctx *c = NULL;
@@ -346,7 +348,8 @@ static void run(mop_model *m, float *logits, double *ppl)
  * single-token path: matvec and the grouped q/k/v, gate/up products). */
 static void run_stepwise(mop_model *m, float *logits)
 {
-    mop_ctx_params cp = mop_ctx_default_params();
+    mop_ctx_params cp;
+    mop_ctx_params_init(&cp);
     cp.n_ctx = 64;
     cp.n_threads = 2;
     mop_ctx *c = NULL;
@@ -371,7 +374,8 @@ static mop_weight *linear(mop_model *m, int l, int i)
 
 static mop_prune_params wanda_params(void)
 {
-    mop_prune_params p = mop_prune_default_params();
+    mop_prune_params p;
+    mop_prune_params_init(&p);
     p.method = MOP_PRUNE_WANDA;
     p.calib_tokens = toks;
     p.n_calib_tokens = NTOK;
@@ -387,7 +391,7 @@ static void test_packed_equals_dense(void **state)
     (void)state;
     const int nv = 32;
     mop_prune_params ps[4];
-    ps[0] = mop_prune_default_params(); /* magnitude 2:4 */
+    mop_prune_params_init(&ps[0]); /* magnitude 2:4 */
     ps[1] = wanda_params();
     ps[1].pattern = MOP_PATTERN_UNSTRUCTURED;
     ps[1].ratio = 0.75f;
@@ -474,7 +478,8 @@ static void test_save_load_roundtrip(void **state)
     (void)state;
     for (int k = 0; k < 3; k++) {
         mop_model *a = load_tiny();
-        mop_prune_params p = mop_prune_default_params();
+        mop_prune_params p;
+        mop_prune_params_init(&p);
         if (k == 1) {
             p.pattern = MOP_PATTERN_UNSTRUCTURED;
             p.ratio = 0.8f;
@@ -522,7 +527,8 @@ static void test_corrupt_files(void **state)
 {
     (void)state;
     mop_model *a = load_tiny();
-    mop_prune_params p = mop_prune_default_params();
+    mop_prune_params p;
+    mop_prune_params_init(&p);
     assert_int_equal(mop_model_prune(a, &p), MOP_OK);
     char path[64] = "/tmp/mop_test_pruned_XXXXXX", bad[64] = "/tmp/mop_test_bad_XXXXXX";
     close(mkstemp(path));
@@ -574,7 +580,8 @@ static void test_format_version_checked(void **state)
 {
     (void)state;
     mop_model *a = load_tiny();
-    mop_prune_params p = mop_prune_default_params();
+    mop_prune_params p;
+    mop_prune_params_init(&p);
     assert_int_equal(mop_model_prune(a, &p), MOP_OK);
     char path[64] = "/tmp/mop_test_pruned_XXXXXX", bad[64] = "/tmp/mop_test_bad_XXXXXX";
     close(mkstemp(path));
@@ -625,11 +632,13 @@ static void test_state_and_params(void **state)
 {
     (void)state;
     mop_model *m = load_tiny();
-    mop_ctx_params cp = mop_ctx_default_params();
+    mop_ctx_params cp;
+    mop_ctx_params_init(&cp);
     cp.n_ctx = 16;
     mop_ctx *c = NULL;
     assert_int_equal(mop_ctx_create(m, &cp, &c), MOP_OK);
-    mop_prune_params p = mop_prune_default_params();
+    mop_prune_params p;
+    mop_prune_params_init(&p);
     assert_int_equal(mop_model_prune(m, &p), MOP_E_STATE);
     mop_ctx_free(c);
 
@@ -657,7 +666,7 @@ static void test_state_and_params(void **state)
     };
     int32_t badtok[3] = {1, 2, 999};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        p = mop_prune_default_params();
+        mop_prune_params_init(&p);
         switch (cases[i].field) {
         case 0: p.n = cases[i].v; break;
         case 1: p.m = cases[i].v; break;

@@ -54,15 +54,29 @@ static double uniform01(uint64_t s[4])
 
 /* ---- lifetime ---------------------------------------------------------------- */
 
+/* first release (0.1.0) */
+#define SAMPLER_PARAMS_MIN MOP_SIZE_THROUGH(mop_sampler_params, seed)
+
+static void sampler_defaults(mop_sampler_params *d)
+{
+    memset(d, 0, sizeof *d);
+    d->struct_size = sizeof *d;
+    d->temperature = 0.8f;
+    d->top_k = 40;
+    d->top_p = 0.95f;
+    d->seed = 42;
+}
+
+mop_status mop_sampler_params_init_sized(mop_sampler_params *p, size_t size)
+{
+    MOP_PARAMS_INIT_SIZED(mop_sampler_params, "mop_sampler_params_init", p, size,
+                          SAMPLER_PARAMS_MIN, sampler_defaults);
+}
+
 mop_sampler_params mop_sampler_default_params(void)
 {
     mop_sampler_params p;
-    memset(&p, 0, sizeof p);
-    p.struct_size = sizeof p;
-    p.temperature = 0.8f;
-    p.top_k = 40;
-    p.top_p = 0.95f;
-    p.seed = 42;
+    sampler_defaults(&p);
     return p;
 }
 
@@ -70,14 +84,9 @@ mop_status mop_sampler_create(const mop_sampler_params *params, mop_sampler **ou
 {
     MOP_CHECK_ARG(params);
     MOP_CHECK_ARG(out);
-    mop_sampler_params p = mop_sampler_default_params();
-    if (params->struct_size < sizeof(uint32_t) || params->struct_size > sizeof p)
-        return mop_fail(MOP_E_INVALID_ARG,
-                        "mop_sampler_create: params.struct_size %u (expected %zu; use "
-                        "mop_sampler_default_params)",
-                        params->struct_size, sizeof p);
-    memcpy(&p, params, params->struct_size);
-    p.struct_size = sizeof p;
+    mop_sampler_params p;
+    sampler_defaults(&p);
+    MOP_READ_STRUCT("mop_sampler_create", &p, params, SAMPLER_PARAMS_MIN);
     if (!(p.temperature >= 0.0f) || isinf(p.temperature))
         return mop_fail(MOP_E_INVALID_ARG, "mop_sampler_create: temperature %g must be >= 0",
                         (double)p.temperature);

@@ -85,18 +85,32 @@ static void secagg_checksum(uint8_t out[SA_HASH], const uint8_t *p, size_t n)
 
 /* ---- parameters ---- */
 
+/* first release (0.1.0) */
+#define SECAGG_PARAMS_MIN MOP_SIZE_THROUGH(mop_secagg_params, min_survivors)
+
+static void secagg_defaults(mop_secagg_params *d)
+{
+    memset(d, 0, sizeof *d);
+    d->struct_size = sizeof *d;
+    d->n_clients = 0;
+    d->round = 0;
+    d->length = 0;
+    d->ring_bits = 64;
+    d->scale = 0x1p32f;
+    d->clip_range = 256.0f;
+    d->min_survivors = 2;
+}
+
+mop_status mop_secagg_params_init_sized(mop_secagg_params *p, size_t size)
+{
+    MOP_PARAMS_INIT_SIZED(mop_secagg_params, "mop_secagg_params_init", p, size,
+                          SECAGG_PARAMS_MIN, secagg_defaults);
+}
+
 mop_secagg_params mop_secagg_default_params(void)
 {
     mop_secagg_params p;
-    memset(&p, 0, sizeof p);
-    p.struct_size = sizeof p;
-    p.n_clients = 0;
-    p.round = 0;
-    p.length = 0;
-    p.ring_bits = 64;
-    p.scale = 0x1p32f;
-    p.clip_range = 256.0f;
-    p.min_survivors = 2;
+    secagg_defaults(&p);
     return p;
 }
 
@@ -104,11 +118,9 @@ static mop_status secagg_cfg_from(secagg_cfg *c, const mop_secagg_params *params
 {
     if (!params)
         return mop_fail(MOP_E_INVALID_ARG, "%s: params is NULL (n_clients and length must be set)", fn);
-    mop_secagg_params p = mop_secagg_default_params();
-    if (params->struct_size < sizeof(uint32_t) || params->struct_size > sizeof p)
-        return mop_fail(MOP_E_INVALID_ARG, "%s: struct_size %u (expected <= %zu)", fn,
-                        (unsigned)params->struct_size, sizeof p);
-    memcpy(&p, params, params->struct_size);
+    mop_secagg_params p;
+    secagg_defaults(&p);
+    MOP_READ_STRUCT(fn, &p, params, SECAGG_PARAMS_MIN);
     if (p.n_clients < 2 || p.n_clients > SA_MAX_CLIENTS)
         return mop_fail(MOP_E_INVALID_ARG, "%s: n_clients must be in 2..%d, got %d", fn,
                         SA_MAX_CLIENTS, (int)p.n_clients);

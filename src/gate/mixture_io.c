@@ -215,7 +215,7 @@ static mop_status read_meta(const cJSON *meta, const char *what, int32_t d_model
                         MIX_VERSION);
     MOP_TRY(meta_get_i32(meta, "d_model", what, &file_d));
     MOP_TRY(meta_get_i32(meta, "n_layer", what, &file_L));
-    *p = mop_mixture_default_params();
+    mop_mixture_params_init(p);
     MOP_TRY(meta_get_i32(meta, "n_experts", what, &p->n_experts));
     MOP_TRY(meta_get_i32(meta, "prompt_len", what, &p->prompt_len));
     MOP_TRY(meta_get_i32(meta, "gate_layer", what, &p->gate_layer));
@@ -278,7 +278,8 @@ mop_status mixture_parse(const void *data, size_t size, const char *what, int32_
         s = mop_fail(MOP_E_FORMAT, "%s: header is not valid JSON", what);
     else if (!meta)
         s = mop_fail(MOP_E_FORMAT, "%s: no __metadata__ (not a libmop mixture)", what);
-    mop_mixture_params p = mop_mixture_default_params();
+    mop_mixture_params p;
+    mop_mixture_params_init(&p);
     int stats = 0;
     if (s == MOP_OK)
         s = read_meta(meta, what, d_model, n_layer, &p, &stats);

@@ -20,26 +20,40 @@
 
 #define N_LINEAR 7
 
+/* first release (0.1.0) */
+#define PRUNE_PARAMS_MIN MOP_SIZE_THROUGH(mop_prune_params, progress_user)
+
+static void prune_defaults(mop_prune_params *d)
+{
+    memset(d, 0, sizeof *d);
+    d->struct_size = sizeof *d;
+    d->method = MOP_PRUNE_MAGNITUDE;
+    d->pattern = MOP_PATTERN_NM;
+    d->n = 2;
+    d->m = 4;
+    d->ratio = 0.5f;
+    d->granularity = MOP_GRANULARITY_ROW;
+    d->layer_begin = 0;
+    d->layer_end = -1;
+    d->calib_tokens = NULL;
+    d->n_calib_tokens = 0;
+    d->calib_seq_len = 256;
+    d->sparsegpt_damp = 0.01f;
+    d->sparsegpt_block = 128;
+    d->lm_head_format = MOP_LM_HEAD_F32;
+    d->n_threads = 0;
+}
+
+mop_status mop_prune_params_init_sized(mop_prune_params *p, size_t size)
+{
+    MOP_PARAMS_INIT_SIZED(mop_prune_params, "mop_prune_params_init", p, size,
+                          PRUNE_PARAMS_MIN, prune_defaults);
+}
+
 mop_prune_params mop_prune_default_params(void)
 {
     mop_prune_params p;
-    memset(&p, 0, sizeof p);
-    p.struct_size = sizeof p;
-    p.method = MOP_PRUNE_MAGNITUDE;
-    p.pattern = MOP_PATTERN_NM;
-    p.n = 2;
-    p.m = 4;
-    p.ratio = 0.5f;
-    p.granularity = MOP_GRANULARITY_ROW;
-    p.layer_begin = 0;
-    p.layer_end = -1;
-    p.calib_tokens = NULL;
-    p.n_calib_tokens = 0;
-    p.calib_seq_len = 256;
-    p.sparsegpt_damp = 0.01f;
-    p.sparsegpt_block = 128;
-    p.lm_head_format = MOP_LM_HEAD_F32;
-    p.n_threads = 0;
+    prune_defaults(&p);
     return p;
 }
 
@@ -262,14 +276,9 @@ static void drop_buffer(mop_model *m, const void *data)
 mop_status mop_model_prune(mop_model *model, const mop_prune_params *params)
 {
     MOP_CHECK_ARG(model && params && model->layers);
-    mop_prune_params p = mop_prune_default_params();
-    if (params->struct_size < offsetof(mop_prune_params, method) ||
-        params->struct_size > sizeof p)
-        return mop_fail(MOP_E_INVALID_ARG,
-                        "mop_model_prune: params->struct_size = %u (expected at most %zu; use "
-                        "mop_prune_default_params())",
-                        params->struct_size, sizeof p);
-    memcpy(&p, params, params->struct_size);
+    mop_prune_params p;
+    prune_defaults(&p);
+    MOP_READ_STRUCT("mop_model_prune", &p, params, PRUNE_PARAMS_MIN);
     if (atomic_load(&model->refs) > 1)
         return mop_fail(MOP_E_STATE, "mop_model_prune: the model is held by %d other "
                         "context(s) or mixture(s); free them first",
