@@ -110,6 +110,40 @@ static double recon_err(const float *W, const float *Wp, const float *X, int64_t
 
 /* ---- masks on one matrix ---------------------------------------------------- */
 
+/* The one tie order of every mask choice (prune_entry_cmp): ascending
+ * score, equal scores with the higher index first; the first k are removed,
+ * so of equal scores the lower index is kept, by magnitude, Wanda and
+ * SparseGPT alike. */
+static void test_tie_order(void **state)
+{
+    (void)state;
+    prune_entry e[] = {{1.0f, 0}, {0.5f, 1}, {1.0f, 2}, {0.5f, 3}, {0.25f, 4}};
+    qsort(e, 5, sizeof *e, prune_entry_cmp);
+    const int32_t want[] = {4, 3, 1, 2, 0};
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(e[i].j, want[i]);
+    /* one row of equal weights, 2:4: columns 0 and 1 stay */
+    float W[8] = {1, 1, 1, 1, -2, 2, -2, 2};
+    prune_cfg c = nm_cfg(2, 4);
+    assert_int_equal(prune_scored(W, 1, 8, &c, NULL, NULL), MOP_OK);
+    const float want_w[8] = {1, 1, 0, 0, -2, 2, 0, 0};
+    assert_memory_equal(W, want_w, sizeof W);
+    /* SparseGPT with H = I (equal scores w²/U_jj², no error carried to
+     * other columns): the same columns stay */
+    float W2[8] = {1, 1, 1, 1, -2, 2, -2, 2}, H[64] = {0};
+    for (int i = 0; i < 8; i++)
+        H[i * 8 + i] = 1.0f;
+    c.block = 8;
+    assert_int_equal(prune_sparsegpt(W2, 1, 8, &c, H, NULL), MOP_OK);
+    assert_memory_equal(W2, want_w, sizeof W2);
+    /* unstructured, half of the row */
+    float W3[8] = {3, 3, 3, 3, 3, 3, 3, 3};
+    prune_cfg u = un_cfg(0.5, MOP_GRANULARITY_ROW);
+    assert_int_equal(prune_scored(W3, 1, 8, &u, NULL, NULL), MOP_OK);
+    const float want_u[8] = {3, 3, 3, 3, 0, 0, 0, 0};
+    assert_memory_equal(W3, want_u, sizeof W3);
+}
+
 static void test_patterns_exact(void **state)
 {
     (void)state;
@@ -748,6 +782,7 @@ int main(int argc, char **argv)
     }
     init_tokens();
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_tie_order),
         cmocka_unit_test(test_patterns_exact),
         cmocka_unit_test(test_magnitude_keeps_largest),
         cmocka_unit_test(test_wanda_order),

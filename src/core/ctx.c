@@ -18,18 +18,7 @@ static void ctx_defaults(mop_ctx_params *d)
     d->n_threads = 0;
 }
 
-mop_status mop_ctx_params_init_sized(mop_ctx_params *p, size_t size)
-{
-    MOP_PARAMS_INIT_SIZED(mop_ctx_params, "mop_ctx_params_init", p, size,
-                          CTX_PARAMS_MIN, ctx_defaults);
-}
-
-mop_ctx_params mop_ctx_default_params(void)
-{
-    mop_ctx_params p;
-    ctx_defaults(&p);
-    return p;
-}
+MOP_DEFINE_PARAMS_INIT(ctx, CTX_PARAMS_MIN)
 
 /* n floats, overflow-checked; NULL on overflow or out of memory. */
 static float *alloc_floats(size_t a, size_t b, size_t c)

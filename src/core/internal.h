@@ -87,19 +87,34 @@ mop_status mop_struct_size_check(const char *fn, const char *what, size_t struct
         (dst)->struct_size = (uint32_t)sizeof *(dst);                          \
     } while (0)
 
-/* Body of a public mop_X_params_init_sized(p, size) for struct `type`: fill a
- * full struct with `defaults(&full)`, check `size` against [min, sizeof full], copy that many
- * bytes to *p and set p->struct_size = size. */
-#define MOP_PARAMS_INIT_SIZED(type, fn, p, size, min, defaults)                   \
-    do {                                                                       \
+/* Define the public calls of params struct mop_<x>_params from the module's
+ * `static void <x>_defaults(mop_<x>_params *d)` (every field's default,
+ * struct_size = sizeof *d) and `min`, the size of the struct's first release:
+ * - mop_<x>_params_init_sized(p, size): check p and size against
+ *   [min, sizeof], write the first `size` bytes of the defaults to *p with
+ *   p->struct_size = size;
+ * - mop_<x>_default_params(): the deprecated by-value shim.
+ * MOP_DEFINE_PARAMS_INIT_SIZED is the first alone. */
+#define MOP_DEFINE_PARAMS_INIT_SIZED(x, min)                                   \
+    mop_status mop_##x##_params_init_sized(mop_##x##_params *p, size_t size)  \
+    {                                                                          \
         MOP_CHECK_ARG(p);                                                      \
-        type full_;                                                            \
-        defaults(&full_);                                                      \
-        MOP_TRY(mop_struct_size_check((fn), "size", (size), (min), sizeof full_));  \
-        full_.struct_size = (uint32_t)(size);                                  \
-        memcpy((p), &full_, (size));                                           \
+        mop_##x##_params full_;                                                \
+        x##_defaults(&full_);                                                  \
+        MOP_TRY(mop_struct_size_check("mop_" #x "_params_init", "size", size, (min), \
+                                      sizeof full_));                          \
+        full_.struct_size = (uint32_t)size;                                    \
+        memcpy(p, &full_, size);                                               \
         return MOP_OK;                                                         \
-    } while (0)
+    }
+#define MOP_DEFINE_PARAMS_INIT(x, min)                                         \
+    MOP_DEFINE_PARAMS_INIT_SIZED(x, min)                                       \
+    mop_##x##_params mop_##x##_default_params(void)                            \
+    {                                                                          \
+        mop_##x##_params d_;                                                   \
+        x##_defaults(&d_);                                                     \
+        return d_;                                                             \
+    }
 
 #define MOP_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define MOP_MAX(a, b) ((a) > (b) ? (a) : (b))

@@ -554,18 +554,7 @@ static void model_defaults(mop_model_params *d)
     d->progress_user = NULL;
 }
 
-mop_status mop_model_params_init_sized(mop_model_params *p, size_t size)
-{
-    MOP_PARAMS_INIT_SIZED(mop_model_params, "mop_model_params_init", p, size,
-                          MODEL_PARAMS_MIN, model_defaults);
-}
-
-mop_model_params mop_model_default_params(void)
-{
-    mop_model_params p;
-    model_defaults(&p);
-    return p;
-}
+MOP_DEFINE_PARAMS_INIT(model, MODEL_PARAMS_MIN)
 
 static int ends_with(const char *s, const char *suffix)
 {

@@ -76,18 +76,7 @@ static void aggregator_defaults(mop_aggregator_params *d)
     d->seed = 0;
 }
 
-mop_status mop_aggregator_params_init_sized(mop_aggregator_params *p, size_t size)
-{
-    MOP_PARAMS_INIT_SIZED(mop_aggregator_params, "mop_aggregator_params_init", p, size,
-                          AGGREGATOR_PARAMS_MIN, aggregator_defaults);
-}
-
-mop_aggregator_params mop_aggregator_default_params(void)
-{
-    mop_aggregator_params p;
-    aggregator_defaults(&p);
-    return p;
-}
+MOP_DEFINE_PARAMS_INIT(aggregator, AGGREGATOR_PARAMS_MIN)
 
 #define CHECK_RANGE(cond, field, text)                                                  \
     do {                                                                               \
@@ -442,9 +431,9 @@ static mop_status check_round(const mop_aggregator *a)
 static void dare_rng(fed_rng *r, uint64_t seed, int64_t round, uint64_t client)
 {
     uint64_t st = seed;
-    uint64_t h = fed_splitmix64(&st) ^ (uint64_t)round;
-    h = fed_splitmix64(&h) ^ client;
-    fed_rng_seed(r, fed_splitmix64(&h));
+    uint64_t h = mop_splitmix64(&st) ^ (uint64_t)round;
+    h = mop_splitmix64(&h) ^ client;
+    mop_rng_seed(r, mop_splitmix64(&h));
 }
 
 /* Reduce the buffered round into delta (total). scratch as allocated by finish(). */

@@ -231,18 +231,7 @@ static void rdp_defaults(mop_rdp_params *d)
     d->n_orders = 0;
 }
 
-mop_status mop_rdp_params_init_sized(mop_rdp_params *p, size_t size)
-{
-    MOP_PARAMS_INIT_SIZED(mop_rdp_params, "mop_rdp_params_init", p, size,
-                          RDP_PARAMS_MIN, rdp_defaults);
-}
-
-mop_rdp_params mop_rdp_default_params(void)
-{
-    mop_rdp_params p;
-    rdp_defaults(&p);
-    return p;
-}
+MOP_DEFINE_PARAMS_INIT(rdp, RDP_PARAMS_MIN)
 
 mop_status mop_rdp_accountant_create(const mop_rdp_params *params, mop_rdp_accountant **out)
 {

@@ -21,11 +21,7 @@ static void gate_pretrain_defaults(mop_gate_pretrain_params *d)
     d->seed = 1234;
 }
 
-mop_status mop_gate_pretrain_params_init_sized(mop_gate_pretrain_params *p, size_t size)
-{
-    MOP_PARAMS_INIT_SIZED(mop_gate_pretrain_params, "mop_gate_pretrain_params_init", p, size,
-                          GATE_PRETRAIN_PARAMS_MIN, gate_pretrain_defaults);
-}
+MOP_DEFINE_PARAMS_INIT_SIZED(gate_pretrain, GATE_PRETRAIN_PARAMS_MIN)
 
 /* The 0.2.0 symbol (the header's macro of the same name replaces it in
  * source): a 0.2.0 struct is the whole struct. */
@@ -133,7 +129,7 @@ mop_status mop_mixture_pretrain_gate(mop_mixture *m, const float *u, const int32
     while (epoch < p.max_epochs && epoch - improved < p.patience) {
         epoch++;
         for (int32_t r = n - 1; r > 0; r--) {
-            int32_t j = (int32_t)(gate_rng_next(&rng) % (uint64_t)(r + 1));
+            int32_t j = (int32_t)(mop_xorshift64s_next(&rng) % (uint64_t)(r + 1));
             int32_t t = order[r];
             order[r] = order[j], order[j] = t;
         }

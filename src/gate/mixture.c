@@ -32,18 +32,7 @@ static void mixture_defaults(mop_mixture_params *d)
     d->top_k_renorm = 0;
 }
 
-mop_status mop_mixture_params_init_sized(mop_mixture_params *p, size_t size)
-{
-    MOP_PARAMS_INIT_SIZED(mop_mixture_params, "mop_mixture_params_init", p, size,
-                          MIXTURE_PARAMS_MIN, mixture_defaults);
-}
-
-mop_mixture_params mop_mixture_default_params(void)
-{
-    mop_mixture_params p;
-    mixture_defaults(&p);
-    return p;
-}
+MOP_DEFINE_PARAMS_INIT(mixture, MIXTURE_PARAMS_MIN)
 
 /* first release (0.1.0) */
 #define LOSS_PARAMS_MIN MOP_SIZE_THROUGH(mop_loss_params, prox_mu)
@@ -54,18 +43,7 @@ static void loss_defaults(mop_loss_params *d)
     d->struct_size = sizeof *d;
 }
 
-mop_status mop_loss_params_init_sized(mop_loss_params *p, size_t size)
-{
-    MOP_PARAMS_INIT_SIZED(mop_loss_params, "mop_loss_params_init", p, size,
-                          LOSS_PARAMS_MIN, loss_defaults);
-}
-
-mop_loss_params mop_loss_default_params(void)
-{
-    mop_loss_params p;
-    loss_defaults(&p);
-    return p;
-}
+MOP_DEFINE_PARAMS_INIT(loss, LOSS_PARAMS_MIN)
 
 mop_status mixture_resolve_params(mop_mixture_params *p, int32_t n_layer, const char *fn)
 {
@@ -229,17 +207,9 @@ typedef struct gate_rng {
     uint64_t s;
 } gate_rng;
 
-uint64_t gate_rng_next(uint64_t *s)
-{
-    *s ^= *s >> 12;
-    *s ^= *s << 25;
-    *s ^= *s >> 27;
-    return *s * 0x2545F4914F6CDD1Dull;
-}
-
 static uint64_t rng_next(gate_rng *r)
 {
-    return gate_rng_next(&r->s);
+    return mop_xorshift64s_next(&r->s);
 }
 
 static double rng_uniform(gate_rng *r) /* (0, 1) */

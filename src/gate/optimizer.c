@@ -51,18 +51,7 @@ static void adamw_defaults(mop_adamw_params *d)
     d->min_lr_ratio = 0.1f;
 }
 
-mop_status mop_adamw_params_init_sized(mop_adamw_params *p, size_t size)
-{
-    MOP_PARAMS_INIT_SIZED(mop_adamw_params, "mop_adamw_params_init", p, size,
-                          ADAMW_PARAMS_MIN, adamw_defaults);
-}
-
-mop_adamw_params mop_adamw_default_params(void)
-{
-    mop_adamw_params p;
-    adamw_defaults(&p);
-    return p;
-}
+MOP_DEFINE_PARAMS_INIT(adamw, ADAMW_PARAMS_MIN)
 
 /* The first invalid field of @p p, reported with its value. */
 static mop_status check_params(const mop_adamw_params *p)
