@@ -365,7 +365,8 @@ static mop_update *client_round(mop_ctx *ctx, mop_mixture *base, mop_mixture *lo
     check(mop_mixture_data(local, &params, &grads, &n), "mixture data");
     const size_t n_opt = gate_offset(local);
     if (!opt_experts) {
-        mop_adamw_params ap = mop_adamw_default_params();
+        mop_adamw_params ap;
+        mop_adamw_params_init(&ap);
         ap.lr = LR;
         check(mop_optimizer_create(n_opt, &ap, &opt_experts), "creating the optimizer");
         if (n_opt < n) {
@@ -373,7 +374,8 @@ static mop_update *client_round(mop_ctx *ctx, mop_mixture *base, mop_mixture *lo
             check(mop_optimizer_create(n - n_opt, &ap, &opt_gate), "creating the optimizer");
         }
     }
-    mop_loss_params lp = mop_loss_default_params();
+    mop_loss_params lp;
+    mop_loss_params_init(&lp);
     int32_t B = n_mine < BATCH ? (int32_t)n_mine : BATCH;
     double loss = 0.0;
     for (int32_t s = 0; s < steps; s++) {
@@ -530,7 +532,8 @@ int main(int argc, char **argv)
         strategy = strategy_index(argv[6]);
     if (strategy == 14 || rounds < 1 || steps < 1)
         die("bad ROUNDS, LOCAL_STEPS or STRATEGY");
-    mop_mixture_params mp = mop_mixture_default_params();
+    mop_mixture_params mp;
+    mop_mixture_params_init(&mp);
     mp.n_experts = argc > 7 ? atoi(argv[7]) : 4;
     mp.prompt_len = argc > 8 ? atoi(argv[8]) : 4;
     mp.seed = SEED;
@@ -540,7 +543,8 @@ int main(int argc, char **argv)
     int need_usage = strategy == MOP_AGG_MOP_AWARE;
 
     /* every rank: the model, its data, a mixture and a one-thread context */
-    mop_model_params lp = mop_model_default_params();
+    mop_model_params lp;
+    mop_model_params_init(&lp);
     lp.n_threads = 1;
     mop_model *model = NULL;
     check(mop_model_load(argv[1], &lp, &model), "loading the model");
@@ -550,7 +554,8 @@ int main(int argc, char **argv)
     load_jsonl(model, rank == 0 ? argv[3] : argv[2], max_len, &tl, &ds); /* server: val; clients: train */
     mop_mixture *global = NULL, *local = NULL;
     check(mop_mixture_create(model, &mp, &global), "creating the mixture");
-    mop_ctx_params cp = mop_ctx_default_params();
+    mop_ctx_params cp;
+    mop_ctx_params_init(&cp);
     cp.n_threads = 1;
     cp.n_batch = cp.n_ctx = mp.n_experts * mp.prompt_len + ds.max_len;
     mop_ctx *ctx = NULL;
@@ -577,7 +582,8 @@ int main(int argc, char **argv)
     mop_aggregator *agg = NULL;
     double ppl = 0.0;
     if (rank == 0) {
-        mop_aggregator_params ap = mop_aggregator_default_params();
+        mop_aggregator_params ap;
+        mop_aggregator_params_init(&ap);
         ap.strategy = strategy;
         ap.server_lr = strategy >= MOP_AGG_FEDADAM && strategy <= MOP_AGG_FEDADAGRAD ? 0.01f : 1.0f;
         ap.seed = SEED;

@@ -66,7 +66,8 @@ int main(int argc, char **argv)
            info.n_embd, info.n_vocab);
 
     /* 2. a context: KV cache and scratch, one thread of the program at a time */
-    mop_ctx_params cp = mop_ctx_default_params();
+    mop_ctx_params cp;
+    mop_ctx_params_init(&cp);
     cp.n_ctx = 512;
     cp.n_batch = 512;
     if ((st = mop_ctx_create(model, &cp, &ctx)) != MOP_OK) {
@@ -92,7 +93,8 @@ int main(int argc, char **argv)
     }
 
     /* 4. generate greedily, streaming the reply */
-    mop_sampler_params sp = mop_sampler_default_params();
+    mop_sampler_params sp;
+    mop_sampler_params_init(&sp);
     sp.temperature = 0.0f; /* greedy */
     if ((st = mop_sampler_create(&sp, &sampler)) != MOP_OK) {
         rc = fail("creating a sampler", st);
@@ -126,7 +128,8 @@ int main(int argc, char **argv)
 
     /* 6. a prompt mixture: K experts of P soft tokens and a gate (paper defaults
      *    elsewhere: gate and injection layer at n_layer/3, attention-bias mode) */
-    mop_mixture_params mp = mop_mixture_default_params();
+    mop_mixture_params mp;
+    mop_mixture_params_init(&mp);
     mp.n_experts = 4;
     mp.prompt_len = 4;
     if ((st = mop_mixture_create(model, &mp, &mix)) != MOP_OK) {
@@ -160,13 +163,15 @@ int main(int argc, char **argv)
         rc = fail("mixture buffers", st);
         goto done;
     }
-    mop_adamw_params ap = mop_adamw_default_params(); /* lr 3e-3, clip 1 */
+    mop_adamw_params ap;
+    mop_adamw_params_init(&ap); /* lr 3e-3, clip 1 */
     if ((st = mop_optimizer_create(n_params, &ap, &opt)) != MOP_OK) {
         rc = fail("creating the optimizer", st);
         goto done;
     }
 
-    mop_loss_params lp = mop_loss_default_params(); /* mean NLL of the response tokens */
+    mop_loss_params lp;
+    mop_loss_params_init(&lp); /* mean NLL of the response tokens */
     mop_loss_result before = {.struct_size = sizeof before};
     mop_mixture_zero_grad(mix); /* gradients accumulate: clear them each step */
     if ((st = mop_mixture_forward_backward(ctx, mix, &batch, &lp, &before)) != MOP_OK) {

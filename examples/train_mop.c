@@ -74,7 +74,8 @@ int main(int argc, char **argv)
     }
 
     /* the mixture: 4 experts x 4 tokens, gate and injection at n_layer / 3 */
-    mop_mixture_params mp = mop_mixture_default_params();
+    mop_mixture_params mp;
+    mop_mixture_params_init(&mp);
     mp.n_experts = 4;
     mp.prompt_len = 4;
     mop_mixture *mix = NULL;
@@ -82,7 +83,8 @@ int main(int argc, char **argv)
         return fail("creating the mixture");
 
     /* a context long enough for the K*P prompt rows plus one example */
-    mop_ctx_params cp = mop_ctx_default_params();
+    mop_ctx_params cp;
+    mop_ctx_params_init(&cp);
     cp.n_batch = cp.n_ctx = mp.n_experts * mp.prompt_len + MAX_TOKENS;
     mop_ctx *ctx = NULL;
     if (mop_ctx_create(model, &cp, &ctx) != MOP_OK)
@@ -93,14 +95,16 @@ int main(int argc, char **argv)
     size_t n_params;
     if (mop_mixture_data(mix, &params, &grads, &n_params) != MOP_OK)
         return fail("mixture data");
-    mop_adamw_params ap = mop_adamw_default_params();
+    mop_adamw_params ap;
+    mop_adamw_params_init(&ap);
     ap.warmup_steps = steps / 10;
     ap.total_steps = steps;
     mop_optimizer *opt = NULL;
     if (mop_optimizer_create(n_params, &ap, &opt) != MOP_OK)
         return fail("creating the optimizer");
 
-    mop_loss_params lp = mop_loss_default_params();
+    mop_loss_params lp;
+    mop_loss_params_init(&lp);
     for (int step = 0; step < steps; step++) {
         const example *e = &ex[step % n_ex];
         mop_batch batch = {.struct_size = sizeof batch, .n_seq = 1, .seq_len = e->len,

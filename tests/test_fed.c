@@ -517,7 +517,8 @@ static mop_model *tiny_model(void)
 
 static mop_mixture *tiny_mixture(mop_model *model, uint64_t seed)
 {
-    mop_mixture_params p = mop_mixture_default_params();
+    mop_mixture_params p;
+    mop_mixture_params_init(&p);
     p.n_experts = 3;
     p.prompt_len = 2;
     p.gate_layer = 0;
@@ -653,7 +654,8 @@ static void failing_free(void *p, void *user)
 /* One federated round from blobs: parse 3 updates, aggregate, serialize. */
 static mop_status blob_round(const uint8_t *const *blobs, const size_t *ns, int32_t strategy)
 {
-    mop_aggregator_params p = mop_aggregator_default_params();
+    mop_aggregator_params p;
+    mop_aggregator_params_init(&p);
     p.strategy = strategy;
     p.krum_f = 0;
     mop_aggregator *a = NULL;

@@ -35,7 +35,8 @@ static mop_update *upd(int32_t kind, uint64_t client, double n, const float *x, 
 
 static mop_aggregator *agg_of(int32_t strategy, void (*tweak)(mop_aggregator_params *))
 {
-    mop_aggregator_params p = mop_aggregator_default_params();
+    mop_aggregator_params p;
+    mop_aggregator_params_init(&p);
     p.strategy = strategy;
     if (tweak)
         tweak(&p);
@@ -251,7 +252,8 @@ static void test_fedadagrad_two_rounds(void **state)
 static void test_defaults(void **state)
 {
     (void)state;
-    mop_aggregator_params p = mop_aggregator_default_params();
+    mop_aggregator_params p;
+    mop_aggregator_params_init(&p);
     assert_int_equal(p.struct_size, sizeof p);
     assert_int_equal(p.strategy, MOP_AGG_FEDAVG);
     assert_true(p.server_lr == 1.0f && p.momentum == 0.9f);
@@ -442,7 +444,8 @@ static void test_dare_kept_fraction_and_rescale(void **state)
     /* same seed, same mask; another seed, another mask */
     one_round(MOP_AGG_DARE, dare30, x, NULL, 1, L, g, out2);
     assert_memory_equal(out, out2, L * sizeof *out);
-    mop_aggregator_params p = mop_aggregator_default_params();
+    mop_aggregator_params p;
+    mop_aggregator_params_init(&p);
     p.strategy = MOP_AGG_DARE;
     dare30(&p);
     p.seed = 78;
@@ -491,7 +494,8 @@ static void test_breadcrumbs_masks(void **state)
     assert_near(out, (double[]){5, 0, 0, 7, 0, 2, 0, -4, 6, 1}, 10, 0);
 
     /* masks are per tensor: two tensors of 10, each loses its own extremes */
-    mop_aggregator_params p = mop_aggregator_default_params();
+    mop_aggregator_params p;
+    mop_aggregator_params_init(&p);
     p.strategy = MOP_AGG_BREADCRUMBS;
     crumbs(&p);
     mop_aggregator *a = NULL;
@@ -723,7 +727,7 @@ static void test_rejects_bad_params(void **state)
     mop_aggregator *a = NULL;
     mop_aggregator_params p;
 #define BAD(field, value)                                                      \
-    p = mop_aggregator_default_params();                                       \
+    mop_aggregator_params_init(&p);                                       \
     p.field = value;                                                           \
     assert_int_equal(mop_aggregator_create(&p, &a), MOP_E_INVALID_ARG);        \
     assert_null(a);

@@ -582,7 +582,8 @@ static void test_context_arguments(void **state)
 {
     (void)state;
     mop_model *m = tiny_model(TL);
-    mop_ctx_params p = mop_ctx_default_params();
+    mop_ctx_params p;
+    mop_ctx_params_init(&p);
     mop_ctx *c = NULL;
     assert_int_equal(mop_ctx_create(m, &p, &c), MOP_E_RANGE); /* 2048 > n_ctx_train 64 */
     p.n_ctx = 16;
@@ -641,7 +642,8 @@ static void test_generate_greedy(void **state)
     enum { NP = 5, NEW = 6 };
     mop_model *m = tiny_model(TL);
     mop_ctx *c = tiny_ctx(m, TCTX, 4, 1);
-    mop_sampler_params sp = mop_sampler_default_params();
+    mop_sampler_params sp;
+    mop_sampler_params_init(&sp);
     sp.temperature = 0.0f;
     mop_sampler *s = NULL;
     assert_int_equal(mop_sampler_create(&sp, &s), MOP_OK);
@@ -699,7 +701,8 @@ typedef struct thread_job {
 static void *thread_main(void *arg)
 {
     thread_job *j = arg;
-    mop_ctx_params p = mop_ctx_default_params();
+    mop_ctx_params p;
+    mop_ctx_params_init(&p);
     p.n_ctx = j->n;
     p.n_batch = 16;
     p.n_threads = j->n_threads;
@@ -801,7 +804,8 @@ static void test_alloc_failures(void **state)
     assert_int_equal(mop_set_allocator(&a), MOP_OK);
     mop_model *m = tiny_model(TL);
     long base = mop_alloc_live();
-    mop_ctx_params p = mop_ctx_default_params();
+    mop_ctx_params p;
+    mop_ctx_params_init(&p);
     p.n_ctx = 32;
     p.n_batch = 4;
     p.n_threads = 2;
@@ -818,7 +822,8 @@ static void test_alloc_failures(void **state)
             if (st != MOP_OK)
                 assert_int_equal(mop_ctx_n_past(c), 0); /* a failed decode ran nothing */
             if (st == MOP_OK) {
-                mop_sampler_params sp = mop_sampler_default_params();
+                mop_sampler_params sp;
+                mop_sampler_params_init(&sp);
                 mop_sampler *s = NULL;
                 const float *lg;
                 int32_t rows, t;

@@ -47,7 +47,8 @@ static mop_ctx *gate_ctx(mop_model *m, int32_t n_batch)
 static mop_mixture *tiny_mixture(mop_model *m, int32_t combine, int32_t top_k, int32_t gate_mode,
                                  int32_t act)
 {
-    mop_mixture_params p = mop_mixture_default_params();
+    mop_mixture_params p;
+    mop_mixture_params_init(&p);
     p.n_experts = 4;
     p.prompt_len = 2;
     p.gate_layer = 1;
@@ -170,7 +171,8 @@ static void test_fd_weighted_sum(void **state)
 static void test_fd_loss_terms(void **state)
 {
     (void)state;
-    mop_loss_params lp = mop_loss_default_params();
+    mop_loss_params lp;
+    mop_loss_params_init(&lp);
     lp.load_balance = 0.5f;
     lp.gate_supervision = 0.7f;
     fd_case(MOP_COMBINE_ATTENTION_BIAS, 0, MOP_GATE_LEARNED, MOP_GATE_ACT_GELU, &lp,
@@ -189,7 +191,8 @@ static void test_prox(void **state)
     mop_mixture *mx = tiny_mixture(m, MOP_COMBINE_ATTENTION_BIAS, 0, MOP_GATE_LEARNED,
                                    MOP_GATE_ACT_GELU);
     mop_batch b = tiny_batch();
-    mop_loss_params lp = mop_loss_default_params();
+    mop_loss_params lp;
+    mop_loss_params_init(&lp);
     lp.prox_mu = 0.3f;
     mop_loss_result r = {.struct_size = sizeof r};
     assert_int_equal(mop_mixture_forward_backward(c, mx, &b, &lp, &r), MOP_E_STATE);
@@ -245,7 +248,8 @@ static void test_padding_invariance(void **state)
         float *par, *grad;
         size_t n;
         assert_int_equal(mop_mixture_data(mx, &par, &grad, &n), MOP_OK);
-        mop_loss_params lp = mop_loss_default_params();
+        mop_loss_params lp;
+        mop_loss_params_init(&lp);
         lp.load_balance = 0.1f;
         lp.gate_supervision = 0.1f;
         mop_mixture_zero_grad(mx);
@@ -327,7 +331,8 @@ static void test_cache_matches_uncached(void **state)
     assert_true(fabs(r.nll_sum - sum) <= 1e-12 * fabs(sum));
 
     /* generation runs with the cache and is deterministic for greedy sampling */
-    mop_sampler_params sp = mop_sampler_default_params();
+    mop_sampler_params sp;
+    mop_sampler_params_init(&sp);
     sp.temperature = 0.0f;
     mop_sampler *s = NULL;
     assert_int_equal(mop_sampler_create(&sp, &s), MOP_OK);
@@ -359,7 +364,8 @@ static void test_generate_matches_evaluate(void **state)
     for (int mode = 0; mode < 2; mode++) {
         mop_mixture *mx = tiny_mixture(m, mode, 0, MOP_GATE_LEARNED, MOP_GATE_ACT_GELU);
         /* n_batch 4 is too small for K·P = 8 prompt rows in bias mode */
-        mop_sampler_params sp = mop_sampler_default_params();
+        mop_sampler_params sp;
+        mop_sampler_params_init(&sp);
         sp.temperature = 0.0f;
         mop_sampler *s = NULL;
         assert_int_equal(mop_sampler_create(&sp, &s), MOP_OK);
@@ -629,7 +635,8 @@ static void test_invalid_params(void **state)
         {7, 5, MOP_E_INVALID_ARG}, {8, 7, MOP_E_INVALID_ARG}, {9, 2, MOP_E_INVALID_ARG},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        mop_mixture_params p = mop_mixture_default_params();
+        mop_mixture_params p;
+        mop_mixture_params_init(&p);
         p.n_experts = 8;
         p.gate_layer = 1;
         p.inject_layer = 2;
@@ -648,10 +655,11 @@ static void test_invalid_params(void **state)
         assert_int_equal(mop_mixture_create(m, &p, &mx), cases[i].want);
         assert_null(mx);
     }
-    mop_mixture_params p = mop_mixture_default_params();
+    mop_mixture_params p;
+    mop_mixture_params_init(&p);
     p.gate_temperature = 0.0f;
     assert_int_equal(mop_mixture_create(m, &p, &mx), MOP_E_RANGE);
-    p = mop_mixture_default_params();
+    mop_mixture_params_init(&p);
     p.struct_size = 3;
     assert_int_equal(mop_mixture_create(m, &p, &mx), MOP_E_INVALID_ARG);
     assert_int_equal(mop_mixture_create(NULL, NULL, &mx), MOP_E_INVALID_ARG);
@@ -703,7 +711,8 @@ static void test_invalid_params(void **state)
     bad = b;
     int32_t task[BB] = {0, 4, 1};
     bad.task = task;
-    mop_loss_params lp = mop_loss_default_params();
+    mop_loss_params lp;
+    mop_loss_params_init(&lp);
     lp.gate_supervision = 1.0f;
     assert_int_equal(mop_mixture_forward_backward(c, small, &bad, &lp, &r), MOP_E_INVALID_ARG);
     bad.task = NULL;
@@ -714,7 +723,7 @@ static void test_invalid_params(void **state)
     mask[3] = 2;
     bad.loss_mask = mask;
     assert_int_equal(mop_mixture_forward_backward(c, small, &bad, NULL, &r), MOP_E_INVALID_ARG);
-    lp = mop_loss_default_params();
+    mop_loss_params_init(&lp);
     lp.load_balance = -1.0f;
     assert_int_equal(mop_mixture_forward_backward(c, small, &b, &lp, &r), MOP_E_INVALID_ARG);
     mop_ctx *c4 = gate_ctx(m, 8); /* a sequence of 9 tokens does not fit */
@@ -722,7 +731,7 @@ static void test_invalid_params(void **state)
     mop_ctx_free(c4);
     mop_mixture *uni = tiny_mixture(m, MOP_COMBINE_ATTENTION_BIAS, 0, MOP_GATE_UNIFORM,
                                     MOP_GATE_ACT_GELU);
-    lp = mop_loss_default_params();
+    mop_loss_params_init(&lp);
     lp.gate_only = 1;
     assert_int_equal(mop_mixture_forward_backward(c, uni, &b, &lp, &r), MOP_E_INVALID_ARG);
     const mop_mixture *list[2] = {small, uni};
@@ -741,7 +750,8 @@ static void test_invalid_params(void **state)
  * parameters and (learned gate) random input statistics. */
 static mop_mixture *shaped_mixture(mop_model *m, void (*edit)(mop_mixture_params *))
 {
-    mop_mixture_params p = mop_mixture_default_params();
+    mop_mixture_params p;
+    mop_mixture_params_init(&p);
     p.n_experts = 4;
     p.prompt_len = 2;
     p.gate_layer = 1;
@@ -835,7 +845,8 @@ static void test_expert_independence(void **state)
     assert_int_equal(mop_mixture_prepare(c, mx), MOP_OK);
     const int32_t G = 5, P = 2, Lp = 2, S = G * P;
     const size_t kvd = (size_t)m->hp.n_head_kv * m->hp.head_dim;
-    mop_mixture_params p1 = mop_mixture_default_params();
+    mop_mixture_params p1;
+    mop_mixture_params_init(&p1);
     p1.n_experts = 1;
     p1.prompt_len = P;
     p1.gate_layer = 1;
@@ -1088,7 +1099,8 @@ static void test_cached_states_equal_uncached(void **state)
     size_t n;
     assert_int_equal(mop_mixture_data(mx, NULL, &grad, &n), MOP_OK);
     float *g0 = malloc(n * sizeof(float));
-    mop_loss_params lp = mop_loss_default_params();
+    mop_loss_params lp;
+    mop_loss_params_init(&lp);
     lp.gate_supervision = 0.3f;
     mop_mixture_zero_grad(mx);
     double l0 = fb_loss(c, mx, &b, &lp);
@@ -1145,7 +1157,8 @@ static void test_alloc_failures(void **state)
         alloc_count = 0;
         alloc_limit = n;
         mop_mixture *mx = NULL;
-        mop_mixture_params p = mop_mixture_default_params();
+        mop_mixture_params p;
+        mop_mixture_params_init(&p);
         p.n_experts = 3;
         p.prompt_len = 2;
         p.gate_layer = 1;

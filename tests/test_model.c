@@ -204,7 +204,8 @@ static void test_load_copies_without_mmap(void **state)
     char path[64];
     size_t size;
     write_tiny(&b, &o, path, &size);
-    mop_model_params p = mop_model_default_params();
+    mop_model_params p;
+    mop_model_params_init(&p);
     p.use_mmap = 0;
     p.n_threads = 1;
     mop_model *m = NULL;
@@ -275,7 +276,8 @@ static void test_nonfinite_weights_rejected(void **state)
         char path[64];
         write_tiny_patched(cases[i].name, cases[i].off, cases[i].bytes, cases[i].n, path);
         for (int mode = 0; mode < 3; mode++) {
-            mop_model_params p = mop_model_default_params();
+            mop_model_params p;
+            mop_model_params_init(&p);
             p.use_mmap = mode != 1;
             p.n_threads = mode == 2 ? 3 : 1;
             mop_model *m = NULL;
@@ -396,7 +398,8 @@ static void test_generate_stops_on_every_eog(void **state)
     size_t size;
     write_tiny(&b, &o, path, &size);
     gb_release(&b);
-    mop_model_params mp = mop_model_default_params();
+    mop_model_params mp;
+    mop_model_params_init(&mp);
     mp.use_mmap = 0; /* the head is copied into a buffer the test may edit */
     mop_model *m = NULL;
     assert_int_equal(mop_model_load(path, &mp, &m), MOP_OK);
@@ -405,11 +408,13 @@ static void test_generate_stops_on_every_eog(void **state)
     assert_int_equal(mop_model_special_token(m, MOP_TOKEN_EOT), 2);
     memset((float *)m->lm_head.data, 0, (size_t)(m->lm_head.rows * m->lm_head.cols) * sizeof(float));
 
-    mop_ctx_params cp = mop_ctx_default_params();
+    mop_ctx_params cp;
+    mop_ctx_params_init(&cp);
     cp.n_ctx = 32;
     mop_ctx *c = NULL;
     assert_int_equal(mop_ctx_create(m, &cp, &c), MOP_OK);
-    mop_sampler_params sp = mop_sampler_default_params();
+    mop_sampler_params sp;
+    mop_sampler_params_init(&sp);
     sp.temperature = 0.0f;
     mop_sampler *s = NULL;
     assert_int_equal(mop_sampler_create(&sp, &s), MOP_OK);
@@ -473,7 +478,8 @@ static void test_threads_same_result(void **state)
     size_t size;
     write_tiny(&b, &o, path, &size);
     for (int nt = 1; nt <= 2; nt++) {
-        mop_model_params p = mop_model_default_params();
+        mop_model_params p;
+        mop_model_params_init(&p);
         p.n_threads = nt;
         mop_model *m = NULL;
         assert_int_equal(mop_model_load(path, &p, &m), MOP_OK);
@@ -581,7 +587,8 @@ static void test_bad_paths_and_args(void **state)
 
     assert_int_equal(mop_model_load(NULL, NULL, &m), MOP_E_INVALID_ARG);
     assert_int_equal(mop_model_load("x.gguf", NULL, NULL), MOP_E_INVALID_ARG);
-    mop_model_params p = mop_model_default_params();
+    mop_model_params p;
+    mop_model_params_init(&p);
     assert_int_equal(p.struct_size, sizeof p);
     assert_int_equal(p.n_threads, 0);
     assert_int_equal(p.use_mmap, 1);
@@ -590,7 +597,7 @@ static void test_bad_paths_and_args(void **state)
     assert_int_equal(mop_model_load("x.gguf", &p, &m), MOP_E_INVALID_ARG);
     p.struct_size = sizeof p + 8;
     assert_int_equal(mop_model_load("x.gguf", &p, &m), MOP_E_INVALID_ARG);
-    p = mop_model_default_params();
+    mop_model_params_init(&p);
     p.n_threads = -2;
     assert_int_equal(mop_model_load("x.gguf", &p, &m), MOP_E_INVALID_ARG);
 
@@ -612,7 +619,8 @@ static void test_info_struct_sizes_and_refs(void **state)
     size_t size;
     write_tiny(&b, &o, path, &size);
     /* an older, smaller params struct: only n_threads, the rest default */
-    mop_model_params p = mop_model_default_params();
+    mop_model_params p;
+    mop_model_params_init(&p);
     p.struct_size = offsetof(mop_model_params, n_threads) + sizeof(int32_t);
     p.n_threads = 1;
     p.use_mmap = 12345; /* beyond struct_size: must be ignored */
@@ -675,7 +683,8 @@ static void test_progress_and_cancel(void **state)
     char path[64];
     size_t size;
     write_tiny(&b, &o, path, &size);
-    mop_model_params p = mop_model_default_params();
+    mop_model_params p;
+    mop_model_params_init(&p);
     p.progress = on_progress;
     p.progress_user = &progress_calls;
     mop_model *m = NULL;
@@ -741,7 +750,8 @@ static void test_rope_permutation(void **state)
         .tensors = t, .n_tensors = 11, .qk_rope_halves = 1};
     mop_model *m = NULL;
     assert_int_equal(mop_model_alloc(&m), MOP_OK);
-    mop_model_params p = mop_model_default_params();
+    mop_model_params p;
+    mop_model_params_init(&p);
     assert_int_equal(mop_model_assemble(m, &src, &p), MOP_OK);
     /* destination row h*HD + 2i + t = source row h*HD + t*HD/2 + i */
     const mop_weight *ws[] = {&m->layers[0].wq, &m->layers[0].wk};
@@ -815,7 +825,8 @@ static void test_alloc_failures(void **state)
     size_t size;
     write_tiny(&b, &o, path, &size);
     mop_allocator a = {failing_alloc, plain_free, NULL};
-    mop_model_params p = mop_model_default_params();
+    mop_model_params p;
+    mop_model_params_init(&p);
     p.n_threads = 2;
     long n;
     int ok = 0;

@@ -26,7 +26,8 @@ static mop_optimizer *make(const mop_adamw_params *p, size_t n)
 
 static mop_adamw_params plain(float lr, float wd, float eps, float clip)
 {
-    mop_adamw_params p = mop_adamw_default_params();
+    mop_adamw_params p;
+    mop_adamw_params_init(&p);
     p.lr = lr;
     p.weight_decay = wd;
     p.eps = eps;
@@ -37,7 +38,8 @@ static mop_adamw_params plain(float lr, float wd, float eps, float clip)
 static void test_defaults_match_the_header(void **state)
 {
     (void)state;
-    mop_adamw_params p = mop_adamw_default_params();
+    mop_adamw_params p;
+    mop_adamw_params_init(&p);
     assert_int_equal(p.struct_size, sizeof p);
     assert_float_equal(p.lr, 3e-3f, 0.0f);
     assert_float_equal(p.beta1, 0.9f, 0.0f);
@@ -263,7 +265,8 @@ static void test_invalid_params(void **state)
 {
     (void)state;
     mop_optimizer *o = NULL;
-    mop_adamw_params good = mop_adamw_default_params();
+    mop_adamw_params good;
+    mop_adamw_params_init(&good);
     assert_int_equal(mop_optimizer_create(4, NULL, &o), MOP_E_INVALID_ARG);
     assert_int_equal(mop_optimizer_create(4, &good, NULL), MOP_E_INVALID_ARG);
     assert_int_equal(mop_optimizer_create(0, &good, &o), MOP_E_INVALID_ARG);

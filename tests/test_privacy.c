@@ -232,7 +232,8 @@ static void test_rdp_published(void **state)
     print_message("z=1.1 classic: eps %.4f (Opacus 1.4.0: 3.0084) at order %.2f\n", eps, order);
     assert_true(fabs(eps - 3.0084) <= 0.01 * 3.0084);
 
-    mop_rdp_params p = mop_rdp_default_params();
+    mop_rdp_params p;
+    mop_rdp_params_init(&p);
     p.conversion = MOP_RDP_CONVERSION_BALLE2020;
     mop_rdp_accountant *acc = NULL;
     assert_int_equal(mop_rdp_accountant_create(&p, &acc), MOP_OK);
@@ -278,12 +279,13 @@ static void test_rdp_invalid(void **state)
     assert_int_equal(mop_rdp_epsilon(1.0, 0.1, 10, 0.0, &eps, NULL), MOP_E_INVALID_ARG);
     assert_int_equal(mop_rdp_epsilon(1.0, 0.1, 10, 1.0, &eps, NULL), MOP_E_INVALID_ARG);
     assert_int_equal(mop_rdp_epsilon(1.0, 0.1, 10, 1e-5, NULL, NULL), MOP_E_INVALID_ARG);
-    mop_rdp_params p = mop_rdp_default_params();
+    mop_rdp_params p;
+    mop_rdp_params_init(&p);
     mop_rdp_accountant *acc = NULL;
     p.conversion = 7;
     assert_int_equal(mop_rdp_accountant_create(&p, &acc), MOP_E_INVALID_ARG);
     const double bad[] = {2.0, 1.0};
-    p = mop_rdp_default_params();
+    mop_rdp_params_init(&p);
     p.orders = bad;
     p.n_orders = 2;
     assert_int_equal(mop_rdp_accountant_create(&p, &acc), MOP_E_INVALID_ARG);

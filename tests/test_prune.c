@@ -110,6 +110,40 @@ static double recon_err(const float *W, const float *Wp, const float *X, int64_t
 
 /* ---- masks on one matrix ---------------------------------------------------- */
 
+/* The one tie order of every mask choice (prune_entry_cmp): ascending
+ * score, equal scores with the higher index first; the first k are removed,
+ * so of equal scores the lower index is kept, by magnitude, Wanda and
+ * SparseGPT alike. */
+static void test_tie_order(void **state)
+{
+    (void)state;
+    prune_entry e[] = {{1.0f, 0}, {0.5f, 1}, {1.0f, 2}, {0.5f, 3}, {0.25f, 4}};
+    qsort(e, 5, sizeof *e, prune_entry_cmp);
+    const int32_t want[] = {4, 3, 1, 2, 0};
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(e[i].j, want[i]);
+    /* one row of equal weights, 2:4: columns 0 and 1 stay */
+    float W[8] = {1, 1, 1, 1, -2, 2, -2, 2};
+    prune_cfg c = nm_cfg(2, 4);
+    assert_int_equal(prune_scored(W, 1, 8, &c, NULL, NULL), MOP_OK);
+    const float want_w[8] = {1, 1, 0, 0, -2, 2, 0, 0};
+    assert_memory_equal(W, want_w, sizeof W);
+    /* SparseGPT with H = I (equal scores w²/U_jj², no error carried to
+     * other columns): the same columns stay */
+    float W2[8] = {1, 1, 1, 1, -2, 2, -2, 2}, H[64] = {0};
+    for (int i = 0; i < 8; i++)
+        H[i * 8 + i] = 1.0f;
+    c.block = 8;
+    assert_int_equal(prune_sparsegpt(W2, 1, 8, &c, H, NULL), MOP_OK);
+    assert_memory_equal(W2, want_w, sizeof W2);
+    /* unstructured, half of the row */
+    float W3[8] = {3, 3, 3, 3, 3, 3, 3, 3};
+    prune_cfg u = un_cfg(0.5, MOP_GRANULARITY_ROW);
+    assert_int_equal(prune_scored(W3, 1, 8, &u, NULL, NULL), MOP_OK);
+    const float want_u[8] = {3, 3, 3, 3, 0, 0, 0, 0};
+    assert_memory_equal(W3, want_u, sizeof W3);
+}
+
 static void test_patterns_exact(void **state)
 {
     (void)state;
@@ -328,7 +362,8 @@ static void make_tiny(void)
 static mop_model *load_tiny(void)
 {
     make_tiny();
-    mop_model_params p = mop_model_default_params();
+    mop_model_params p;
+    mop_model_params_init(&p);
     p.use_mmap = 0; /* every weight in its own buffer, so tests may rewrite it */
     p.n_threads = 1;
     mop_model *m = NULL;
@@ -348,7 +383,8 @@ static void init_tokens(void)
 /* logits (NTOK, vocab) of one decode of toks, and the perplexity in windows of 16 */
 static void run(mop_model *m, float *logits, double *ppl)
 {
-    mop_ctx_params cp = mop_ctx_default_params();
+    mop_ctx_params cp;
+    mop_ctx_params_init(&cp);
     cp.n_ctx = 64;
     cp.n_threads = 2;
     mop_ctx *c = NULL;
@@ -367,7 +403,8 @@ static void run(mop_model *m, float *logits, double *ppl)
  * single-token path: matvec and the grouped q/k/v, gate/up products). */
 static void run_stepwise(mop_model *m, float *logits)
 {
-    mop_ctx_params cp = mop_ctx_default_params();
+    mop_ctx_params cp;
+    mop_ctx_params_init(&cp);
     cp.n_ctx = 64;
     cp.n_threads = 2;
     mop_ctx *c = NULL;
@@ -392,7 +429,8 @@ static mop_weight *linear(mop_model *m, int l, int i)
 
 static mop_prune_params wanda_params(void)
 {
-    mop_prune_params p = mop_prune_default_params();
+    mop_prune_params p;
+    mop_prune_params_init(&p);
     p.method = MOP_PRUNE_WANDA;
     p.calib_tokens = toks;
     p.n_calib_tokens = NTOK;
@@ -408,7 +446,7 @@ static void test_packed_equals_dense(void **state)
     (void)state;
     const int nv = 32;
     mop_prune_params ps[4];
-    ps[0] = mop_prune_default_params(); /* magnitude 2:4 */
+    mop_prune_params_init(&ps[0]); /* magnitude 2:4 */
     ps[1] = wanda_params();
     ps[1].pattern = MOP_PATTERN_UNSTRUCTURED;
     ps[1].ratio = 0.75f;
@@ -495,7 +533,8 @@ static void test_save_load_roundtrip(void **state)
     (void)state;
     for (int k = 0; k < 3; k++) {
         mop_model *a = load_tiny();
-        mop_prune_params p = mop_prune_default_params();
+        mop_prune_params p;
+        mop_prune_params_init(&p);
         if (k == 1) {
             p.pattern = MOP_PATTERN_UNSTRUCTURED;
             p.ratio = 0.8f;
@@ -543,7 +582,8 @@ static void test_corrupt_files(void **state)
 {
     (void)state;
     mop_model *a = load_tiny();
-    mop_prune_params p = mop_prune_default_params();
+    mop_prune_params p;
+    mop_prune_params_init(&p);
     assert_int_equal(mop_model_prune(a, &p), MOP_OK);
     char path[64] = "/tmp/mop_test_pruned_XXXXXX", bad[64] = "/tmp/mop_test_bad_XXXXXX";
     close(mkstemp(path));
@@ -595,7 +635,8 @@ static void test_format_version_checked(void **state)
 {
     (void)state;
     mop_model *a = load_tiny();
-    mop_prune_params p = mop_prune_default_params();
+    mop_prune_params p;
+    mop_prune_params_init(&p);
     assert_int_equal(mop_model_prune(a, &p), MOP_OK);
     char path[64] = "/tmp/mop_test_pruned_XXXXXX", bad[64] = "/tmp/mop_test_bad_XXXXXX";
     close(mkstemp(path));
@@ -646,11 +687,13 @@ static void test_state_and_params(void **state)
 {
     (void)state;
     mop_model *m = load_tiny();
-    mop_ctx_params cp = mop_ctx_default_params();
+    mop_ctx_params cp;
+    mop_ctx_params_init(&cp);
     cp.n_ctx = 16;
     mop_ctx *c = NULL;
     assert_int_equal(mop_ctx_create(m, &cp, &c), MOP_OK);
-    mop_prune_params p = mop_prune_default_params();
+    mop_prune_params p;
+    mop_prune_params_init(&p);
     assert_int_equal(mop_model_prune(m, &p), MOP_E_STATE);
     mop_ctx_free(c);
 
@@ -678,7 +721,7 @@ static void test_state_and_params(void **state)
     };
     int32_t badtok[3] = {1, 2, 999};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        p = mop_prune_default_params();
+        mop_prune_params_init(&p);
         switch (cases[i].field) {
         case 0: p.n = cases[i].v; break;
         case 1: p.m = cases[i].v; break;
@@ -760,6 +803,7 @@ int main(int argc, char **argv)
     }
     init_tokens();
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_tie_order),
         cmocka_unit_test(test_patterns_exact),
         cmocka_unit_test(test_magnitude_keeps_largest),
         cmocka_unit_test(test_wanda_order),

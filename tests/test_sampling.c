@@ -16,7 +16,8 @@ static const float L5[5] = {1.0f, 2.0f, 0.5f, -1.0f, 1.5f};
 
 static mop_sampler *make(float temperature, int32_t top_k, float top_p, uint64_t seed)
 {
-    mop_sampler_params p = mop_sampler_default_params();
+    mop_sampler_params p;
+    mop_sampler_params_init(&p);
     p.temperature = temperature;
     p.top_k = top_k;
     p.top_p = top_p;
@@ -156,29 +157,30 @@ static void test_invalid_params_and_inputs(void **state)
 {
     (void)state;
     mop_sampler *s = NULL;
-    mop_sampler_params p = mop_sampler_default_params();
+    mop_sampler_params p;
+    mop_sampler_params_init(&p);
     assert_true(p.temperature == 0.8f && p.top_k == 40 && p.top_p == 0.95f && p.seed == 42);
     p.temperature = -0.1f;
     assert_int_equal(mop_sampler_create(&p, &s), MOP_E_INVALID_ARG);
     p.temperature = NAN;
     assert_int_equal(mop_sampler_create(&p, &s), MOP_E_INVALID_ARG);
-    p = mop_sampler_default_params();
+    mop_sampler_params_init(&p);
     p.top_k = -1;
     assert_int_equal(mop_sampler_create(&p, &s), MOP_E_INVALID_ARG);
-    p = mop_sampler_default_params();
+    mop_sampler_params_init(&p);
     p.top_p = 0.0f;
     assert_int_equal(mop_sampler_create(&p, &s), MOP_E_INVALID_ARG);
     p.top_p = 1.5f;
     assert_int_equal(mop_sampler_create(&p, &s), MOP_E_INVALID_ARG);
     p.top_p = NAN;
     assert_int_equal(mop_sampler_create(&p, &s), MOP_E_INVALID_ARG);
-    p = mop_sampler_default_params();
+    mop_sampler_params_init(&p);
     p.struct_size = 0;
     assert_int_equal(mop_sampler_create(&p, &s), MOP_E_INVALID_ARG);
     assert_int_equal(mop_sampler_create(NULL, &s), MOP_E_INVALID_ARG);
     assert_null(s);
 
-    p = mop_sampler_default_params();
+    mop_sampler_params_init(&p);
     assert_int_equal(mop_sampler_create(&p, &s), MOP_OK);
     int32_t tok = -7;
     float bad[5] = {1.0f, 2.0f, NAN, 0.0f, 0.0f};

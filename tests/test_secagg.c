@@ -41,7 +41,7 @@ static void round_setup(round_t *r, int32_t n, int64_t len, int32_t bits, unsign
     memset(r, 0, sizeof *r);
     srand(seed);
     r->n = n;
-    r->p = mop_secagg_default_params();
+    mop_secagg_params_init(&r->p);
     r->p.n_clients = n;
     r->p.length = len;
     r->p.round = 5;
@@ -206,7 +206,8 @@ static void test_masked_looks_uniform(void **state)
 static void test_wrong_peer_key(void **state)
 {
     (void)state;
-    mop_secagg_params p = mop_secagg_default_params();
+    mop_secagg_params p;
+    mop_secagg_params_init(&p);
     p.n_clients = 3;
     p.length = 64;
     mop_secagg_client *c[3], *mallory;
@@ -241,7 +242,8 @@ static void test_wrong_peer_key(void **state)
 static void test_mask_update(void **state)
 {
     (void)state;
-    mop_secagg_params p = mop_secagg_default_params();
+    mop_secagg_params p;
+    mop_secagg_params_init(&p);
     p.n_clients = 2;
     p.length = 10;
     mop_update *u[2];
@@ -330,7 +332,8 @@ static void test_protocol_state(void **state)
     round_free(&r);
 
     /* reveal before masking; mask before keys */
-    mop_secagg_params p = mop_secagg_default_params();
+    mop_secagg_params p;
+    mop_secagg_params_init(&p);
     p.n_clients = 3;
     p.length = 16;
     mop_secagg_client *c;
@@ -440,7 +443,8 @@ static void test_invalid_args(void **state)
     (void)state;
     mop_secagg_client *c = NULL;
     mop_secagg_server *s = NULL;
-    mop_secagg_params p = mop_secagg_default_params();
+    mop_secagg_params p;
+    mop_secagg_params_init(&p);
     assert_int_equal(mop_secagg_client_create(&p, 0, &c), MOP_E_INVALID_ARG); /* n, length unset */
     assert_int_equal(mop_secagg_client_create(NULL, 0, &c), MOP_E_INVALID_ARG);
     p.n_clients = 3;

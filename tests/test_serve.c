@@ -38,7 +38,8 @@ static int close_rel(double a, double b, double tol)
 
 static mop_mixture *make_mixture(mop_model *m, int32_t combine, int32_t k, uint64_t seed)
 {
-    mop_mixture_params p = mop_mixture_default_params();
+    mop_mixture_params p;
+    mop_mixture_params_init(&p);
     p.n_experts = k;
     p.prompt_len = 2;
     p.gate_layer = 1;
@@ -58,7 +59,8 @@ static mop_mixture *make_mixture(mop_model *m, int32_t combine, int32_t k, uint6
 
 static mop_sampler *greedy(void)
 {
-    mop_sampler_params sp = mop_sampler_default_params();
+    mop_sampler_params sp;
+    mop_sampler_params_init(&sp);
     sp.temperature = 0.0f;
     mop_sampler *s = NULL;
     assert_int_equal(mop_sampler_create(&sp, &s), MOP_OK);
@@ -89,7 +91,8 @@ static int collect(int32_t token, void *user)
 static mop_status reply_for(mop_ctx *c, mop_mixture *mx, int via, int i, reply *r)
 {
     mop_sampler *s = NULL;
-    mop_sampler_params sp = mop_sampler_default_params();
+    mop_sampler_params sp;
+    mop_sampler_params_init(&sp);
     sp.temperature = 0.0f;
     mop_status st = mop_sampler_create(&sp, &s);
     if (st != MOP_OK)
@@ -115,7 +118,8 @@ typedef struct worker {
 static void *worker_main(void *arg)
 {
     worker *w = arg;
-    mop_ctx_params cp = mop_ctx_default_params();
+    mop_ctx_params cp;
+    mop_ctx_params_init(&cp);
     cp.n_ctx = TCTX;
     cp.n_batch = 8; /* prompts of 9, 10 tokens are prefilled in chunks */
     cp.n_threads = 1;
@@ -349,7 +353,8 @@ static void test_set_mixture_errors(void **state)
     assert_non_null(strstr(mop_last_error(), "another model"));
     assert_ptr_equal(mop_ctx_get_mixture(c), mx);
 
-    mop_mixture_params p = mop_mixture_default_params();
+    mop_mixture_params p;
+    mop_mixture_params_init(&p);
     p.n_experts = 2, p.prompt_len = 2, p.gate_layer = 1, p.inject_layer = 2;
     p.gate_mode = MOP_GATE_ORACLE;
     mop_mixture *oracle = NULL;
@@ -358,7 +363,7 @@ static void test_set_mixture_errors(void **state)
     assert_non_null(strstr(mop_last_error(), "oracle"));
 
     /* joint experts run all K·P = 8 rows at once: more than n_ctx 6 */
-    p = mop_mixture_default_params();
+    mop_mixture_params_init(&p);
     p.n_experts = 4, p.prompt_len = 2, p.gate_layer = 1, p.inject_layer = 2;
     p.expert_attention = MOP_EXPERTS_JOINT;
     mop_mixture *joint = NULL;
@@ -427,7 +432,8 @@ static void test_decoder_matches_single(void **state)
     mx[1] = make_mixture(m, MOP_COMBINE_ATTENTION_BIAS, 2, 22);
     mx[2] = make_mixture(m, MOP_COMBINE_WEIGHTED_SUM, 3, 23);
     {
-        mop_mixture_params p = mop_mixture_default_params();
+        mop_mixture_params p;
+        mop_mixture_params_init(&p);
         p.n_experts = 3, p.prompt_len = 2, p.gate_layer = 0, p.inject_layer = 1;
         p.gate_hidden = 8, p.n_shared = 1, p.expert_attention = MOP_EXPERTS_JOINT;
         assert_int_equal(mop_mixture_create(m, &p, &mx[3]), MOP_OK);
@@ -546,7 +552,7 @@ static void test_decoder_errors(void **state)
     mop_mixture *mx = make_mixture(m, MOP_COMBINE_ATTENTION_BIAS, 4, 3);
     mop_mixture *foreign = make_mixture(other, MOP_COMBINE_ATTENTION_BIAS, 4, 3);
     mop_decoder_params dp;
-    assert_int_equal(mop_decoder_params_init(NULL), MOP_E_INVALID_ARG);
+    assert_int_equal(mop_decoder_params_init_sized(NULL, sizeof dp), MOP_E_INVALID_ARG);
     assert_int_equal(mop_decoder_params_init(&dp), MOP_OK);
     mop_decoder *dec = NULL;
     dp.n_seq_max = 0;

@@ -119,6 +119,61 @@ static void test_overflow_checks(void **state)
     assert_false(mop_add_ok(SIZE_MAX, 1, &out));
 }
 
+/* Every params struct: mop_X_params_init(&p) gives the deprecated by-value
+ * mop_X_default_params() bytes; the sized call accepts a struct from its
+ * first release's size (a prefix: nothing past it is written) to sizeof, and
+ * rejects NULL and sizes outside that range. */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+#define CHECK_INIT(x, first_size)                                              \
+    do {                                                                       \
+        mop_##x##_params a, b;                                                 \
+        memset(&a, 0x5a, sizeof a);                                            \
+        assert_int_equal(mop_##x##_params_init(&a), MOP_OK);                   \
+        b = mop_##x##_default_params();                                        \
+        assert_int_equal(a.struct_size, sizeof a);                             \
+        assert_memory_equal(&a, &b, sizeof a);                                 \
+        assert_int_equal(mop_##x##_params_init_sized(NULL, sizeof a), MOP_E_INVALID_ARG); \
+        assert_int_equal(mop_##x##_params_init_sized(&a, sizeof a + 1), MOP_E_INVALID_ARG); \
+        assert_int_equal(mop_##x##_params_init_sized(&a, (first_size) - 1), MOP_E_INVALID_ARG); \
+        unsigned char buf[sizeof a + 8];                                       \
+        memset(buf, 0x5a, sizeof buf);                                         \
+        assert_int_equal(mop_##x##_params_init_sized((mop_##x##_params *)(void *)buf, \
+                                                     (first_size)), MOP_OK);   \
+        uint32_t got;                                                          \
+        memcpy(&got, buf, sizeof got);                                         \
+        assert_int_equal(got, (first_size));                                   \
+        assert_memory_equal(buf + sizeof got, (unsigned char *)&b + sizeof got, \
+                            (first_size) - sizeof got);                        \
+        for (size_t i = (first_size); i < sizeof buf; i++)                     \
+            assert_int_equal(buf[i], 0x5a);                                    \
+    } while (0)
+
+static void test_params_init(void **state)
+{
+    (void)state;
+    CHECK_INIT(model, MOP_SIZE_THROUGH(mop_model_params, n_threads));
+    CHECK_INIT(ctx, MOP_SIZE_THROUGH(mop_ctx_params, n_threads));
+    CHECK_INIT(sampler, MOP_SIZE_THROUGH(mop_sampler_params, seed));
+    CHECK_INIT(mixture, MOP_SIZE_THROUGH(mop_mixture_params, seed));
+    CHECK_INIT(loss, MOP_SIZE_THROUGH(mop_loss_params, prox_mu));
+    CHECK_INIT(adamw, sizeof(uint32_t));
+    CHECK_INIT(prune, MOP_SIZE_THROUGH(mop_prune_params, progress_user));
+    CHECK_INIT(aggregator, MOP_SIZE_THROUGH(mop_aggregator_params, seed));
+    CHECK_INIT(rdp, MOP_SIZE_THROUGH(mop_rdp_params, n_orders));
+    CHECK_INIT(secagg, MOP_SIZE_THROUGH(mop_secagg_params, min_survivors));
+    /* gate pre-training: the macro and the 0.2.0 one-argument symbol agree */
+    mop_gate_pretrain_params g1, g2;
+    memset(&g1, 0x5a, sizeof g1);
+    memset(&g2, 0x33, sizeof g2);
+    assert_int_equal(mop_gate_pretrain_params_init(&g1), MOP_OK);
+    assert_int_equal((mop_gate_pretrain_params_init)(&g2), MOP_OK);
+    assert_memory_equal(&g1, &g2, sizeof g1);
+    assert_int_equal((mop_gate_pretrain_params_init)(NULL), MOP_E_INVALID_ARG);
+    assert_int_equal(mop_gate_pretrain_params_init_sized(&g1, 4), MOP_E_INVALID_ARG);
+}
+#pragma GCC diagnostic pop
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -128,6 +183,7 @@ int main(void)
         cmocka_unit_test(test_version_matches_header),
         cmocka_unit_test(test_allocator_hooks),
         cmocka_unit_test(test_overflow_checks),
+        cmocka_unit_test(test_params_init),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

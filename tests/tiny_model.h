@@ -109,7 +109,8 @@ static inline mop_model *tiny_model(int n_layer)
 /* A context on m; asserts that creation succeeds. */
 static inline mop_ctx *tiny_ctx(mop_model *m, int32_t n_ctx, int32_t n_batch, int32_t n_threads)
 {
-    mop_ctx_params p = mop_ctx_default_params();
+    mop_ctx_params p;
+    mop_ctx_params_init(&p);
     p.n_ctx = n_ctx;
     p.n_batch = n_batch;
     p.n_threads = n_threads;

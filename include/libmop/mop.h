@@ -16,7 +16,8 @@
  *     return 1;
  * }
  * mop_ctx *ctx = NULL;
- * mop_ctx_params cp = mop_ctx_default_params();
+ * mop_ctx_params cp;
+ * mop_ctx_params_init(&cp);
  * cp.n_threads = 2;
  * mop_status st = mop_ctx_create(model, &cp, &ctx);
  * int32_t toks[256];

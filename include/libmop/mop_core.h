@@ -51,6 +51,17 @@ extern "C" {
 #define MOP_NODISCARD
 #endif
 
+/**
+ * @def MOP_DEPRECATED
+ * @brief Marks a function kept for older binaries (GCC and Clang warn when
+ * new code calls it, with @p msg saying what to call instead).
+ */
+#if defined(__GNUC__)
+#define MOP_DEPRECATED(msg) __attribute__((deprecated(msg)))
+#else
+#define MOP_DEPRECATED(msg)
+#endif
+
 /* ------------------------------------------------------------------------ */
 /** @name Status codes
  *  Values are append-only and never reused. 0 is success, errors are negative.
@@ -200,7 +211,7 @@ typedef int (*mop_progress_fn)(uint64_t done, uint64_t total, void *user);
 /** A loaded, frozen model. Opaque; immutable after load; shareable by threads. */
 typedef struct mop_model mop_model;
 
-/** Options for mop_model_load(). Fill with mop_model_default_params(). */
+/** Options for mop_model_load(). Fill with mop_model_params_init(). */
 typedef struct mop_model_params {
     uint32_t struct_size;     /**< sizeof(mop_model_params); set by the default call */
     int32_t n_threads;        /**< threads used to dequantize at load; default 0 = all cores */
@@ -209,9 +220,34 @@ typedef struct mop_model_params {
     void *progress_user;      /**< passed to @c progress; default NULL */
 } mop_model_params;
 
-/** @brief Default model load options.
+/**
+ * @brief Fill @p p with the default model load options: each field's default is
+ * on its line in ::mop_model_params; @c struct_size is set to @p size.
+ *
+ * Call it through the macro mop_model_params_init(&p), which passes the size
+ * of the struct as the caller's header defines it: the library writes no
+ * more than the caller's struct holds, so binaries built against an older
+ * header keep working when the struct grows (mop_version.h).
+ * @param[out] p    the struct to fill
+ * @param[in]  size sizeof the caller's struct: from the size of its first
+ *                  release to sizeof(mop_model_params)
+ * @return ::MOP_OK (always, through the macro with a non-NULL @p p),
+ *         ::MOP_E_INVALID_ARG (@p p NULL, @p size outside that range)
+ */
+MOP_API mop_status mop_model_params_init_sized(mop_model_params *p, size_t size);
+
+/** @brief Fill the ::mop_model_params at @p p with its defaults, as
+ *  dav1d_default_settings() does: mop_model_params_init_sized(p, sizeof *p).
+ *  Returns ::MOP_OK for a non-NULL @p p (no need to check it then). */
+#define mop_model_params_init(p) mop_model_params_init_sized((p), sizeof *(p))
+
+/** @brief Default model load options, returned by value.
+ *  @deprecated kept for binaries built against libmop 0.2.0 and older; a
+ *  struct returned by value cannot grow without breaking them. Use
+ *  mop_model_params_init().
  *  @return the defaults documented on each field, with @c struct_size set */
-MOP_API mop_model_params mop_model_default_params(void);
+MOP_API MOP_DEPRECATED("use mop_model_params_init(&p)")
+mop_model_params mop_model_default_params(void);
 
 /**
  * @brief Load a model.
@@ -458,7 +494,7 @@ MOP_API MOP_NODISCARD mop_status mop_chat_format(const mop_model *model,
 /** Per-thread state: scratch buffers and the KV cache. Opaque. */
 typedef struct mop_ctx mop_ctx;
 
-/** Options for mop_ctx_create(). Fill with mop_ctx_default_params(). */
+/** Options for mop_ctx_create(). Fill with mop_ctx_params_init(). */
 typedef struct mop_ctx_params {
     uint32_t struct_size;  /**< sizeof(mop_ctx_params); set by the default call */
     int32_t n_ctx;         /**< KV cache capacity in tokens; default 2048 (<= the model's) */
@@ -469,9 +505,34 @@ typedef struct mop_ctx_params {
                                 process-wide setting (see docs/DEPENDENCIES.md) */
 } mop_ctx_params;
 
-/** @brief Default context options.
+/**
+ * @brief Fill @p p with the default context options: each field's default is
+ * on its line in ::mop_ctx_params; @c struct_size is set to @p size.
+ *
+ * Call it through the macro mop_ctx_params_init(&p), which passes the size
+ * of the struct as the caller's header defines it: the library writes no
+ * more than the caller's struct holds, so binaries built against an older
+ * header keep working when the struct grows (mop_version.h).
+ * @param[out] p    the struct to fill
+ * @param[in]  size sizeof the caller's struct: from the size of its first
+ *                  release to sizeof(mop_ctx_params)
+ * @return ::MOP_OK (always, through the macro with a non-NULL @p p),
+ *         ::MOP_E_INVALID_ARG (@p p NULL, @p size outside that range)
+ */
+MOP_API mop_status mop_ctx_params_init_sized(mop_ctx_params *p, size_t size);
+
+/** @brief Fill the ::mop_ctx_params at @p p with its defaults, as
+ *  dav1d_default_settings() does: mop_ctx_params_init_sized(p, sizeof *p).
+ *  Returns ::MOP_OK for a non-NULL @p p (no need to check it then). */
+#define mop_ctx_params_init(p) mop_ctx_params_init_sized((p), sizeof *(p))
+
+/** @brief Default context options, returned by value.
+ *  @deprecated kept for binaries built against libmop 0.2.0 and older; a
+ *  struct returned by value cannot grow without breaking them. Use
+ *  mop_ctx_params_init().
  *  @return the defaults documented on each field, with @c struct_size set */
-MOP_API mop_ctx_params mop_ctx_default_params(void);
+MOP_API MOP_DEPRECATED("use mop_ctx_params_init(&p)")
+mop_ctx_params mop_ctx_default_params(void);
 
 /**
  * @brief Create a context on @p model. Takes a reference on the model.
@@ -587,7 +648,7 @@ MOP_API MOP_NODISCARD mop_status mop_ctx_perplexity(mop_ctx *ctx, const int32_t 
 /** @name Sampling
  *  @{ */
 
-/** Options for a sampler. Fill with mop_sampler_default_params(). */
+/** Options for a sampler. Fill with mop_sampler_params_init(). */
 typedef struct mop_sampler_params {
     uint32_t struct_size; /**< sizeof(mop_sampler_params); set by the default call */
     float temperature;    /**< 0 = greedy (argmax); default 0.8 */
@@ -599,13 +660,38 @@ typedef struct mop_sampler_params {
 /** A token sampler: parameters plus its random state. Opaque. */
 typedef struct mop_sampler mop_sampler;
 
-/** @brief Default sampler options.
+/**
+ * @brief Fill @p p with the default sampler options: each field's default is
+ * on its line in ::mop_sampler_params; @c struct_size is set to @p size.
+ *
+ * Call it through the macro mop_sampler_params_init(&p), which passes the size
+ * of the struct as the caller's header defines it: the library writes no
+ * more than the caller's struct holds, so binaries built against an older
+ * header keep working when the struct grows (mop_version.h).
+ * @param[out] p    the struct to fill
+ * @param[in]  size sizeof the caller's struct: from the size of its first
+ *                  release to sizeof(mop_sampler_params)
+ * @return ::MOP_OK (always, through the macro with a non-NULL @p p),
+ *         ::MOP_E_INVALID_ARG (@p p NULL, @p size outside that range)
+ */
+MOP_API mop_status mop_sampler_params_init_sized(mop_sampler_params *p, size_t size);
+
+/** @brief Fill the ::mop_sampler_params at @p p with its defaults, as
+ *  dav1d_default_settings() does: mop_sampler_params_init_sized(p, sizeof *p).
+ *  Returns ::MOP_OK for a non-NULL @p p (no need to check it then). */
+#define mop_sampler_params_init(p) mop_sampler_params_init_sized((p), sizeof *(p))
+
+/** @brief Default sampler options, returned by value.
+ *  @deprecated kept for binaries built against libmop 0.2.0 and older; a
+ *  struct returned by value cannot grow without breaking them. Use
+ *  mop_sampler_params_init().
  *  @return the defaults documented on each field, with @c struct_size set */
-MOP_API mop_sampler_params mop_sampler_default_params(void);
+MOP_API MOP_DEPRECATED("use mop_sampler_params_init(&p)")
+mop_sampler_params mop_sampler_default_params(void);
 
 /**
  * @brief Create a sampler.
- * @param[in]  params options (copied); required, fill with mop_sampler_default_params()
+ * @param[in]  params options (copied); required, fill with mop_sampler_params_init()
  * @param[out] out    the sampler; free with mop_sampler_free()
  * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL argument, bad @c struct_size,
  *         temperature < 0, top_k < 0, top_p outside (0, 1]), ::MOP_E_NOMEM

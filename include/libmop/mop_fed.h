@@ -247,7 +247,7 @@ typedef enum mop_agg_strategy {
     MOP_AGG_MOP_AWARE = 13   /**< FedAvg where row k of "experts" (K,P,d) is weighted by n_i·usage_i[k] ("gate.usage", K floats) */
 } mop_agg_strategy;
 
-/** Aggregator settings. Fill with mop_aggregator_default_params(). */
+/** Aggregator settings. Fill with mop_aggregator_params_init(). */
 typedef struct mop_aggregator_params {
     uint32_t struct_size;  /**< sizeof(mop_aggregator_params) */
     int32_t strategy;      /**< ::mop_agg_strategy; default ::MOP_AGG_FEDAVG */
@@ -270,9 +270,34 @@ typedef struct mop_aggregator_params {
 /** Server-side aggregation state. Opaque; belongs to one thread at a time. */
 typedef struct mop_aggregator mop_aggregator;
 
-/** @brief Default aggregator settings.
+/**
+ * @brief Fill @p p with the default aggregator settings: each field's default is
+ * on its line in ::mop_aggregator_params; @c struct_size is set to @p size.
+ *
+ * Call it through the macro mop_aggregator_params_init(&p), which passes the size
+ * of the struct as the caller's header defines it: the library writes no
+ * more than the caller's struct holds, so binaries built against an older
+ * header keep working when the struct grows (mop_version.h).
+ * @param[out] p    the struct to fill
+ * @param[in]  size sizeof the caller's struct: from the size of its first
+ *                  release to sizeof(mop_aggregator_params)
+ * @return ::MOP_OK (always, through the macro with a non-NULL @p p),
+ *         ::MOP_E_INVALID_ARG (@p p NULL, @p size outside that range)
+ */
+MOP_API mop_status mop_aggregator_params_init_sized(mop_aggregator_params *p, size_t size);
+
+/** @brief Fill the ::mop_aggregator_params at @p p with its defaults, as
+ *  dav1d_default_settings() does: mop_aggregator_params_init_sized(p, sizeof *p).
+ *  Returns ::MOP_OK for a non-NULL @p p (no need to check it then). */
+#define mop_aggregator_params_init(p) mop_aggregator_params_init_sized((p), sizeof *(p))
+
+/** @brief Default aggregator settings, returned by value.
+ *  @deprecated kept for binaries built against libmop 0.2.0 and older; a
+ *  struct returned by value cannot grow without breaking them. Use
+ *  mop_aggregator_params_init().
  *  @return the defaults documented on each field, with @c struct_size set */
-MOP_API mop_aggregator_params mop_aggregator_default_params(void);
+MOP_API MOP_DEPRECATED("use mop_aggregator_params_init(&p)")
+mop_aggregator_params mop_aggregator_default_params(void);
 
 /**
  * @brief Create an aggregator.
@@ -463,7 +488,7 @@ typedef enum mop_rdp_conversion {
     MOP_RDP_CONVERSION_BALLE2020 = 1
 } mop_rdp_conversion;
 
-/** Accountant settings. Fill with mop_rdp_default_params(). */
+/** Accountant settings. Fill with mop_rdp_params_init(). */
 typedef struct mop_rdp_params {
     uint32_t struct_size;  /**< sizeof(mop_rdp_params) */
     int32_t conversion;    /**< ::mop_rdp_conversion; default ::MOP_RDP_CONVERSION_CLASSIC */
@@ -473,9 +498,34 @@ typedef struct mop_rdp_params {
     int32_t n_orders;      /**< entries in @p orders, 1..4096; ignored when orders is NULL; default 0 */
 } mop_rdp_params;
 
-/** @brief Default accountant settings.
+/**
+ * @brief Fill @p p with the default accountant settings: each field's default is
+ * on its line in ::mop_rdp_params; @c struct_size is set to @p size.
+ *
+ * Call it through the macro mop_rdp_params_init(&p), which passes the size
+ * of the struct as the caller's header defines it: the library writes no
+ * more than the caller's struct holds, so binaries built against an older
+ * header keep working when the struct grows (mop_version.h).
+ * @param[out] p    the struct to fill
+ * @param[in]  size sizeof the caller's struct: from the size of its first
+ *                  release to sizeof(mop_rdp_params)
+ * @return ::MOP_OK (always, through the macro with a non-NULL @p p),
+ *         ::MOP_E_INVALID_ARG (@p p NULL, @p size outside that range)
+ */
+MOP_API mop_status mop_rdp_params_init_sized(mop_rdp_params *p, size_t size);
+
+/** @brief Fill the ::mop_rdp_params at @p p with its defaults, as
+ *  dav1d_default_settings() does: mop_rdp_params_init_sized(p, sizeof *p).
+ *  Returns ::MOP_OK for a non-NULL @p p (no need to check it then). */
+#define mop_rdp_params_init(p) mop_rdp_params_init_sized((p), sizeof *(p))
+
+/** @brief Default accountant settings, returned by value.
+ *  @deprecated kept for binaries built against libmop 0.2.0 and older; a
+ *  struct returned by value cannot grow without breaking them. Use
+ *  mop_rdp_params_init().
  *  @return the defaults documented on each field, with @c struct_size set */
-MOP_API mop_rdp_params mop_rdp_default_params(void);
+MOP_API MOP_DEPRECATED("use mop_rdp_params_init(&p)")
+mop_rdp_params mop_rdp_default_params(void);
 
 /**
  * @brief RDP of ONE step of the sampled Gaussian mechanism at order @p alpha.
@@ -615,9 +665,34 @@ typedef struct mop_secagg_params {
     int32_t min_survivors; /**< t: fewest survivors whose sum may be revealed, 2..n; default 2 */
 } mop_secagg_params;
 
-/** @brief Default secure aggregation settings (n_clients and length still to set).
+/**
+ * @brief Fill @p p with the default secure aggregation settings (n_clients
+ * and length still to set): each field's default is on its line in ::mop_secagg_params; @c struct_size is set to @p size.
+ *
+ * Call it through the macro mop_secagg_params_init(&p), which passes the size
+ * of the struct as the caller's header defines it: the library writes no
+ * more than the caller's struct holds, so binaries built against an older
+ * header keep working when the struct grows (mop_version.h).
+ * @param[out] p    the struct to fill
+ * @param[in]  size sizeof the caller's struct: from the size of its first
+ *                  release to sizeof(mop_secagg_params)
+ * @return ::MOP_OK (always, through the macro with a non-NULL @p p),
+ *         ::MOP_E_INVALID_ARG (@p p NULL, @p size outside that range)
+ */
+MOP_API mop_status mop_secagg_params_init_sized(mop_secagg_params *p, size_t size);
+
+/** @brief Fill the ::mop_secagg_params at @p p with its defaults, as
+ *  dav1d_default_settings() does: mop_secagg_params_init_sized(p, sizeof *p).
+ *  Returns ::MOP_OK for a non-NULL @p p (no need to check it then). */
+#define mop_secagg_params_init(p) mop_secagg_params_init_sized((p), sizeof *(p))
+
+/** @brief Default secure aggregation settings, returned by value.
+ *  @deprecated kept for binaries built against libmop 0.2.0 and older; a
+ *  struct returned by value cannot grow without breaking them. Use
+ *  mop_secagg_params_init().
  *  @return the defaults documented on each field, with @c struct_size set */
-MOP_API mop_secagg_params mop_secagg_default_params(void);
+MOP_API MOP_DEPRECATED("use mop_secagg_params_init(&p)")
+mop_secagg_params mop_secagg_default_params(void);
 
 /** One client's side of one round. Opaque; holds its X25519 secret key (wiped on free). */
 typedef struct mop_secagg_client mop_secagg_client;

@@ -85,7 +85,7 @@ typedef enum mop_gate_act {
     MOP_GATE_ACT_RELU = 1  /**< ReLU */
 } mop_gate_act;
 
-/** Shape of a mixture. Fill with mop_mixture_default_params(). */
+/** Shape of a mixture. Fill with mop_mixture_params_init(). */
 typedef struct mop_mixture_params {
     uint32_t struct_size;   /**< sizeof(mop_mixture_params); set by the default call */
     int32_t n_experts;      /**< K; default 8. K = 1 with ::MOP_GATE_UNIFORM is single prompt tuning */
@@ -117,9 +117,34 @@ typedef struct mop_mixture_params {
 /** A prompt mixture (experts + gate + gradients). Opaque. */
 typedef struct mop_mixture mop_mixture;
 
-/** @brief Default mixture shape.
+/**
+ * @brief Fill @p p with the default mixture shape: each field's default is
+ * on its line in ::mop_mixture_params; @c struct_size is set to @p size.
+ *
+ * Call it through the macro mop_mixture_params_init(&p), which passes the size
+ * of the struct as the caller's header defines it: the library writes no
+ * more than the caller's struct holds, so binaries built against an older
+ * header keep working when the struct grows (mop_version.h).
+ * @param[out] p    the struct to fill
+ * @param[in]  size sizeof the caller's struct: from the size of its first
+ *                  release to sizeof(mop_mixture_params)
+ * @return ::MOP_OK (always, through the macro with a non-NULL @p p),
+ *         ::MOP_E_INVALID_ARG (@p p NULL, @p size outside that range)
+ */
+MOP_API mop_status mop_mixture_params_init_sized(mop_mixture_params *p, size_t size);
+
+/** @brief Fill the ::mop_mixture_params at @p p with its defaults, as
+ *  dav1d_default_settings() does: mop_mixture_params_init_sized(p, sizeof *p).
+ *  Returns ::MOP_OK for a non-NULL @p p (no need to check it then). */
+#define mop_mixture_params_init(p) mop_mixture_params_init_sized((p), sizeof *(p))
+
+/** @brief Default mixture shape, returned by value.
+ *  @deprecated kept for binaries built against libmop 0.2.0 and older; a
+ *  struct returned by value cannot grow without breaking them. Use
+ *  mop_mixture_params_init().
  *  @return the defaults documented on each field, with @c struct_size set */
-MOP_API mop_mixture_params mop_mixture_default_params(void);
+MOP_API MOP_DEPRECATED("use mop_mixture_params_init(&p)")
+mop_mixture_params mop_mixture_default_params(void);
 
 /**
  * @brief Create a mixture for @p model, initialised from @p params.seed.
@@ -260,7 +285,7 @@ typedef struct mop_batch {
                                      same call); required with @c states for a learned gate */
 } mop_batch;
 
-/** Loss options. Fill with mop_loss_default_params(). */
+/** Loss options. Fill with mop_loss_params_init(). */
 typedef struct mop_loss_params {
     uint32_t struct_size;   /**< sizeof(mop_loss_params) */
     float load_balance;     /**< weight of K·Σ_k f_k·p_k (gate usage balance); default 0 */
@@ -269,9 +294,34 @@ typedef struct mop_loss_params {
     float prox_mu;          /**< FedProx: (mu/2)·||θ − θ_ref||² with mop_mixture_set_prox_reference(); default 0 */
 } mop_loss_params;
 
-/** @brief Default loss options (plain next-token NLL).
- *  @return every weight 0, with @c struct_size set */
-MOP_API mop_loss_params mop_loss_default_params(void);
+/**
+ * @brief Fill @p p with the default loss options (plain next-token NLL:
+ * every weight 0): each field's default is on its line in ::mop_loss_params; @c struct_size is set to @p size.
+ *
+ * Call it through the macro mop_loss_params_init(&p), which passes the size
+ * of the struct as the caller's header defines it: the library writes no
+ * more than the caller's struct holds, so binaries built against an older
+ * header keep working when the struct grows (mop_version.h).
+ * @param[out] p    the struct to fill
+ * @param[in]  size sizeof the caller's struct: from the size of its first
+ *                  release to sizeof(mop_loss_params)
+ * @return ::MOP_OK (always, through the macro with a non-NULL @p p),
+ *         ::MOP_E_INVALID_ARG (@p p NULL, @p size outside that range)
+ */
+MOP_API mop_status mop_loss_params_init_sized(mop_loss_params *p, size_t size);
+
+/** @brief Fill the ::mop_loss_params at @p p with its defaults, as
+ *  dav1d_default_settings() does: mop_loss_params_init_sized(p, sizeof *p).
+ *  Returns ::MOP_OK for a non-NULL @p p (no need to check it then). */
+#define mop_loss_params_init(p) mop_loss_params_init_sized((p), sizeof *(p))
+
+/** @brief Default loss options (plain next-token NLL: every weight 0), returned by value.
+ *  @deprecated kept for binaries built against libmop 0.2.0 and older; a
+ *  struct returned by value cannot grow without breaking them. Use
+ *  mop_loss_params_init().
+ *  @return the defaults documented on each field, with @c struct_size set */
+MOP_API MOP_DEPRECATED("use mop_loss_params_init(&p)")
+mop_loss_params mop_loss_default_params(void);
 
 /** What one training or evaluation call measured. */
 typedef struct mop_loss_result {
@@ -294,7 +344,7 @@ typedef struct mop_loss_result {
  *                       mode, P in weighted-sum mode)
  * @param[in,out] m      the mixture; its gradient buffer is added to
  * @param[in]     batch  the sequences, targets and optional task labels
- * @param[in]     loss   loss options, or NULL for mop_loss_default_params()
+ * @param[in]     loss   loss options, or NULL for mop_loss_params_init()
  * @param[in,out] result caller sets @c struct_size; filled with the loss,
  *                       Σ NLL (nats) and target count (may be NULL)
  * @return ::MOP_OK, ::MOP_E_INVALID_ARG (bad ids, lengths, masks, task labels;
@@ -497,10 +547,33 @@ typedef struct mop_gate_pretrain_result {
     double val_loss;      /**< mean −log π[task] on the validation rows, best epoch */
 } mop_gate_pretrain_result;
 
-/** @brief Fill @p p with the documented defaults.
- *  @param[out] p the settings; @c struct_size is set
+/**
+ * @brief Fill @p p with the default gate pre-training settings: each
+ * field's default is on its line in ::mop_gate_pretrain_params;
+ * @c struct_size is set to @p size.
+ *
+ * Call it through the macro mop_gate_pretrain_params_init(&p), which passes
+ * the size of the struct as the caller's header defines it (mop_version.h).
+ * @param[out] p    the struct to fill
+ * @param[in]  size sizeof the caller's struct: from the size of its first
+ *                  release (0.2) to sizeof(mop_gate_pretrain_params)
+ * @return ::MOP_OK (always, through the macro with a non-NULL @p p),
+ *         ::MOP_E_INVALID_ARG (@p p NULL, @p size outside that range)
+ */
+MOP_API mop_status mop_gate_pretrain_params_init_sized(mop_gate_pretrain_params *p, size_t size);
+
+/** @brief Fill the ::mop_gate_pretrain_params at @p p with its defaults:
+ *  mop_gate_pretrain_params_init_sized(p, sizeof *p). Returns ::MOP_OK for
+ *  a non-NULL @p p (no need to check it then). */
+#define mop_gate_pretrain_params_init(p) mop_gate_pretrain_params_init_sized((p), sizeof *(p))
+
+/** @brief The 0.2.0 function of the same name, for binaries built against
+ *  it (the macro above replaces it in source): fills sizeof(the 0.2.0
+ *  struct) bytes.
+ *  @deprecated use the macro mop_gate_pretrain_params_init(&p)
  *  @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL) */
-MOP_API MOP_NODISCARD mop_status mop_gate_pretrain_params_init(mop_gate_pretrain_params *p);
+MOP_API MOP_DEPRECATED("use the macro mop_gate_pretrain_params_init(&p)")
+mop_status (mop_gate_pretrain_params_init)(mop_gate_pretrain_params *p);
 
 /**
  * @brief Pre-train the gate on task labels: cross-entropy between π and the
@@ -644,10 +717,14 @@ typedef struct mop_decoder_params {
     int32_t n_threads;    /**< compute threads; default 0 = all cores */
 } mop_decoder_params;
 
-/** @brief Fill @p p with the documented defaults.
- *  @param[out] p the options; @c struct_size is set
- *  @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL) */
-MOP_API MOP_NODISCARD mop_status mop_decoder_params_init(mop_decoder_params *p);
+/** @brief Fill the first @p size bytes of @p p with the documented defaults
+ *  (@c struct_size = @p size). Call it through the macro
+ *  mop_decoder_params_init(&p), which passes sizeof *p.
+ *  @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL, or @p size outside what
+ *  this library accepts) */
+MOP_API mop_status mop_decoder_params_init_sized(mop_decoder_params *p, size_t size);
+/** mop_decoder_params_init_sized(p, sizeof *p). */
+#define mop_decoder_params_init(p) mop_decoder_params_init_sized((p), sizeof *(p))
 
 /**
  * @brief Create a decoder on @p model (takes a reference on it). Memory per
@@ -788,7 +865,7 @@ MOP_API MOP_NODISCARD mop_status mop_tokenize_example_v2(const mop_model *model,
  *  and cosine decay, over any flat float buffer.
  *  @{ */
 
-/** AdamW and schedule. Fill with mop_adamw_default_params(). */
+/** AdamW and schedule. Fill with mop_adamw_params_init(). */
 typedef struct mop_adamw_params {
     uint32_t struct_size; /**< sizeof(mop_adamw_params) */
     float lr;             /**< peak learning rate; default 3e-3 */
@@ -805,14 +882,39 @@ typedef struct mop_adamw_params {
 /** An optimizer's state (moments, step count). Opaque. */
 typedef struct mop_optimizer mop_optimizer;
 
-/** @brief Default AdamW settings.
+/**
+ * @brief Fill @p p with the default AdamW settings: each field's default is
+ * on its line in ::mop_adamw_params; @c struct_size is set to @p size.
+ *
+ * Call it through the macro mop_adamw_params_init(&p), which passes the size
+ * of the struct as the caller's header defines it: the library writes no
+ * more than the caller's struct holds, so binaries built against an older
+ * header keep working when the struct grows (mop_version.h).
+ * @param[out] p    the struct to fill
+ * @param[in]  size sizeof the caller's struct: from the size of its first
+ *                  release to sizeof(mop_adamw_params)
+ * @return ::MOP_OK (always, through the macro with a non-NULL @p p),
+ *         ::MOP_E_INVALID_ARG (@p p NULL, @p size outside that range)
+ */
+MOP_API mop_status mop_adamw_params_init_sized(mop_adamw_params *p, size_t size);
+
+/** @brief Fill the ::mop_adamw_params at @p p with its defaults, as
+ *  dav1d_default_settings() does: mop_adamw_params_init_sized(p, sizeof *p).
+ *  Returns ::MOP_OK for a non-NULL @p p (no need to check it then). */
+#define mop_adamw_params_init(p) mop_adamw_params_init_sized((p), sizeof *(p))
+
+/** @brief Default AdamW settings, returned by value.
+ *  @deprecated kept for binaries built against libmop 0.2.0 and older; a
+ *  struct returned by value cannot grow without breaking them. Use
+ *  mop_adamw_params_init().
  *  @return the defaults documented on each field, with @c struct_size set */
-MOP_API mop_adamw_params mop_adamw_default_params(void);
+MOP_API MOP_DEPRECATED("use mop_adamw_params_init(&p)")
+mop_adamw_params mop_adamw_default_params(void);
 
 /**
  * @brief Create AdamW state for @p n_params floats (moments zero, step 0).
  * @param[in]  n_params length of the buffers mop_optimizer_step() updates, > 0
- * @param[in]  params   settings (copied); required, fill with mop_adamw_default_params()
+ * @param[in]  params   settings (copied); required, fill with mop_adamw_params_init()
  * @param[out] out      the optimizer; free with mop_optimizer_free()
  * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL, n_params = 0, bad @c struct_size,
  *         lr < 0, betas outside [0,1), eps <= 0, ...), ::MOP_E_NOMEM

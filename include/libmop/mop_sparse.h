@@ -47,7 +47,7 @@ typedef enum mop_lm_head_format {
     MOP_LM_HEAD_Q8_0 = 2  /**< 8-bit blocks of 32 with an F16 scale, 1.06 bytes per weight */
 } mop_lm_head_format;
 
-/** Options for mop_model_prune(). Fill with mop_prune_default_params(). */
+/** Options for mop_model_prune(). Fill with mop_prune_params_init(). */
 typedef struct mop_prune_params {
     uint32_t struct_size;    /**< sizeof(mop_prune_params) */
     int32_t method;          /**< ::mop_prune_method; default ::MOP_PRUNE_MAGNITUDE */
@@ -69,14 +69,39 @@ typedef struct mop_prune_params {
     void *progress_user;     /**< passed to @c progress */
 } mop_prune_params;
 
-/** @brief Default pruning options (magnitude, 2:4).
+/**
+ * @brief Fill @p p with the default pruning options (magnitude, 2:4): each field's default is
+ * on its line in ::mop_prune_params; @c struct_size is set to @p size.
+ *
+ * Call it through the macro mop_prune_params_init(&p), which passes the size
+ * of the struct as the caller's header defines it: the library writes no
+ * more than the caller's struct holds, so binaries built against an older
+ * header keep working when the struct grows (mop_version.h).
+ * @param[out] p    the struct to fill
+ * @param[in]  size sizeof the caller's struct: from the size of its first
+ *                  release to sizeof(mop_prune_params)
+ * @return ::MOP_OK (always, through the macro with a non-NULL @p p),
+ *         ::MOP_E_INVALID_ARG (@p p NULL, @p size outside that range)
+ */
+MOP_API mop_status mop_prune_params_init_sized(mop_prune_params *p, size_t size);
+
+/** @brief Fill the ::mop_prune_params at @p p with its defaults, as
+ *  dav1d_default_settings() does: mop_prune_params_init_sized(p, sizeof *p).
+ *  Returns ::MOP_OK for a non-NULL @p p (no need to check it then). */
+#define mop_prune_params_init(p) mop_prune_params_init_sized((p), sizeof *(p))
+
+/** @brief Default pruning options (magnitude, 2:4), returned by value.
+ *  @deprecated kept for binaries built against libmop 0.2.0 and older; a
+ *  struct returned by value cannot grow without breaking them. Use
+ *  mop_prune_params_init().
  *  @return the defaults documented on each field, with @c struct_size set */
-MOP_API mop_prune_params mop_prune_default_params(void);
+MOP_API MOP_DEPRECATED("use mop_prune_params_init(&p)")
+mop_prune_params mop_prune_default_params(void);
 
 /**
  * @brief Prune @p model in place and store the pruned weights packed.
  * @param[in,out] model  the model; no context or mixture may hold it
- * @param[in]     params options; required, fill with mop_prune_default_params()
+ * @param[in]     params options; required, fill with mop_prune_params_init()
  * @return ::MOP_OK, ::MOP_E_INVALID_ARG, ::MOP_E_RANGE (N, M, ratio or layers
  *         out of range), ::MOP_E_STATE (a context or mixture holds the model),
  *         ::MOP_E_INVALID_ARG (Wanda/SparseGPT without calibration tokens),

@@ -315,7 +315,8 @@ static int load_progress(uint64_t done, uint64_t total, void *user)
 
 mop_model *cli_load_model(const char *path, int32_t n_threads)
 {
-    mop_model_params mp = mop_model_default_params();
+    mop_model_params mp;
+    mop_model_params_init(&mp);
     mp.n_threads = n_threads;
     if (cli_progress_enabled())
         mp.progress = load_progress;

@@ -360,7 +360,8 @@ int32_t cli_prompt_rows(const mop_mixture_params *p)
 
 mop_ctx *cli_make_ctx(mop_model *model, int32_t prompt_rows, int32_t max_len, int32_t n_threads)
 {
-    mop_ctx_params cp = mop_ctx_default_params();
+    mop_ctx_params cp;
+    mop_ctx_params_init(&cp);
     cp.n_threads = n_threads;
     cp.n_batch = prompt_rows + max_len;
     cp.n_ctx = cp.n_batch;

@@ -115,7 +115,8 @@ int cli_cmd_bench(int argc, char **argv)
         rc = cli_fail(st, "cannot describe model '%s'", pos[0]);
         goto out;
     }
-    mop_ctx_params cp = mop_ctx_default_params();
+    mop_ctx_params cp;
+    mop_ctx_params_init(&cp);
     cp.n_threads = n_threads;
     cp.n_ctx = n_ctx;
     if (cp.n_batch < n_prompt)

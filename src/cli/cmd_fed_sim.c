@@ -111,12 +111,14 @@ static int client_optimizers(fed_state *fs, int32_t c, size_t n)
     const fed_opts *o = fs->o;
     mop_status st = MOP_OK;
     if (!fs->opt[c]) {
-        mop_adamw_params ap = mop_adamw_default_params();
+        mop_adamw_params ap;
+        mop_adamw_params_init(&ap);
         ap.lr = o->lr;
         st = mop_optimizer_create(fs->n_opt, &ap, &fs->opt[c]);
     }
     if (st == MOP_OK && !fs->opt_gate[c] && fs->n_opt < n) {
-        mop_adamw_params ap = mop_adamw_default_params();
+        mop_adamw_params ap;
+        mop_adamw_params_init(&ap);
         ap.lr = o->gate_lr;
         ap.clip_norm = o->gate_clip;
         st = mop_optimizer_create(n - fs->n_opt, &ap, &fs->opt_gate[c]);
@@ -135,7 +137,8 @@ static int client_train(fed_state *fs, const mop_update *gu, int64_t round, int3
     mop_status st = mop_update_apply(gu, fs->local, 1.0f);
     if (st != MOP_OK)
         return cli_fail(st, "client %d: cannot copy the global mixture", (int)c);
-    mop_loss_params lp = mop_loss_default_params();
+    mop_loss_params lp;
+    mop_loss_params_init(&lp);
     lp.prox_mu = o->prox_mu;
     if (o->prox_mu > 0.0f && (st = mop_mixture_set_prox_reference(fs->local)) != MOP_OK)
         return cli_fail(st, "client %d: cannot set the FedProx reference", (int)c);
@@ -251,7 +254,7 @@ static int secagg_begin_v(fed_secagg *sa, int32_t n_clients, int64_t round, int6
                           float scale, float clip_range)
 {
     memset(sa, 0, sizeof *sa);
-    sa->sp = mop_secagg_default_params();
+    mop_secagg_params_init(&sa->sp);
     sa->sp.n_clients = n_clients;
     sa->sp.round = round;
     sa->sp.length = length;
@@ -755,7 +758,8 @@ static int run(mop_model *model, const fed_opts *o, const mop_mixture_params *mp
         goto out;
     }
 
-    mop_aggregator_params ap = mop_aggregator_default_params();
+    mop_aggregator_params ap;
+    mop_aggregator_params_init(&ap);
     ap.strategy = strategy_id(o->strategy);
     ap.server_lr = o->server_lr;
     ap.krum_f = o->krum_f;
@@ -951,7 +955,8 @@ out:
 
 int cli_cmd_fed_sim(int argc, char **argv)
 {
-    mop_mixture_params defaults = mop_mixture_default_params();
+    mop_mixture_params defaults;
+    mop_mixture_params_init(&defaults);
     fed_opts o = {
         .strategy = "fedavg", .split = "skewed", .attack = "sign-flip", .n_clients = 8,
         .rounds = 10, .local_steps = 10, .K = defaults.n_experts, .P = defaults.prompt_len,

@@ -128,7 +128,8 @@ static int32_t *tokenize_all(const mop_model *model, const char *text, size_t le
 
 int cli_cmd_generate(int argc, char **argv)
 {
-    mop_sampler_params sp = mop_sampler_default_params();
+    mop_sampler_params sp;
+    mop_sampler_params_init(&sp);
     const char *prompt = NULL, *mix_path = NULL, *system = NULL;
     int32_t n_new = 64, chat = 0, n_threads = 0, n_ctx = 0, template_system = 0;
     const cli_opt opts[] = {
@@ -217,7 +218,8 @@ int cli_cmd_generate(int argc, char **argv)
         rc = cli_fail(st, "cannot describe model '%s'", pos[0]);
         goto out;
     }
-    mop_ctx_params cp = mop_ctx_default_params();
+    mop_ctx_params cp;
+    mop_ctx_params_init(&cp);
     cp.n_threads = n_threads;
     if (n_ctx > 0) {
         cp.n_ctx = n_ctx;

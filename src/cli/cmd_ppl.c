@@ -77,7 +77,8 @@ int cli_cmd_ppl(int argc, char **argv)
         goto out;
     }
 
-    mop_ctx_params cp = mop_ctx_default_params();
+    mop_ctx_params cp;
+    mop_ctx_params_init(&cp);
     cp.n_threads = n_threads;
     cp.n_ctx = window;
     if (cp.n_batch > window)

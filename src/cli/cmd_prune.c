@@ -88,7 +88,8 @@ int cli_cmd_prune(int argc, char **argv)
     if (rc != CLI_OK || done)
         return rc;
 
-    mop_prune_params p = mop_prune_default_params();
+    mop_prune_params p;
+    mop_prune_params_init(&p);
     static const char *const methods[] = {"magnitude", "wanda", "sparsegpt"};
     static const char *const grans[] = {"row", "layer"};
     static const char *const heads[] = {"f32", "f16", "q8_0"};

@@ -175,7 +175,8 @@ static int run(mop_model *model, const train_opts *o, const mop_mixture_params *
         cli_fail(st, "cannot access the mixture's parameters");
         goto out;
     }
-    mop_adamw_params ap = mop_adamw_default_params();
+    mop_adamw_params ap;
+    mop_adamw_params_init(&ap);
     ap.lr = o->lr;
     ap.warmup_steps = o->warmup;
     ap.total_steps = o->steps;
@@ -195,7 +196,8 @@ static int run(mop_model *model, const train_opts *o, const mop_mixture_params *
             goto out;
         }
     }
-    mop_loss_params lp = mop_loss_default_params();
+    mop_loss_params lp;
+    mop_loss_params_init(&lp);
     lp.load_balance = o->load_balance;
 
     double best = INFINITY;
@@ -280,7 +282,8 @@ out:
 
 int cli_cmd_train(int argc, char **argv)
 {
-    mop_mixture_params defaults = mop_mixture_default_params();
+    mop_mixture_params defaults;
+    mop_mixture_params_init(&defaults);
     train_opts o = {
         .K = defaults.n_experts, .P = defaults.prompt_len, .steps = 100, .B = 4, .accum = 1,
         .warmup = 0, .gate_layer = -1, .inject_layer = -1, .top_k = 0, .pretrain_epochs = 0,

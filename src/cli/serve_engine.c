@@ -269,7 +269,8 @@ int serve_engine_create(mop_model *model, serve_mixtures *mixtures,
         serve_engine_free(e);
         return cli_error("out of memory");
     }
-    mop_ctx_params cp = mop_ctx_default_params();
+    mop_ctx_params cp;
+    mop_ctx_params_init(&cp);
     cp.n_ctx = params->n_ctx;
     cp.n_batch = params->n_batch;
     cp.n_threads = params->n_threads;

@@ -538,7 +538,7 @@ static enum MHD_Result handle_generate(serve_http *h, struct MHD_Connection *c, 
     spec.prompt = tokens;
     spec.n_prompt = (int32_t)n_prompt;
     spec.max_tokens = max_tokens;
-    spec.sampling = mop_sampler_default_params();
+    mop_sampler_params_init(&spec.sampling);
     spec.sampling.temperature = req->temperature;
     spec.sampling.top_p = req->top_p;
     spec.sampling.top_k = req->top_k;

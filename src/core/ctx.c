@@ -6,16 +6,19 @@
 
 #define CTX_MAX_THREADS 256
 
-mop_ctx_params mop_ctx_default_params(void)
+/* first release (0.1.0) */
+#define CTX_PARAMS_MIN MOP_SIZE_THROUGH(mop_ctx_params, n_threads)
+
+static void ctx_defaults(mop_ctx_params *d)
 {
-    mop_ctx_params p;
-    memset(&p, 0, sizeof p);
-    p.struct_size = sizeof p;
-    p.n_ctx = 2048;
-    p.n_batch = 512;
-    p.n_threads = 0;
-    return p;
+    memset(d, 0, sizeof *d);
+    d->struct_size = sizeof *d;
+    d->n_ctx = 2048;
+    d->n_batch = 512;
+    d->n_threads = 0;
 }
+
+MOP_DEFINE_PARAMS_INIT(ctx, CTX_PARAMS_MIN)
 
 /* n floats, overflow-checked; NULL on overflow or out of memory. */
 static float *alloc_floats(size_t a, size_t b, size_t c)
@@ -53,16 +56,10 @@ mop_status mop_ctx_create(mop_model *model, const mop_ctx_params *params, mop_ct
 {
     MOP_CHECK_ARG(model);
     MOP_CHECK_ARG(out);
-    mop_ctx_params p = mop_ctx_default_params();
-    if (params) {
-        if (params->struct_size < sizeof(uint32_t) || params->struct_size > sizeof p)
-            return mop_fail(MOP_E_INVALID_ARG,
-                            "mop_ctx_create: params.struct_size %u (expected %zu; use "
-                            "mop_ctx_default_params)",
-                            params->struct_size, sizeof p);
-        memcpy(&p, params, params->struct_size);
-        p.struct_size = sizeof p;
-    }
+    mop_ctx_params p;
+    ctx_defaults(&p);
+    if (params)
+        MOP_READ_STRUCT("mop_ctx_create", &p, params, CTX_PARAMS_MIN);
     const mop_hparams *hp = &model->hp;
     if (p.n_ctx < 1 || (hp->n_ctx_train > 0 && p.n_ctx > hp->n_ctx_train))
         return mop_fail(MOP_E_RANGE, "mop_ctx_create: n_ctx %d outside [1, %d] (model's context)",

@@ -13,6 +13,7 @@
  * aligned, so values are assembled from bytes. */
 #include <string.h>
 
+#include "byte_order.h"
 #include "tensor_source.h"
 
 #define QK 32
@@ -72,11 +73,6 @@ static inline float f32_from_bits(uint32_t u)
     return f;
 }
 
-static inline uint16_t rd16(const uint8_t *p)
-{
-    return (uint16_t)(p[0] | (p[1] << 8));
-}
-
 /* binary16 -> binary32, exact for every input (subnormals, inf, NaN payloads). */
 static inline float half_to_float(uint16_t h)
 {
@@ -106,13 +102,13 @@ static void dequant_f32(float *dst, const uint8_t *src, int64_t n)
 static void dequant_f16(float *dst, const uint8_t *src, int64_t n)
 {
     for (int64_t i = 0; i < n; i++)
-        dst[i] = half_to_float(rd16(src + 2 * i));
+        dst[i] = half_to_float(mop_get_le16(src + 2 * i));
 }
 
 static void dequant_bf16(float *dst, const uint8_t *src, int64_t n)
 {
     for (int64_t i = 0; i < n; i++)
-        dst[i] = f32_from_bits((uint32_t)rd16(src + 2 * i) << 16);
+        dst[i] = f32_from_bits((uint32_t)mop_get_le16(src + 2 * i) << 16);
 }
 
 // dst (n) <- blocks of { d, q[32] }
@@ -125,7 +121,7 @@ static void dequant_i8(float *dst, const uint8_t *src, int64_t n)
 static void dequant_q8_0(float *dst, const uint8_t *src, int64_t n)
 {
     for (int64_t b = 0; b < n / QK; b++, src += 2 + QK, dst += QK) {
-        float d = half_to_float(rd16(src));
+        float d = half_to_float(mop_get_le16(src));
         const int8_t *q = (const int8_t *)(src + 2);
         for (int j = 0; j < QK; j++)
             dst[j] = d * (float)q[j];
@@ -136,7 +132,7 @@ static void dequant_q8_0(float *dst, const uint8_t *src, int64_t n)
 static void dequant_q4_0(float *dst, const uint8_t *src, int64_t n)
 {
     for (int64_t b = 0; b < n / QK; b++, src += 2 + QK / 2, dst += QK) {
-        float d = half_to_float(rd16(src));
+        float d = half_to_float(mop_get_le16(src));
         const uint8_t *qs = src + 2;
         for (int j = 0; j < QK / 2; j++) {
             dst[j] = d * (float)((int)(qs[j] & 0x0f) - 8);
@@ -149,8 +145,8 @@ static void dequant_q4_0(float *dst, const uint8_t *src, int64_t n)
 static void dequant_q4_1(float *dst, const uint8_t *src, int64_t n)
 {
     for (int64_t b = 0; b < n / QK; b++, src += 4 + QK / 2, dst += QK) {
-        float d = half_to_float(rd16(src));
-        float m = half_to_float(rd16(src + 2));
+        float d = half_to_float(mop_get_le16(src));
+        float m = half_to_float(mop_get_le16(src + 2));
         const uint8_t *qs = src + 4;
         for (int j = 0; j < QK / 2; j++) {
             dst[j] = d * (float)(qs[j] & 0x0f) + m;

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "byte_order.h"
 #include "gguf.h"
 
 #define GGUF_DEFAULT_ALIGNMENT 32
@@ -55,16 +56,6 @@ typedef struct cursor {
     const char *sep;
 } cursor;
 
-static uint32_t le32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static uint64_t le64(const uint8_t *p)
-{
-    return (uint64_t)le32(p) | (uint64_t)le32(p + 4) << 32;
-}
-
 static size_t remaining(const cursor *c)
 {
     return c->size - c->pos;
@@ -84,7 +75,7 @@ static mop_status need(cursor *c, uint64_t n, const char *field)
 static mop_status rd_u32(cursor *c, uint32_t *v, const char *field)
 {
     MOP_TRY(need(c, 4, field));
-    *v = le32(c->p + c->pos);
+    *v = mop_get_le32(c->p + c->pos);
     c->pos += 4;
     return MOP_OK;
 }
@@ -92,7 +83,7 @@ static mop_status rd_u32(cursor *c, uint32_t *v, const char *field)
 static mop_status rd_u64(cursor *c, uint64_t *v, const char *field)
 {
     MOP_TRY(need(c, 8, field));
-    *v = le64(c->p + c->pos);
+    *v = mop_get_le64(c->p + c->pos);
     c->pos += 8;
     return MOP_OK;
 }
@@ -540,16 +531,16 @@ mop_status gguf_get_int(const gguf_file *g, const char *key, int64_t *out, int *
     switch (kv->type) {
     case GGUF_TYPE_UINT8: v = p[0]; break;
     case GGUF_TYPE_INT8: v = (int8_t)p[0]; break;
-    case GGUF_TYPE_UINT16: v = (uint16_t)(p[0] | p[1] << 8); break;
-    case GGUF_TYPE_INT16: v = (int16_t)(uint16_t)(p[0] | p[1] << 8); break;
-    case GGUF_TYPE_UINT32: v = le32(p); break;
-    case GGUF_TYPE_INT32: v = (int32_t)le32(p); break;
-    case GGUF_TYPE_INT64: v = (int64_t)le64(p); break;
+    case GGUF_TYPE_UINT16: v = mop_get_le16(p); break;
+    case GGUF_TYPE_INT16: v = (int16_t)mop_get_le16(p); break;
+    case GGUF_TYPE_UINT32: v = mop_get_le32(p); break;
+    case GGUF_TYPE_INT32: v = (int32_t)mop_get_le32(p); break;
+    case GGUF_TYPE_INT64: v = (int64_t)mop_get_le64(p); break;
     case GGUF_TYPE_UINT64:
-        if (le64(p) > (uint64_t)INT64_MAX)
+        if (mop_get_le64(p) > (uint64_t)INT64_MAX)
             return mop_fail(MOP_E_FORMAT, "metadata %s: value %llu is out of range", key,
-                            (unsigned long long)le64(p));
-        v = (int64_t)le64(p);
+                            (unsigned long long)mop_get_le64(p));
+        v = (int64_t)mop_get_le64(p);
         break;
     default: return wrong_type(key, kv->type, "an integer");
     }
@@ -566,12 +557,12 @@ mop_status gguf_get_float(const gguf_file *g, const char *key, double *out, int 
     if (!kv)
         return MOP_OK;
     if (kv->type == GGUF_TYPE_FLOAT32) {
-        uint32_t u = le32(kv->val);
+        uint32_t u = mop_get_le32(kv->val);
         float f;
         memcpy(&f, &u, sizeof f);
         *out = f;
     } else if (kv->type == GGUF_TYPE_FLOAT64) {
-        uint64_t u = le64(kv->val);
+        uint64_t u = mop_get_le64(kv->val);
         double d;
         memcpy(&d, &u, sizeof d);
         *out = d;
@@ -606,7 +597,7 @@ mop_status gguf_get_str(const gguf_file *g, const char *key, const char **s, siz
         return MOP_OK;
     if (kv->type != GGUF_TYPE_STRING)
         return wrong_type(key, kv->type, "a string");
-    *len = (size_t)le64(kv->val);
+    *len = (size_t)mop_get_le64(kv->val);
     *s = (const char *)kv->val + 8;
     *found = 1;
     return MOP_OK;
@@ -635,7 +626,7 @@ mop_status gguf_array_str(const gguf_array *a, uint64_t i, const char **s, size_
         return mop_fail(MOP_E_RANGE, "string array index %llu out of range (%llu elements)",
                         (unsigned long long)i, (unsigned long long)a->n);
     const uint8_t *p = (const uint8_t *)a->data + a->string_offsets[i];
-    *len = (size_t)le64(p);
+    *len = (size_t)mop_get_le64(p);
     *s = (const char *)p + 8;
     return MOP_OK;
 }

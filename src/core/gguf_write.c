@@ -3,6 +3,7 @@
  * each a multiple of GGUF_WRITE_ALIGNMENT from the data section's start. */
 #include <string.h>
 
+#include "byte_order.h"
 #include "fileio.h"
 #include "gguf.h"
 #include "gguf_write.h"
@@ -70,25 +71,11 @@ static mop_status put(gguf_writer *w, const void *p, size_t n)
     return MOP_OK;
 }
 
-static void le(uint8_t *b, uint64_t v, int n)
-{
-    for (int i = 0; i < n; i++)
-        b[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint64_t rdle(const uint8_t *b, int n)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < n; i++)
-        v |= (uint64_t)b[i] << (8 * i);
-    return v;
-}
-
 int gguf_writer_has_key(const gguf_writer *w, const char *key, size_t key_len)
 {
     for (uint64_t i = 0; i < w->n_kv; i++) {
         const uint8_t *k = w->kv + w->key_off[i];
-        if (rdle(k, 8) == key_len && memcmp(k + 8, key, key_len) == 0)
+        if (mop_get_le64(k) == key_len && memcmp(k + 8, key, key_len) == 0)
             return 1;
     }
     return 0;
@@ -114,10 +101,10 @@ static mop_status add_kv(gguf_writer *w, const char *key, size_t key_len, uint32
     }
     size_t at = w->kv_n;
     uint8_t h[8];
-    le(h, key_len, 8);
+    mop_put_le64(h, key_len);
     MOP_TRY(put(w, h, 8));
     MOP_TRY(put(w, key, key_len));
-    le(h, type, 4);
+    mop_put_le32(h, (uint32_t)(type));
     MOP_TRY(put(w, h, 4));
     MOP_TRY(put(w, val, n));
     w->key_off[w->n_kv++] = at;
@@ -131,7 +118,7 @@ mop_status gguf_writer_kv_str(gguf_writer *w, const char *key, const char *s)
     uint8_t *v = mop_alloc(8 + n);
     if (!v)
         return mop_fail(MOP_E_NOMEM, "out of memory for GGUF metadata");
-    le(v, n, 8);
+    mop_put_le64(v, n);
     memcpy(v + 8, s, n);
     mop_status st = add_kv(w, key, strlen(key), GGUF_TYPE_STRING, v, 8 + n);
     mop_free(v);
@@ -142,7 +129,7 @@ mop_status gguf_writer_kv_u32(gguf_writer *w, const char *key, uint32_t v)
 {
     MOP_CHECK_ARG(w && key);
     uint8_t b[4];
-    le(b, v, 4);
+    mop_put_le32(b, (uint32_t)(v));
     return add_kv(w, key, strlen(key), GGUF_TYPE_UINT32, b, 4);
 }
 
@@ -152,7 +139,7 @@ mop_status gguf_writer_kv_f32(gguf_writer *w, const char *key, float v)
     uint32_t u;
     memcpy(&u, &v, 4);
     uint8_t b[4];
-    le(b, u, 4);
+    mop_put_le32(b, (uint32_t)(u));
     return add_kv(w, key, strlen(key), GGUF_TYPE_FLOAT32, b, 4);
 }
 
@@ -171,16 +158,16 @@ static size_t fixed_size(uint32_t t)
 static size_t value_size(const uint8_t *p, size_t size, uint32_t type)
 {
     if (type == GGUF_TYPE_STRING) {
-        if (size < 8 || rdle(p, 8) > size - 8)
+        if (size < 8 || mop_get_le64(p) > size - 8)
             return 0;
-        return 8 + (size_t)rdle(p, 8);
+        return 8 + (size_t)mop_get_le64(p);
     }
     if (type != GGUF_TYPE_ARRAY)
         return fixed_size(type) <= size ? fixed_size(type) : 0;
     if (size < 12)
         return 0;
-    uint32_t et = (uint32_t)rdle(p, 4);
-    uint64_t n = rdle(p + 4, 8);
+    uint32_t et = mop_get_le32(p);
+    uint64_t n = mop_get_le64(p + 4);
     size_t at = 12;
     if (et == GGUF_TYPE_STRING) {
         for (uint64_t i = 0; i < n; i++) {
@@ -204,15 +191,15 @@ mop_status gguf_writer_copy_kvs(gguf_writer *w, const void *image, size_t size,
     const uint8_t *p = image;
     if (size < 24 || memcmp(p, "GGUF", 4) != 0)
         return mop_fail(MOP_E_FORMAT, "source metadata: not a GGUF image");
-    uint64_t n_kv = rdle(p + 16, 8);
+    uint64_t n_kv = mop_get_le64(p + 16);
     size_t at = 24;
     for (uint64_t i = 0; i < n_kv; i++) {
-        if (size - at < 8 || rdle(p + at, 8) > size - at - 8 - 4)
+        if (size - at < 8 || mop_get_le64(p + at) > size - at - 8 - 4)
             return mop_fail(MOP_E_FORMAT, "source metadata entry %llu is truncated",
                             (unsigned long long)i);
-        size_t klen = (size_t)rdle(p + at, 8);
+        size_t klen = (size_t)mop_get_le64(p + at);
         const char *key = (const char *)p + at + 8;
-        uint32_t type = (uint32_t)rdle(p + at + 8 + klen, 4);
+        uint32_t type = mop_get_le32(p + at + 8 + klen);
         size_t vat = at + 8 + klen + 4, vs = value_size(p + vat, size - vat, type);
         if (!vs)
             return mop_fail(MOP_E_FORMAT, "source metadata entry %llu is malformed",
@@ -276,9 +263,9 @@ mop_status gguf_writer_write(const gguf_writer *w, FILE *f)
     MOP_CHECK_ARG(w && f);
     uint8_t h[24];
     memcpy(h, "GGUF", 4);
-    le(h + 4, 3, 4);
-    le(h + 8, (uint64_t)w->n_t, 8);
-    le(h + 16, w->n_kv, 8);
+    mop_put_le32(h + 4, (uint32_t)(3));
+    mop_put_le64(h + 8, (uint64_t)w->n_t);
+    mop_put_le64(h + 16, w->n_kv);
     MOP_TRY(mop_fwrite_all(f, h, sizeof h));
     if (w->kv_n)
         MOP_TRY(mop_fwrite_all(f, w->kv, w->kv_n));
@@ -287,18 +274,18 @@ mop_status gguf_writer_write(const gguf_writer *w, FILE *f)
         const gw_tensor *t = &w->t[i];
         size_t nl = strlen(t->name);
         uint8_t b[8];
-        le(b, nl, 8);
+        mop_put_le64(b, nl);
         MOP_TRY(mop_fwrite_all(f, b, 8));
         MOP_TRY(mop_fwrite_all(f, t->name, nl));
-        le(b, (uint64_t)t->n_dims, 4);
+        mop_put_le32(b, (uint32_t)((uint64_t)t->n_dims));
         MOP_TRY(mop_fwrite_all(f, b, 4));
         for (int d = t->n_dims - 1; d >= 0; d--) { /* GGUF: contiguous dimension first */
-            le(b, (uint64_t)t->dims[d], 8);
+            mop_put_le64(b, (uint64_t)t->dims[d]);
             MOP_TRY(mop_fwrite_all(f, b, 8));
         }
-        le(b, t->type, 4);
+        mop_put_le32(b, (uint32_t)(t->type));
         MOP_TRY(mop_fwrite_all(f, b, 4));
-        le(b, off, 8);
+        mop_put_le64(b, off);
         MOP_TRY(mop_fwrite_all(f, b, 8));
         pos += 8 + nl + 4 + 8 * (uint64_t)t->n_dims + 4 + 8;
         off = align_up(off + t->nbytes);

@@ -462,7 +462,11 @@ mop_status mop_model_assemble(mop_model *m, const mop_model_source *src,
 {
     MOP_CHECK_ARG(m && src && (src->tensors || src->n_tensors == 0) && src->n_tensors >= 0);
     MOP_CHECK_ARG(!m->layers && !m->tensors);
-    mop_model_params p = params ? *params : mop_model_default_params();
+    mop_model_params p;
+    if (params)
+        p = *params;
+    else
+        mop_model_params_init(&p);
     mop_hparams hp = src->hp;
     MOP_TRY(check_hparams(&hp));
     if (src->qk_rope_halves && hp.head_dim % 2 != 0)
@@ -560,17 +564,21 @@ static void count_weights(const mop_model *m, uint64_t *n_params, uint64_t *byte
     *bytes = nb;
 }
 
-mop_model_params mop_model_default_params(void)
+/* 0.1.0 had progress_user last; prefixes through n_threads were accepted
+ * before the rule in mop_version.h and stay so */
+#define MODEL_PARAMS_MIN MOP_SIZE_THROUGH(mop_model_params, n_threads)
+
+static void model_defaults(mop_model_params *d)
 {
-    mop_model_params p;
-    memset(&p, 0, sizeof p);
-    p.struct_size = sizeof p;
-    p.n_threads = 0;
-    p.use_mmap = 1;
-    p.progress = NULL;
-    p.progress_user = NULL;
-    return p;
+    memset(d, 0, sizeof *d);
+    d->struct_size = sizeof *d;
+    d->n_threads = 0;
+    d->use_mmap = 1;
+    d->progress = NULL;
+    d->progress_user = NULL;
 }
+
+MOP_DEFINE_PARAMS_INIT(model, MODEL_PARAMS_MIN)
 
 static int ends_with(const char *s, const char *suffix)
 {
@@ -609,17 +617,10 @@ static mop_status detect_format(const char *path, loader_fn *loader)
 mop_status mop_model_load(const char *path, const mop_model_params *params, mop_model **out)
 {
     MOP_CHECK_ARG(path && out);
-    mop_model_params p = mop_model_default_params();
-    if (params) {
-        const size_t min = offsetof(mop_model_params, n_threads) + sizeof p.n_threads;
-        if (params->struct_size < min || params->struct_size > sizeof p)
-            return mop_fail(MOP_E_INVALID_ARG,
-                            "mop_model_load: params->struct_size = %u (expected %zu to %zu; "
-                            "use mop_model_default_params())",
-                            params->struct_size, min, sizeof p);
-        memcpy(&p, params, params->struct_size);
-        p.struct_size = sizeof p;
-    }
+    mop_model_params p;
+    model_defaults(&p);
+    if (params)
+        MOP_READ_STRUCT("mop_model_load", &p, params, MODEL_PARAMS_MIN);
     if (p.n_threads < 0 || p.n_threads > 256)
         return mop_fail(MOP_E_INVALID_ARG, "mop_model_load: n_threads = %d (0 to 256)",
                         p.n_threads);
@@ -643,10 +644,7 @@ mop_status mop_model_load(const char *path, const mop_model_params *params, mop_
 mop_status mop_model_get_info(const mop_model *model, mop_model_info *info)
 {
     MOP_CHECK_ARG(model && info);
-    if (info->struct_size < sizeof(uint32_t) || info->struct_size > sizeof *info)
-        return mop_fail(MOP_E_INVALID_ARG,
-                        "mop_model_get_info: info->struct_size = %u (expected at most %zu)",
-                        info->struct_size, sizeof *info);
+    MOP_CHECK_STRUCT_SIZE("mop_model_get_info", info, MOP_OUT_STRUCT_MIN);
     const mop_hparams *hp = &model->hp;
     mop_model_info r;
     memset(&r, 0, sizeof r);
@@ -681,10 +679,7 @@ mop_status mop_model_tensor_get_info(const mop_model *model, int32_t index,
                                      mop_tensor_info *info)
 {
     MOP_CHECK_ARG(model && info);
-    if (info->struct_size < sizeof(uint32_t) || info->struct_size > sizeof *info)
-        return mop_fail(MOP_E_INVALID_ARG,
-                        "mop_model_tensor_get_info: info->struct_size = %u (expected at most %zu)",
-                        info->struct_size, sizeof *info);
+    MOP_CHECK_STRUCT_SIZE("mop_model_tensor_get_info", info, MOP_OUT_STRUCT_MIN);
     if (index < 0 || index >= model->n_tensors)
         return mop_fail(MOP_E_RANGE, "tensor index %d out of range (model has %d tensors)",
                         index, model->n_tensors);

@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "byte_order.h"
 #include "fileio.h"
 #include "loaders.h"
 #include "safetensors.h"
@@ -43,14 +44,6 @@ static int json_uint(const cJSON *v, double max, uint64_t *out)
         return 0;
     *out = (uint64_t)x;
     return 1;
-}
-
-static uint64_t read_le64(const uint8_t *b)
-{
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--)
-        v = (v << 8) | b[i];
-    return v;
 }
 
 /* "[2, 3]" for messages. */
@@ -243,7 +236,7 @@ mop_status safetensors_parse(const void *data, size_t size, const char *what, st
     if (size < 8)
         return mop_fail(MOP_E_FORMAT, "%s: %zu bytes, too short for the 8-byte header length",
                         what, size);
-    uint64_t n = read_le64(b);
+    uint64_t n = mop_get_le64(b);
     if (n > size - 8)
         return mop_fail(MOP_E_FORMAT, "%s: header length %llu beyond the file's %zu bytes", what,
                         (unsigned long long)n, size);

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "rng.h"
 
 typedef struct candidate {
     float logit;
@@ -12,72 +13,36 @@ typedef struct candidate {
 
 struct mop_sampler {
     mop_sampler_params p;
-    uint64_t rng[4]; /* xoshiro256** state */
+    mop_rng rng;     /* xoshiro256** */
     candidate *cand; /* (cap) */
     double *prob;    /* (cap) */
     int32_t cap;
 };
 
-/* ---- PRNG: splitmix64 seeds xoshiro256** --------------------------------- */
-
-static uint64_t splitmix64(uint64_t *x)
-{
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-static uint64_t rotl(uint64_t x, int k)
-{
-    return (x << k) | (x >> (64 - k));
-}
-
-static uint64_t xoshiro_next(uint64_t s[4])
-{
-    uint64_t result = rotl(s[1] * 5, 7) * 9;
-    uint64_t t = s[1] << 17;
-    s[2] ^= s[0];
-    s[3] ^= s[1];
-    s[1] ^= s[2];
-    s[0] ^= s[3];
-    s[2] ^= t;
-    s[3] = rotl(s[3], 45);
-    return result;
-}
-
-/* Uniform double in [0, 1) from the top 53 bits. */
-static double uniform01(uint64_t s[4])
-{
-    return (double)(xoshiro_next(s) >> 11) * 0x1.0p-53;
-}
-
 /* ---- lifetime ---------------------------------------------------------------- */
 
-mop_sampler_params mop_sampler_default_params(void)
+/* first release (0.1.0) */
+#define SAMPLER_PARAMS_MIN MOP_SIZE_THROUGH(mop_sampler_params, seed)
+
+static void sampler_defaults(mop_sampler_params *d)
 {
-    mop_sampler_params p;
-    memset(&p, 0, sizeof p);
-    p.struct_size = sizeof p;
-    p.temperature = 0.8f;
-    p.top_k = 40;
-    p.top_p = 0.95f;
-    p.seed = 42;
-    return p;
+    memset(d, 0, sizeof *d);
+    d->struct_size = sizeof *d;
+    d->temperature = 0.8f;
+    d->top_k = 40;
+    d->top_p = 0.95f;
+    d->seed = 42;
 }
+
+MOP_DEFINE_PARAMS_INIT(sampler, SAMPLER_PARAMS_MIN)
 
 mop_status mop_sampler_create(const mop_sampler_params *params, mop_sampler **out)
 {
     MOP_CHECK_ARG(params);
     MOP_CHECK_ARG(out);
-    mop_sampler_params p = mop_sampler_default_params();
-    if (params->struct_size < sizeof(uint32_t) || params->struct_size > sizeof p)
-        return mop_fail(MOP_E_INVALID_ARG,
-                        "mop_sampler_create: params.struct_size %u (expected %zu; use "
-                        "mop_sampler_default_params)",
-                        params->struct_size, sizeof p);
-    memcpy(&p, params, params->struct_size);
-    p.struct_size = sizeof p;
+    mop_sampler_params p;
+    sampler_defaults(&p);
+    MOP_READ_STRUCT("mop_sampler_create", &p, params, SAMPLER_PARAMS_MIN);
     if (!(p.temperature >= 0.0f) || isinf(p.temperature))
         return mop_fail(MOP_E_INVALID_ARG, "mop_sampler_create: temperature %g must be >= 0",
                         (double)p.temperature);
@@ -90,9 +55,7 @@ mop_status mop_sampler_create(const mop_sampler_params *params, mop_sampler **ou
     if (!s)
         return mop_fail(MOP_E_NOMEM, "mop_sampler_create: out of memory");
     s->p = p;
-    uint64_t x = p.seed;
-    for (int i = 0; i < 4; i++)
-        s->rng[i] = splitmix64(&x);
+    mop_rng_seed(&s->rng, p.seed);
     *out = s;
     return MOP_OK;
 }
@@ -221,7 +184,7 @@ mop_status mop_sampler_sample(mop_sampler *s, const float *logits, int32_t n_voc
         sum = cum;
     }
 
-    double u = uniform01(s->rng) * sum, acc = 0.0;
+    double u = mop_rng_uniform(&s->rng) * sum, acc = 0.0;
     for (int32_t i = 0; i < k; i++) {
         acc += s->prob[i];
         if (u < acc) {

@@ -46,6 +46,17 @@ mop_status mop_fail(mop_status s, const char *fmt, ...)
     return s;
 }
 
+mop_status mop_struct_size_check(const char *fn, const char *what, size_t struct_size,
+                                 size_t min, size_t max)
+{
+    if (struct_size >= min && struct_size <= max)
+        return MOP_OK;
+    return mop_fail(MOP_E_INVALID_ARG,
+                    "%s: %s = %zu, expected %zu to %zu (the struct's size in a libmop header "
+                    "from its first release to this one)",
+                    fn, what, struct_size, min, max);
+}
+
 void mop_error_prefix(const char *fmt, ...)
 {
     char prefix[512], old[sizeof last_error];

@@ -52,28 +52,31 @@ static int is_streaming(int32_t s)
     return s <= MOP_AGG_FEDADAGRAD || s == MOP_AGG_MOP_AWARE;
 }
 
-mop_aggregator_params mop_aggregator_default_params(void)
+/* first release (0.1.0) */
+#define AGGREGATOR_PARAMS_MIN MOP_SIZE_THROUGH(mop_aggregator_params, seed)
+
+static void aggregator_defaults(mop_aggregator_params *d)
 {
-    mop_aggregator_params p;
-    memset(&p, 0, sizeof p);
-    p.struct_size = sizeof p;
-    p.strategy = MOP_AGG_FEDAVG;
-    p.server_lr = 1.0f;
-    p.momentum = 0.9f;
-    p.beta1 = 0.9f;
-    p.beta2 = 0.99f;
-    p.tau = 1e-3f;
-    p.trim_ratio = 0.1f;
-    p.krum_f = 1;
-    p.multi_krum_m = 0;
-    p.ties_density = 0.2f;
-    p.dare_drop = 0.9f;
-    p.crumbs_top = 0.01f;
-    p.crumbs_bottom = 0.09f;
-    p.merge_lambda = 0.0f;
-    p.seed = 0;
-    return p;
+    memset(d, 0, sizeof *d);
+    d->struct_size = sizeof *d;
+    d->strategy = MOP_AGG_FEDAVG;
+    d->server_lr = 1.0f;
+    d->momentum = 0.9f;
+    d->beta1 = 0.9f;
+    d->beta2 = 0.99f;
+    d->tau = 1e-3f;
+    d->trim_ratio = 0.1f;
+    d->krum_f = 1;
+    d->multi_krum_m = 0;
+    d->ties_density = 0.2f;
+    d->dare_drop = 0.9f;
+    d->crumbs_top = 0.01f;
+    d->crumbs_bottom = 0.09f;
+    d->merge_lambda = 0.0f;
+    d->seed = 0;
 }
+
+MOP_DEFINE_PARAMS_INIT(aggregator, AGGREGATOR_PARAMS_MIN)
 
 #define CHECK_RANGE(cond, field, text)                                                  \
     do {                                                                               \
@@ -84,9 +87,6 @@ mop_aggregator_params mop_aggregator_default_params(void)
 
 static mop_status check_params(const mop_aggregator_params *p)
 {
-    if (p->struct_size != sizeof *p)
-        return mop_fail(MOP_E_INVALID_ARG, "aggregator: struct_size is %u, expected %zu (use mop_aggregator_default_params())",
-                        (unsigned)p->struct_size, sizeof *p);
     if (p->strategy < MOP_AGG_FEDAVG || p->strategy > MOP_AGG_MOP_AWARE)
         return mop_fail(MOP_E_INVALID_ARG, "aggregator: unknown strategy %d", (int)p->strategy);
     /* written as !(ok) so that NaN fails */
@@ -113,7 +113,10 @@ static mop_status check_params(const mop_aggregator_params *p)
 mop_status mop_aggregator_create(const mop_aggregator_params *params, mop_aggregator **out)
 {
     MOP_CHECK_ARG(out != NULL);
-    mop_aggregator_params p = params ? *params : mop_aggregator_default_params();
+    mop_aggregator_params p;
+    aggregator_defaults(&p);
+    if (params)
+        MOP_READ_STRUCT("mop_aggregator_create", &p, params, AGGREGATOR_PARAMS_MIN);
     MOP_TRY(check_params(&p));
     mop_aggregator *a = mop_calloc(1, sizeof *a);
     if (!a)
@@ -428,9 +431,9 @@ static mop_status check_round(const mop_aggregator *a)
 static void dare_rng(fed_rng *r, uint64_t seed, int64_t round, uint64_t client)
 {
     uint64_t st = seed;
-    uint64_t h = fed_splitmix64(&st) ^ (uint64_t)round;
-    h = fed_splitmix64(&h) ^ client;
-    fed_rng_seed(r, fed_splitmix64(&h));
+    uint64_t h = mop_splitmix64(&st) ^ (uint64_t)round;
+    h = mop_splitmix64(&h) ^ client;
+    mop_rng_seed(r, mop_splitmix64(&h));
 }
 
 /* Reduce the buffered round into delta (total). scratch as allocated by finish(). */

@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "libmop/mop_fed.h"
+#include "rng.h"
 
 #define FED_MAX_NAME 255        /* bytes of a tensor name or metadata key */
 #define FED_MAX_META_VALUE 65535 /* bytes of a metadata value */
@@ -48,16 +49,9 @@ int fed_utf8_ok(const char *s, size_t len);
 mop_status fed_update_add_owned(mop_update *u, const char *name, float *data, int32_t n_dims,
                                 const int64_t *dims);
 
-/* ---- PRNG: xoshiro256** seeded by splitmix64 ---- */
-typedef struct fed_rng {
-    uint64_t s[4];
-} fed_rng;
+/* ---- PRNG: core's xoshiro256** (rng.h), plus the distributions fed draws ---- */
+typedef mop_rng fed_rng;
 
-uint64_t fed_splitmix64(uint64_t *state);
-void fed_rng_seed(fed_rng *r, uint64_t seed);
-uint64_t fed_rng_next(fed_rng *r);
-/* uniform in [0, 1) with 53 random bits */
-double fed_rng_uniform(fed_rng *r);
 /* uniform integer in [0, bound), bound >= 1, unbiased */
 uint64_t fed_rng_below(fed_rng *r, uint64_t bound);
 /* standard normal (Marsaglia polar method) */

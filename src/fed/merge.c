@@ -75,7 +75,7 @@ void fed_dare_mask(float *delta, size_t total, float drop, fed_rng *r)
 {
     float scale = 1.0f / (1.0f - drop);
     for (size_t i = 0; i < total; i++)
-        delta[i] = fed_rng_uniform(r) < (double)drop ? 0.0f : delta[i] * scale;
+        delta[i] = mop_rng_uniform(r) < (double)drop ? 0.0f : delta[i] * scale;
 }
 
 /* Breadcrumbs on one tensor: zero the round(top·size) largest and the

@@ -101,7 +101,7 @@ mop_status mop_partition_skewed(const int32_t *task, int64_t n, int32_t n_client
         }
     }
     fed_rng r;
-    fed_rng_seed(&r, seed);
+    mop_rng_seed(&r, seed);
     for (int64_t k = 0; k < c.n_cat; k++) {
         int64_t *ex = c.order + c.start[k];
         int64_t cnt = c.start[k + 1] - c.start[k];
@@ -139,7 +139,7 @@ mop_status mop_partition_iid(int64_t n, int32_t n_clients, uint64_t seed, int32_
     for (int64_t i = 0; i < n; i++)
         idx[i] = i;
     fed_rng r;
-    fed_rng_seed(&r, seed);
+    mop_rng_seed(&r, seed);
     fed_shuffle_i64(&r, idx, n);
     for (int64_t i = 0; i < n; i++)
         client_of[idx[i]] = (int32_t)(i % n_clients);
@@ -163,7 +163,7 @@ mop_status mop_partition_dirichlet(const int32_t *task, int64_t n, int32_t n_cli
         return mop_fail(MOP_E_NOMEM, "mop_partition_dirichlet: out of memory");
     }
     fed_rng r;
-    fed_rng_seed(&r, seed);
+    mop_rng_seed(&r, seed);
     for (int64_t k = 0; k < c.n_cat; k++) {
         int64_t *ex = c.order + c.start[k];
         int64_t cnt = c.start[k + 1] - c.start[k];

@@ -9,6 +9,7 @@
 
 #include <sodium.h>
 
+#include "byte_order.h"
 #include "fed.h"
 #include "internal.h"
 
@@ -87,9 +88,7 @@ static uint64_t noise_u64(noise_stream *s)
 {
     if (s->pos + 8 > NOISE_CHUNK)
         noise_refill(s);
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--)
-        v = (v << 8) | s->buf[s->pos + (size_t)i];
+    uint64_t v = mop_get_le64(s->buf + s->pos);
     s->pos += 8;
     return v;
 }
@@ -130,8 +129,7 @@ mop_status mop_update_add_noise(mop_update *u, float std, uint64_t seed)
         static const char domain[] = "libmop-dp-noise-v1";
         uint8_t in[sizeof domain - 1 + 8];
         memcpy(in, domain, sizeof domain - 1);
-        for (int i = 0; i < 8; i++)
-            in[sizeof domain - 1 + (size_t)i] = (uint8_t)(seed >> (8 * i));
+        mop_put_le64(in + sizeof domain - 1, seed);
         crypto_generichash(s->key, sizeof s->key, in, sizeof in, NULL, 0);
     }
     s->block = 0;

@@ -219,29 +219,28 @@ mop_status mop_rdp_epsilon(double noise_multiplier, double sample_rate, int64_t 
     return MOP_OK;
 }
 
-mop_rdp_params mop_rdp_default_params(void)
+/* first release (0.1.0) */
+#define RDP_PARAMS_MIN MOP_SIZE_THROUGH(mop_rdp_params, n_orders)
+
+static void rdp_defaults(mop_rdp_params *d)
 {
-    mop_rdp_params p;
-    memset(&p, 0, sizeof p);
-    p.struct_size = sizeof p;
-    p.conversion = MOP_RDP_CONVERSION_CLASSIC;
-    p.orders = NULL;
-    p.n_orders = 0;
-    return p;
+    memset(d, 0, sizeof *d);
+    d->struct_size = sizeof *d;
+    d->conversion = MOP_RDP_CONVERSION_CLASSIC;
+    d->orders = NULL;
+    d->n_orders = 0;
 }
+
+MOP_DEFINE_PARAMS_INIT(rdp, RDP_PARAMS_MIN)
 
 mop_status mop_rdp_accountant_create(const mop_rdp_params *params, mop_rdp_accountant **out)
 {
     MOP_CHECK_ARG(out != NULL);
     *out = NULL;
-    mop_rdp_params p = mop_rdp_default_params();
-    if (params) {
-        if (params->struct_size < sizeof(uint32_t) || params->struct_size > sizeof p)
-            return mop_fail(MOP_E_INVALID_ARG,
-                            "mop_rdp_accountant_create: struct_size %u (expected <= %zu)",
-                            (unsigned)params->struct_size, sizeof p);
-        memcpy(&p, params, params->struct_size);
-    }
+    mop_rdp_params p;
+    rdp_defaults(&p);
+    if (params)
+        MOP_READ_STRUCT("mop_rdp_accountant_create", &p, params, RDP_PARAMS_MIN);
     if (p.conversion != MOP_RDP_CONVERSION_CLASSIC && p.conversion != MOP_RDP_CONVERSION_BALLE2020)
         return mop_fail(MOP_E_INVALID_ARG, "mop_rdp_accountant_create: unknown conversion %d",
                         (int)p.conversion);

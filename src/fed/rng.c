@@ -1,48 +1,8 @@
-/* Seeded PRNG for the partitioners and DARE: xoshiro256** (Blackman &
- * Vigna) seeded through splitmix64, plus the few distributions we need.
- * Same seed, same numbers, on every platform. */
+/* The few distributions the partitioners draw, over core's seeded
+ * xoshiro256** (rng.h). Same seed, same numbers, on every platform. */
 #include <math.h>
 
 #include "fed.h"
-
-uint64_t fed_splitmix64(uint64_t *state)
-{
-    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-void fed_rng_seed(fed_rng *r, uint64_t seed)
-{
-    uint64_t st = seed;
-    for (int i = 0; i < 4; i++)
-        r->s[i] = fed_splitmix64(&st);
-}
-
-static uint64_t rotl(uint64_t x, int k)
-{
-    return (x << k) | (x >> (64 - k));
-}
-
-uint64_t fed_rng_next(fed_rng *r)
-{
-    uint64_t *s = r->s;
-    uint64_t out = rotl(s[1] * 5, 7) * 9;
-    uint64_t t = s[1] << 17;
-    s[2] ^= s[0];
-    s[3] ^= s[1];
-    s[1] ^= s[2];
-    s[0] ^= s[3];
-    s[2] ^= t;
-    s[3] = rotl(s[3], 45);
-    return out;
-}
-
-double fed_rng_uniform(fed_rng *r)
-{
-    return (double)(fed_rng_next(r) >> 11) * 0x1.0p-53;
-}
 
 uint64_t fed_rng_below(fed_rng *r, uint64_t bound)
 {
@@ -50,7 +10,7 @@ uint64_t fed_rng_below(fed_rng *r, uint64_t bound)
     uint64_t limit = UINT64_MAX - UINT64_MAX % bound;
     uint64_t x;
     do {
-        x = fed_rng_next(r);
+        x = mop_rng_next(r);
     } while (x >= limit);
     return x % bound;
 }
@@ -59,8 +19,8 @@ double fed_rng_normal(fed_rng *r)
 {
     double u, v, s;
     do {
-        u = 2.0 * fed_rng_uniform(r) - 1.0;
-        v = 2.0 * fed_rng_uniform(r) - 1.0;
+        u = 2.0 * mop_rng_uniform(r) - 1.0;
+        v = 2.0 * mop_rng_uniform(r) - 1.0;
         s = u * u + v * v;
     } while (s >= 1.0 || s == 0.0);
     return u * sqrt(-2.0 * log(s) / s);
@@ -77,7 +37,7 @@ static double log_gamma_ge1(fed_rng *r, double a)
         if (v <= 0.0)
             continue;
         v = v * v * v;
-        double u = fed_rng_uniform(r);
+        double u = mop_rng_uniform(r);
         if (u > 0.0 && log(u) < 0.5 * x * x + d - d * v + d * log(v))
             return log(d) + log(v);
     }
@@ -89,7 +49,7 @@ double fed_rng_log_gamma(fed_rng *r, double alpha)
         return log_gamma_ge1(r, alpha);
     double u;
     do {
-        u = fed_rng_uniform(r);
+        u = mop_rng_uniform(r);
     } while (u == 0.0);
     return log_gamma_ge1(r, alpha + 1.0) + log(u) / alpha;
 }

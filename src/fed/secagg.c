@@ -11,6 +11,7 @@
 
 #include <sodium.h>
 
+#include "byte_order.h"
 #include "fed.h"
 #include "internal.h"
 #include "privacy.h"
@@ -47,30 +48,6 @@ struct mop_secagg_server {
 };
 
 /* ---- little-endian helpers ---- */
-static void put_u32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-static void put_u64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-static uint32_t get_u32(const uint8_t *p)
-{
-    uint32_t v = 0;
-    for (int i = 3; i >= 0; i--)
-        v = (v << 8) | p[i];
-    return v;
-}
-static uint64_t get_u64(const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--)
-        v = (v << 8) | p[i];
-    return v;
-}
 static uint32_t f32_bits(float f)
 {
     uint32_t u;
@@ -85,30 +62,31 @@ static void secagg_checksum(uint8_t out[SA_HASH], const uint8_t *p, size_t n)
 
 /* ---- parameters ---- */
 
-mop_secagg_params mop_secagg_default_params(void)
+/* first release (0.1.0) */
+#define SECAGG_PARAMS_MIN MOP_SIZE_THROUGH(mop_secagg_params, min_survivors)
+
+static void secagg_defaults(mop_secagg_params *d)
 {
-    mop_secagg_params p;
-    memset(&p, 0, sizeof p);
-    p.struct_size = sizeof p;
-    p.n_clients = 0;
-    p.round = 0;
-    p.length = 0;
-    p.ring_bits = 64;
-    p.scale = 0x1p32f;
-    p.clip_range = 256.0f;
-    p.min_survivors = 2;
-    return p;
+    memset(d, 0, sizeof *d);
+    d->struct_size = sizeof *d;
+    d->n_clients = 0;
+    d->round = 0;
+    d->length = 0;
+    d->ring_bits = 64;
+    d->scale = 0x1p32f;
+    d->clip_range = 256.0f;
+    d->min_survivors = 2;
 }
+
+MOP_DEFINE_PARAMS_INIT(secagg, SECAGG_PARAMS_MIN)
 
 static mop_status secagg_cfg_from(secagg_cfg *c, const mop_secagg_params *params, const char *fn)
 {
     if (!params)
         return mop_fail(MOP_E_INVALID_ARG, "%s: params is NULL (n_clients and length must be set)", fn);
-    mop_secagg_params p = mop_secagg_default_params();
-    if (params->struct_size < sizeof(uint32_t) || params->struct_size > sizeof p)
-        return mop_fail(MOP_E_INVALID_ARG, "%s: struct_size %u (expected <= %zu)", fn,
-                        (unsigned)params->struct_size, sizeof p);
-    memcpy(&p, params, params->struct_size);
+    mop_secagg_params p;
+    secagg_defaults(&p);
+    MOP_READ_STRUCT(fn, &p, params, SECAGG_PARAMS_MIN);
     if (p.n_clients < 2 || p.n_clients > SA_MAX_CLIENTS)
         return mop_fail(MOP_E_INVALID_ARG, "%s: n_clients must be in 2..%d, got %d", fn,
                         SA_MAX_CLIENTS, (int)p.n_clients);
@@ -214,10 +192,10 @@ static int secagg_round_key(uint8_t key[32], const mop_secagg_client *c, int32_t
     int32_t lo = MOP_MIN(c->index, j), hi = MOP_MAX(c->index, j);
     const uint8_t *pk_lo = lo == c->index ? c->pk : pk_j;
     const uint8_t *pk_hi = hi == c->index ? c->pk : pk_j;
-    put_u64(num, (uint64_t)c->cfg.round);
-    put_u32(num + 8, (uint32_t)c->cfg.n);
-    put_u32(num + 12, (uint32_t)lo);
-    put_u32(num + 16, (uint32_t)hi);
+    mop_put_le64(num, (uint64_t)c->cfg.round);
+    mop_put_le32(num + 8, (uint32_t)c->cfg.n);
+    mop_put_le32(num + 12, (uint32_t)lo);
+    mop_put_le32(num + 16, (uint32_t)hi);
     crypto_generichash_state st;
     crypto_generichash_init(&st, NULL, 0, 32);
     crypto_generichash_update(&st, (const uint8_t *)domain, sizeof domain - 1);
@@ -304,22 +282,22 @@ mop_status mop_secagg_client_mask(mop_secagg_client *c, const float *x, int64_t 
 
     uint8_t *p = buf;
     memcpy(p, "MSAM", 4);
-    put_u32(p + 4, SA_VERSION);
-    put_u32(p + 8, (uint32_t)c->index);
-    put_u32(p + 12, (uint32_t)cfg->n);
-    put_u64(p + 16, (uint64_t)cfg->round);
-    put_u32(p + 24, (uint32_t)cfg->bits);
-    put_u32(p + 28, f32_bits(cfg->scale));
-    put_u32(p + 32, f32_bits(cfg->range));
-    put_u32(p + 36, 0);
-    put_u64(p + 40, (uint64_t)cfg->length);
+    mop_put_le32(p + 4, SA_VERSION);
+    mop_put_le32(p + 8, (uint32_t)c->index);
+    mop_put_le32(p + 12, (uint32_t)cfg->n);
+    mop_put_le64(p + 16, (uint64_t)cfg->round);
+    mop_put_le32(p + 24, (uint32_t)cfg->bits);
+    mop_put_le32(p + 28, f32_bits(cfg->scale));
+    mop_put_le32(p + 32, f32_bits(cfg->range));
+    mop_put_le32(p + 36, 0);
+    mop_put_le64(p + 40, (uint64_t)cfg->length);
     p += SA_HEADER;
     for (size_t i = 0; i < len; i++) {
         if (cfg->bits == 32) {
-            put_u32(p, (uint32_t)acc[i]);
+            mop_put_le32(p, (uint32_t)acc[i]);
             p += 4;
         } else {
-            put_u64(p, acc[i]);
+            mop_put_le64(p, acc[i]);
             p += 8;
         }
     }
@@ -404,15 +382,15 @@ mop_status mop_secagg_client_reveal(mop_secagg_client *c, const int32_t *dropped
         return mop_fail(MOP_E_RANGE, "%s: buffer of %zu bytes, the blob needs %zu", fn, cap, size);
     uint8_t *p = buf;
     memcpy(p, "MSAR", 4);
-    put_u32(p + 4, SA_VERSION);
-    put_u32(p + 8, (uint32_t)c->index);
-    put_u32(p + 12, (uint32_t)n);
-    put_u64(p + 16, (uint64_t)c->cfg.round);
-    put_u32(p + 24, (uint32_t)n_dropped);
-    put_u32(p + 28, 0);
+    mop_put_le32(p + 4, SA_VERSION);
+    mop_put_le32(p + 8, (uint32_t)c->index);
+    mop_put_le32(p + 12, (uint32_t)n);
+    mop_put_le64(p + 16, (uint64_t)c->cfg.round);
+    mop_put_le32(p + 24, (uint32_t)n_dropped);
+    mop_put_le32(p + 28, 0);
     p += SA_RHEADER;
     for (int32_t k = 0; k < n_dropped; k++) {
-        put_u32(p, (uint32_t)dropped[k]);
+        mop_put_le32(p, (uint32_t)dropped[k]);
         memcpy(p + 4, c->keys + (size_t)dropped[k] * 32, 32);
         c->revealed[dropped[k]] = 1;
         p += SA_RENTRY;
@@ -478,13 +456,13 @@ static mop_status secagg_check_blob(const mop_secagg_server *s, const uint8_t *b
     secagg_checksum(h, b, n - SA_HASH);
     if (sodium_memcmp(h, b + n - SA_HASH, SA_HASH) != 0)
         return mop_fail(MOP_E_CHECKSUM, "%s: %s blob checksum mismatch", fn, magic);
-    uint32_t nc = get_u32(b + 12);
-    uint64_t round = get_u64(b + 16);
+    uint32_t nc = mop_get_le32(b + 12);
+    uint64_t round = mop_get_le64(b + 16);
     if (nc != (uint32_t)s->cfg.n || round != (uint64_t)s->cfg.round)
         return mop_fail(MOP_E_STATE, "%s: blob from a round with n_clients %u, round %llu; the "
                         "server has n_clients %d, round %lld", fn, (unsigned)nc,
                         (unsigned long long)round, (int)s->cfg.n, (long long)s->cfg.round);
-    uint32_t idx = get_u32(b + 8);
+    uint32_t idx = mop_get_le32(b + 8);
     if (idx >= (uint32_t)s->cfg.n)
         return mop_fail(MOP_E_FORMAT, "%s: client index %u not in 0..%d", fn, (unsigned)idx,
                         (int)s->cfg.n - 1);
@@ -498,7 +476,7 @@ static mop_status secagg_check_head(const uint8_t *b, size_t n, const char *magi
         return mop_fail(MOP_E_FORMAT, "%s: blob of %zu bytes is shorter than its header", fn, n);
     if (memcmp(b, magic, 4) != 0)
         return mop_fail(MOP_E_FORMAT, "%s: bad magic (expected \"%s\")", fn, magic);
-    uint32_t v = get_u32(b + 4);
+    uint32_t v = mop_get_le32(b + 4);
     if (v != SA_VERSION)
         return mop_fail(MOP_E_UNSUPPORTED, "%s: blob version %u, this library reads %u", fn,
                         (unsigned)v, SA_VERSION);
@@ -512,26 +490,26 @@ mop_status mop_secagg_server_add_masked(mop_secagg_server *s, const uint8_t *blo
     MOP_CHECK_ARG(blob != NULL);
     const secagg_cfg *cfg = &s->cfg;
     MOP_TRY(secagg_check_head(blob, n, "MSAM", SA_HEADER, fn));
-    uint32_t bits = get_u32(blob + 24);
-    uint64_t length = get_u64(blob + 40);
+    uint32_t bits = mop_get_le32(blob + 24);
+    uint64_t length = mop_get_le64(blob + 40);
     if (bits != 32 && bits != 64)
         return mop_fail(MOP_E_FORMAT, "%s: ring_bits %u in blob", fn, (unsigned)bits);
     if (length < 1 || length > (uint64_t)SA_MAX_LENGTH)
         return mop_fail(MOP_E_FORMAT, "%s: length %llu in blob", fn, (unsigned long long)length);
     size_t expected = SA_HEADER + (size_t)(length + 1) * (bits / 8) + SA_HASH;
     MOP_TRY(secagg_check_blob(s, blob, n, "masked", expected, fn));
-    if (get_u32(blob + 36) != 0)
+    if (mop_get_le32(blob + 36) != 0)
         return mop_fail(MOP_E_FORMAT, "%s: reserved header word at byte 36 is 0x%08x, must be 0",
-                        fn, (unsigned)get_u32(blob + 36));
-    if (bits != (uint32_t)cfg->bits || get_u32(blob + 28) != f32_bits(cfg->scale) ||
-        get_u32(blob + 32) != f32_bits(cfg->range))
+                        fn, (unsigned)mop_get_le32(blob + 36));
+    if (bits != (uint32_t)cfg->bits || mop_get_le32(blob + 28) != f32_bits(cfg->scale) ||
+        mop_get_le32(blob + 32) != f32_bits(cfg->range))
         return mop_fail(MOP_E_STATE, "%s: blob uses other ring or fixed-point parameters "
                         "(ring_bits %u) than the server (ring_bits %d, scale %g, clip_range %g)",
                         fn, (unsigned)bits, (int)cfg->bits, (double)cfg->scale, (double)cfg->range);
     if (length != (uint64_t)cfg->length)
         return mop_fail(MOP_E_SHAPE, "%s: blob holds %llu values, the round expects %lld", fn,
                         (unsigned long long)length, (long long)cfg->length);
-    uint32_t idx = get_u32(blob + 8);
+    uint32_t idx = mop_get_le32(blob + 8);
     if (s->have[idx])
         return mop_fail(MOP_E_STATE, "%s: client %u already sent its masked input", fn, (unsigned)idx);
     if (s->dropped[idx])
@@ -540,7 +518,7 @@ mop_status mop_secagg_server_add_masked(mop_secagg_server *s, const uint8_t *blo
     uint64_t mask = secagg_ring_mask(cfg->bits);
     const uint8_t *p = blob + SA_HEADER;
     for (size_t i = 0; i <= (size_t)length; i++) {
-        uint64_t v = bits == 32 ? get_u32(p + 4 * i) : get_u64(p + 8 * i);
+        uint64_t v = bits == 32 ? mop_get_le32(p + 4 * i) : mop_get_le64(p + 8 * i);
         s->acc[i] = (s->acc[i] + v) & mask;
     }
     s->have[idx] = 1;
@@ -554,20 +532,20 @@ mop_status mop_secagg_server_add_recovery(mop_secagg_server *s, const uint8_t *b
     MOP_CHECK_ARG(blob != NULL);
     int32_t nc = s->cfg.n;
     MOP_TRY(secagg_check_head(blob, n, "MSAR", SA_RHEADER, fn));
-    uint32_t m = get_u32(blob + 24);
+    uint32_t m = mop_get_le32(blob + 24);
     if (m >= (uint32_t)nc)
         return mop_fail(MOP_E_FORMAT, "%s: %u keys for %d clients", fn, (unsigned)m, (int)nc);
     MOP_TRY(secagg_check_blob(s, blob, n, "recovery", SA_RHEADER + (size_t)m * SA_RENTRY + SA_HASH, fn));
-    if (get_u32(blob + 28) != 0)
+    if (mop_get_le32(blob + 28) != 0)
         return mop_fail(MOP_E_FORMAT, "%s: reserved header word at byte 28 is 0x%08x, must be 0",
-                        fn, (unsigned)get_u32(blob + 28));
-    uint32_t i = get_u32(blob + 8);
+                        fn, (unsigned)mop_get_le32(blob + 28));
+    uint32_t i = mop_get_le32(blob + 8);
     if (!s->have[i])
         return mop_fail(MOP_E_STATE, "%s: survivor %u's masked input is not in the sum", fn,
                         (unsigned)i);
     const uint8_t *e = blob + SA_RHEADER;
     for (uint32_t k = 0; k < m; k++) {
-        uint32_t j = get_u32(e + (size_t)k * SA_RENTRY);
+        uint32_t j = mop_get_le32(e + (size_t)k * SA_RENTRY);
         if (j >= (uint32_t)nc || j == i)
             return mop_fail(MOP_E_FORMAT, "%s: entry %u names client %u (survivor %u, n_clients %d)",
                             fn, (unsigned)k, (unsigned)j, (unsigned)i, (int)nc);
@@ -578,7 +556,7 @@ mop_status mop_secagg_server_add_recovery(mop_secagg_server *s, const uint8_t *b
             return mop_fail(MOP_E_STATE, "%s: key of pair (%u, %u) already applied", fn,
                             (unsigned)i, (unsigned)j);
         for (uint32_t k2 = 0; k2 < k; k2++)
-            if (get_u32(e + (size_t)k2 * SA_RENTRY) == j)
+            if (mop_get_le32(e + (size_t)k2 * SA_RENTRY) == j)
                 return mop_fail(MOP_E_FORMAT, "%s: client %u listed twice", fn, (unsigned)j);
     }
     if (!s->rev[i]) {
@@ -588,7 +566,7 @@ mop_status mop_secagg_server_add_recovery(mop_secagg_server *s, const uint8_t *b
     }
     size_t len = (size_t)s->cfg.length + 1;
     for (uint32_t k = 0; k < m; k++) {
-        uint32_t j = get_u32(e + (size_t)k * SA_RENTRY);
+        uint32_t j = mop_get_le32(e + (size_t)k * SA_RENTRY);
         /* Survivor i added +m_ij if j > i, −m_ij if j < i: take it back. */
         secagg_add_mask(s->acc, len, e + (size_t)k * SA_RENTRY + 4, j > i ? -1 : +1, s->cfg.bits);
         s->rev[i][j / 8] |= (uint8_t)(1u << (j % 8));

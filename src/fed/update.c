@@ -235,9 +235,7 @@ mop_status mop_update_get_tensor(const mop_update *u, int32_t index, const char 
 {
     MOP_CHECK_ARG(u != NULL);
     MOP_CHECK_ARG(info != NULL);
-    if (info->struct_size < sizeof(uint32_t) || info->struct_size > sizeof *info)
-        return mop_fail(MOP_E_INVALID_ARG, "mop_update_get_tensor: info->struct_size %u (expected <= %zu)",
-                        (unsigned)info->struct_size, sizeof *info);
+    MOP_CHECK_STRUCT_SIZE("mop_update_get_tensor", info, MOP_OUT_STRUCT_MIN);
     const fed_tensor *t = NULL;
     if (index >= 0) {
         if (index >= u->n_tensors)
@@ -269,9 +267,7 @@ mop_status mop_update_get_header(const mop_update *u, mop_update_header *out)
 {
     MOP_CHECK_ARG(u != NULL);
     MOP_CHECK_ARG(out != NULL);
-    if (out->struct_size < sizeof(uint32_t) || out->struct_size > sizeof *out)
-        return mop_fail(MOP_E_INVALID_ARG, "mop_update_get_header: out->struct_size %u (expected <= %zu)",
-                        (unsigned)out->struct_size, sizeof *out);
+    MOP_CHECK_STRUCT_SIZE("mop_update_get_header", out, MOP_OUT_STRUCT_MIN);
     mop_update_header h;
     memset(&h, 0, sizeof h);
     h.struct_size = out->struct_size;

@@ -24,6 +24,7 @@
 
 #include <sodium.h>
 
+#include "byte_order.h"
 #include "fed.h"
 #include "internal.h"
 
@@ -50,34 +51,6 @@ static mop_status fed_sodium_ready(void)
 }
 
 /* ---- little-endian writer ---- */
-static void put_u32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static void put_u64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint32_t get_u32(const uint8_t *p)
-{
-    uint32_t v = 0;
-    for (int i = 0; i < 4; i++)
-        v |= (uint32_t)p[i] << (8 * i);
-    return v;
-}
-
-static uint64_t get_u64(const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++)
-        v |= (uint64_t)p[i] << (8 * i);
-    return v;
-}
-
 static size_t serialized_size(const mop_update *u)
 {
     size_t n = FMT_HEADER;
@@ -104,43 +77,43 @@ mop_status mop_update_serialize(const mop_update *u, uint8_t *buf, size_t cap, s
 
     uint8_t *p = buf;
     memcpy(p, FMT_MAGIC, 4);
-    put_u32(p + 4, FMT_VERSION);
-    put_u32(p + 8, (uint32_t)u->kind);
-    put_u32(p + 12, (uint32_t)u->n_meta);
-    put_u64(p + 16, (uint64_t)u->round);
-    put_u64(p + 24, u->client_id);
+    mop_put_le32(p + 4, FMT_VERSION);
+    mop_put_le32(p + 8, (uint32_t)u->kind);
+    mop_put_le32(p + 12, (uint32_t)u->n_meta);
+    mop_put_le64(p + 16, (uint64_t)u->round);
+    mop_put_le64(p + 24, u->client_id);
     uint64_t ns;
     memcpy(&ns, &u->n_samples, 8);
-    put_u64(p + 32, ns);
-    put_u32(p + 40, (uint32_t)u->n_tensors);
-    put_u32(p + 44, 0);
+    mop_put_le64(p + 32, ns);
+    mop_put_le32(p + 40, (uint32_t)u->n_tensors);
+    mop_put_le32(p + 44, 0);
     p += FMT_HEADER;
     for (int32_t i = 0; i < u->n_meta; i++) {
         size_t kl = strlen(u->meta_key[i]), vl = strlen(u->meta_value[i]);
-        put_u32(p, (uint32_t)kl);
+        mop_put_le32(p, (uint32_t)kl);
         memcpy(p + 4, u->meta_key[i], kl);
         p += 4 + kl;
-        put_u32(p, (uint32_t)vl);
+        mop_put_le32(p, (uint32_t)vl);
         memcpy(p + 4, u->meta_value[i], vl);
         p += 4 + vl;
     }
     for (int32_t i = 0; i < u->n_tensors; i++) {
         const fed_tensor *t = &u->tensors[i];
         size_t nl = strlen(t->name);
-        put_u32(p, (uint32_t)nl);
+        mop_put_le32(p, (uint32_t)nl);
         memcpy(p + 4, t->name, nl);
         p += 4 + nl;
-        put_u32(p, (uint32_t)t->n_dims);
+        mop_put_le32(p, (uint32_t)t->n_dims);
         p += 4;
         for (int32_t d = 0; d < t->n_dims; d++, p += 8)
-            put_u64(p, (uint64_t)t->dims[d]);
+            mop_put_le64(p, (uint64_t)t->dims[d]);
     }
     for (int32_t i = 0; i < u->n_tensors; i++) {
         const fed_tensor *t = &u->tensors[i];
         for (int64_t j = 0; j < t->size; j++, p += 4) {
             uint32_t bits;
             memcpy(&bits, &t->data[j], 4);
-            put_u32(p, bits);
+            mop_put_le32(p, bits);
         }
     }
     crypto_hash_sha256(p, buf, (unsigned long long)(p - buf));
@@ -169,7 +142,7 @@ static mop_status take_u32(reader *r, const char *what, uint32_t *v)
 {
     const uint8_t *p = NULL;
     MOP_TRY(take(r, 4, what, &p));
-    *v = get_u32(p);
+    *v = mop_get_le32(p);
     return MOP_OK;
 }
 
@@ -227,15 +200,15 @@ static mop_status parse_into(const uint8_t *buf, size_t n, mop_update **out, tab
         return mop_fail(MOP_E_FORMAT, "update blob: %zu bytes, too short for magic and version", n);
     if (memcmp(buf, FMT_MAGIC, 4) != 0)
         return mop_fail(MOP_E_FORMAT, "update blob: bad magic (expected \"MOPU\")");
-    uint32_t version = get_u32(buf + 4);
+    uint32_t version = mop_get_le32(buf + 4);
     if (version != FMT_VERSION)
         return mop_fail(MOP_E_UNSUPPORTED, "update blob: version %u not supported (this library reads %u)",
                         (unsigned)version, FMT_VERSION);
     MOP_TRY(take(&r, FMT_HEADER, "header", &h));
-    uint32_t kind = get_u32(h + 8), n_meta = get_u32(h + 12);
-    int64_t round = (int64_t)get_u64(h + 16);
-    uint64_t client_id = get_u64(h + 24), ns_bits = get_u64(h + 32);
-    uint32_t n_tensors = get_u32(h + 40), reserved = get_u32(h + 44);
+    uint32_t kind = mop_get_le32(h + 8), n_meta = mop_get_le32(h + 12);
+    int64_t round = (int64_t)mop_get_le64(h + 16);
+    uint64_t client_id = mop_get_le64(h + 24), ns_bits = mop_get_le64(h + 32);
+    uint32_t n_tensors = mop_get_le32(h + 40), reserved = mop_get_le32(h + 44);
     double n_samples;
     memcpy(&n_samples, &ns_bits, 8);
     if (kind > 1)
@@ -282,7 +255,7 @@ static mop_status parse_into(const uint8_t *buf, size_t n, mop_update **out, tab
         for (uint32_t d = 0; d < nd; d++) {
             const uint8_t *p = NULL;
             MOP_TRY(take(&r, 8, "tensor dims", &p));
-            int64_t v = (int64_t)get_u64(p);
+            int64_t v = (int64_t)mop_get_le64(p);
             if (v < 1 || !mop_mul_ok(e->size, (size_t)v, &e->size) || e->size > ((size_t)1 << 40))
                 return mop_fail(MOP_E_FORMAT, "update blob: tensor %.*s: dim %u is %lld (must be >= 1, product at most 2^40)",
                                 (int)e->name_len, (const char *)e->name, (unsigned)d, (long long)v);
@@ -350,7 +323,7 @@ static mop_status parse_into(const uint8_t *buf, size_t n, mop_update **out, tab
             break;
         }
         for (size_t j = 0; j < e->size; j++, pay += 4) {
-            uint32_t bits = get_u32(pay);
+            uint32_t bits = mop_get_le32(pay);
             memcpy(&data[j], &bits, 4);
             if (!isfinite(data[j]) && s == MOP_OK)
                 s = mop_fail(MOP_E_FORMAT, "update blob: tensor %s: value %zu is %g (NaN/Inf not allowed)",

@@ -30,17 +30,19 @@ struct mop_decoder {
     attn_row *ar;       /* (n_seq_max) */
 };
 
-mop_status mop_decoder_params_init(mop_decoder_params *p)
+#define DECODER_PARAMS_MIN MOP_SIZE_THROUGH(mop_decoder_params, n_threads)
+
+static void decoder_defaults(mop_decoder_params *p)
 {
-    MOP_CHECK_ARG(p);
     memset(p, 0, sizeof *p);
     p->struct_size = sizeof *p;
     p->n_seq_max = 16;
     p->n_ctx = 2048;
     p->n_batch = 512;
     p->n_threads = 0;
-    return MOP_OK;
 }
+
+MOP_DEFINE_PARAMS_INIT_SIZED(decoder, DECODER_PARAMS_MIN)
 
 void mop_decoder_free(mop_decoder *dec)
 {
@@ -72,18 +74,14 @@ mop_status mop_decoder_create(mop_model *model, const mop_decoder_params *params
     MOP_CHECK_ARG(model);
     MOP_CHECK_ARG(out);
     mop_decoder_params p;
-    MOP_TRY(mop_decoder_params_init(&p));
-    if (params) {
-        if (params->struct_size < sizeof(uint32_t) || params->struct_size > sizeof p)
-            return mop_fail(MOP_E_INVALID_ARG, "%s: params.struct_size %u (expected %zu; use "
-                            "mop_decoder_params_init)", fn, params->struct_size, sizeof p);
-        memcpy(&p, params, params->struct_size);
-        p.struct_size = sizeof p;
-    }
+    decoder_defaults(&p);
+    if (params)
+        MOP_READ_STRUCT(fn, &p, params, DECODER_PARAMS_MIN);
     if (p.n_seq_max < 1 || p.n_seq_max > DEC_MAX_SEQ)
         return mop_fail(MOP_E_RANGE, "%s: n_seq_max %d outside [1, %d]", fn, p.n_seq_max,
                         DEC_MAX_SEQ);
-    mop_ctx_params cp = mop_ctx_default_params();
+    mop_ctx_params cp;
+    mop_ctx_params_init(&cp);
     cp.n_ctx = p.n_ctx;
     cp.n_batch = p.n_batch;
     cp.n_threads = p.n_threads;

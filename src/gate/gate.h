@@ -12,6 +12,7 @@
 #include "internal.h"
 #include "libmop/mop_gate.h"
 #include "model.h"
+#include "rng.h" /* mop_xorshift64s_next: initialisation and pre-training shuffles */
 
 /* Named views of the flat buffers, in this order. */
 enum { GATE_T_EXPERTS = 0, GATE_T_W1, GATE_T_B1, GATE_T_W2, GATE_T_B2, GATE_T_COUNT };
@@ -94,10 +95,6 @@ struct mop_mixture {
 
 /* Views. */
 static inline float *gate_experts(const mop_mixture *m) { return m->params + m->off[GATE_T_EXPERTS]; }
-
-/* xorshift64* step of the module's seeded draws (initialisation, shuffles);
- * the state must not be 0. */
-uint64_t gate_rng_next(uint64_t *state);
 
 /* Resolve -1 defaults against the model and check every field; errors are
  * MOP_E_RANGE / MOP_E_INVALID_ARG with the field's name. */

@@ -6,17 +6,29 @@
 #include "backward.h"
 #include "gate.h"
 
-mop_status mop_gate_pretrain_params_init(mop_gate_pretrain_params *p)
+/* first release (0.2.0) */
+#define GATE_PRETRAIN_PARAMS_MIN MOP_SIZE_THROUGH(mop_gate_pretrain_params, progress_user)
+
+static void gate_pretrain_defaults(mop_gate_pretrain_params *d)
+{
+    memset(d, 0, sizeof *d);
+    d->struct_size = sizeof *d;
+    d->lr = 3e-3f;
+    d->weight_decay = 0.0f;
+    d->batch_size = 32;
+    d->max_epochs = 100;
+    d->patience = 5;
+    d->seed = 1234;
+}
+
+MOP_DEFINE_PARAMS_INIT_SIZED(gate_pretrain, GATE_PRETRAIN_PARAMS_MIN)
+
+/* The 0.2.0 symbol (the header's macro of the same name replaces it in
+ * source): a 0.2.0 struct is the whole struct. */
+mop_status (mop_gate_pretrain_params_init)(mop_gate_pretrain_params *p)
 {
     MOP_CHECK_ARG(p);
-    memset(p, 0, sizeof *p);
-    p->struct_size = sizeof *p;
-    p->lr = 3e-3f;
-    p->weight_decay = 0.0f;
-    p->batch_size = 32;
-    p->max_epochs = 100;
-    p->patience = 5;
-    p->seed = 1234;
+    gate_pretrain_defaults(p);
     return MOP_OK;
 }
 
@@ -60,16 +72,11 @@ mop_status mop_mixture_pretrain_gate(mop_mixture *m, const float *u, const int32
     static const char fn[] = "mop_mixture_pretrain_gate";
     MOP_CHECK_ARG(m && u && task);
     mop_gate_pretrain_params p;
-    MOP_TRY(mop_gate_pretrain_params_init(&p));
-    if (params) {
-        if (params->struct_size < sizeof(uint32_t) || params->struct_size > sizeof p)
-            return mop_fail(MOP_E_INVALID_ARG, "%s: params->struct_size %u (expected %zu)", fn,
-                            params->struct_size, sizeof p);
-        memcpy(&p, params, params->struct_size);
-    }
-    if (result && (result->struct_size < sizeof(uint32_t) || result->struct_size > sizeof *result))
-        return mop_fail(MOP_E_INVALID_ARG, "%s: result->struct_size %u (expected <= %zu)", fn,
-                        result->struct_size, sizeof *result);
+    gate_pretrain_defaults(&p);
+    if (params)
+        MOP_READ_STRUCT(fn, &p, params, GATE_PRETRAIN_PARAMS_MIN);
+    if (result)
+        MOP_CHECK_STRUCT_SIZE(fn, result, MOP_OUT_STRUCT_MIN);
     if (m->p.gate_mode != MOP_GATE_LEARNED)
         return mop_fail(MOP_E_INVALID_ARG, "%s: the mixture has no learned gate", fn);
     if (n < 1 || n_val < 0 || (n_val > 0 && (!u_val || !task_val)))
@@ -93,7 +100,8 @@ mop_status mop_mixture_pretrain_gate(mop_mixture *m, const float *u, const int32
 
     const size_t off = m->off[GATE_T_W1], n_gate = m->n_params - off;
     const int32_t bs = MOP_MIN(p.batch_size, n);
-    mop_adamw_params ap = mop_adamw_default_params();
+    mop_adamw_params ap;
+    mop_adamw_params_init(&ap);
     ap.lr = p.lr;
     ap.weight_decay = p.weight_decay;
     mop_optimizer *opt = NULL;
@@ -121,7 +129,7 @@ mop_status mop_mixture_pretrain_gate(mop_mixture *m, const float *u, const int32
     while (epoch < p.max_epochs && epoch - improved < p.patience) {
         epoch++;
         for (int32_t r = n - 1; r > 0; r--) {
-            int32_t j = (int32_t)(gate_rng_next(&rng) % (uint64_t)(r + 1));
+            int32_t j = (int32_t)(mop_xorshift64s_next(&rng) % (uint64_t)(r + 1));
             int32_t t = order[r];
             order[r] = order[j], order[j] = t;
         }

@@ -4,40 +4,46 @@
 
 #include "gate.h"
 
-mop_mixture_params mop_mixture_default_params(void)
+/* first release (0.1.0) */
+#define MIXTURE_PARAMS_MIN MOP_SIZE_THROUGH(mop_mixture_params, seed)
+
+static void mixture_defaults(mop_mixture_params *d)
 {
-    mop_mixture_params p;
-    memset(&p, 0, sizeof p);
-    p.struct_size = sizeof p;
-    p.n_experts = 8;
-    p.prompt_len = 8;
-    p.gate_layer = -1;
-    p.inject_layer = -1;
-    p.gate_hidden = 64;
-    p.gate_act = MOP_GATE_ACT_GELU;
-    p.gate_temperature = 1.0f;
-    p.top_k = 0;
-    p.combine = MOP_COMBINE_ATTENTION_BIAS;
-    p.gate_mode = MOP_GATE_LEARNED;
-    p.init = MOP_INIT_VOCAB;
-    p.init_std = 0.02f;
-    p.seed = 1234;
-    p.gate_pool = MOP_POOL_CONTENT;
-    p.gate_norm = 1;
-    p.gate_bias = MOP_BIAS_LOG_KW;
-    p.n_shared = 0;
-    p.expert_attention = MOP_EXPERTS_INDEPENDENT;
-    p.top_k_renorm = 0;
-    return p;
+    memset(d, 0, sizeof *d);
+    d->struct_size = sizeof *d;
+    d->n_experts = 8;
+    d->prompt_len = 8;
+    d->gate_layer = -1;
+    d->inject_layer = -1;
+    d->gate_hidden = 64;
+    d->gate_act = MOP_GATE_ACT_GELU;
+    d->gate_temperature = 1.0f;
+    d->top_k = 0;
+    d->combine = MOP_COMBINE_ATTENTION_BIAS;
+    d->gate_mode = MOP_GATE_LEARNED;
+    d->init = MOP_INIT_VOCAB;
+    d->init_std = 0.02f;
+    d->seed = 1234;
+    d->gate_pool = MOP_POOL_CONTENT;
+    d->gate_norm = 1;
+    d->gate_bias = MOP_BIAS_LOG_KW;
+    d->n_shared = 0;
+    d->expert_attention = MOP_EXPERTS_INDEPENDENT;
+    d->top_k_renorm = 0;
 }
 
-mop_loss_params mop_loss_default_params(void)
+MOP_DEFINE_PARAMS_INIT(mixture, MIXTURE_PARAMS_MIN)
+
+/* first release (0.1.0) */
+#define LOSS_PARAMS_MIN MOP_SIZE_THROUGH(mop_loss_params, prox_mu)
+
+static void loss_defaults(mop_loss_params *d)
 {
-    mop_loss_params p;
-    memset(&p, 0, sizeof p);
-    p.struct_size = sizeof p;
-    return p;
+    memset(d, 0, sizeof *d);
+    d->struct_size = sizeof *d;
 }
+
+MOP_DEFINE_PARAMS_INIT(loss, LOSS_PARAMS_MIN)
 
 mop_status mixture_resolve_params(mop_mixture_params *p, int32_t n_layer, const char *fn)
 {
@@ -205,17 +211,9 @@ typedef struct gate_rng {
     uint64_t s;
 } gate_rng;
 
-uint64_t gate_rng_next(uint64_t *s)
-{
-    *s ^= *s >> 12;
-    *s ^= *s << 25;
-    *s ^= *s >> 27;
-    return *s * 0x2545F4914F6CDD1Dull;
-}
-
 static uint64_t rng_next(gate_rng *r)
 {
-    return gate_rng_next(&r->s);
+    return mop_xorshift64s_next(&r->s);
 }
 
 static double rng_uniform(gate_rng *r) /* (0, 1) */
@@ -260,16 +258,10 @@ mop_status mop_mixture_create(mop_model *model, const mop_mixture_params *params
 {
     MOP_CHECK_ARG(model);
     MOP_CHECK_ARG(out);
-    mop_mixture_params p = mop_mixture_default_params();
-    if (params) {
-        if (params->struct_size < sizeof(uint32_t) || params->struct_size > sizeof p)
-            return mop_fail(MOP_E_INVALID_ARG,
-                            "mop_mixture_create: params.struct_size %u (expected %zu; use "
-                            "mop_mixture_default_params)",
-                            params->struct_size, sizeof p);
-        memcpy(&p, params, params->struct_size);
-        p.struct_size = sizeof p;
-    }
+    mop_mixture_params p;
+    mixture_defaults(&p);
+    if (params)
+        MOP_READ_STRUCT("mop_mixture_create", &p, params, MIXTURE_PARAMS_MIN);
     MOP_TRY(mixture_resolve_params(&p, model->hp.n_layer, "mop_mixture_create"));
     mop_mixture *m = NULL;
     MOP_TRY(mixture_alloc(model, &p, &m));
@@ -282,10 +274,7 @@ mop_status mop_mixture_get_params(const mop_mixture *m, mop_mixture_params *out)
 {
     MOP_CHECK_ARG(m);
     MOP_CHECK_ARG(out);
-    if (out->struct_size < sizeof(uint32_t) || out->struct_size > sizeof *out)
-        return mop_fail(MOP_E_INVALID_ARG,
-                        "mop_mixture_get_params: out->struct_size %u (expected <= %zu)",
-                        out->struct_size, sizeof *out);
+    MOP_CHECK_STRUCT_SIZE("mop_mixture_get_params", out, MOP_OUT_STRUCT_MIN);
     uint32_t n = out->struct_size;
     memcpy(out, &m->p, n);
     out->struct_size = n;
@@ -325,10 +314,7 @@ mop_status mop_mixture_tensor_get_info(const mop_mixture *m, int32_t index,
 {
     MOP_CHECK_ARG(m);
     MOP_CHECK_ARG(info);
-    if (info->struct_size < sizeof(uint32_t) || info->struct_size > sizeof *info)
-        return mop_fail(MOP_E_INVALID_ARG,
-                        "mop_mixture_tensor_get_info: info->struct_size %u (expected <= %zu)",
-                        info->struct_size, sizeof *info);
+    MOP_CHECK_STRUCT_SIZE("mop_mixture_tensor_get_info", info, MOP_OUT_STRUCT_MIN);
     if (index < 0 || index >= m->n_tensors)
         return mop_fail(MOP_E_RANGE, "mop_mixture_tensor_get_info: index %d outside [0, %d)",
                         index, m->n_tensors);

@@ -183,16 +183,12 @@ mop_status mop_mixture_forward_backward(mop_ctx *ctx, mop_mixture *m, const mop_
     MOP_CHECK_ARG(ctx);
     MOP_CHECK_ARG(m);
     MOP_CHECK_ARG(batch);
-    mop_loss_params lp = mop_loss_default_params();
-    if (loss) {
-        if (loss->struct_size < sizeof(uint32_t) || loss->struct_size > sizeof lp)
-            return mop_fail(MOP_E_INVALID_ARG, "%s: loss->struct_size %u (expected %zu)", fn,
-                            loss->struct_size, sizeof lp);
-        memcpy(&lp, loss, loss->struct_size);
-    }
-    if (result && (result->struct_size < sizeof(uint32_t) || result->struct_size > sizeof *result))
-        return mop_fail(MOP_E_INVALID_ARG, "%s: result->struct_size %u (expected %zu)", fn,
-                        result->struct_size, sizeof *result);
+    mop_loss_params lp;
+    mop_loss_params_init(&lp);
+    if (loss)
+        MOP_READ_STRUCT(fn, &lp, loss, MOP_SIZE_THROUGH(mop_loss_params, prox_mu)); /* 0.1.0 */
+    if (result)
+        MOP_CHECK_STRUCT_SIZE(fn, result, MOP_OUT_STRUCT_MIN);
     const mop_mixture_params *p = &m->p;
     const int learned = p->gate_mode == MOP_GATE_LEARNED;
     if (!(lp.load_balance >= 0.0f) || !(lp.gate_supervision >= 0.0f) || !(lp.prox_mu >= 0.0f) ||

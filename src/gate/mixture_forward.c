@@ -182,9 +182,7 @@ mop_status gate_ws_reserve_decode(gate_ws *ws, const mop_mixture *m)
 mop_status gate_check_batch(const mop_ctx *ctx, const mop_batch *batch, int32_t need_task_K,
                             const char *fn)
 {
-    if (batch->struct_size < offsetof(mop_batch, states) || batch->struct_size > sizeof(mop_batch))
-        return mop_fail(MOP_E_INVALID_ARG, "%s: batch->struct_size %u (expected %zu)", fn,
-                        batch->struct_size, sizeof(mop_batch));
+    MOP_CHECK_STRUCT_SIZE(fn, batch, MOP_SIZE_THROUGH(mop_batch, task)); /* 0.1.0 */
     const int cached = batch->struct_size >= sizeof(mop_batch) && batch->states;
     if (cached && !batch->gate_input)
         return mop_fail(MOP_E_INVALID_ARG, "%s: batch->states needs batch->gate_input", fn);
@@ -711,7 +709,7 @@ mop_status mop_mixture_evaluate(mop_ctx *ctx, const mop_mixture *const *mixtures
     mop_mixture dummy;
     memset(&dummy, 0, sizeof dummy);
     dummy.model = ctx->model;
-    dummy.p = mop_mixture_default_params();
+    mop_mixture_params_init(&dummy.p);
     dummy.p.inject_layer = ctx->model->hp.n_layer - 1;
     mop_status st = gate_ws_reserve(&ws, &dummy, maxT, maxS, 1, 0);
     for (int32_t i = 0; i < n_mixtures && st == MOP_OK; i++)

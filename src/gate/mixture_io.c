@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "byte_order.h"
 #include "fileio.h"
 #include "gate.h"
 #include "safetensors.h"
@@ -46,8 +47,7 @@ static mop_status write_mixture(FILE *f, void *user)
 {
     const save_job *j = user;
     uint8_t len8[8];
-    for (int i = 0; i < 8; i++)
-        len8[i] = (uint8_t)((uint64_t)j->header_len >> (8 * i));
+    mop_put_le64(len8, (uint64_t)j->header_len);
     MOP_TRY(mop_fwrite_all(f, len8, 8));
     size_t raw = strlen(j->header);
     MOP_TRY(mop_fwrite_all(f, j->header, raw));
@@ -215,7 +215,7 @@ static mop_status read_meta(const cJSON *meta, const char *what, int32_t d_model
                         MIX_VERSION);
     MOP_TRY(meta_get_i32(meta, "d_model", what, &file_d));
     MOP_TRY(meta_get_i32(meta, "n_layer", what, &file_L));
-    *p = mop_mixture_default_params();
+    mop_mixture_params_init(p);
     MOP_TRY(meta_get_i32(meta, "n_experts", what, &p->n_experts));
     MOP_TRY(meta_get_i32(meta, "prompt_len", what, &p->prompt_len));
     MOP_TRY(meta_get_i32(meta, "gate_layer", what, &p->gate_layer));
@@ -278,7 +278,8 @@ mop_status mixture_parse(const void *data, size_t size, const char *what, int32_
         s = mop_fail(MOP_E_FORMAT, "%s: header is not valid JSON", what);
     else if (!meta)
         s = mop_fail(MOP_E_FORMAT, "%s: no __metadata__ (not a libmop mixture)", what);
-    mop_mixture_params p = mop_mixture_default_params();
+    mop_mixture_params p;
+    mop_mixture_params_init(&p);
     int stats = 0;
     if (s == MOP_OK)
         s = read_meta(meta, what, d_model, n_layer, &p, &stats);
@@ -343,10 +344,7 @@ mop_status mixture_parse(const void *data, size_t size, const char *what, int32_
         }
         const uint8_t *src = t->data;
         for (size_t e = 0; e < sizes[i]; e++) {
-            uint32_t u = (uint32_t)src[4 * e] | (uint32_t)src[4 * e + 1] << 8 |
-                         (uint32_t)src[4 * e + 2] << 16 | (uint32_t)src[4 * e + 3] << 24;
-            float v;
-            memcpy(&v, &u, 4);
+            float v = mop_get_le_f32(src + 4 * e);
             if (!isfinite(v)) {
                 s = mop_fail(MOP_E_FORMAT, "%s: tensor %s: element %zu is not finite", what,
                              names[i], e);

@@ -32,22 +32,26 @@ struct mop_optimizer {
     float *v;     /* (n) second moment */
 };
 
-mop_adamw_params mop_adamw_default_params(void)
+/* 0.1.0 had min_lr_ratio last; any prefix was accepted before the rule in
+ * mop_version.h and stays so */
+#define ADAMW_PARAMS_MIN MOP_SIZE_THROUGH(mop_adamw_params, struct_size)
+
+static void adamw_defaults(mop_adamw_params *d)
 {
-    mop_adamw_params p;
-    memset(&p, 0, sizeof p);
-    p.struct_size = sizeof p;
-    p.lr = 3e-3f;
-    p.beta1 = 0.9f;
-    p.beta2 = 0.999f;
-    p.eps = 1e-8f;
-    p.weight_decay = 0.01f;
-    p.clip_norm = 1.0f;
-    p.warmup_steps = 0;
-    p.total_steps = 0;
-    p.min_lr_ratio = 0.1f;
-    return p;
+    memset(d, 0, sizeof *d);
+    d->struct_size = sizeof *d;
+    d->lr = 3e-3f;
+    d->beta1 = 0.9f;
+    d->beta2 = 0.999f;
+    d->eps = 1e-8f;
+    d->weight_decay = 0.01f;
+    d->clip_norm = 1.0f;
+    d->warmup_steps = 0;
+    d->total_steps = 0;
+    d->min_lr_ratio = 0.1f;
 }
+
+MOP_DEFINE_PARAMS_INIT(adamw, ADAMW_PARAMS_MIN)
 
 /* The first invalid field of @p p, reported with its value. */
 static mop_status check_params(const mop_adamw_params *p)
@@ -94,14 +98,9 @@ mop_status mop_optimizer_create(size_t n_params, const mop_adamw_params *params,
     MOP_CHECK_ARG(params);
     MOP_CHECK_ARG(out);
     MOP_CHECK_ARG(n_params > 0);
-    mop_adamw_params p = mop_adamw_default_params();
-    if (params->struct_size < sizeof(uint32_t) || params->struct_size > sizeof p)
-        return mop_fail(MOP_E_INVALID_ARG,
-                        "mop_optimizer_create: params.struct_size %u (expected %zu; use "
-                        "mop_adamw_default_params)",
-                        params->struct_size, sizeof p);
-    memcpy(&p, params, params->struct_size);
-    p.struct_size = sizeof p;
+    mop_adamw_params p;
+    adamw_defaults(&p);
+    MOP_READ_STRUCT("mop_optimizer_create", &p, params, ADAMW_PARAMS_MIN);
     MOP_TRY(check_params(&p));
 
     mop_optimizer *o = mop_calloc(1, sizeof *o);

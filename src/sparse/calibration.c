@@ -84,7 +84,8 @@ mop_status calib_create(mop_model *m, const int32_t *tokens, int64_t n_tokens, i
         return mop_fail(MOP_E_NOMEM, "out of memory for %lld calibration sequences of %d tokens",
                         (long long)n_seq, (int)T);
     }
-    mop_ctx_params cp = mop_ctx_default_params();
+    mop_ctx_params cp;
+    mop_ctx_params_init(&cp);
     cp.n_ctx = T;
     cp.n_batch = T;
     cp.n_threads = n_threads;

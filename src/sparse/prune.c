@@ -20,28 +20,31 @@
 
 #define N_LINEAR 7
 
-mop_prune_params mop_prune_default_params(void)
+/* first release (0.1.0) */
+#define PRUNE_PARAMS_MIN MOP_SIZE_THROUGH(mop_prune_params, progress_user)
+
+static void prune_defaults(mop_prune_params *d)
 {
-    mop_prune_params p;
-    memset(&p, 0, sizeof p);
-    p.struct_size = sizeof p;
-    p.method = MOP_PRUNE_MAGNITUDE;
-    p.pattern = MOP_PATTERN_NM;
-    p.n = 2;
-    p.m = 4;
-    p.ratio = 0.5f;
-    p.granularity = MOP_GRANULARITY_ROW;
-    p.layer_begin = 0;
-    p.layer_end = -1;
-    p.calib_tokens = NULL;
-    p.n_calib_tokens = 0;
-    p.calib_seq_len = 256;
-    p.sparsegpt_damp = 0.01f;
-    p.sparsegpt_block = 128;
-    p.lm_head_format = MOP_LM_HEAD_F32;
-    p.n_threads = 0;
-    return p;
+    memset(d, 0, sizeof *d);
+    d->struct_size = sizeof *d;
+    d->method = MOP_PRUNE_MAGNITUDE;
+    d->pattern = MOP_PATTERN_NM;
+    d->n = 2;
+    d->m = 4;
+    d->ratio = 0.5f;
+    d->granularity = MOP_GRANULARITY_ROW;
+    d->layer_begin = 0;
+    d->layer_end = -1;
+    d->calib_tokens = NULL;
+    d->n_calib_tokens = 0;
+    d->calib_seq_len = 256;
+    d->sparsegpt_damp = 0.01f;
+    d->sparsegpt_block = 128;
+    d->lm_head_format = MOP_LM_HEAD_F32;
+    d->n_threads = 0;
 }
+
+MOP_DEFINE_PARAMS_INIT(prune, PRUNE_PARAMS_MIN)
 
 /* The linear weights of a block, in file order, with the input each reads. */
 static void block_weights(mop_layer *L, mop_weight *ws[N_LINEAR])
@@ -54,15 +57,9 @@ static const int weight_input[N_LINEAR] = {CALIB_ATTN_IN, CALIB_ATTN_IN, CALIB_A
 
 /* ---- score-based masks -------------------------------------------------------- */
 
-typedef struct scored {
-    float s;
-    int32_t j;
-} scored;
-
-/* Ascending score; equal scores: the higher index first (removed first). */
-static int cmp_scored(const void *a, const void *b)
+int prune_entry_cmp(const void *a, const void *b)
 {
-    const scored *x = a, *y = b;
+    const prune_entry *x = a, *y = b;
     if (x->s != y->s)
         return x->s < y->s ? -1 : 1;
     return (x->j < y->j) - (x->j > y->j);
@@ -73,7 +70,7 @@ typedef struct scored_job {
     int64_t rows, cols;
     const prune_cfg *cfg;
     const float *scale; /* (cols) or NULL */
-    scored *buf;        /* (nth, cols) */
+    prune_entry *buf;   /* (nth, cols) */
 } scored_job;
 
 static float score_of(const scored_job *j, int64_t r, int64_t c)
@@ -84,11 +81,11 @@ static float score_of(const scored_job *j, int64_t r, int64_t c)
 
 /* Zero the k lowest-scoring entries of row r among columns [a, b). */
 static void zero_lowest(const scored_job *j, int64_t r, int64_t a, int64_t b, int64_t k,
-                        scored *buf)
+                        prune_entry *buf)
 {
     for (int64_t c = a; c < b; c++)
-        buf[c - a] = (scored){score_of(j, r, c), (int32_t)c};
-    qsort(buf, (size_t)(b - a), sizeof *buf, cmp_scored);
+        buf[c - a] = (prune_entry){score_of(j, r, c), (int32_t)c};
+    qsort(buf, (size_t)(b - a), sizeof *buf, prune_entry_cmp);
     for (int64_t i = 0; i < k; i++)
         j->W[r * j->cols + buf[i].j] = 0.0f;
 }
@@ -97,7 +94,7 @@ static void scored_rows(void *arg, int ith, int nth)
 {
     const scored_job *j = arg;
     const prune_cfg *cfg = j->cfg;
-    scored *buf = j->buf + (int64_t)ith * j->cols;
+    prune_entry *buf = j->buf + (int64_t)ith * j->cols;
     int64_t lo, hi;
     mop_split_range(j->rows, ith, nth, &lo, &hi);
     for (int64_t r = lo; r < hi; r++) {
@@ -120,7 +117,7 @@ mop_status prune_scored(float *W, int64_t rows, int64_t cols, const prune_cfg *c
                       cfg->granularity == MOP_GRANULARITY_LAYER;
     const int nth = layer ? 1 : (pool ? mop_pool_size(pool) : 1);
     float *scale = colsq ? mop_alloc((size_t)cols * sizeof *scale) : NULL;
-    scored *buf = mop_alloc((size_t)(layer ? rows * cols : nth * cols) * sizeof *buf);
+    prune_entry *buf = mop_alloc((size_t)(layer ? rows * cols : nth * cols) * sizeof *buf);
     if (!buf || (colsq && !scale)) {
         mop_free(scale);
         mop_free(buf);
@@ -133,8 +130,8 @@ mop_status prune_scored(float *W, int64_t rows, int64_t cols, const prune_cfg *c
     if (layer) {
         for (int64_t r = 0; r < rows; r++)
             for (int64_t c = 0; c < cols; c++)
-                buf[r * cols + c] = (scored){score_of(&j, r, c), (int32_t)(r * cols + c)};
-        qsort(buf, (size_t)(rows * cols), sizeof *buf, cmp_scored);
+                buf[r * cols + c] = (prune_entry){score_of(&j, r, c), (int32_t)(r * cols + c)};
+        qsort(buf, (size_t)(rows * cols), sizeof *buf, prune_entry_cmp);
         int64_t k = prune_removed_before(cfg->ratio, rows * cols);
         for (int64_t i = 0; i < k; i++)
             W[buf[i].j] = 0.0f;
@@ -262,14 +259,9 @@ static void drop_buffer(mop_model *m, const void *data)
 mop_status mop_model_prune(mop_model *model, const mop_prune_params *params)
 {
     MOP_CHECK_ARG(model && params && model->layers);
-    mop_prune_params p = mop_prune_default_params();
-    if (params->struct_size < offsetof(mop_prune_params, method) ||
-        params->struct_size > sizeof p)
-        return mop_fail(MOP_E_INVALID_ARG,
-                        "mop_model_prune: params->struct_size = %u (expected at most %zu; use "
-                        "mop_prune_default_params())",
-                        params->struct_size, sizeof p);
-    memcpy(&p, params, params->struct_size);
+    mop_prune_params p;
+    prune_defaults(&p);
+    MOP_READ_STRUCT("mop_model_prune", &p, params, PRUNE_PARAMS_MIN);
     if (atomic_load(&model->refs) > 1)
         return mop_fail(MOP_E_STATE, "mop_model_prune: the model is held by %d other "
                         "context(s) or mixture(s); free them first",

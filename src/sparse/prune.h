@@ -27,6 +27,17 @@ static inline int64_t prune_removed_before(double ratio, int64_t e)
     return (int64_t)(ratio * (double)e + 0.5);
 }
 
+/* A weight's pruning score and its index (column, or flat index). */
+typedef struct prune_entry {
+    float s;
+    int32_t j;
+} prune_entry;
+
+/* The one order of every mask choice (qsort): ascending score, and equal
+ * scores with the HIGHER index first. The first k entries are removed, so of
+ * equal scores the lower index is kept (test_prune: test_tie_order). */
+int prune_entry_cmp(const void *a, const void *b);
+
 /* Zero the weights a score-based criterion removes from W (rows, cols):
  * score |W_ij|·s_j with s_j = sqrt(colsq[j]) (Wanda; colsq = Σ_t x_tj²) or
  * s_j = 1 (magnitude, colsq = NULL). Ties go to the lower column (kept).

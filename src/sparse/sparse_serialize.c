@@ -4,6 +4,7 @@
  * bytes give MOP_E_FORMAT with the first problem found. */
 #include <string.h>
 
+#include "byte_order.h"
 #include "sparse.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -19,20 +20,6 @@ static void put(uint8_t **p, const void *src, size_t n)
     if (n)
         memcpy(*p, src, n);
     *p += n;
-}
-
-static uint32_t get_u32(const uint8_t *p)
-{
-    uint32_t v;
-    memcpy(&v, p, 4);
-    return v;
-}
-
-static uint64_t get_u64(const uint8_t *p)
-{
-    uint64_t v;
-    memcpy(&v, p, 8);
-    return v;
 }
 
 /* a·b + c with overflow → 0. */
@@ -112,10 +99,10 @@ static mop_status size_check(size_t need, size_t size, const char *what)
 static mop_status finite_values(const uint8_t *v, size_t n, const char *what)
 {
     for (size_t i = 0; i < n; i++)
-        if ((get_u32(v + 4 * i) & 0x7f800000u) == 0x7f800000u)
+        if ((mop_get_le32(v + 4 * i) & 0x7f800000u) == 0x7f800000u)
             return mop_fail(MOP_E_FORMAT, "sparse weight (%s): value %zu is %s; a model's "
                             "weights must be finite", what, i,
-                            (get_u32(v + 4 * i) & 0x007fffffu) ? "NaN" : "infinite");
+                            (mop_get_le32(v + 4 * i) & 0x007fffffu) ? "NaN" : "infinite");
     return MOP_OK;
 }
 
@@ -125,7 +112,7 @@ static mop_status load_nm(mop_weight *out, const uint8_t *b, size_t size, int64_
     if (size < HEADER_BYTES + 8)
         return mop_fail(MOP_E_FORMAT, "sparse weight (nm): %zu bytes, header needs %d", size,
                         HEADER_BYTES + 8);
-    const uint32_t n = get_u32(b + HEADER_BYTES), m = get_u32(b + HEADER_BYTES + 4);
+    const uint32_t n = mop_get_le32(b + HEADER_BYTES), m = mop_get_le32(b + HEADER_BYTES + 4);
     if (n < 1 || m > 16 || n >= m)
         return mop_fail(MOP_E_FORMAT, "sparse weight (nm): %u:%u not in 1 <= N < M <= 16", n, m);
     const size_t groups = (size_t)(cols + m - 1) / m, slots = groups * n, stride = (slots + 1) / 2;
@@ -169,7 +156,7 @@ static mop_status load_bitmask(mop_weight *out, const uint8_t *b, size_t size, i
     if (size < HEADER_BYTES + 8)
         return mop_fail(MOP_E_FORMAT, "sparse weight (bitmask): %zu bytes, header needs %d",
                         size, HEADER_BYTES + 8);
-    const uint64_t nnz = get_u64(b + HEADER_BYTES);
+    const uint64_t nnz = mop_get_le64(b + HEADER_BYTES);
     if (nnz > (uint64_t)rows * (uint64_t)cols)
         return mop_fail(MOP_E_FORMAT, "sparse weight (bitmask): %llu nonzeros in %lldx%lld",
                         (unsigned long long)nnz, (long long)rows, (long long)cols);
@@ -213,7 +200,7 @@ static mop_status load_blocked(mop_weight *out, const uint8_t *b, size_t size, i
     if (size < HEADER_BYTES + 8)
         return mop_fail(MOP_E_FORMAT, "sparse weight (blocked): %zu bytes, header needs %d",
                         size, HEADER_BYTES + 8);
-    const uint64_t nnz = get_u64(b + HEADER_BYTES);
+    const uint64_t nnz = mop_get_le64(b + HEADER_BYTES);
     if (nnz > (uint64_t)rows * (uint64_t)cols)
         return mop_fail(MOP_E_FORMAT, "sparse weight (blocked): %llu nonzeros in %lldx%lld",
                         (unsigned long long)nnz, (long long)rows, (long long)cols);
@@ -277,14 +264,14 @@ mop_status sparse_weight_deserialize(mop_weight *out, const void *buf, size_t si
                         size, HEADER_BYTES);
     if (memcmp(b, "MOPS", 4) != 0)
         return mop_fail(MOP_E_FORMAT, "sparse weight: bad magic (expected \"MOPS\")");
-    const uint32_t version = get_u32(b + 4), fmt = get_u32(b + 8), reserved = get_u32(b + 12);
+    const uint32_t version = mop_get_le32(b + 4), fmt = mop_get_le32(b + 8), reserved = mop_get_le32(b + 12);
     if (version != FORMAT_VERSION)
         return mop_fail(MOP_E_FORMAT, "sparse weight: version %u, this library reads %d", version,
                         FORMAT_VERSION);
     if (reserved != 0)
         return mop_fail(MOP_E_FORMAT, "sparse weight: reserved header word is %u, not 0",
                         reserved);
-    const int64_t rows = (int64_t)get_u64(b + 16), cols = (int64_t)get_u64(b + 24);
+    const int64_t rows = (int64_t)mop_get_le64(b + 16), cols = (int64_t)mop_get_le64(b + 24);
     if (rows < 1 || cols < 1 || rows > SPARSE_MAX_DIM || cols > SPARSE_MAX_DIM)
         return mop_fail(MOP_E_FORMAT, "sparse weight: shape %lldx%lld out of range [1, 2^30]",
                         (long long)rows, (long long)cols);

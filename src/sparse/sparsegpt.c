@@ -101,18 +101,6 @@ typedef struct sg_job {
     int preset;          /* masks already chosen for the whole block */
 } sg_job;
 
-typedef struct scored {
-    float s;
-    int32_t j;
-} scored;
-
-static int cmp_scored(const void *a, const void *b)
-{
-    const scored *x = a, *y = b;
-    if (x->s != y->s)
-        return x->s < y->s ? -1 : 1;
-    return (x->j > y->j) - (x->j < y->j); /* equal scores: the higher column goes first */
-}
 
 static float obs_score(float w, float u)
 {
@@ -121,12 +109,12 @@ static float obs_score(float w, float u)
 
 /* Mark the k lowest-scoring of columns [a, b) of row r (relative to i1). */
 static void mark_lowest(const sg_job *j, int64_t r, int64_t a, int64_t b, int64_t k,
-                        scored *buf)
+                        prune_entry *buf)
 {
     const float *w = j->W + r * j->cols;
     for (int64_t c = a; c < b; c++)
-        buf[c - a] = (scored){obs_score(w[c], j->U[c * j->cols + c]), (int32_t)c};
-    qsort(buf, (size_t)(b - a), sizeof *buf, cmp_scored);
+        buf[c - a] = (prune_entry){obs_score(w[c], j->U[c * j->cols + c]), (int32_t)c};
+    qsort(buf, (size_t)(b - a), sizeof *buf, prune_entry_cmp);
     uint8_t *m = j->mask + r * j->B;
     for (int64_t c = a; c < b; c++)
         m[c - j->i1] = 0;
@@ -141,7 +129,7 @@ static void sg_rows(void *arg, int ith, int nth)
     const int64_t bw = j->i2 - j->i1, cols = j->cols;
     int64_t lo, hi;
     mop_split_range(j->rows, ith, nth, &lo, &hi);
-    scored buf[512];
+    prune_entry buf[512];
     for (int64_t r = lo; r < hi; r++) {
         float *w = j->W + r * cols;
         uint8_t *m = j->mask + r * j->B;
@@ -179,16 +167,17 @@ static mop_status preset_layer_mask(sg_job *j)
     const double ratio = j->cfg->ratio;
     int64_t k = prune_removed_before(ratio, j->rows * j->i2) -
                 prune_removed_before(ratio, j->rows * j->i1);
-    scored *all = mop_alloc((size_t)n * sizeof *all);
+    prune_entry *all = mop_alloc((size_t)n * sizeof *all);
     if (!all)
         return mop_fail(MOP_E_NOMEM, "SparseGPT: out of memory for a block mask");
     for (int64_t r = 0; r < j->rows; r++)
         for (int64_t i = 0; i < bw; i++) {
             int64_t c = j->i1 + i;
-            all[r * bw + i] = (scored){obs_score(j->W[r * j->cols + c], j->U[c * j->cols + c]),
-                                       (int32_t)(r * bw + i)};
+            all[r * bw + i] = (prune_entry){obs_score(j->W[r * j->cols + c],
+                                                      j->U[c * j->cols + c]),
+                                            (int32_t)(r * bw + i)};
         }
-    qsort(all, (size_t)n, sizeof *all, cmp_scored);
+    qsort(all, (size_t)n, sizeof *all, prune_entry_cmp);
     memset(j->mask, 0, (size_t)(j->rows * j->B));
     for (int64_t i = 0; i < k; i++) {
         int64_t r = all[i].j / bw, c = all[i].j % bw;

@@ -45,7 +45,8 @@ static void measure(mop_model *model, mop_mixture *const *mx, int B, int nth, in
 {
     /* B contexts, each with its mixture */
     mop_ctx *ctx[MAXB];
-    mop_ctx_params cp = mop_ctx_default_params();
+    mop_ctx_params cp;
+    mop_ctx_params_init(&cp);
     cp.n_ctx = n_ctx;
     cp.n_threads = nth;
     for (int b = 0; b < B; b++) {
@@ -115,7 +116,8 @@ int main(int argc, char **argv)
     CHECK(mop_model_get_info(model, &mi));
     mop_mixture *mx[NMIX];
     for (int k = 0; k < NMIX; k++) {
-        mop_mixture_params p = mop_mixture_default_params();
+        mop_mixture_params p;
+        mop_mixture_params_init(&p);
         p.seed = 100 + (uint64_t)k;
         CHECK(mop_mixture_create(model, &p, &mx[k]));
     }

@@ -118,28 +118,30 @@ class AdamWParams(ctypes.Structure):
 def run_mop(args):
     lib = ctypes.CDLL(os.path.join(args.build, "libmop.so"))
     lib.mop_last_error.restype = ctypes.c_char_p
-    for name, cls in [("mop_mixture_default_params", MixtureParams),
-                      ("mop_ctx_default_params", CtxParams),
-                      ("mop_model_default_params", ModelParams),
-                      ("mop_loss_default_params", LossParams),
-                      ("mop_adamw_default_params", AdamWParams)]:
-        getattr(lib, name).restype = cls
     vp = ctypes.c_void_p
 
     def ok(st, what):
         if st != 0:
             raise SystemExit(f"{what}: {lib.mop_last_error().decode()}")
 
-    mp = lib.mop_model_default_params()
+    def init(cls, x):
+        """A params struct with the C defaults (mop_X_params_init_sized: this
+        layout's size, so an older layout stays valid)."""
+        p = cls()
+        f = getattr(lib, f"mop_{x}_params_init_sized")
+        ok(f(ctypes.byref(p), ctypes.c_size_t(ctypes.sizeof(p))), f"mop_{x}_params_init_sized")
+        return p
+
+    mp = init(ModelParams, "model")
     mp.n_threads = args.threads
     model = vp()
     ok(lib.mop_model_load(find_model().encode(), ctypes.byref(mp), ctypes.byref(model)), "load")
-    xp = lib.mop_mixture_default_params()
+    xp = init(MixtureParams, "mixture")
     xp.n_experts, xp.prompt_len = args.experts, args.prompt_len
     xp.gate_layer = xp.inject_layer = args.layer
     mix = vp()
     ok(lib.mop_mixture_create(model, ctypes.byref(xp), ctypes.byref(mix)), "mixture")
-    cp = lib.mop_ctx_default_params()
+    cp = init(CtxParams, "ctx")
     cp.n_threads = args.threads
     cp.n_batch = cp.n_ctx = args.experts * args.prompt_len + args.seq
     ctx = vp()
@@ -147,7 +149,7 @@ def run_mop(args):
     lib.mop_mixture_n_params.restype = ctypes.c_size_t
     params, grads, n = ctypes.POINTER(ctypes.c_float)(), ctypes.POINTER(ctypes.c_float)(), ctypes.c_size_t()
     ok(lib.mop_mixture_data(mix, ctypes.byref(params), ctypes.byref(grads), ctypes.byref(n)), "data")
-    ap = lib.mop_adamw_default_params()
+    ap = init(AdamWParams, "adamw")
     opt = vp()
     ok(lib.mop_optimizer_create(n, ctypes.byref(ap), ctypes.byref(opt)), "optimizer")
     lib.mop_optimizer_step.argtypes = [vp, ctypes.POINTER(ctypes.c_float), ctypes.POINTER(ctypes.c_float),
@@ -159,7 +161,7 @@ def run_mop(args):
     msk = (ctypes.c_uint8 * (B * T))(*[m for row in mask for m in row])
     lens = (ctypes.c_int32 * B)(*([T] * B))
     batch = Batch(ctypes.sizeof(Batch), B, T, tok, lens, msk, None)
-    lp = lib.mop_loss_default_params()
+    lp = init(LossParams, "loss")
 
     def step():
         lib.mop_mixture_zero_grad(mix)

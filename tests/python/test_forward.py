@@ -35,7 +35,7 @@ def lib(libmop_path):
     L.mop_last_error.restype = C.c_char_p
     L.mop_model_load.argtypes = [C.c_char_p, C.c_void_p, C.POINTER(C.c_void_p)]
     L.mop_model_free.argtypes = [C.c_void_p]
-    L.mop_ctx_default_params.restype = CtxParams
+    L.mop_ctx_params_init_sized.argtypes = [C.POINTER(CtxParams), C.c_size_t]
     L.mop_ctx_create.argtypes = [C.c_void_p, C.POINTER(CtxParams), C.POINTER(C.c_void_p)]
     L.mop_ctx_free.argtypes = [C.c_void_p]
     L.mop_ctx_reset.argtypes = [C.c_void_p]
@@ -69,7 +69,8 @@ def ref(model_path):
 class Ctx:
     def __init__(self, lib, model, n_ctx=512, n_batch=64, n_threads=1):
         self.lib = lib
-        p = lib.mop_ctx_default_params()
+        p = CtxParams()
+        assert lib.mop_ctx_params_init_sized(C.byref(p), C.sizeof(p)) == 0
         p.n_ctx, p.n_batch, p.n_threads = n_ctx, n_batch, n_threads
         self.h = C.c_void_p()
         check(lib, lib.mop_ctx_create(model, C.byref(p), C.byref(self.h)))

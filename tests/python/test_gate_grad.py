@@ -79,10 +79,10 @@ def lib(libmop_path):
     L.mop_last_error.restype = C.c_char_p
     L.mop_model_load.argtypes = [C.c_char_p, C.c_void_p, C.POINTER(C.c_void_p)]
     L.mop_model_free.argtypes = [C.c_void_p]
-    L.mop_ctx_default_params.restype = CtxParams
+    L.mop_ctx_params_init_sized.argtypes = [C.POINTER(CtxParams), C.c_size_t]
     L.mop_ctx_create.argtypes = [C.c_void_p, C.POINTER(CtxParams), C.POINTER(C.c_void_p)]
     L.mop_ctx_free.argtypes = [C.c_void_p]
-    L.mop_mixture_default_params.restype = MixtureParams
+    L.mop_mixture_params_init_sized.argtypes = [C.POINTER(MixtureParams), C.c_size_t]
     L.mop_mixture_create.argtypes = [C.c_void_p, C.POINTER(MixtureParams), C.POINTER(C.c_void_p)]
     L.mop_mixture_free.argtypes = [C.c_void_p]
     L.mop_mixture_data.argtypes = [C.c_void_p, C.POINTER(C.POINTER(C.c_float)),
@@ -95,7 +95,7 @@ def lib(libmop_path):
     L.mop_tokenize.argtypes = [C.c_void_p, C.c_char_p, C.c_size_t, C.c_int32,
                                C.POINTER(C.c_int32), C.c_size_t, C.POINTER(C.c_size_t)]
     L.mop_model_special_token.argtypes = [C.c_void_p, C.c_int32]
-    L.mop_loss_default_params.restype = LossParams
+    L.mop_loss_params_init_sized.argtypes = [C.POINTER(LossParams), C.c_size_t]
     L.mop_mixture_forward_backward.argtypes = [C.c_void_p, C.c_void_p, C.POINTER(Batch),
                                                C.POINTER(LossParams), C.POINTER(LossResult)]
     return L
@@ -276,7 +276,8 @@ def test_mixture_gradients_match_torch(lib, model, ref, case):
     torch.manual_seed(0)
     rng = np.random.default_rng(1 + combine)
     tau = 0.8
-    mp = lib.mop_mixture_default_params()
+    mp = MixtureParams()
+    check(lib, lib.mop_mixture_params_init_sized(C.byref(mp), C.sizeof(mp)))
     mp.n_experts, mp.prompt_len, mp.gate_layer, mp.inject_layer = K, P, LG, LP
     mp.gate_hidden, mp.gate_temperature, mp.top_k, mp.combine = HID, tau, top_k, combine
     mp.n_shared, mp.expert_attention, mp.gate_bias = cfg["n_shared"], int(cfg["joint"]), \
@@ -285,7 +286,8 @@ def test_mixture_gradients_match_torch(lib, model, ref, case):
     check(lib, lib.mop_mixture_create(model, C.byref(mp), C.byref(mix)))
     header, eot = user_header(lib, model)
     assert len(header) == 3 and eot >= 0
-    cp = lib.mop_ctx_default_params()
+    cp = CtxParams()
+    check(lib, lib.mop_ctx_params_init_sized(C.byref(cp), C.sizeof(cp)))
     cp.n_ctx, cp.n_batch, cp.n_threads = 128, 64, 2
     ctx = C.c_void_p()
     check(lib, lib.mop_ctx_create(model, C.byref(cp), C.byref(ctx)))
@@ -330,7 +332,8 @@ def test_mixture_gradients_match_torch(lib, model, ref, case):
                       lengths.ctypes.data_as(C.POINTER(C.c_int32)),
                       mask.ctypes.data_as(C.POINTER(C.c_uint8)),
                       task.ctypes.data_as(C.POINTER(C.c_int32)))
-        lp = lib.mop_loss_default_params()
+        lp = LossParams()
+        check(lib, lib.mop_loss_params_init_sized(C.byref(lp), C.sizeof(lp)))
         lp.load_balance, lp.gate_supervision = lb, sup
         res = LossResult(struct_size=C.sizeof(LossResult))
         lib.mop_mixture_zero_grad(mix)

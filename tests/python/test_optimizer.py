@@ -28,7 +28,7 @@ class AdamWParams(ctypes.Structure):
 @pytest.fixture(scope="module")
 def lib(libmop_path):
     lib = ctypes.CDLL(libmop_path)
-    lib.mop_adamw_default_params.restype = AdamWParams
+    lib.mop_adamw_params_init_sized.argtypes = [ctypes.POINTER(AdamWParams), ctypes.c_size_t]
     lib.mop_optimizer_create.argtypes = [ctypes.c_size_t, ctypes.POINTER(AdamWParams),
                                          ctypes.POINTER(ctypes.c_void_p)]
     lib.mop_optimizer_create.restype = ctypes.c_int
@@ -69,7 +69,8 @@ def test_adamw_matches_torch(lib, cfg):
     n, steps = 64, 20
     a, b, x0 = quadratic(n, seed=7)
 
-    p = lib.mop_adamw_default_params()
+    p = AdamWParams()
+    assert lib.mop_adamw_params_init_sized(ctypes.byref(p), ctypes.sizeof(p)) == 0
     p.lr, p.weight_decay, p.clip_norm = cfg["lr"], cfg["weight_decay"], cfg["clip_norm"]
     p.warmup_steps, p.total_steps = cfg["warmup_steps"], cfg["total_steps"]
     opt = ctypes.c_void_p()

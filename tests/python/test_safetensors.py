@@ -145,7 +145,7 @@ def info(lib, m):
 
 
 def prototype_forward(lib):
-    lib.mop_ctx_default_params.restype = CtxParams
+    lib.mop_ctx_params_init_sized.argtypes = [C.POINTER(CtxParams), C.c_size_t]
     lib.mop_ctx_create.argtypes = [C.c_void_p, C.POINTER(CtxParams), C.POINTER(C.c_void_p)]
     lib.mop_ctx_free.argtypes = [C.c_void_p]
     lib.mop_ctx_decode.argtypes = [C.c_void_p, C.POINTER(C.c_int32), C.c_int32, C.c_int32]
@@ -155,7 +155,8 @@ def prototype_forward(lib):
 
 def all_logits(lib, m, tokens, n_vocab=49152):
     """(len(tokens), n_vocab) logits of one decode call from an empty cache."""
-    p = lib.mop_ctx_default_params()
+    p = CtxParams()
+    assert lib.mop_ctx_params_init_sized(C.byref(p), C.sizeof(p)) == 0
     p.n_ctx, p.n_batch, p.n_threads = 128, 64, 1
     ctx = C.c_void_p()
     check(lib, lib.mop_ctx_create(m, C.byref(p), C.byref(ctx)))

@@ -76,8 +76,9 @@ def reference_ppl(libmop_path, model_path, jsonl, max_len, system=b""):
         _fields_ = [("struct_size", ctypes.c_uint32), ("n_ctx", ctypes.c_int32),
                     ("n_batch", ctypes.c_int32), ("n_threads", ctypes.c_int32)]
 
-    lib.mop_ctx_default_params.restype = CtxParams
-    cp = lib.mop_ctx_default_params()
+    lib.mop_ctx_params_init_sized.argtypes = [ctypes.POINTER(CtxParams), ctypes.c_size_t]
+    cp = CtxParams()
+    assert lib.mop_ctx_params_init_sized(ctypes.byref(cp), ctypes.sizeof(cp)) == 0
     cp.n_threads = 2
     model, ctx = ctypes.c_void_p(), ctypes.c_void_p()
     assert lib.mop_model_load(model_path.encode(), None, ctypes.byref(model)) == 0

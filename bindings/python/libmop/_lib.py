@@ -218,7 +218,8 @@ _PROTOS: dict[str, tuple[Any, list[Any]]] = {
     "mop_version": (c_char_p, []),
     "mop_version_number": (c_uint32, []),
     "mop_set_log_callback": (None, [LOG_FN, vp]),
-    "mop_model_default_params": (ModelParams, []),
+    "mop_model_params_init_sized": (st, [P(ModelParams), c_size_t]),
+    "mop_model_default_params": (ModelParams, []),  # deprecated by-value shim, not called
     "mop_model_load": (st, [c_char_p, P(ModelParams), P(vp)]),
     "mop_model_free": (None, [vp]),
     "mop_model_get_info": (st, [vp, P(ModelInfoC)]),
@@ -232,7 +233,8 @@ _PROTOS: dict[str, tuple[Any, list[Any]]] = {
                             P(c_size_t)]),
     "mop_chat_format": (st, [vp, P(ChatMessage), c_size_t, c_int32, c_char_p, c_size_t,
                              P(c_size_t)]),
-    "mop_ctx_default_params": (CtxParams, []),
+    "mop_ctx_params_init_sized": (st, [P(CtxParams), c_size_t]),
+    "mop_ctx_default_params": (CtxParams, []),  # deprecated by-value shim, not called
     "mop_ctx_create": (st, [vp, P(CtxParams), P(vp)]),
     "mop_ctx_free": (None, [vp]),
     "mop_ctx_reset": (None, [vp]),
@@ -242,13 +244,15 @@ _PROTOS: dict[str, tuple[Any, list[Any]]] = {
     "mop_ctx_nll": (st, [vp, P(c_int32), c_int32, P(c_float), P(c_double)]),
     "mop_ctx_perplexity": (st, [vp, P(c_int32), c_int32, c_int32, PROGRESS_FN, vp,
                                 P(c_double)]),
-    "mop_sampler_default_params": (SamplerParams, []),
+    "mop_sampler_params_init_sized": (st, [P(SamplerParams), c_size_t]),
+    "mop_sampler_default_params": (SamplerParams, []),  # deprecated by-value shim, not called
     "mop_sampler_create": (st, [P(SamplerParams), P(vp)]),
     "mop_sampler_free": (None, [vp]),
     "mop_sampler_sample": (st, [vp, P(c_float), c_int32, P(c_int32)]),
     "mop_generate": (st, [vp, vp, P(c_int32), c_int32, c_int32, TOKEN_FN, vp, P(c_int32)]),
     # mop_gate.h
-    "mop_mixture_default_params": (MixtureParams, []),
+    "mop_mixture_params_init_sized": (st, [P(MixtureParams), c_size_t]),
+    "mop_mixture_default_params": (MixtureParams, []),  # deprecated by-value shim, not called
     "mop_mixture_create": (st, [vp, P(MixtureParams), P(vp)]),
     "mop_mixture_free": (None, [vp]),
     "mop_mixture_get_params": (st, [vp, P(MixtureParams)]),
@@ -260,7 +264,8 @@ _PROTOS: dict[str, tuple[Any, list[Any]]] = {
     "mop_mixture_zero_grad": (None, [vp]),
     "mop_mixture_tensor_count": (c_int32, [vp]),
     "mop_mixture_tensor_get_info": (st, [vp, c_int32, P(MixtureTensorInfoC)]),
-    "mop_loss_default_params": (LossParams, []),
+    "mop_loss_params_init_sized": (st, [P(LossParams), c_size_t]),
+    "mop_loss_default_params": (LossParams, []),  # deprecated by-value shim, not called
     "mop_mixture_forward_backward": (st, [vp, vp, P(BatchC), P(LossParams), P(LossResultC)]),
     "mop_mixture_evaluate": (st, [vp, P(vp), c_int32, P(BatchC), P(c_double), P(c_int32),
                                   P(c_float)]),
@@ -269,7 +274,8 @@ _PROTOS: dict[str, tuple[Any, list[Any]]] = {
     "mop_mixture_input_moments": (st, [P(c_float), c_int32, c_int32, P(c_double), P(c_double)]),
     "mop_mixture_set_input_stats": (st, [vp, c_double, P(c_double), P(c_double)]),
     "mop_mixture_get_input_stats": (st, [vp, P(P(c_float)), P(P(c_float))]),
-    "mop_gate_pretrain_params_init": (st, [P(GatePretrainParams)]),
+    "mop_gate_pretrain_params_init_sized": (st, [P(GatePretrainParams), c_size_t]),
+    "mop_gate_pretrain_params_init": (st, [P(GatePretrainParams)]),  # 0.2.0 symbol, not called
     "mop_mixture_pretrain_gate": (st, [vp, P(c_float), P(c_int32), c_int32, P(c_float),
                                        P(c_int32), c_int32, P(GatePretrainParams),
                                        P(GatePretrainResultC)]),
@@ -281,7 +287,7 @@ _PROTOS: dict[str, tuple[Any, list[Any]]] = {
     "mop_ctx_set_mixture": (st, [vp, vp]),
     "mop_ctx_get_mixture": (vp, [vp]),
     "mop_ctx_gate_weights": (st, [vp, P(c_float), c_int32, P(c_int32)]),
-    "mop_decoder_params_init": (st, [P(DecoderParams)]),
+    "mop_decoder_params_init_sized": (st, [P(DecoderParams), c_size_t]),
     "mop_decoder_create": (st, [vp, P(DecoderParams), P(vp)]),
     "mop_decoder_free": (None, [vp]),
     "mop_decoder_add": (st, [vp, vp, P(c_int32)]),
@@ -294,14 +300,16 @@ _PROTOS: dict[str, tuple[Any, list[Any]]] = {
                                   P(c_size_t)]),
     "mop_tokenize_example_v2": (st, [vp, c_char_p, c_char_p, c_char_p, P(c_int32), P(c_uint8),
                                      c_size_t, P(c_size_t)]),
-    "mop_adamw_default_params": (AdamWParams, []),
+    "mop_adamw_params_init_sized": (st, [P(AdamWParams), c_size_t]),
+    "mop_adamw_default_params": (AdamWParams, []),  # deprecated by-value shim, not called
     "mop_optimizer_create": (st, [c_size_t, P(AdamWParams), P(vp)]),
     "mop_optimizer_free": (None, [vp]),
     "mop_optimizer_step": (st, [vp, P(c_float), P(c_float), c_size_t, c_float, P(c_float),
                                 P(c_float)]),
     "mop_optimizer_lr_at": (c_float, [vp, c_int64]),
     # mop_sparse.h
-    "mop_prune_default_params": (PruneParams, []),
+    "mop_prune_params_init_sized": (st, [P(PruneParams), c_size_t]),
+    "mop_prune_default_params": (PruneParams, []),  # deprecated by-value shim, not called
     "mop_model_prune": (st, [vp, P(PruneParams)]),
     "mop_model_sparsity": (st, [vp, P(c_double), P(c_char_p)]),
     "mop_model_save": (st, [vp, c_char_p]),
@@ -652,6 +660,15 @@ def enum_value(value: Any, table: dict[str, int], what: str) -> int:
             raise ValueError(f"{what}: unknown value {value!r}; one of {sorted(table)}")
         return table[key]
     return check_c_int(what, value)
+
+
+def params_init(cls: Any, name: str) -> Any:
+    """A new params struct of ctypes class @p cls filled with the C defaults by
+    @p name (a mop_X_params_init_sized call, given the size of @p cls, so the
+    library writes no more than this layout holds)."""
+    p = cls()
+    check(fn(name)(ctypes.byref(p), ctypes.sizeof(p)))
+    return p
 
 
 def fill_params(struct: Structure, params: dict[str, Any], what: str,

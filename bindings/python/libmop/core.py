@@ -143,7 +143,7 @@ class Model(L.Closable):
                  progress: Optional[Callable[[int, int], Any]] = None) -> None:
         """Load @p path. @p progress(done, total) is called per tensor; return
         True from it to cancel (MopError MOP_E_CANCELLED)."""
-        p = L.fn("mop_model_default_params")()
+        p = L.params_init(L.ModelParams, "mop_model_params_init_sized")
         p.n_threads = L.check_c_int("n_threads", n_threads)
         p.use_mmap = int(bool(use_mmap))
         guard = L.CallbackGuard()
@@ -329,7 +329,7 @@ class Sampler(L.Closable):
 
     def __init__(self, temperature: Optional[float] = None, top_k: Optional[int] = None,
                  top_p: Optional[float] = None, seed: Optional[int] = None) -> None:
-        p = L.fn("mop_sampler_default_params")()
+        p = L.params_init(L.SamplerParams, "mop_sampler_params_init_sized")
         L.fill_params(p, dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed),
                       "Sampler")
         self.params = {k: getattr(p, k) for k in ("temperature", "top_k", "top_p", "seed")}
@@ -360,7 +360,7 @@ class Context(L.Closable):
 
     def __init__(self, model: Model, n_ctx: int = 2048, n_batch: int = 512,
                  n_threads: int = 0) -> None:
-        p = L.fn("mop_ctx_default_params")()
+        p = L.params_init(L.CtxParams, "mop_ctx_params_init_sized")
         p.n_ctx = L.check_c_int("n_ctx", n_ctx)
         p.n_batch = L.check_c_int("n_batch", n_batch)
         p.n_threads = L.check_c_int("n_threads", n_threads)

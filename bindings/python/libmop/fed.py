@@ -55,7 +55,8 @@ class AggregatorParams(Structure):
 
 
 L._PROTOS.update({
-    "mop_aggregator_default_params": (AggregatorParams, []),
+    "mop_aggregator_params_init_sized": (ctypes.c_int, [POINTER(AggregatorParams), c_size_t]),
+    "mop_aggregator_default_params": (AggregatorParams, []),  # deprecated by-value shim, not called
     "mop_aggregator_create": (ctypes.c_int, [POINTER(AggregatorParams), POINTER(c_void_p)]),
     "mop_aggregator_free": (None, [c_void_p]),
     "mop_aggregator_add": (ctypes.c_int, [c_void_p, c_void_p]),
@@ -221,7 +222,7 @@ class Aggregator(L.Closable):
     """
 
     def __init__(self, strategy: Union[str, int] = "fedavg", **params: Any) -> None:
-        p = L.fn("mop_aggregator_default_params")()
+        p = L.params_init(AggregatorParams, "mop_aggregator_params_init_sized")
         strategy = strategy_name(strategy)
         L.fill_params(p, dict(strategy=strategy, **params), "Aggregator",
                       {"strategy": STRATEGY})
@@ -299,14 +300,16 @@ _st, _vp, _P, _d = ctypes.c_int, c_void_p, POINTER, ctypes.c_double
 L._PROTOS.update({
     "mop_update_clip": (_st, [_vp, c_float, _P(c_float)]),
     "mop_update_add_noise": (_st, [_vp, c_float, c_uint64]),
-    "mop_rdp_default_params": (RdpParams, []),
+    "mop_rdp_params_init_sized": (_st, [_P(RdpParams), c_size_t]),
+    "mop_rdp_default_params": (RdpParams, []),  # deprecated by-value shim, not called
     "mop_rdp_sampled_gaussian": (_st, [_d, _d, _d, _P(_d)]),
     "mop_rdp_epsilon": (_st, [_d, _d, c_int64, _d, _P(_d), _P(_d)]),
     "mop_rdp_accountant_create": (_st, [_P(RdpParams), _P(_vp)]),
     "mop_rdp_accountant_free": (None, [_vp]),
     "mop_rdp_accountant_add": (_st, [_vp, _d, _d, c_int64]),
     "mop_rdp_accountant_epsilon": (_st, [_vp, _d, _P(_d), _P(_d)]),
-    "mop_secagg_default_params": (SecAggParams, []),
+    "mop_secagg_params_init_sized": (_st, [_P(SecAggParams), c_size_t]),
+    "mop_secagg_default_params": (SecAggParams, []),  # deprecated by-value shim, not called
     "mop_secagg_client_create": (_st, [_P(SecAggParams), c_int32, _P(_vp)]),
     "mop_secagg_client_free": (None, [_vp]),
     "mop_secagg_client_public_key": (_st, [_vp, _P(c_uint8)]),
@@ -348,7 +351,7 @@ class RdpAccountant(L.Closable):
 
     def __init__(self, conversion: Union[str, int] = "classic",
                  orders: Optional[Any] = None) -> None:
-        p = L.fn("mop_rdp_default_params")()
+        p = L.params_init(RdpParams, "mop_rdp_params_init_sized")
         p.conversion = L.enum_value(conversion, RDP_CONVERSION, "conversion")
         keep = None
         if orders is not None:
@@ -372,7 +375,7 @@ class RdpAccountant(L.Closable):
 
 
 def _secagg_params(params: dict[str, Any]) -> SecAggParams:
-    p = L.fn("mop_secagg_default_params")()
+    p = L.params_init(SecAggParams, "mop_secagg_params_init_sized")
     return L.fill_params(p, params, "secagg")
 
 

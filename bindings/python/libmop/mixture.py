@@ -216,7 +216,7 @@ class Mixture(L.Closable):
 
     def __init__(self, model: Model, n_experts: Optional[int] = 8,
                  prompt_len: Optional[int] = 8, **params: Any) -> None:
-        p = L.fn("mop_mixture_default_params")()
+        p = L.params_init(L.MixtureParams, "mop_mixture_params_init_sized")
         L.fill_params(p, dict(n_experts=n_experts, prompt_len=prompt_len, **params), "Mixture",
                       _ENUMS)
         h = L.create("mop_mixture",
@@ -317,7 +317,7 @@ class Mixture(L.Closable):
                          prox_mu: Optional[float] = None) -> LossResult:
         """Forward and backward of @p batch; gradients are ADDED to :attr:`grads`
         (call :meth:`zero_grad` between steps). None = C default (0)."""
-        lp = L.fn("mop_loss_default_params")()
+        lp = L.params_init(L.LossParams, "mop_loss_params_init_sized")
         L.fill_params(lp, dict(load_balance=load_balance, gate_supervision=gate_supervision,
                                gate_only=gate_only, prox_mu=prox_mu), "loss")
         r = L.LossResultC()
@@ -400,8 +400,7 @@ class Mixture(L.Closable):
             if uv.ndim != 2 or tv.shape != (uv.shape[0],):
                 raise L.shape_error(f"u_val and task_val: got {uv.shape} and {tv.shape}")
             n_val = uv.shape[0]
-        p = L.GatePretrainParams()
-        L.check(L.fn("mop_gate_pretrain_params_init")(byref(p)))
+        p = L.params_init(L.GatePretrainParams, "mop_gate_pretrain_params_init_sized")
         L.fill_params(p, dict(lr=lr, weight_decay=weight_decay, batch_size=batch_size,
                               max_epochs=max_epochs, patience=patience, seed=seed),
                       "pretrain_gate")
@@ -451,8 +450,7 @@ class Decoder(L.Closable):
 
     def __init__(self, model: Model, n_seq_max: int = 16, n_ctx: int = 2048,
                  n_batch: int = 512, n_threads: int = 0) -> None:
-        p = L.DecoderParams()
-        L.check(L.fn("mop_decoder_params_init")(byref(p)))
+        p = L.params_init(L.DecoderParams, "mop_decoder_params_init_sized")
         p.n_seq_max = L.check_c_int("n_seq_max", n_seq_max)
         p.n_ctx = L.check_c_int("n_ctx", n_ctx)
         p.n_batch = L.check_c_int("n_batch", n_batch)
@@ -548,7 +546,7 @@ class Optimizer(L.Closable):
         self.mixture = target if isinstance(target, Mixture) else None
         n = (target.n_params if isinstance(target, Mixture)
              else L.check_c_int("n_params", target, L.SIZE))
-        p = L.fn("mop_adamw_default_params")()
+        p = L.params_init(L.AdamWParams, "mop_adamw_params_init_sized")
         L.fill_params(p, params, "Optimizer")
         self.params = {f: getattr(p, f) for f, _ in p._fields_ if f != "struct_size"}
         self.n_params = n

@@ -31,7 +31,7 @@ def prune(model: "Model", progress: Optional[Callable[[int, int], Any]] = None,
     SparseGPT. @p progress(done, total) per weight matrix; True cancels.
     MOP_E_STATE if a Context or Mixture still holds the model.
     """
-    p = L.fn("mop_prune_default_params")()
+    p = L.params_init(L.PruneParams, "mop_prune_params_init_sized")
     L.fill_params(p, params, "prune", _ENUMS)
     calib = None
     if calib_tokens is not None:
