@@ -117,6 +117,9 @@ def test_loading_order_and_error(tmp_path, libmop_path):
     assert "ImportError" in r.stderr and "Tried, in order" in r.stderr
     assert "LIBMOP_BUILD_DIR" in r.stderr and str(tmp_path / "nobuild") in r.stderr
     assert "build tree" in r.stderr
+    # ... every place: the bundled copy, pkg-config and the system loader too
+    assert "bundled: " + str(tmp_path / "pkg" / "libmop" / "libmop.so") in r.stderr
+    assert "pkg-config" in r.stderr and "system loader: libmop.so.0" in r.stderr
     # LIBMOP_BUILD_DIR
     r = _run_import(tmp_path, {"LIBMOP_BUILD_DIR": str(real.parent)})
     assert r.returncode == 0, r.stderr
@@ -133,6 +136,14 @@ def test_loading_order_and_error(tmp_path, libmop_path):
         pytest.skip("pkg-config not installed")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == str(libdir / "libmop.so.0")
+    # a bundled libmop.so (what the wheel holds) beats pkg-config and the build tree
+    bundled = tmp_path / "pkg-bundled"
+    shutil.copytree(PKG / "libmop", bundled / "libmop")
+    shutil.copyfile(real, bundled / "libmop" / "libmop.so")
+    r = _run_import(tmp_path, {"LIBMOP_BUILD_DIR": str(real.parent), "PKG_CONFIG_LIBDIR": str(pc)},
+                    pkg_dir=bundled)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(bundled / "libmop" / "libmop.so")
     # LIBMOP_LIBRARY beats everything, and a bad one is an error (no silent fallback)
     r = _run_import(tmp_path, {"LIBMOP_BUILD_DIR": str(real.parent), "PKG_CONFIG_LIBDIR": str(pc),
                                "LIBMOP_LIBRARY": str(real)})
