@@ -926,6 +926,27 @@ class MopStrategy(Strategy):
 # Flower apps
 
 
+# The clients that client_app() made in this process, per (run id, node id);
+# module-level so that the ClientApp object itself stays picklable (Ray).
+_app_clients: dict[tuple[int, int], MopClient] = {}
+_app_clients_lock = threading.Lock()
+
+
+def _app_client(make_client: Callable[[FlowerContext], MopClient],
+                context: FlowerContext) -> MopClient:
+    """The client for (context.run_id, context.node_id), made on first use.
+    (A module-level function: Ray pickles the ClientApp's closures, and this
+    keeps the lock and the cache out of them.)"""
+    key = (int(context.run_id), int(context.node_id))
+    with _app_clients_lock:
+        c = _app_clients.get(key)
+        if c is None:
+            for k in [k for k in _app_clients if k[0] != key[0]]:   # an earlier run's
+                _app_clients.pop(k).close()
+            c = _app_clients[key] = make_client(context)
+        return c
+
+
 def client_app(make_client: Callable[[FlowerContext], MopClient]) -> ClientApp:
     """A Flower ``ClientApp`` answering train / evaluate / query messages with
     the :class:`MopClient` that ``make_client(context)`` builds (from the
@@ -938,16 +959,9 @@ def client_app(make_client: Callable[[FlowerContext], MopClient]) -> ClientApp:
     one message there and secure aggregation is not available.
     """
     app = ClientApp()
-    clients: dict[tuple[int, int], MopClient] = {}
-    lock = threading.Lock()
 
     def get(context: FlowerContext) -> MopClient:
-        key = (int(context.run_id), int(context.node_id))
-        with lock:
-            c = clients.get(key)
-            if c is None:
-                c = clients[key] = make_client(context)
-            return c
+        return _app_client(make_client, context)
 
     @app.train()
     def _train(msg: Message, context: FlowerContext) -> Message:
