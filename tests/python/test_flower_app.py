@@ -27,7 +27,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 APP = ROOT / "examples" / "flower_app"
 BIN = pathlib.Path(sys.executable).parent
 CORPUS = "/usr/share/wordnet/data.noun"  # the dataset builder's corpora (scripts/setup.sh)
-pytestmark = pytest.mark.skipif(not os.path.exists(CORPUS), reason="corpus packages not installed")
+needs_corpus = pytest.mark.skipif(not os.path.exists(CORPUS), reason="corpus packages not installed")
 
 
 def free_port():
@@ -133,13 +133,22 @@ def check(hist, out):
     assert ppl[-1] < ppl[0], ppl
 
 
+def start_superlink(flower, *extra):
+    """A SuperLink on one free port (Flower 1.42 serves its Control, Fleet and
+    Runtime APIs over HTTP on one --host/--port)."""
+    port = free_port()
+    # the apps run in this venv (libmop from PYTHONPATH), not in one uv builds per run
+    flower.start("superlink", "flower-superlink", "--insecure", *extra,
+                 "--disable-runtime-dependency-installation", "--host", "127.0.0.1",
+                 "--port", str(port), "--database", ":flwr-in-memory:")
+    flower.wait_port(port)
+    return port
+
+
+@needs_corpus
 def test_flwr_run_simulation(flower, data, tmp_path):
-    control, http = free_port(), free_port()
-    flower.start("superlink", "flower-superlink", "--insecure", "--simulation",
-                 "--control-api-address", f"127.0.0.1:{control}", "--host", "127.0.0.1",
-                 "--port", str(http), "--database", ":flwr-in-memory:")
-    flower.wait_port(control)
-    flower.connection(f"127.0.0.1:{control}",
+    port = start_superlink(flower, "--simulation")
+    flower.connection(f"127.0.0.1:{port}",
                       "options.num-supernodes = 2\n"
                       "options.backend.client-resources.num-cpus = 1\n"
                       "options.backend.init-args.num-cpus = 1\n")
@@ -147,19 +156,22 @@ def test_flwr_run_simulation(flower, data, tmp_path):
     check(hist, out)
 
 
+@needs_corpus
 def test_flwr_run_deployment(flower, data, tmp_path):
-    control, fleet, http = free_port(), free_port(), free_port()
-    flower.start("superlink", "flower-superlink", "--insecure",
-                 "--control-api-address", f"127.0.0.1:{control}",
-                 "--fleet-api-address", f"127.0.0.1:{fleet}", "--host", "127.0.0.1",
-                 "--port", str(http), "--database", ":flwr-in-memory:")
-    flower.wait_port(fleet)
+    port = start_superlink(flower)
     for i in range(2):
         flower.start(f"supernode{i}", "flower-supernode", "--insecure",
-                     "--superlink", f"127.0.0.1:{fleet}", "--host", "127.0.0.1",
+                     "--superlink", f"127.0.0.1:{port}", "--host", "127.0.0.1",
                      "--port", str(free_port()),
                      "--node-config", f"partition-id={i} num-partitions=2")
-    flower.wait_port(control)
-    flower.connection(f"127.0.0.1:{control}")
+    flower.connection(f"127.0.0.1:{port}")
     hist, out = flower.run(2, data, tmp_path / "history.json")
     check(hist, out)
+
+
+def test_flwr_cli_runs():
+    """`flwr --help` works in this venv (typer/click versions that agree)."""
+    r = subprocess.run([str(BIN / "flwr"), "--help"], capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, FLWR_DISABLE_UPDATE_CHECK="1"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert " run " in r.stdout and " new " in r.stdout

@@ -78,7 +78,7 @@ def make_client(context) -> lf.MopClient:
                         batch_size=int(cfg["batch-size"]), max_len=int(cfg["max-len"]),
                         lr=float(cfg["lr"]), n_threads=int(cfg["threads"]),
                         seed=int(cfg["seed"]), tasks=tasks, progress=print,
-                        **mixture_params(cfg))
+                        n_experts=int(cfg["n-experts"]), prompt_len=int(cfg["prompt-len"]))
 
 
 def per_task(records: list[dict], n: int) -> list[dict]:
