@@ -80,3 +80,13 @@ def test_wheel_bundles_library_and_imports_in_fresh_venv(tmp_path, model_path):
     assert version.split(".")[0] == tomllib.loads((PKG / "pyproject.toml").read_text()
                                                   )["project"]["version"].split(".")[0]
     assert toks == "[28120, 905]"
+
+
+def test_docstrings_have_no_doxygen_markup():
+    """Python docstrings name parameters as ``name``, not Doxygen's @p / @param."""
+    bad = []
+    for p in sorted((PKG / "libmop").glob("*.py")):
+        for i, line in enumerate(p.read_text().splitlines(), 1):
+            if re.search(r"@(p|param|return|brief)\b", line):
+                bad.append(f"{p.name}:{i}: {line.strip()}")
+    assert not bad, "\n".join(bad)

@@ -329,12 +329,12 @@ _bound: dict[str, Any] = {}
 
 
 def has(name: str) -> bool:
-    """True if the loaded library exports C symbol @p name."""
+    """True if the loaded library exports C symbol ``name``."""
     return hasattr(lib, name)
 
 
 def fn(name: str) -> Any:
-    """The prototyped C function @p name, or NotImplementedError if the loaded
+    """The prototyped C function ``name``, or NotImplementedError if the loaded
     library does not export it (a partial or older build)."""
     f = _bound.get(name)
     if f is not None:
@@ -603,7 +603,7 @@ def cstr(s: Any, what: str) -> bytes:
 
 def view(owner: Any, address: int, count: int, ctype: Any = c_float,
          shape: Optional[tuple[int, ...]] = None, writable: bool = True) -> np.ndarray:
-    """Zero-copy numpy view of C memory that keeps @p owner (a Handle) alive."""
+    """Zero-copy numpy view of C memory that keeps ``owner`` (a Handle) alive."""
     dtype = {c_float: np.float32, c_int32: np.int32}[ctype]
     if count == 0:
         arr = np.zeros(0, dtype=dtype)
@@ -629,10 +629,10 @@ _CTYPE_RANGES = {c_int32: INT32, c_uint32: UINT32, c_int64: INT64, c_uint64: UIN
 
 
 def check_int(what: str, value: Any, lo: int, hi: int, ctype: str = "") -> int:
-    """@p value as a Python int in [lo, hi], for an integer argument or field
+    """``value`` as a Python int in [lo, hi], for an integer argument or field
     passed to C (ctypes would silently keep only the low bits: 2**40 -> 0,
     -1 -> 2**64 - 1). TypeError for a non-integer (floats are not truncated),
-    OverflowError naming @p what, the value and the range otherwise."""
+    OverflowError naming ``what``, the value and the range otherwise."""
     try:
         v = operator.index(value)
     except TypeError:
@@ -703,7 +703,7 @@ class CallbackGuard:
 
 
 def progress_callback(progress: Optional[Callable[[int, int], Any]], guard: CallbackGuard) -> Any:
-    """ctypes progress function: @p progress(done, total) returning True cancels."""
+    """ctypes progress function: ``progress``(done, total) returning True cancels."""
     if progress is None:
         return PROGRESS_FN()
     return PROGRESS_FN(lambda done, total, user: guard.run(lambda: progress(done, total)))

@@ -80,7 +80,7 @@ _models_lock = threading.Lock()
 
 
 def register_model(key: str, model: Model) -> None:
-    """Make @p model the process's model for @p key (e.g. a pruned model kept
+    """Make ``model`` the process's model for ``key`` (e.g. a pruned model kept
     in memory under the path it was saved to): :func:`shared_model` returns it
     instead of loading the file."""
     with _models_lock:
@@ -88,7 +88,7 @@ def register_model(key: str, model: Model) -> None:
 
 
 def shared_model(path: Union[str, os.PathLike], n_threads: int = 0) -> Model:
-    """The process's :class:`Model` for @p path, loaded on first use. Models
+    """The process's :class:`Model` for ``path``, loaded on first use. Models
     are read-only and thread-safe, so every client in a process shares one."""
     key = os.fspath(path)
     with _models_lock:
@@ -108,7 +108,7 @@ def mixture_arrays(mixture: Mixture) -> list[np.ndarray]:
 
 
 def set_mixture_arrays(mixture: Mixture, arrays: Sequence[np.ndarray]) -> None:
-    """Write @p arrays (as from :func:`mixture_arrays`) into the mixture's buffer."""
+    """Write ``arrays`` (as from :func:`mixture_arrays`) into the mixture's buffer."""
     views = mixture.tensors()
     if len(arrays) != len(views):
         raise ValueError(f"expected {len(views)} arrays ({', '.join(views)}), got {len(arrays)}")
@@ -141,8 +141,8 @@ def make_batches(model: Model, examples: Sequence[Example], batch_size: int,
 
 def perplexity(ctx: Context, mixture: Optional[Mixture], batches: Sequence[Batch]
                ) -> tuple[float, float, int]:
-    """(perplexity, Σ NLL, Σ targets) over the response tokens of @p batches,
-    with @p mixture or the base model (None)."""
+    """(perplexity, Σ NLL, Σ targets) over the response tokens of ``batches``,
+    with ``mixture`` or the base model (None)."""
     nll, n = 0.0, 0
     for b in batches:
         r = evaluate(ctx, [] if mixture is None else [mixture], b)
@@ -211,27 +211,27 @@ class MopClient:
     :meth:`fit`, :meth:`evaluate` and :meth:`get_properties` are the same
     steps on plain numpy arrays and dicts.
 
-    @p model is shared (see :func:`shared_model`); the client owns its
-    :class:`Mixture` (created with @p mixture_params: n_experts, prompt_len,
+    ``model`` is shared (see :func:`shared_model`); the client owns its
+    :class:`Mixture` (created with ``mixture_params``: n_experts, prompt_len,
     gate_mode, ...; ``seed`` should be equal on all clients and the server so
-    their layouts agree) and a :class:`Context`. @p train / @p val are the
+    their layouts agree) and a :class:`Context`. ``train`` / ``val`` are the
     client's examples. Fit config keys (from the strategy) override the
     defaults given here: ``local_steps``, ``lr``, ``batch_size``, ``round``;
     ``clip_norm`` / ``noise_std`` / ``noise_seed`` (local DP) and the
     ``secagg_*`` keys (secure aggregation) are set by :class:`MopStrategy`.
-    @p progress(message) is called once per fit with a summary line.
+    ``progress``(message) is called once per fit with a summary line.
 
     Gate set-up (driven by :class:`MopStrategy` before round 1 through
-    ``get_properties`` with ``mop_phase``): ``gate_moments`` returns the
+    ``query`` messages, :meth:`get_properties` with ``mop_phase``): ``gate_moments`` returns the
     moments (n, Σu, Σu²) of the client's pooled gate inputs;
     ``gate_pretrain`` sets the merged statistics, pre-trains the sent gate on
     the client's task labels (examples as dicts with a ``task`` key, ids =
-    positions in @p tasks, which must be the same list on every client) and
+    positions in ``tasks``, which must be the same list on every client) and
     returns it. Fit configs carry the merged statistics (``gate_stats``).
 
     Optimizer state: the client keeps two AdamW states across rounds, one
-    for the experts (@p lr, clip 1) and one for the gate (@p gate_lr,
-    @p gate_clip), kept per (run, client id) in the client's process (a
+    for the experts (``lr``, clip 1) and one for the gate (``gate_lr``,
+    ``gate_clip``), kept per (run, client id) in the client's process (a
     client re-created by Flower's engine in the same process finds them
     again); only the parameters come from the server each round.
     """
@@ -302,7 +302,7 @@ class MopClient:
         return mixture_arrays(self.mixture)
 
     def get_properties(self, config: dict[str, Scalar]) -> dict[str, Scalar]:
-        """Secure aggregation setup: with ``secagg_round`` in @p config, create
+        """Secure aggregation setup: with ``secagg_round`` in ``config``, create
         this round's :class:`SecAggClient` and return its public key."""
         phase = config.get("mop_phase")
         if phase is not None:
@@ -362,7 +362,7 @@ class MopClient:
                 sa = _secagg_clients.pop(key, None)
                 if sa is None:
                     raise RuntimeError(f"client {self.client_id}: no secure-aggregation state "
-                                       f"for round {key[1]} (get_properties was not called "
+                                       f"for round {key[1]} (its key query was not answered "
                                        "in this process)")
                 sa.set_peer_keys(config["secagg_keys"])
                 blob = sa.mask_update(delta)
@@ -478,7 +478,7 @@ class MopClient:
         return {"masked": blob}
 
     def _gate_usage(self, examples: list[tuple[str, str]]) -> np.ndarray:
-        """Mean gate weight per expert over @p examples (the local data seen)."""
+        """Mean gate weight per expert over ``examples`` (the local data seen)."""
         K = self.mixture.n_experts
         if K == 1 or not examples or self.mixture.config["gate_mode"] == 2:  # oracle
             return np.ones(K, dtype=np.float32)
@@ -490,7 +490,7 @@ class MopClient:
         self.mixture.close()
 
 
-# Secure-aggregation client state between get_properties (keys) and fit
+# Secure-aggregation client state between the key query and the train message
 # (masking) of one round, per (client id, round), in the client's process.
 _secagg_clients: dict[tuple[int, int], SecAggClient] = {}
 # Each client's AdamW states (experts, gate) across rounds, per (run id, client id).
@@ -510,42 +510,42 @@ def _secagg_kwargs(config: dict[str, Any]) -> dict[str, Any]:
 class MopStrategy(Strategy):
     """A Flower strategy aggregating prompt mixtures with libmop.
 
-    @p initial: the global mixture to start from (a :class:`Mixture`, whose
-    values are copied) or ``(names, arrays)``. @p strategy: any libmop
+    ``initial``: the global mixture to start from (a :class:`Mixture`, whose
+    values are copied) or ``(names, arrays)``. ``strategy``: any libmop
     aggregator name (``fedavg``, ``median``, ``mop_aware``, ... see
-    :data:`libmop.fed.STRATEGY`); @p aggregator_params are passed to
+    :data:`libmop.fed.STRATEGY`); ``aggregator_params`` are passed to
     :class:`Aggregator` (server_lr, trim_ratio, krum_f, ...).
 
     Privacy (docs/PRIVACY.md): ``dp="central"`` clips each client's delta to
-    @p clip_norm on the server, weighs clients equally and adds
+    ``clip_norm`` on the server, weighs clients equally and adds
     N(0, (server_lr·z·C/n)²) to the new global values (z =
-    @p noise_multiplier); ``dp="local"`` makes each client clip and add
-    N(0, (z·C)²) itself (with @p secure_aggregation: z·C/√n each, the
-    distributed-DP recipe). @p noise_seed 0 = OS randomness.
+    ``noise_multiplier``); ``dp="local"`` makes each client clip and add
+    N(0, (z·C)²) itself (with ``secure_aggregation``: z·C/√n each, the
+    distributed-DP recipe). ``noise_seed`` 0 = OS randomness.
 
-    @p secure_aggregation: before each round the server asks every sampled
-    client for a fresh public key (Flower ``get_properties``), sends all keys
+    ``secure_aggregation``: before each round the server asks every sampled
+    client for a fresh public key (a Flower ``query`` message), sends all keys
     with the fit instructions, and receives masked deltas only; it sums them
     with :class:`SecAggServer` and sees no single update. Only sum-based
     rules work then (fedavg with equal weights and the server optimizers
     fedavgm/fedadam/fedyogi/fedadagrad); a dropped client fails the round.
-    @p secagg_params: clip_range, scale, ring_bits (libmop defaults).
+    ``secagg_params``: clip_range, scale, ring_bits (libmop defaults).
 
-    @p fit_config: extra keys sent to clients (``local_steps``, ``lr``,
-    ``batch_size``). @p evaluate_fn(round, arrays) -> (loss, metrics) runs
+    ``fit_config``: extra keys sent to clients (``local_steps``, ``lr``,
+    ``batch_size``). ``evaluate_fn``(round, arrays) -> (loss, metrics) runs
     on the server after each round (and before the first). Aggregated
     metrics: ``loss`` (example-weighted mean of the clients' training loss).
     :attr:`history` keeps per-round dicts; :attr:`global_arrays` the current
     global values.
 
-    Gate set-up (mixtures with a learned gate; @p gate_setup, on by default),
-    before the first round's fit, through ``get_properties`` calls: every
+    Gate set-up (mixtures with a learned gate; ``gate_setup``, on by default),
+    before the first round's training, through ``query`` messages: every
     client sends the moments (n, Σu, Σu²) of its gate inputs, the server adds
-    them (:attr:`gate_stats`; set on @p initial when it is a Mixture, and sent
-    to the clients in every fit config); then (@p gate_pretrain, clients
+    them (:attr:`gate_stats`; set on ``initial`` when it is a Mixture, and sent
+    to the clients in every fit config); then (``gate_pretrain``, clients
     created with ``tasks``) every client pre-trains the global gate on its
-    labels (@p pretrain_epochs) and the server averages the gates weighted by
-    example counts into :attr:`global_arrays`. With @p secure_aggregation both
+    labels (``pretrain_epochs``) and the server averages the gates weighted by
+    example counts into :attr:`global_arrays`. With ``secure_aggregation`` both
     go through secure sums (moments as (n, Σu), then Σ(u − μ)² around the
     global mean μ: fixed point 2^16, range 2^36; gates as (n·θ, n): 2^32,
     2^20). :attr:`gate_setup_info` records what was done.
