@@ -173,27 +173,30 @@ def _client_log(label: str) -> Callable[[str], None]:
 
 def run_ray(strategy, make: Callable[[int], Any], n_clients: int, rounds: int,
             threads: int) -> None:
-    """Flower's simulation engine (Ray backend): one actor with @p threads CPUs
-    runs the clients one after the other, so they share one loaded model."""
-    from flwr.client import ClientApp
-    from flwr.common import Context
-    from flwr.server import ServerApp, ServerAppComponents, ServerConfig
+    """Flower's simulation engine (Ray backend) through
+    ``flwr.simulation.run_simulation``: the ServerApp (libmop.flower.server_app)
+    runs @p strategy in this process, the ClientApp (libmop.flower.client_app)
+    runs the clients in one Ray actor with @p threads CPUs, one after the
+    other, so they share one loaded model. (examples/flower_app is the same
+    as a Flower App for ``flwr run``.)"""
+    import warnings
+
     from flwr.simulation import run_simulation
 
-    def client_fn(context: Context):
-        return make(int(context.node_config["partition-id"])).to_client()
+    from libmop import flower as lf
 
-    def server_fn(context: Context):
-        return ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=rounds))
-
-    run_simulation(server_app=ServerApp(server_fn=server_fn),
-                   client_app=ClientApp(client_fn=client_fn), num_supernodes=n_clients,
-                   backend_config={"client_resources": {"num_cpus": threads, "num_gpus": 0.0},
-                                   "init_args": {"num_cpus": threads,
-                                                 "include_dashboard": False,
-                                                 # keep Ray on loopback: no traffic to other addresses
-                                                 "_node_ip_address": "127.0.0.1",
-                                                 "ignore_reinit_error": True}})
+    client = lf.client_app(lambda context: make(int(context.node_config["partition-id"])))
+    server = lf.server_app(lambda context: (strategy, rounds))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # run_simulation is deprecated in favour of `flwr run`
+        run_simulation(server_app=server, client_app=client, num_supernodes=n_clients,
+                       backend_config={"client_resources": {"num_cpus": threads,
+                                                            "num_gpus": 0.0},
+                                       "init_args": {"num_cpus": threads,
+                                                     "include_dashboard": False,
+                                                     # keep Ray on loopback
+                                                     "_node_ip_address": "127.0.0.1",
+                                                     "ignore_reinit_error": True}})
     if len(strategy.history) < rounds:
         raise RuntimeError(f"the Flower simulation finished {len(strategy.history)} of "
                            f"{rounds} rounds (see the log above for the client error)")

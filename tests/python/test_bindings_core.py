@@ -117,6 +117,9 @@ def test_loading_order_and_error(tmp_path, libmop_path):
     assert "ImportError" in r.stderr and "Tried, in order" in r.stderr
     assert "LIBMOP_BUILD_DIR" in r.stderr and str(tmp_path / "nobuild") in r.stderr
     assert "build tree" in r.stderr
+    # ... every place: the bundled copy, pkg-config and the system loader too
+    assert "bundled: " + str(tmp_path / "pkg" / "libmop" / "libmop.so") in r.stderr
+    assert "pkg-config" in r.stderr and "system loader: libmop.so.0" in r.stderr
     # LIBMOP_BUILD_DIR
     r = _run_import(tmp_path, {"LIBMOP_BUILD_DIR": str(real.parent)})
     assert r.returncode == 0, r.stderr
@@ -133,6 +136,14 @@ def test_loading_order_and_error(tmp_path, libmop_path):
         pytest.skip("pkg-config not installed")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == str(libdir / "libmop.so.0")
+    # a bundled libmop.so (what the wheel holds) beats pkg-config and the build tree
+    bundled = tmp_path / "pkg-bundled"
+    shutil.copytree(PKG / "libmop", bundled / "libmop")
+    shutil.copyfile(real, bundled / "libmop" / "libmop.so")
+    r = _run_import(tmp_path, {"LIBMOP_BUILD_DIR": str(real.parent), "PKG_CONFIG_LIBDIR": str(pc)},
+                    pkg_dir=bundled)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(bundled / "libmop" / "libmop.so")
     # LIBMOP_LIBRARY beats everything, and a bad one is an error (no silent fallback)
     r = _run_import(tmp_path, {"LIBMOP_BUILD_DIR": str(real.parent), "PKG_CONFIG_LIBDIR": str(pc),
                                "LIBMOP_LIBRARY": str(real)})
@@ -241,7 +252,8 @@ def test_eog_tokens_match_gguf_metadata(model, model_path):
     each turn with, and "<|endoftext|>"), and the repository marker of the
     code-pretraining vocabulary ("<reponame>")."""
     eog = model.eog_tokens
-    assert eog == [0, 2, 4]
+    assert eog.dtype == np.int32 and eog.tolist() == [0, 2, 4]
+    eog = eog.tolist()
     gguf = pytest.importorskip("gguf")
     r = gguf.GGUFReader(model_path)
 
@@ -369,7 +381,9 @@ def test_generate_greedy(ctx, model):
     prompt = model.tokenize(model.chat_format([("user", "What is the capital of France?")]),
                             special=True)
     a = ctx.generate(prompt, max_new=12, temperature=0)
-    b = ctx.generate(prompt.tolist(), max_new=12, temperature=0)
+    assert isinstance(a, np.ndarray) and a.dtype == np.int32   # token ids: int32 arrays
+    a = a.tolist()
+    b = ctx.generate(prompt.tolist(), max_new=12, temperature=0).tolist()
     assert a == b and 0 < len(a) <= 12
     assert a == greedy_reference(ctx, prompt, 12, {model.eos, model.eot})
     assert "Paris" in model.detokenize(a)
@@ -383,31 +397,31 @@ def test_generate_greedy(ctx, model):
     seen = []
     out = ctx.generate(prompt, max_new=12, temperature=0,
                        on_token=lambda t: seen.append(t) or len(seen) == 3)
-    assert out == seen == a[:3]
+    assert out.tolist() == seen == a[:3]
 
     def boom(t):
         raise RuntimeError("stop here")
     with pytest.raises(RuntimeError, match="stop here"):
         ctx.generate(prompt, max_new=12, temperature=0, on_token=boom)
     # the context is usable afterwards
-    assert ctx.generate(prompt, max_new=12, temperature=0) == a
+    assert ctx.generate(prompt, max_new=12, temperature=0).tolist() == a
 
 
 def test_generate_sampling_options(ctx, model):
     prompt = model.tokenize("Once upon a time")
-    s1 = ctx.generate(prompt, max_new=16, temperature=1.0, top_k=0, top_p=1.0, seed=7)
-    s2 = ctx.generate(prompt, max_new=16, temperature=1.0, top_k=0, top_p=1.0, seed=7)
+    s1 = ctx.generate(prompt, max_new=16, temperature=1.0, top_k=0, top_p=1.0, seed=7).tolist()
+    s2 = ctx.generate(prompt, max_new=16, temperature=1.0, top_k=0, top_p=1.0, seed=7).tolist()
     assert s1 == s2  # same seed, same tokens
     # top_k=1 is greedy whatever the temperature
-    assert ctx.generate(prompt, max_new=8, temperature=1.5, top_k=1, seed=3) == \
-        ctx.generate(prompt, max_new=8, temperature=0)
+    assert ctx.generate(prompt, max_new=8, temperature=1.5, top_k=1, seed=3).tolist() == \
+        ctx.generate(prompt, max_new=8, temperature=0).tolist()
     # a Sampler object keeps its random state across calls
     with libmop.Sampler(temperature=1.0, seed=7, top_k=0, top_p=1.0) as s:
-        assert ctx.generate(prompt, max_new=16, sampler=s) == s1
+        assert ctx.generate(prompt, max_new=16, sampler=s).tolist() == s1
         again = ctx.generate(prompt, max_new=16, sampler=s)
     seeds = {tuple(ctx.generate(prompt, max_new=16, temperature=1.0, top_k=0, top_p=1.0, seed=k))
              for k in range(4)}
-    assert len(seeds) > 1 and isinstance(again, list)
+    assert len(seeds) > 1 and isinstance(again, np.ndarray)
 
 
 def test_sampler():

@@ -2,14 +2,15 @@
 
 Two clients with 3 and 5 tiny examples train one local step each for one
 round (driven by libmop.flower.run_inprocess, i.e. Flower's ClientManager and
-message types without the Ray engine). The aggregated global values are
+Message API through an in-memory grid, without an engine). The aggregated global values are
 checked against libmop's FedAvg of the clients' updates computed directly
 (Update.from_mixture + Aggregator), and against numpy's weighted mean; the
 same client results fed to other strategies check that the strategy name and
 its options reach libmop (median, trimmed_mean), central DP clipping bounds
 the step, and secure aggregation gives the equal-weight mean through masked
-blobs only. Skipped when flwr is not installed (scripts/requirements-dev.txt
-installs it).
+blobs only. The strategy sees Flower Message-API replies (ArrayRecord +
+MetricRecord), read with lf.reply_arrays / lf.reply_metrics. Skipped when flwr
+is not installed (scripts/requirements-dev.txt installs it).
 """
 import numpy as np
 import pytest
@@ -19,8 +20,6 @@ from test_bindings_core import import_libmop
 libmop = import_libmop()
 flwr = pytest.importorskip("flwr", reason="flwr not installed: pip install -r "
                                           "scripts/requirements-dev.txt")
-from flwr.common import parameters_to_ndarrays  # noqa: E402
-
 from libmop import flower as lf  # noqa: E402
 
 MIX = dict(n_experts=2, prompt_len=2, seed=7)
@@ -50,9 +49,9 @@ def make_client(model, i):
 class Capture(lf.MopStrategy):
     """Keeps the round's client results so they can be re-aggregated."""
 
-    def aggregate_fit(self, server_round, results, failures):
-        self.results = results
-        return super().aggregate_fit(server_round, results, failures)
+    def aggregate_train(self, server_round, replies):
+        self.results = list(replies)
+        return super().aggregate_train(server_round, self.results)
 
 
 @pytest.fixture(scope="module")
@@ -64,24 +63,29 @@ def fedavg_round(model):
 
 
 def client_arrays(st):
-    return [parameters_to_ndarrays(r.parameters) for _, r in st.results]
+    return [lf.reply_arrays(r) for r in st.results]
+
+
+def n_examples(r):
+    return int(lf.reply_metrics(r)["num-examples"])
 
 
 def test_fit_results(fedavg_round):
     glob, st = fedavg_round
     assert len(st.results) == 2
-    n = sorted(int(r.num_examples) for _, r in st.results)
+    n = sorted(n_examples(r) for r in st.results)
     assert n == [3, 5]
     names = [t.name for t in glob.tensor_info()]
     assert st.names == names
     init = lf.mixture_arrays(glob)
-    for _, r in st.results:
-        arrs = parameters_to_ndarrays(r.parameters)
+    for r in st.results:
+        arrs, metrics = lf.reply_arrays(r), lf.reply_metrics(r)
+        assert list(r.content["arrays"].keys()) == names   # sent under the tensor names
         assert [a.shape for a in arrs] == [a.shape for a in init]
         # one AdamW step moved the experts, and the loss is a finite NLL
         assert np.abs(arrs[0] - init[0]).max() > 0
-        assert np.isfinite(r.metrics["loss"]) and r.metrics["loss"] > 0
-        usage = np.array([float(x) for x in r.metrics["gate_usage"].split(",")])
+        assert np.isfinite(metrics["loss"]) and metrics["loss"] > 0
+        usage = np.array(metrics["gate_usage"])
         assert usage.shape == (2,) and abs(usage.sum() - 1) < 1e-4 and (usage >= 0).all()
     assert st.history[0]["round"] == 1 and st.history[0]["n_examples"] == 8
 
@@ -91,16 +95,16 @@ def test_fedavg_equals_libmop_direct(model, fedavg_round):
     # libmop's FedAvg computed directly from mixtures holding the clients' values
     agg = libmop.Aggregator("fedavg")
     local = libmop.Mixture(model, **MIX)
-    for (_, r), arrs in zip(st.results, client_arrays(st)):
+    for r, arrs in zip(st.results, client_arrays(st)):
         lf.set_mixture_arrays(local, arrs)
         agg.add(libmop.Update.from_mixture(local, base=glob, round=1,
-                                           client_id=int(r.metrics["client_id"]),
-                                           n_samples=float(r.num_examples)))
+                                           client_id=int(lf.reply_metrics(r)["client_id"]),
+                                           n_samples=float(n_examples(r))))
     nxt = agg.finish(libmop.Update.from_mixture(glob, round=1))
     for name, got in zip(st.names, st.global_arrays):
         np.testing.assert_allclose(got, nxt.tensor(name), rtol=0, atol=TOL, err_msg=name)
     # and numpy's weighted mean (independent reference)
-    w = np.array([r.num_examples for _, r in st.results], dtype=np.float64)
+    w = np.array([n_examples(r) for r in st.results], dtype=np.float64)
     for k, got in enumerate(st.global_arrays):
         ref = sum(wi * a[k].astype(np.float64) for wi, a in zip(w, client_arrays(st))) / w.sum()
         np.testing.assert_allclose(got, ref, rtol=0, atol=TOL)
@@ -108,9 +112,9 @@ def test_fedavg_equals_libmop_direct(model, fedavg_round):
 
 def reaggregate(glob, st, strategy, **kw):
     s = lf.MopStrategy(glob, strategy, **kw)
-    params, metrics = s.aggregate_fit(1, st.results, [])
+    params, metrics = s.aggregate_train(1, st.results)
     assert params is not None and np.isfinite(metrics["loss"])
-    return s, parameters_to_ndarrays(params)
+    return s, params.to_numpy_ndarrays()
 
 
 def test_strategy_name_and_options_pass_through(fedavg_round):
@@ -159,8 +163,8 @@ def test_secure_aggregation_gives_the_mean(model, fedavg_round):
     st = Capture(glob, "fedavg", secure_aggregation=True, fit_config={"local_steps": 1})
     lf.run_inprocess(st, [lambda i=i: make_client(model, i) for i in range(2)], 1, log=None)
     # the server received masked byte blobs, not tensors
-    for _, r in st.results:
-        arrs = parameters_to_ndarrays(r.parameters)
+    for r in st.results:
+        arrs = lf.reply_arrays(r)
         assert len(arrs) == 1 and arrs[0].dtype == np.uint8
     # recompute the clients' plain results (training is deterministic) and compare
     ref = Capture(glob, "median", fit_config={"local_steps": 1})   # median of 2 = mean

@@ -69,8 +69,8 @@ def run(model, shards, rounds=1, **kw):
 
 
 class Snap(lf.MopStrategy):
-    def aggregate_fit(self, server_round, results, failures):
-        out = super().aggregate_fit(server_round, results, failures)
+    def aggregate_train(self, server_round, replies):
+        out = super().aggregate_train(server_round, replies)
         self.snaps = getattr(self, "snaps", []) + [[a.copy() for a in self.global_arrays]]
         return out
 
@@ -128,8 +128,8 @@ def test_pretrained_gate_routes(model, data):
     glob = libmop.Mixture(model, **MIX)
 
     class Pre(Snap):
-        def configure_fit(self, server_round, parameters, client_manager):
-            out = super().configure_fit(server_round, parameters, client_manager)
+        def configure_train(self, server_round, arrays, config, grid):
+            out = super().configure_train(server_round, arrays, config, grid)
             if server_round == 1:
                 self.pre_arrays = [a.copy() for a in self.global_arrays]
             return out

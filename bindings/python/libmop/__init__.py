@@ -24,7 +24,7 @@ __version__ = _lib.VERSION
 
 
 def has_symbol(name: str) -> bool:
-    """True if the loaded libmop.so exports C function @p name."""
+    """True if the loaded libmop.so exports C function ``name``."""
     return _lib.has(name)
 
 

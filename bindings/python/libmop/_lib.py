@@ -34,36 +34,60 @@ VERSION_MAJOR = int(VERSION.split(".")[0])
 
 
 def _candidates() -> list[tuple[str, pathlib.Path]]:
-    """Where to look, in order, as (how it was found, path)."""
+    """Where to look, in order, as (how it was found, path).
+
+    1. ``$LIBMOP_LIBRARY``: an explicit file; when set, nothing else is tried.
+    2. bundled: ``libmop.so`` inside this package (what ``pip install`` builds
+       and puts in the wheel).
+    3. pkg-config: ``$(pkg-config --variable=libdir libmop)/libmop.so.0`` (a
+       ``meson install``).
+    4. ``$LIBMOP_BUILD_DIR/libmop.so``.
+    5. build tree: ``build/libmop.so`` in the source checkout this package
+       lies in (the nearest parent directory that has one).
+    6. system: the dynamic loader's own search for ``libmop.so.0``
+       (``LD_LIBRARY_PATH``, ``ldconfig``'s cache).
+    """
     found: list[tuple[str, pathlib.Path]] = []
     env = os.environ.get("LIBMOP_LIBRARY")
     if env:
         found.append(("LIBMOP_LIBRARY", pathlib.Path(env)))
         return found  # an explicit choice is never silently replaced
+    here = pathlib.Path(__file__).resolve().parent
+    found.append(("bundled", here / "libmop.so"))
     try:
         out = subprocess.run(["pkg-config", "--variable=libdir", "libmop"], capture_output=True,
                              text=True, timeout=10)
         if out.returncode == 0 and out.stdout.strip():
             found.append(("pkg-config libdir", pathlib.Path(out.stdout.strip()) / "libmop.so.0"))
+        else:
+            found.append(("pkg-config", pathlib.Path("<no libmop.pc on the pkg-config path>")))
     except (OSError, subprocess.SubprocessError):
-        found.append(("pkg-config libdir", pathlib.Path("<pkg-config not runnable>")))
+        found.append(("pkg-config", pathlib.Path("<pkg-config not runnable>")))
     bdir = os.environ.get("LIBMOP_BUILD_DIR")
     if bdir:
         found.append(("LIBMOP_BUILD_DIR", pathlib.Path(bdir) / "libmop.so"))
-    here = pathlib.Path(__file__).resolve().parent
-    for parent in here.parents:
-        cand = parent / "build" / "libmop.so"
-        if cand.exists():
-            found.append(("build tree", cand))
-            break
+    tree = [parent / "build" / "libmop.so" for parent in here.parents
+            if (parent / "meson.build").exists()]
+    hit = next((c for c in tree if c.exists()), None)
+    if hit is not None:
+        found.append(("build tree", hit))
+    elif tree:
+        found.extend(("build tree", c) for c in tree)
     else:
-        found.append(("build tree", here.parents[-1] / "…" / "build" / "libmop.so"))
+        found.append(("build tree", pathlib.Path(f"<{here} is not inside a libmop source tree>")))
+    found.append(("system loader", pathlib.Path("libmop.so.0")))
     return found
 
 
 def _load() -> tuple[ctypes.CDLL, str]:
     tried: list[str] = []
     for how, path in _candidates():
+        if how == "system loader":   # a bare name: the loader searches for it
+            try:
+                return ctypes.CDLL(str(path)), str(path)
+            except OSError as e:
+                tried.append(f"  {how}: {path} ({e})")
+            continue
         if not path.exists():
             tried.append(f"  {how}: {path} (not found)")
             continue
@@ -73,9 +97,11 @@ def _load() -> tuple[ctypes.CDLL, str]:
             tried.append(f"  {how}: {path} ({e})")
     raise ImportError(
         "libmop: cannot load the shared library libmop.so. Tried, in order:\n" + "\n".join(tried)
-        + "\nSet LIBMOP_LIBRARY to the library file, install libmop (meson install, so that "
-        "`pkg-config --variable=libdir libmop` finds it), or build it (`meson setup build && "
-        "ninja -C build`; LIBMOP_BUILD_DIR selects another build directory).")
+        + "\nInstall the package with `pip install ./bindings/python` (it builds and bundles "
+        "the library), set LIBMOP_LIBRARY to the library file, install libmop (meson install, "
+        "so that `pkg-config --variable=libdir libmop` finds it), or build it in the source "
+        "tree (`meson setup build && ninja -C build`; LIBMOP_BUILD_DIR selects another build "
+        "directory).")
 
 
 lib, library_path = _load()
@@ -333,12 +359,12 @@ _bound: dict[str, Any] = {}
 
 
 def has(name: str) -> bool:
-    """True if the loaded library exports C symbol @p name."""
+    """True if the loaded library exports C symbol ``name``."""
     return hasattr(lib, name)
 
 
 def fn(name: str) -> Any:
-    """The prototyped C function @p name, or NotImplementedError if the loaded
+    """The prototyped C function ``name``, or NotImplementedError if the loaded
     library does not export it (a partial or older build)."""
     f = _bound.get(name)
     if f is not None:
@@ -607,7 +633,7 @@ def cstr(s: Any, what: str) -> bytes:
 
 def view(owner: Any, address: int, count: int, ctype: Any = c_float,
          shape: Optional[tuple[int, ...]] = None, writable: bool = True) -> np.ndarray:
-    """Zero-copy numpy view of C memory that keeps @p owner (a Handle) alive."""
+    """Zero-copy numpy view of C memory that keeps ``owner`` (a Handle) alive."""
     dtype = {c_float: np.float32, c_int32: np.int32}[ctype]
     if count == 0:
         arr = np.zeros(0, dtype=dtype)
@@ -633,10 +659,10 @@ _CTYPE_RANGES = {c_int32: INT32, c_uint32: UINT32, c_int64: INT64, c_uint64: UIN
 
 
 def check_int(what: str, value: Any, lo: int, hi: int, ctype: str = "") -> int:
-    """@p value as a Python int in [lo, hi], for an integer argument or field
+    """``value`` as a Python int in [lo, hi], for an integer argument or field
     passed to C (ctypes would silently keep only the low bits: 2**40 -> 0,
     -1 -> 2**64 - 1). TypeError for a non-integer (floats are not truncated),
-    OverflowError naming @p what, the value and the range otherwise."""
+    OverflowError naming ``what``, the value and the range otherwise."""
     try:
         v = operator.index(value)
     except TypeError:
@@ -716,7 +742,7 @@ class CallbackGuard:
 
 
 def progress_callback(progress: Optional[Callable[[int, int], Any]], guard: CallbackGuard) -> Any:
-    """ctypes progress function: @p progress(done, total) returning True cancels."""
+    """ctypes progress function: ``progress``(done, total) returning True cancels."""
     if progress is None:
         return PROGRESS_FN()
     return PROGRESS_FN(lambda done, total, user: guard.run(lambda: progress(done, total)))

@@ -116,7 +116,7 @@ class TensorInfo:
 
 def _grow(call: Callable[[Any, int, Any], int], cap: int, make: Callable[[int], Any]) -> tuple[Any, int]:
     """Run a size-query style call (MOP_E_RANGE + n_out when cap is too small)
-    with a buffer of @p cap, growing it once to the reported size."""
+    with a buffer of ``cap``, growing it once to the reported size."""
     n = c_size_t(0)
     buf = make(cap)
     status = call(buf, cap, byref(n))
@@ -141,7 +141,7 @@ class Model(L.Closable):
 
     def __init__(self, path: PathLike, n_threads: int = 0, use_mmap: bool = True,
                  progress: Optional[Callable[[int, int], Any]] = None) -> None:
-        """Load @p path. @p progress(done, total) is called per tensor; return
+        """Load ``path``. ``progress``(done, total) is called per tensor; return
         True from it to cancel (MopError MOP_E_CANCELLED)."""
         p = L.params_init(L.ModelParams, "mop_model_params_init_sized")
         p.n_threads = L.check_c_int("n_threads", n_threads)
@@ -218,23 +218,24 @@ class Model(L.Closable):
         return self.special_token("eot")
 
     @property
-    def eog_tokens(self) -> list[int]:
-        """The end-of-generation ids (ascending): generation stops when one is
-        sampled (mop_model_eog_tokens). [] for a model without a tokenizer."""
+    def eog_tokens(self) -> np.ndarray:
+        """The end-of-generation ids (ascending, int32): generation stops when
+        one is sampled (mop_model_eog_tokens). Empty for a model without a
+        tokenizer."""
         f = L.fn("mop_model_eog_tokens")
         with L.using(self) as (h,):  # the model stays alive for the call
             buf, n = _grow(lambda b, cap, n_out: f(h, b, cap, n_out), 16,
                            lambda cap: (c_int32 * cap)())
-        return [int(buf[i]) for i in range(n)]
+        return np.array([buf[i] for i in range(n)], dtype=np.int32)
 
     def is_eog(self, token: int) -> bool:
-        """Whether @p token ends generation (mop_model_is_eog)."""
+        """Whether ``token`` ends generation (mop_model_is_eog)."""
         return bool(L.call("mop_model_is_eog", self, L.check_c_int("token", token)))
 
     def tokenize(self, text: Union[str, bytes], add_bos: bool = False,
                  special: bool = False) -> np.ndarray:
-        """UTF-8 text -> int32 token ids. @p special matches control tokens such
-        as "<|im_start|>" in the text; @p add_bos prepends BOS if the model asks for it."""
+        """UTF-8 text -> int32 token ids. ``special`` matches control tokens such
+        as "<|im_start|>" in the text; ``add_bos`` prepends BOS if the model asks for it."""
         data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
         flags = (TOKENIZE_ADD_BOS if add_bos else 0) | (TOKENIZE_PARSE_SPECIAL if special else 0)
         f = L.fn("mop_tokenize")
@@ -256,7 +257,7 @@ class Model(L.Closable):
         return buf.raw[:n]
 
     def detokenize(self, ids: TokenIds, special: bool = False, errors: str = "replace") -> str:
-        """Token ids -> text. Control tokens are skipped unless @p special."""
+        """Token ids -> text. Control tokens are skipped unless ``special``."""
         return self.detokenize_bytes(ids, special).decode("utf-8", errors)
 
     def chat_format(self, messages: Iterable[Any], add_assistant_prompt: bool = True) -> str:
@@ -405,9 +406,9 @@ class Context(L.Closable):
         return int(L.call("mop_ctx_n_past", self))
 
     def decode(self, ids: TokenIds, all_logits: bool = False) -> np.ndarray:
-        """Run @p ids after the cached tokens. Returns a copy of the logits:
+        """Run ``ids`` after the cached tokens. Returns a copy of the logits:
         shape (n_vocab,) for the last token, or (len(ids), n_vocab) with
-        @p all_logits."""
+        ``all_logits``."""
         a = L.int32_array(ids, "ids")
         if a.size < 1:
             raise L.shape_error("ids: decode needs at least one token")
@@ -432,7 +433,7 @@ class Context(L.Closable):
     def nll(self, ids: TokenIds, return_total: bool = False) -> Any:
         """Per-token negative log-likelihood from an empty cache:
         nll[i] = -log p(ids[i+1] | ids[..i]), float32 array of len(ids)-1.
-        With @p return_total also the float64 sum: (nll, total)."""
+        With ``return_total`` also the float64 sum: (nll, total)."""
         a = L.int32_array(ids, "ids")
         out = np.empty(max(0, a.size - 1), dtype=np.float32)
         total = c_double(0)
@@ -443,7 +444,7 @@ class Context(L.Closable):
 
     def perplexity(self, ids: TokenIds, window: int = 0,
                    progress: Optional[Callable[[int, int], Any]] = None) -> float:
-        """exp(mean NLL) over non-overlapping windows of @p window tokens
+        """exp(mean NLL) over non-overlapping windows of ``window`` tokens
         (0 = n_ctx); the first token of each window is context only."""
         a = L.int32_array(ids, "ids")
         guard = L.CallbackGuard()
@@ -480,15 +481,16 @@ class Context(L.Closable):
                  temperature: Optional[float] = None, top_k: Optional[int] = None,
                  top_p: Optional[float] = None, seed: Optional[int] = None,
                  mixture: Optional["Mixture"] = None, sampler: Optional[Sampler] = None,
-                 on_token: Optional[Callable[[int], Any]] = None) -> list[int]:
-        """Generate up to @p max_new tokens after the prompt (the cache is reset
+                 on_token: Optional[Callable[[int], Any]] = None) -> np.ndarray:
+        """Generate up to ``max_new`` tokens after the prompt (the cache is reset
         first). Stops at end-of-sequence/end-of-turn (not returned), the context
-        end, or when @p on_token(token) returns True. With @p mixture the
+        end, or when ``on_token``(token) returns True. With ``mixture`` the
         prompt mixture is applied (mop_mixture_generate).
 
         Sampling: pass a :class:`Sampler` (its random state continues across
         calls), or temperature/top_k/top_p/seed for a fresh one (None = C
-        default; temperature=0 is greedy). Returns the generated ids."""
+        default; temperature=0 is greedy). Returns the generated ids as an
+        int32 array (like :meth:`Model.tokenize`)."""
         a = L.int32_array(prompt_ids, "prompt_ids")
         out: list[int] = []
 
@@ -503,20 +505,23 @@ class Context(L.Closable):
         finally:
             if own:
                 s.close()
-        return out
+        return np.array(out, dtype=np.int32)
 
-    def generate_iter(self, prompt_ids: TokenIds, max_new: int = 64, **kwargs: Any) -> Iterator[int]:
-        """Streaming form of :meth:`generate`: yields each token as it is made.
+    def generate_iter(self, prompt_ids: TokenIds, max_new: int = 64, *,
+                      temperature: Optional[float] = None, top_k: Optional[int] = None,
+                      top_p: Optional[float] = None, seed: Optional[int] = None,
+                      mixture: Optional["Mixture"] = None,
+                      sampler: Optional[Sampler] = None) -> Iterator[int]:
+        """Streaming form of :meth:`generate` (same parameters, less
+        ``on_token``): yields each token id (an int) as it is made.
         The C call runs in a worker thread; leaving the loop early stops it.
         Do not use this context elsewhere until the iterator is exhausted or closed.
         The running call holds its handles (context, sampler, mixture) in use:
         close() on them meanwhile is deferred until the iterator is exhausted,
         closed or garbage-collected."""
         a = L.int32_array(prompt_ids, "prompt_ids")
-        mixture = kwargs.pop("mixture", None)
-        sampler = kwargs.pop("sampler", None)
         own = sampler is None
-        s = Sampler(**kwargs) if own else sampler
+        s = Sampler(temperature, top_k, top_p, seed) if own else sampler
         q: "queue.Queue[Any]" = queue.Queue()
         stop = threading.Event()
         done = object()

@@ -32,7 +32,7 @@ STRATEGY = {"fedavg": 0, "fedavgm": 1, "fedadam": 2, "fedyogi": 3, "fedadagrad":
 
 
 def strategy_name(name: str) -> str:
-    """The canonical name of aggregation rule @p name (a key of :data:`STRATEGY`).
+    """The canonical name of aggregation rule ``name`` (a key of :data:`STRATEGY`).
 
     The spelling with ``-`` for ``_`` (``"trimmed-mean"``, once the CLI's) is
     still accepted with a :class:`DeprecationWarning`; it goes in libmop 0.2.
@@ -114,7 +114,7 @@ class Update(L.Closable):
     def from_mixture(cls, mixture: Mixture, base: Optional[Mixture] = None, round: int = 0,
                      client_id: int = 0, n_samples: float = 0.0,
                      gate_usage: Optional[Any] = None) -> "Update":
-        """FULL values of @p mixture, or the DELTA mixture − base. @p gate_usage
+        """FULL values of ``mixture``, or the DELTA mixture − base. ``gate_usage``
         (K floats) is stored as "gate.usage" for MoP-aware aggregation."""
         gu = None
         if gate_usage is not None:
@@ -155,7 +155,7 @@ class Update(L.Closable):
             return ti.name.decode(), L.view(self._h, addr, int(ti.size), c_float, shape)
 
     def tensor(self, name: str) -> np.ndarray:
-        """Writable zero-copy view of tensor @p name (MopError if absent)."""
+        """Writable zero-copy view of tensor ``name`` (MopError if absent)."""
         return self._tensor(-1, name)[1]
 
     def tensors(self) -> dict[str, np.ndarray]:
@@ -174,7 +174,7 @@ class Update(L.Closable):
         L.check(L.call("mop_update_set_meta", self, L.cstr(key, "key"), L.cstr(value, "value")))
 
     def get_meta(self, key: str, default: Optional[str] = None) -> Optional[str]:
-        """Metadata string for @p key, or @p default if absent."""
+        """Metadata string for ``key``, or ``default`` if absent."""
         v = c_char_p()
         status = L.call("mop_update_get_meta", self, L.cstr(key, "key"), byref(v))
         if status == -8:  # MOP_E_RANGE: absent
@@ -191,7 +191,7 @@ class Update(L.Closable):
 
     def clip(self, max_norm: float) -> float:
         """Scale all tensors (except "gate.usage") so their global L2 norm is at
-        most @p max_norm; returns the norm before clipping (mop_update_clip)."""
+        most ``max_norm``; returns the norm before clipping (mop_update_clip)."""
         before = c_float(0)
         L.check(L.call("mop_update_clip", self, float(max_norm), byref(before)))
         return float(before.value)
@@ -260,7 +260,7 @@ def partition_skewed(task: Any, n_clients: int, ratio: float = 15.0, seed: int =
 
 
 def partition_iid(n: int, n_clients: int, seed: int = 0) -> np.ndarray:
-    """Uniform random split of @p n examples (sizes differ by at most one)."""
+    """Uniform random split of ``n`` examples (sizes differ by at most one)."""
     n = L.check_int("n", n, 0, 2**63 - 1, "int64, >= 0")
     nc, sd = L.check_c_int("n_clients", n_clients), L.check_c_int("seed", seed, L.UINT64)
     out = np.empty(n, dtype=np.int32)
@@ -337,7 +337,7 @@ def rdp_sampled_gaussian(noise_multiplier: float, sample_rate: float, alpha: flo
 
 def rdp_epsilon(noise_multiplier: float, sample_rate: float, steps: int,
                 delta: float) -> tuple[float, float]:
-    """(ε, best order) after @p steps steps (default orders, classic conversion)."""
+    """(ε, best order) after ``steps`` steps (default orders, classic conversion)."""
     eps, order = ctypes.c_double(0), ctypes.c_double(0)
     L.check(L.fn("mop_rdp_epsilon")(float(noise_multiplier), float(sample_rate),
                                     L.check_c_int("steps", steps, L.INT64),
@@ -347,7 +347,7 @@ def rdp_epsilon(noise_multiplier: float, sample_rate: float, steps: int,
 
 class RdpAccountant(L.Closable):
     """Running RDP total over heterogeneous steps (``mop_rdp_accountant``).
-    @p conversion "classic" or "balle2020"; @p orders: α values (> 1) or None."""
+    ``conversion`` "classic" or "balle2020"; ``orders``: α values (> 1) or None."""
 
     def __init__(self, conversion: Union[str, int] = "classic",
                  orders: Optional[Any] = None) -> None:
@@ -422,12 +422,12 @@ class SecAggClient(L.Closable):
                                               a.size, b, cap, n))
 
     def mask_update(self, update: Update) -> bytes:
-        """As :meth:`mask` on the concatenation of all tensors of @p update."""
+        """As :meth:`mask` on the concatenation of all tensors of ``update``."""
         return _blob(lambda b, cap, n: L.call("mop_secagg_client_mask_update", self, update,
                                               b, cap, n))
 
     def reveal(self, dropped: Any) -> bytes:
-        """Recovery blob with the round keys shared with the @p dropped clients."""
+        """Recovery blob with the round keys shared with the ``dropped`` clients."""
         d = L.int32_array(dropped, "dropped")
         return _blob(lambda b, cap, n: L.call("mop_secagg_client_reveal", self, L.ptr(d, c_int32),
                                               d.size, b, cap, n))

@@ -1,27 +1,31 @@
 """Federated prompt-mixture training with Flower (https://flower.ai) and libmop.
 
-Two pieces, usable apart:
+Built on Flower's Message API (flwr >= 1.42: ``Message``, ``ArrayRecord``,
+``flwr.clientapp.ClientApp``, ``flwr.serverapp.ServerApp`` and
+``flwr.serverapp.strategy.Strategy``). Two pieces, usable apart:
 
-* :class:`MopClient` — a Flower ``NumPyClient`` that holds one libmop
-  :class:`~libmop.Mixture` (and a :class:`~libmop.Context`) on a shared
-  :class:`~libmop.Model` and trains it on its own examples.
-  ``get_parameters`` = the mixture's named tensors as numpy arrays (in
-  :meth:`Mixture.tensor_info` order); ``fit`` = set them, run S local AdamW
-  steps, return the new values, the number of local examples and metrics
-  ``{"loss", "gate_usage", "client_id"}``; ``evaluate`` = response-token
-  perplexity on the client's validation examples.
-* :class:`MopStrategy` — a Flower ``Strategy`` that aggregates with libmop's
-  aggregators (:class:`~libmop.Aggregator`: any strategy name, its options
-  passed through), optionally with differential privacy (central or local
-  clip + Gaussian noise, ``docs/PRIVACY.md``) and secure aggregation (the
-  clients mask their deltas with :class:`~libmop.SecAggClient`; the server
-  only adds masked blobs). Flower parameters are converted to and from
-  :class:`~libmop.Update` by name.
+* :class:`MopClient` holds one libmop :class:`~libmop.Mixture` (and a
+  :class:`~libmop.Context`) on a shared :class:`~libmop.Model` and trains it
+  on its own examples. :meth:`MopClient.handle` answers Flower messages:
+  ``train`` (set the arrays, run S local AdamW steps, reply with the new
+  values and the metrics ``num-examples``, ``loss``, ``gate_usage``,
+  ``client_id``), ``evaluate`` (response-token perplexity on the client's
+  validation examples) and ``query`` (gate set-up and secure-aggregation
+  keys). :func:`client_app` wraps a client factory as a ``ClientApp``.
+* :class:`MopStrategy` is a Flower ``Strategy`` that aggregates with
+  libmop's aggregators (:class:`~libmop.Aggregator`: any strategy name, its
+  options passed through), optionally with differential privacy (central or
+  local clip + Gaussian noise, ``docs/PRIVACY.md``) and secure aggregation
+  (the clients mask their deltas with :class:`~libmop.SecAggClient`; the
+  server only adds masked blobs). :meth:`MopStrategy.run` drives it over a
+  Flower ``Grid`` (inside a ``ServerApp``: :func:`server_app`). Arrays travel
+  as ``ArrayRecord`` keyed by the mixture's tensor names.
 
 :func:`run_inprocess` drives the same client and strategy objects round by
-round in this process, without Flower's simulation engine (no Ray): for
-tests and machines where Ray is not wanted. Flower's own engine is
-``flwr.simulation.run_simulation``; see examples/flower_mop.py and
+round in this process through an in-memory grid (no SuperLink, no Ray): for
+tests and machines where Ray is not wanted. Flower's engines: ``flwr run``
+on a Flower App (examples/flower_app, simulation or deployment) or
+``flwr.simulation.run_simulation`` (examples/flower_mop.py); see
 docs/FLOWER.md.
 
 Flower's telemetry and Ray's usage statistics are switched off when this
@@ -37,23 +41,23 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import math  # noqa: E402
 import threading  # noqa: E402
-from typing import Any, Callable, Optional, Sequence, Union  # noqa: E402
+from typing import Any, Callable, Iterable, Optional, Sequence, Union  # noqa: E402
 
 import numpy as np  # noqa: E402
 
 try:
     import flwr  # noqa: E402
-    from flwr.client import NumPyClient  # noqa: E402
-    from flwr.common import (EvaluateIns, EvaluateRes, FitIns, FitRes, GetPropertiesIns,  # noqa: E402
-                             Parameters, Scalar, ndarrays_to_parameters,
-                             parameters_to_ndarrays)
-    from flwr.server.client_manager import ClientManager  # noqa: E402
-    from flwr.server.client_proxy import ClientProxy  # noqa: E402
-    from flwr.server.strategy import Strategy  # noqa: E402
+    from flwr.app import (Array, ArrayRecord, ConfigRecord, Message,  # noqa: E402
+                          MetricRecord, RecordDict)
+    from flwr.app import Context as FlowerContext  # noqa: E402
+    from flwr.clientapp import ClientApp  # noqa: E402
+    from flwr.serverapp import Grid, ServerApp  # noqa: E402
+    from flwr.serverapp.strategy import Result, Strategy  # noqa: E402
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "libmop.flower needs Flower: pip install 'flwr[simulation]==1.12.0' "
-        f"(see scripts/requirements-dev.txt and docs/FLOWER.md); import failed: {e}") from e
+        "libmop.flower needs Flower >= 1.42 (the Message API): pip install "
+        "'flwr[simulation]>=1.42,<1.43' (see scripts/requirements-dev.txt and docs/FLOWER.md); "
+        f"import failed: {e}") from e
 
 from .core import Context, Model  # noqa: E402
 from .fed import (STRATEGY, Aggregator, SecAggClient, SecAggServer, Update,  # noqa: E402
@@ -61,10 +65,11 @@ from .fed import (STRATEGY, Aggregator, SecAggClient, SecAggServer, Update,  # n
 from .mixture import Batch, Mixture, Optimizer, evaluate  # noqa: E402
 
 __all__ = ["MopClient", "MopStrategy", "shared_model", "register_model", "mixture_arrays",
-           "set_mixture_arrays", "make_batches", "perplexity", "run_inprocess",
-           "FLWR_VERSION"]
+           "set_mixture_arrays", "make_batches", "perplexity", "run_inprocess", "client_app",
+           "server_app", "InProcessGrid", "reply_arrays", "reply_metrics", "FLWR_VERSION"]
 
 FLWR_VERSION: str = flwr.__version__
+Scalar = Union[int, float, str, bytes, bool]
 Example = Any   # (instruction, response) tuple or {"instruction", "response", "task"} dict
 
 # ---------------------------------------------------------------------------
@@ -75,7 +80,7 @@ _models_lock = threading.Lock()
 
 
 def register_model(key: str, model: Model) -> None:
-    """Make @p model the process's model for @p key (e.g. a pruned model kept
+    """Make ``model`` the process's model for ``key`` (e.g. a pruned model kept
     in memory under the path it was saved to): :func:`shared_model` returns it
     instead of loading the file."""
     with _models_lock:
@@ -83,7 +88,7 @@ def register_model(key: str, model: Model) -> None:
 
 
 def shared_model(path: Union[str, os.PathLike], n_threads: int = 0) -> Model:
-    """The process's :class:`Model` for @p path, loaded on first use. Models
+    """The process's :class:`Model` for ``path``, loaded on first use. Models
     are read-only and thread-safe, so every client in a process shares one."""
     key = os.fspath(path)
     with _models_lock:
@@ -103,7 +108,7 @@ def mixture_arrays(mixture: Mixture) -> list[np.ndarray]:
 
 
 def set_mixture_arrays(mixture: Mixture, arrays: Sequence[np.ndarray]) -> None:
-    """Write @p arrays (as from :func:`mixture_arrays`) into the mixture's buffer."""
+    """Write ``arrays`` (as from :func:`mixture_arrays`) into the mixture's buffer."""
     views = mixture.tensors()
     if len(arrays) != len(views):
         raise ValueError(f"expected {len(views)} arrays ({', '.join(views)}), got {len(arrays)}")
@@ -136,8 +141,8 @@ def make_batches(model: Model, examples: Sequence[Example], batch_size: int,
 
 def perplexity(ctx: Context, mixture: Optional[Mixture], batches: Sequence[Batch]
                ) -> tuple[float, float, int]:
-    """(perplexity, Σ NLL, Σ targets) over the response tokens of @p batches,
-    with @p mixture or the base model (None)."""
+    """(perplexity, Σ NLL, Σ targets) over the response tokens of ``batches``,
+    with ``mixture`` or the base model (None)."""
     nll, n = 0.0, 0
     for b in batches:
         r = evaluate(ctx, [] if mixture is None else [mixture], b)
@@ -151,39 +156,82 @@ def _usage_str(u: np.ndarray) -> str:
 
 
 def _usage_parse(s: Any) -> Optional[np.ndarray]:
+    if isinstance(s, (list, tuple, np.ndarray)) and len(s):
+        return np.asarray(s, dtype=np.float32)
     if not isinstance(s, str) or not s:
         return None
     return np.array([float(x) for x in s.split(",")], dtype=np.float32)
 
 
 # ---------------------------------------------------------------------------
+# Flower records <-> numpy / dicts
+
+
+def _plain(v: Any) -> Any:
+    """A value Flower's records accept (numpy scalars and vectors made plain)."""
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return [x.item() for x in v.ravel()]
+    return v
+
+
+def _records(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: _plain(v) for k, v in d.items()}
+
+
+def _array_record(names: Sequence[str], arrays: Sequence[np.ndarray]) -> ArrayRecord:
+    """An ``ArrayRecord`` holding ``arrays`` under ``names`` (in that order)."""
+    return ArrayRecord({n: Array(np.ascontiguousarray(a)) for n, a in zip(names, arrays)})
+
+
+def reply_arrays(message: Message) -> list[np.ndarray]:
+    """The arrays of a client's ``train`` reply, in the order the client sent them
+    (the mixture's tensors, or one uint8 blob under secure aggregation)."""
+    return message.content["arrays"].to_numpy_ndarrays()
+
+
+def reply_metrics(message: Message) -> dict[str, Any]:
+    """The metrics of a client's reply as a dict (``num-examples``, ``loss``, ...)."""
+    return dict(message.content["metrics"])
+
+
+def _config(message: Message) -> dict[str, Any]:
+    return dict(message.content["config"]) if "config" in message.content else {}
+
+
+# ---------------------------------------------------------------------------
 # Client
 
 
-class MopClient(NumPyClient):
+class MopClient:
     """A Flower client training a prompt mixture with libmop.
 
-    @p model is shared (see :func:`shared_model`); the client owns its
-    :class:`Mixture` (created with @p mixture_params: n_experts, prompt_len,
+    Flower calls :meth:`handle` with each message (see :func:`client_app`);
+    :meth:`fit`, :meth:`evaluate` and :meth:`get_properties` are the same
+    steps on plain numpy arrays and dicts.
+
+    ``model`` is shared (see :func:`shared_model`); the client owns its
+    :class:`Mixture` (created with ``mixture_params``: n_experts, prompt_len,
     gate_mode, ...; ``seed`` should be equal on all clients and the server so
-    their layouts agree) and a :class:`Context`. @p train / @p val are the
+    their layouts agree) and a :class:`Context`. ``train`` / ``val`` are the
     client's examples. Fit config keys (from the strategy) override the
     defaults given here: ``local_steps``, ``lr``, ``batch_size``, ``round``;
     ``clip_norm`` / ``noise_std`` / ``noise_seed`` (local DP) and the
     ``secagg_*`` keys (secure aggregation) are set by :class:`MopStrategy`.
-    @p progress(message) is called once per fit with a summary line.
+    ``progress``(message) is called once per fit with a summary line.
 
     Gate set-up (driven by :class:`MopStrategy` before round 1 through
-    ``get_properties`` with ``mop_phase``): ``gate_moments`` returns the
+    ``query`` messages, :meth:`get_properties` with ``mop_phase``): ``gate_moments`` returns the
     moments (n, Σu, Σu²) of the client's pooled gate inputs;
     ``gate_pretrain`` sets the merged statistics, pre-trains the sent gate on
     the client's task labels (examples as dicts with a ``task`` key, ids =
-    positions in @p tasks, which must be the same list on every client) and
+    positions in ``tasks``, which must be the same list on every client) and
     returns it. Fit configs carry the merged statistics (``gate_stats``).
 
     Optimizer state: the client keeps two AdamW states across rounds, one
-    for the experts (@p lr, clip 1) and one for the gate (@p gate_lr,
-    @p gate_clip), kept per (run, client id) in the client's process (a
+    for the experts (``lr``, clip 1) and one for the gate (``gate_lr``,
+    ``gate_clip``), kept per (run, client id) in the client's process (a
     client re-created by Flower's engine in the same process finds them
     again); only the parameters come from the server each round.
     """
@@ -217,11 +265,44 @@ class MopClient(NumPyClient):
         self._val_batches: Optional[list[Batch]] = None
 
     # -- Flower API ---------------------------------------------------------
+    @property
+    def names(self) -> list[str]:
+        """The mixture's tensor names (the keys of the arrays it sends)."""
+        return [t.name for t in self.mixture.tensor_info()]
+
+    def handle(self, message: Message) -> Message:
+        """The reply to one Flower message: ``train`` runs :meth:`fit`,
+        ``evaluate`` :meth:`evaluate`, ``query`` :meth:`get_properties`. The
+        message carries ``config`` (a ``ConfigRecord``) and, for train and
+        evaluate, ``arrays`` (an ``ArrayRecord`` of the global mixture); the
+        reply carries ``arrays`` and ``metrics`` (with ``num-examples``), or
+        ``props`` for a query."""
+        kind = message.metadata.message_type.split(".")[0]
+        config = _config(message)
+        if kind == "query":
+            props = self.get_properties(config)
+            return Message(RecordDict({"props": ConfigRecord(_records(props))}), reply_to=message)
+        arrays = message.content["arrays"].to_numpy_ndarrays()
+        if kind == "train":
+            out, n, metrics = self.fit(arrays, config)
+            names = self.names if len(out) == len(self.names) else ["masked"]
+            return Message(RecordDict({
+                "arrays": _array_record(names, out),
+                "metrics": MetricRecord(_records(dict(metrics, **{"num-examples": n})))}),
+                reply_to=message)
+        if kind == "evaluate":
+            loss, n, metrics = self.evaluate(arrays, config)
+            return Message(RecordDict({"metrics": MetricRecord(_records(
+                dict(metrics, loss=loss, **{"num-examples": n})))}), reply_to=message)
+        raise ValueError(f"client {self.client_id}: unknown message type "
+                         f"{message.metadata.message_type!r}")
+
     def get_parameters(self, config: dict[str, Scalar]) -> list[np.ndarray]:
+        """Copies of the mixture's tensors (:func:`mixture_arrays`)."""
         return mixture_arrays(self.mixture)
 
     def get_properties(self, config: dict[str, Scalar]) -> dict[str, Scalar]:
-        """Secure aggregation setup: with ``secagg_round`` in @p config, create
+        """Secure aggregation setup: with ``secagg_round`` in ``config``, create
         this round's :class:`SecAggClient` and return its public key."""
         phase = config.get("mop_phase")
         if phase is not None:
@@ -264,7 +345,7 @@ class MopClient(NumPyClient):
                           f"{len(self.train)} examples, mean loss {np.mean(losses):.3f}")
         usage = self._gate_usage(seen)
         metrics: dict[str, Scalar] = {"loss": float(np.mean(losses)) if losses else float("nan"),
-                                      "gate_usage": _usage_str(usage),
+                                      "gate_usage": [float(x) for x in usage],
                                       "client_id": self.client_id}
         out = mixture_arrays(self.mixture)
         if "clip_norm" in config or "secagg_round" in config:
@@ -281,7 +362,7 @@ class MopClient(NumPyClient):
                 sa = _secagg_clients.pop(key, None)
                 if sa is None:
                     raise RuntimeError(f"client {self.client_id}: no secure-aggregation state "
-                                       f"for round {key[1]} (get_properties was not called "
+                                       f"for round {key[1]} (its key query was not answered "
                                        "in this process)")
                 sa.set_peer_keys(config["secagg_keys"])
                 blob = sa.mask_update(delta)
@@ -397,7 +478,7 @@ class MopClient(NumPyClient):
         return {"masked": blob}
 
     def _gate_usage(self, examples: list[tuple[str, str]]) -> np.ndarray:
-        """Mean gate weight per expert over @p examples (the local data seen)."""
+        """Mean gate weight per expert over ``examples`` (the local data seen)."""
         K = self.mixture.n_experts
         if K == 1 or not examples or self.mixture.config["gate_mode"] == 2:  # oracle
             return np.ones(K, dtype=np.float32)
@@ -409,7 +490,7 @@ class MopClient(NumPyClient):
         self.mixture.close()
 
 
-# Secure-aggregation client state between get_properties (keys) and fit
+# Secure-aggregation client state between the key query and the train message
 # (masking) of one round, per (client id, round), in the client's process.
 _secagg_clients: dict[tuple[int, int], SecAggClient] = {}
 # Each client's AdamW states (experts, gate) across rounds, per (run id, client id).
@@ -429,42 +510,42 @@ def _secagg_kwargs(config: dict[str, Any]) -> dict[str, Any]:
 class MopStrategy(Strategy):
     """A Flower strategy aggregating prompt mixtures with libmop.
 
-    @p initial: the global mixture to start from (a :class:`Mixture`, whose
-    values are copied) or ``(names, arrays)``. @p strategy: any libmop
+    ``initial``: the global mixture to start from (a :class:`Mixture`, whose
+    values are copied) or ``(names, arrays)``. ``strategy``: any libmop
     aggregator name (``fedavg``, ``median``, ``mop_aware``, ... see
-    :data:`libmop.fed.STRATEGY`); @p aggregator_params are passed to
+    :data:`libmop.fed.STRATEGY`); ``aggregator_params`` are passed to
     :class:`Aggregator` (server_lr, trim_ratio, krum_f, ...).
 
     Privacy (docs/PRIVACY.md): ``dp="central"`` clips each client's delta to
-    @p clip_norm on the server, weighs clients equally and adds
+    ``clip_norm`` on the server, weighs clients equally and adds
     N(0, (server_lr·z·C/n)²) to the new global values (z =
-    @p noise_multiplier); ``dp="local"`` makes each client clip and add
-    N(0, (z·C)²) itself (with @p secure_aggregation: z·C/√n each, the
-    distributed-DP recipe). @p noise_seed 0 = OS randomness.
+    ``noise_multiplier``); ``dp="local"`` makes each client clip and add
+    N(0, (z·C)²) itself (with ``secure_aggregation``: z·C/√n each, the
+    distributed-DP recipe). ``noise_seed`` 0 = OS randomness.
 
-    @p secure_aggregation: before each round the server asks every sampled
-    client for a fresh public key (Flower ``get_properties``), sends all keys
+    ``secure_aggregation``: before each round the server asks every sampled
+    client for a fresh public key (a Flower ``query`` message), sends all keys
     with the fit instructions, and receives masked deltas only; it sums them
     with :class:`SecAggServer` and sees no single update. Only sum-based
     rules work then (fedavg with equal weights and the server optimizers
     fedavgm/fedadam/fedyogi/fedadagrad); a dropped client fails the round.
-    @p secagg_params: clip_range, scale, ring_bits (libmop defaults).
+    ``secagg_params``: clip_range, scale, ring_bits (libmop defaults).
 
-    @p fit_config: extra keys sent to clients (``local_steps``, ``lr``,
-    ``batch_size``). @p evaluate_fn(round, arrays) -> (loss, metrics) runs
+    ``fit_config``: extra keys sent to clients (``local_steps``, ``lr``,
+    ``batch_size``). ``evaluate_fn``(round, arrays) -> (loss, metrics) runs
     on the server after each round (and before the first). Aggregated
     metrics: ``loss`` (example-weighted mean of the clients' training loss).
     :attr:`history` keeps per-round dicts; :attr:`global_arrays` the current
     global values.
 
-    Gate set-up (mixtures with a learned gate; @p gate_setup, on by default),
-    before the first round's fit, through ``get_properties`` calls: every
+    Gate set-up (mixtures with a learned gate; ``gate_setup``, on by default),
+    before the first round's training, through ``query`` messages: every
     client sends the moments (n, Σu, Σu²) of its gate inputs, the server adds
-    them (:attr:`gate_stats`; set on @p initial when it is a Mixture, and sent
-    to the clients in every fit config); then (@p gate_pretrain, clients
+    them (:attr:`gate_stats`; set on ``initial`` when it is a Mixture, and sent
+    to the clients in every fit config); then (``gate_pretrain``, clients
     created with ``tasks``) every client pre-trains the global gate on its
-    labels (@p pretrain_epochs) and the server averages the gates weighted by
-    example counts into :attr:`global_arrays`. With @p secure_aggregation both
+    labels (``pretrain_epochs``) and the server averages the gates weighted by
+    example counts into :attr:`global_arrays`. With ``secure_aggregation`` both
     go through secure sums (moments as (n, Σu), then Σ(u − μ)² around the
     global mean μ: fixed point 2^16, range 2^36; gates as (n·θ, n): 2^32,
     2^20). :attr:`gate_setup_info` records what was done.
@@ -482,8 +563,8 @@ class MopStrategy(Strategy):
                  secagg_params: Optional[dict[str, Any]] = None,
                  gate_setup: bool = True, gate_pretrain: bool = True,
                  pretrain_epochs: Optional[int] = None,
-                 seed: int = 0, **aggregator_params: Any) -> None:
-        super().__init__()
+                 timeout: float = 3600.0, seed: int = 0,
+                 **aggregator_params: Any) -> None:
         self._initial_mixture = initial if isinstance(initial, Mixture) else None
         if isinstance(initial, Mixture):
             self.names = [t.name for t in initial.tensor_info()]
@@ -529,93 +610,151 @@ class MopStrategy(Strategy):
         self._gate_done = not any(n.startswith("gate.") for n in self.names)
         # the clients key their optimizer states by this (a run = one strategy)
         self.run_id = os.urandom(8).hex()
+        self.timeout = float(timeout)
+        self._rng_seed = int(seed)
 
     def __repr__(self) -> str:
         return f"<MopStrategy {self.strategy_name} dp={self.dp} secagg={self.secure_aggregation}>"
 
-    # -- Flower API ---------------------------------------------------------
-    def initialize_parameters(self, client_manager: ClientManager) -> Optional[Parameters]:
-        return ndarrays_to_parameters(self.global_arrays)
+    # -- talking to the nodes (Message API) ------------------------------------
+    def _nodes(self, grid: Grid, fraction: float, minimum: int) -> list[int]:
+        """Node ids for a round: waits until ``min_available_clients`` are
+        connected, then samples ``max(fraction·available, minimum)``, returned
+        sorted (the same order whatever the engine)."""
+        import random
+        import time
+        need = max(self.min_available_clients, minimum)
+        deadline = time.monotonic() + self.timeout
+        while len(ids := sorted(grid.get_node_ids())) < need:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{len(ids)} of {need} nodes connected after {self.timeout}s")
+            time.sleep(0.5)
+        n = min(len(ids), max(int(len(ids) * fraction), minimum))
+        return sorted(random.Random(self._rng_seed).sample(ids, n)) if n < len(ids) else ids
 
-    def _sample(self, client_manager: ClientManager, fraction: float,
-                minimum: int) -> list[ClientProxy]:
-        n = max(int(client_manager.num_available() * fraction), minimum)
-        return client_manager.sample(num_clients=n, min_num_clients=self.min_available_clients)
+    def _send(self, grid: Grid, kind: str, contents: Sequence[RecordDict],
+              nodes: Sequence[int], group: str) -> list[Message]:
+        """Send one message per node and return the replies in node order;
+        a missing or failed reply raises (naming the node and its error)."""
+        msgs = [Message(content=c, dst_node_id=int(n), message_type=kind, group_id=group)
+                for c, n in zip(contents, nodes)]
+        replies = {r.metadata.src_node_id: r
+                   for r in grid.send_and_receive(msgs, timeout=self.timeout)}
+        out = []
+        for n in nodes:
+            r = replies.get(int(n))
+            if r is None:
+                raise RuntimeError(f"{kind}: node {n} did not reply within {self.timeout}s")
+            if r.has_error():
+                raise RuntimeError(f"{kind}: node {n} failed: {r.error.reason}")
+            out.append(r)
+        return out
 
-    def configure_fit(self, server_round: int, parameters: Parameters,
-                      client_manager: ClientManager) -> list[tuple[ClientProxy, FitIns]]:
-        clients = self._sample(client_manager, self.fraction_fit, self.min_fit_clients)
+    def _query(self, grid: Grid, nodes: Sequence[int], configs: Sequence[dict[str, Any]],
+               group: str = "0") -> list[dict[str, Any]]:
+        """``query`` messages (:meth:`MopClient.get_properties`): one config per node."""
+        replies = self._send(grid, "query", [RecordDict({"config": ConfigRecord(_records(c))})
+                                             for c in configs], nodes, group)
+        return [dict(r.content["props"]) for r in replies]
+
+    # -- Flower Strategy API ---------------------------------------------------
+    def initial_arrays(self) -> ArrayRecord:
+        """The global mixture as an ``ArrayRecord`` (keys = tensor names)."""
+        return _array_record(self.names, self.global_arrays)
+
+    def summary(self) -> None:
+        from logging import INFO
+        from flwr.common.logger import log
+        log(INFO, "\t%r: %d tensors, %d values; fit_config %s", self, len(self.names),
+            sum(int(a.size) for a in self.global_arrays), self.fit_config)
+
+    def run(self, grid: Grid, num_rounds: int, timeout: Optional[float] = None) -> Result:
+        """Run ``num_rounds`` rounds over ``grid`` (Flower's ``Strategy.start``),
+        with :attr:`evaluate_fn` as the server-side evaluation. Returns Flower's
+        ``Result``; :attr:`history` and :attr:`global_arrays` hold the same."""
+        if timeout is not None:
+            self.timeout = float(timeout)
+        return self.start(grid, self.initial_arrays(), num_rounds=num_rounds,
+                          timeout=self.timeout,
+                          evaluate_fn=self.central_evaluate if self.evaluate_fn else None)
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        nodes = self._nodes(grid, self.fraction_fit, self.min_fit_clients)
         if not self._gate_done and self.gate_setup:
-            self._setup_gate(clients)
-            parameters = ndarrays_to_parameters(self.global_arrays)
+            self._setup_gate(grid, nodes)
         self._gate_done = True
-        config: dict[str, Scalar] = dict(self.fit_config, round=server_round, run_id=self.run_id)
+        cfg: dict[str, Any] = dict(config, **self.fit_config)
+        cfg.update(round=server_round, run_id=self.run_id)
         if self.gate_stats is not None:
             n_, s_, q_ = self.gate_stats
-            config["gate_stats"] = np.concatenate([[n_], s_, q_]).astype(np.float64).tobytes()
-        n = len(clients)
+            cfg["gate_stats"] = np.concatenate([[n_], s_, q_]).astype(np.float64).tobytes()
+        n = len(nodes)
         if self.dp == "local":
             z = self.noise_multiplier / (math.sqrt(n) if self.secure_aggregation else 1.0)
-            config.update(clip_norm=self.clip_norm, noise_std=z * self.clip_norm,
-                          noise_seed=self.noise_seed)
+            cfg.update(clip_norm=self.clip_norm, noise_std=z * self.clip_norm,
+                       noise_seed=self.noise_seed)
+        arrays = self.initial_arrays()   # the global values (the gate set-up may change them)
+        group = str(server_round)
         if not self.secure_aggregation:
-            return [(c, FitIns(parameters, dict(config))) for c in clients]
-        # secure aggregation: one fresh key pair per client and round
+            return [Message(content=RecordDict({"arrays": arrays,
+                                                "config": ConfigRecord(_records(cfg))}),
+                            dst_node_id=int(nd), message_type="train", group_id=group)
+                    for nd in nodes]
+        # secure aggregation: one fresh key pair per client and round (a query each)
         length = sum(int(a.size) for a in self.global_arrays)
         sa = dict(self.secagg_params, n_clients=n, length=length, round=server_round)
-        config.update({f"secagg_{k}": v for k, v in sa.items()})
+        cfg.update({f"secagg_{k}": v for k, v in sa.items()})
+        props = self._query(grid, nodes, [dict(cfg, secagg_index=i) for i in range(n)], group)
         keys = []
-        for i, c in enumerate(clients):
-            res = c.get_properties(GetPropertiesIns(dict(config, secagg_index=i)),
-                                   timeout=None, group_id=server_round)
-            pk = res.properties.get("public_key")
+        for nd, p in zip(nodes, props):
+            pk = p.get("public_key")
             if not isinstance(pk, bytes):
-                raise RuntimeError(f"client {c.cid} returned no secure-aggregation key")
+                raise RuntimeError(f"node {nd} returned no secure-aggregation key")
             keys.append(pk)
-        self._secagg_round = (clients, sa)
-        config["secagg_keys"] = b"".join(keys)
-        return [(c, FitIns(parameters, dict(config, secagg_index=i)))
-                for i, c in enumerate(clients)]
+        self._secagg_round = (nodes, sa)
+        cfg["secagg_keys"] = b"".join(keys)
+        return [Message(content=RecordDict({"arrays": arrays, "config": ConfigRecord(
+                    _records(dict(cfg, secagg_index=i)))}),
+                        dst_node_id=int(nd), message_type="train", group_id=group)
+                for i, nd in enumerate(nodes)]
 
     # -- gate set-up before round 1 -------------------------------------------
-    def _props(self, c: ClientProxy, config: dict[str, Scalar]) -> dict[str, Scalar]:
-        return c.get_properties(GetPropertiesIns(config), timeout=None, group_id=0).properties
-
-    def _secure_sum(self, clients: list[ClientProxy], config: dict[str, Scalar], length: int,
+    def _secure_sum(self, grid: Grid, nodes: list[int], config: dict[str, Any], length: int,
                     scale: float, clip: float) -> np.ndarray:
-        """Σ of the clients' vectors for @p config's phase, by secure aggregation."""
-        sa = dict(n_clients=len(clients), length=length, round=0, scale=scale, clip_range=clip)
+        """The sum of the clients' vectors for ``config``'s phase, by secure aggregation."""
+        sa = dict(n_clients=len(nodes), length=length, round=0, scale=scale, clip_range=clip)
         cfg = dict(config, **{f"secagg_{k}": v for k, v in sa.items()})
-        keys = [self._props(c, dict(cfg, secagg_index=i))["public_key"]
-                for i, c in enumerate(clients)]
+        keys = [p["public_key"] for p in
+                self._query(grid, nodes, [dict(cfg, secagg_index=i) for i in range(len(nodes))])]
         server = SecAggServer(**sa)
         try:
-            for i, c in enumerate(clients):
-                server.add_masked(self._props(c, dict(cfg, secagg_index=i,
-                                                      secagg_keys=b"".join(keys)))["masked"])
+            for p in self._query(grid, nodes, [dict(cfg, secagg_index=i,
+                                                    secagg_keys=b"".join(keys))
+                                               for i in range(len(nodes))]):
+                server.add_masked(p["masked"])
             total, _ = server.finish()
         finally:
             server.close()
         return np.asarray(total, dtype=np.float64)
 
-    def _setup_gate(self, clients: list[ClientProxy]) -> None:
+    def _setup_gate(self, grid: Grid, nodes: list[int]) -> None:
         import time
         t0 = time.perf_counter()
         names = self.names
         gi = [i for i, n in enumerate(names) if n.startswith("gate.")]
         d = int(self.global_arrays[0].shape[-1])   # experts (groups, P, d)
-        base: dict[str, Scalar] = {"mop_phase": "gate_moments"}
+        base: dict[str, Any] = {"mop_phase": "gate_moments"}
         if self.secure_aggregation:
-            v = self._secure_sum(clients, base, d + 1, 65536.0, 68719476736.0)
+            v = self._secure_sum(grid, nodes, base, d + 1, 65536.0, 68719476736.0)
             n, s = float(np.floor(v[0] + 0.5)), v[1:]
             mu = s / n
-            c2 = self._secure_sum(clients, dict(base, gate_mean=mu.tobytes()), d,
+            c2 = self._secure_sum(grid, nodes, dict(base, gate_mean=mu.tobytes()), d,
                                   65536.0, 68719476736.0)
             q = c2 + 2.0 * mu * s - n * mu * mu    # Σu² = Σ(u − μ)² + 2μΣu − nμ²
         else:
             n, s, q = 0.0, np.zeros(d), np.zeros(d)
-            for c in clients:
-                r = self._props(c, base)
+            for r in self._query(grid, nodes, [base] * len(nodes)):
                 if "n" not in r:
                     continue
                 n += float(r["n"])
@@ -630,19 +769,18 @@ class MopStrategy(Strategy):
                                 "pretrained_clients": 0}
         if self.gate_pretrain:
             theta = np.concatenate([self.global_arrays[i].ravel() for i in gi]).astype(np.float32)
-            cfg: dict[str, Scalar] = {
+            cfg: dict[str, Any] = {
                 "mop_phase": "gate_pretrain", "gate_params": theta.tobytes(),
                 "gate_stats": np.concatenate([[n], s, q]).astype(np.float64).tobytes()}
             if self.pretrain_epochs is not None:
                 cfg["pretrain_epochs"] = int(self.pretrain_epochs)
             if self.secure_aggregation:
-                v = self._secure_sum(clients, cfg, theta.size + 1, 4294967296.0, 1048576.0)
+                v = self._secure_sum(grid, nodes, cfg, theta.size + 1, 4294967296.0, 1048576.0)
                 acc, total = v[:-1], float(np.floor(v[-1] + 0.5))
                 n_pre = None
             else:
                 acc, total, n_pre = np.zeros(theta.size), 0.0, 0
-                for c in clients:
-                    r = self._props(c, cfg)
+                for r in self._query(grid, nodes, [cfg] * len(nodes)):
                     if float(r.get("n", 0.0)) > 0:
                         acc += float(r["n"]) * np.frombuffer(r["gate"], dtype=np.float32)
                         total += float(r["n"])
@@ -674,23 +812,37 @@ class MopStrategy(Strategy):
     def global_update(self, server_round: int) -> Update:
         return Update("full", round=server_round, tensors=dict(zip(self.names, self.global_arrays)))
 
-    def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
-                      failures: list[Any]) -> tuple[Optional[Parameters], dict[str, Scalar]]:
-        if not results:
-            return None, {}
-        if failures and self.secure_aggregation:
-            raise RuntimeError(f"round {server_round}: {len(failures)} client(s) failed; "
-                               "secure aggregation cannot unmask the sum without them")
-        n_ex = [int(r.num_examples) for _, r in results]
-        losses = [float(r.metrics.get("loss", float("nan"))) for _, r in results]
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[Optional[ArrayRecord], Optional[MetricRecord]]:
+        replies = list(replies)
+        ok = [r for r in replies if not r.has_error()]
+        failed = [r for r in replies if r.has_error()]
+        if failed and self.secure_aggregation:
+            raise RuntimeError(f"round {server_round}: {len(failed)} client(s) failed "
+                               f"({failed[0].error.reason}); secure aggregation cannot unmask "
+                               "the sum without them")
+        if failed:
+            from logging import WARNING
+            from flwr.common.logger import log
+            for r in failed:
+                log(WARNING, "round %d: node %d failed: %s", server_round,
+                    r.metadata.src_node_id, r.error.reason)
+        if not ok:
+            return None, None
+        # the clients' order (not the engine's node ids) fixes the order of the sums
+        ok.sort(key=lambda r: (int(reply_metrics(r).get("client_id", 0)),
+                               r.metadata.src_node_id))
+        mets = [reply_metrics(r) for r in ok]
+        n_ex = [int(m["num-examples"]) for m in mets]
+        losses = [float(m.get("loss", float("nan"))) for m in mets]
         if self.secure_aggregation:
-            self._aggregate_masked(server_round, results)
+            self._aggregate_masked(server_round, ok)
         else:
-            for i, (_, r) in enumerate(results):
-                cid = int(r.metrics.get("client_id", i))
-                usage = _usage_parse(r.metrics.get("gate_usage"))
-                u = self.client_update(parameters_to_ndarrays(r.parameters),
-                                       1.0 if self.dp == "central" else float(r.num_examples),
+            for i, (r, m) in enumerate(zip(ok, mets)):
+                cid = int(m.get("client_id", i))
+                usage = _usage_parse(m.get("gate_usage"))
+                u = self.client_update(reply_arrays(r),
+                                       1.0 if self.dp == "central" else float(m["num-examples"]),
                                        cid, server_round, usage)
                 if self.dp == "central":
                     u.clip(self.clip_norm)
@@ -699,22 +851,22 @@ class MopStrategy(Strategy):
             nxt = self.aggregator.finish(self.global_update(server_round))
             if self.dp == "central" and self.noise_multiplier > 0:
                 eta = float(self.aggregator_params.get("server_lr", 1.0))
-                nxt.add_noise(eta * self.noise_multiplier * self.clip_norm / len(results),
+                nxt.add_noise(eta * self.noise_multiplier * self.clip_norm / len(ok),
                               self.noise_seed)
             self.global_arrays = [np.array(nxt.tensor(n), copy=True) for n in self.names]
             nxt.close()
         loss = float(np.average(losses, weights=n_ex)) if sum(n_ex) else float("nan")
-        rec = {"round": server_round, "loss": loss, "n_clients": len(results),
+        rec = {"round": server_round, "loss": loss, "n_clients": len(ok),
                "n_examples": sum(n_ex)}
         self.history.append(rec)
-        return ndarrays_to_parameters(self.global_arrays), {"loss": loss}
+        return self.initial_arrays(), MetricRecord({"loss": loss, "n_clients": len(ok),
+                                                    "n_examples": sum(n_ex)})
 
-    def _aggregate_masked(self, server_round: int,
-                          results: list[tuple[ClientProxy, FitRes]]) -> None:
-        clients, sa = self._secagg_round
+    def _aggregate_masked(self, server_round: int, replies: list[Message]) -> None:
+        nodes, sa = self._secagg_round
         server = SecAggServer(**sa)
-        for _, r in results:
-            server.add_masked(parameters_to_ndarrays(r.parameters)[0].tobytes())
+        for r in replies:
+            server.add_masked(reply_arrays(r)[0].tobytes())
         total, included = server.finish()
         server.close()
         n = len(included)
@@ -730,113 +882,203 @@ class MopStrategy(Strategy):
         self.global_arrays = [np.array(nxt.tensor(n_), copy=True) for n_ in self.names]
         nxt.close()
 
-    def configure_evaluate(self, server_round: int, parameters: Parameters,
-                           client_manager: ClientManager) -> list[tuple[ClientProxy, EvaluateIns]]:
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
         if self.fraction_evaluate <= 0:
             return []
-        clients = self._sample(client_manager, self.fraction_evaluate, self.min_evaluate_clients)
-        return [(c, EvaluateIns(parameters, {"round": server_round})) for c in clients]
+        nodes = self._nodes(grid, self.fraction_evaluate, self.min_evaluate_clients)
+        cfg = ConfigRecord(_records(dict(config, round=server_round)))
+        return [Message(content=RecordDict({"arrays": self.initial_arrays(), "config": cfg}),
+                        dst_node_id=int(nd), message_type="evaluate", group_id=str(server_round))
+                for nd in nodes]
 
-    def aggregate_evaluate(self, server_round: int, results: list[tuple[ClientProxy, EvaluateRes]],
-                           failures: list[Any]) -> tuple[Optional[float], dict[str, Scalar]]:
-        results = [(c, r) for c, r in results if r.num_examples > 0]
-        if not results:
-            return None, {}
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
+                           ) -> Optional[MetricRecord]:
+        mets = [reply_metrics(r) for r in replies if not r.has_error()]
+        mets = [m for m in mets if int(m.get("num-examples", 0)) > 0]
+        if not mets:
+            return None
         # loss = mean NLL per target token; combine by target counts
-        nll = sum(float(r.loss) * int(r.metrics.get("n_targets", r.num_examples))
-                  for _, r in results)
-        n = sum(int(r.metrics.get("n_targets", r.num_examples)) for _, r in results)
+        nll = sum(float(m["loss"]) * int(m.get("n_targets", m["num-examples"])) for m in mets)
+        n = sum(int(m.get("n_targets", m["num-examples"])) for m in mets)
         loss = nll / max(1, n)
         for rec in self.history:
             if rec["round"] == server_round:
                 rec["client_val_ppl"] = math.exp(loss)
-        return loss, {"ppl": math.exp(loss)}
+        return MetricRecord({"loss": loss, "ppl": math.exp(loss)})
 
-    def evaluate(self, server_round: int, parameters: Parameters
-                 ) -> Optional[tuple[float, dict[str, Scalar]]]:
+    def central_evaluate(self, server_round: int, arrays: ArrayRecord) -> Optional[MetricRecord]:
+        """:attr:`evaluate_fn` on ``arrays`` (Flower's server-side evaluation);
+        the metrics go into :attr:`history` as ``val_<name>``."""
         if self.evaluate_fn is None:
             return None
-        out = self.evaluate_fn(server_round, parameters_to_ndarrays(parameters))
-        if out is not None:
-            for rec in self.history:
-                if rec["round"] == server_round:
-                    rec.update({f"val_{k}": v for k, v in out[1].items()})
-        return out
+        out = self.evaluate_fn(server_round, arrays.to_numpy_ndarrays())
+        if out is None:
+            return None
+        loss, metrics = out
+        for rec in self.history:
+            if rec["round"] == server_round:
+                rec.update({f"val_{k}": v for k, v in metrics.items()})
+        return MetricRecord(_records(dict(metrics, loss=float(loss))))
 
 
 # ---------------------------------------------------------------------------
-# The same client and strategy objects, driven in this process (no Ray)
+# Flower apps
 
 
-class _LocalProxy(ClientProxy):
-    """A ClientProxy calling a client object directly (for run_inprocess)."""
+# The clients that client_app() made in this process, per (run id, node id);
+# module-level so that the ClientApp object itself stays picklable (Ray).
+_app_clients: dict[tuple[int, int], MopClient] = {}
+_app_clients_lock = threading.Lock()
 
-    def __init__(self, cid: str, make: Callable[[], MopClient]) -> None:
-        super().__init__(cid)
-        self._make = make
-        self._client: Optional[MopClient] = None
+
+def _app_client(make_client: Callable[[FlowerContext], MopClient],
+                context: FlowerContext) -> MopClient:
+    """The client for (context.run_id, context.node_id), made on first use.
+    (A module-level function: Ray pickles the ClientApp's closures, and this
+    keeps the lock and the cache out of them.)"""
+    key = (int(context.run_id), int(context.node_id))
+    with _app_clients_lock:
+        c = _app_clients.get(key)
+        if c is None:
+            for k in [k for k in _app_clients if k[0] != key[0]]:   # an earlier run's
+                _app_clients.pop(k).close()
+            c = _app_clients[key] = make_client(context)
+        return c
+
+
+def client_app(make_client: Callable[[FlowerContext], MopClient]) -> ClientApp:
+    """A Flower ``ClientApp`` answering train / evaluate / query messages with
+    the :class:`MopClient` that ``make_client(context)`` builds (from the
+    node's ``context.node_config`` and the run's ``context.run_config``).
+
+    The client is made once per (run, node) in a process and kept: in the
+    simulation engine a process serves many messages; on the deployment
+    engine each message runs in a fresh ``flwr-clientapp`` process, so the
+    client (model context, optimizer state, secure-aggregation keys) lives for
+    one message there and secure aggregation is not available.
+    """
+    app = ClientApp()
+
+    def get(context: FlowerContext) -> MopClient:
+        return _app_client(make_client, context)
+
+    @app.train()
+    def _train(msg: Message, context: FlowerContext) -> Message:
+        return get(context).handle(msg)
+
+    @app.evaluate()
+    def _evaluate(msg: Message, context: FlowerContext) -> Message:
+        return get(context).handle(msg)
+
+    @app.query()
+    def _query(msg: Message, context: FlowerContext) -> Message:
+        return get(context).handle(msg)
+
+    return app
+
+
+def server_app(make_strategy: Callable[[FlowerContext], tuple[MopStrategy, int]],
+               done: Optional[Callable[[MopStrategy], Any]] = None) -> ServerApp:
+    """A Flower ``ServerApp`` running :meth:`MopStrategy.run`: ``make_strategy(context)``
+    returns the strategy and the number of rounds; ``done(strategy)`` is
+    called after the last round (e.g. to save the mixture)."""
+    app = ServerApp()
+
+    @app.main()
+    def _main(grid: Grid, context: FlowerContext) -> None:
+        strategy, rounds = make_strategy(context)
+        strategy.run(grid, rounds)
+        if done is not None:
+            done(strategy)
+
+    return app
+
+
+# ---------------------------------------------------------------------------
+# The same client and strategy objects, driven in this process (no engine)
+
+
+class InProcessGrid(Grid):
+    """A Flower ``Grid`` whose nodes are :class:`MopClient` objects in this
+    process: ``send_and_receive`` calls :meth:`MopClient.handle` directly.
+    Node ids are 1..N in the order of ``client_fns`` (one factory per node,
+    called on the node's first message)."""
+
+    def __init__(self, client_fns: Sequence[Callable[[], MopClient]]) -> None:
+        self._fns = {i + 1: f for i, f in enumerate(client_fns)}
+        self.clients: dict[int, MopClient] = {}
+
+    def set_run(self, run: Any) -> None:  # pragma: no cover - not used in process
+        self._run = run
 
     @property
-    def client(self) -> MopClient:
-        if self._client is None:
-            self._client = self._make()
-        return self._client
+    def run(self) -> Any:  # pragma: no cover
+        return getattr(self, "_run", None)
 
-    def get_properties(self, ins, timeout, group_id):  # type: ignore[no-untyped-def]
-        from flwr.common import Code, GetPropertiesRes, Status
-        return GetPropertiesRes(Status(Code.OK, ""), self.client.get_properties(ins.config))
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int,
+                       group_id: str, ttl: Optional[float] = None) -> Message:
+        return Message(content=content, dst_node_id=dst_node_id, message_type=message_type,
+                       group_id=group_id, ttl=ttl)
 
-    def get_parameters(self, ins, timeout, group_id):  # type: ignore[no-untyped-def]
-        from flwr.common import Code, GetParametersRes, Status
-        return GetParametersRes(Status(Code.OK, ""),
-                                ndarrays_to_parameters(self.client.get_parameters(ins.config)))
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self._fns)
 
-    def fit(self, ins, timeout, group_id):  # type: ignore[no-untyped-def]
-        from flwr.common import Code, Status
-        arrs, n, m = self.client.fit(parameters_to_ndarrays(ins.parameters), ins.config)
-        return FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrs), n, m)
+    def get_nodes(self) -> Iterable[Any]:  # pragma: no cover
+        return []
 
-    def evaluate(self, ins, timeout, group_id):  # type: ignore[no-untyped-def]
-        from flwr.common import Code, Status
-        loss, n, m = self.client.evaluate(parameters_to_ndarrays(ins.parameters), ins.config)
-        return EvaluateRes(Status(Code.OK, ""), loss, n, m)
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        self._replies = list(self.send_and_receive(messages))
+        return [str(i) for i in range(len(self._replies))]
 
-    def reconnect(self, ins, timeout, group_id):  # type: ignore[no-untyped-def]
-        raise NotImplementedError
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return [self._replies[int(i)] for i in message_ids]
+
+    def send_and_receive(self, messages: Iterable[Message], *,
+                         timeout: Optional[float] = None) -> Iterable[Message]:
+        out = []
+        for m in messages:
+            nid = m.metadata.dst_node_id
+            if nid not in self.clients:
+                self.clients[nid] = self._fns[nid]()
+            out.append(self.clients[nid].handle(m))
+        return out
+
+    def close(self) -> None:
+        for c in self.clients.values():
+            c.close()
+        self.clients.clear()
 
 
 def run_inprocess(strategy: MopStrategy, client_fns: Sequence[Callable[[], MopClient]],
                   num_rounds: int, log: Optional[Callable[[str], Any]] = print) -> MopStrategy:
-    """Run @p num_rounds rounds of @p strategy over the clients made by
-    @p client_fns (one factory per client, called once) in this process,
-    with Flower's ClientManager and message types but no simulation engine.
-    Returns @p strategy (its :attr:`~MopStrategy.history` and
-    :attr:`~MopStrategy.global_arrays` hold the results)."""
-    from flwr.server.client_manager import SimpleClientManager
-    cm = SimpleClientManager()
-    proxies = [_LocalProxy(str(i), f) for i, f in enumerate(client_fns)]
-    for p in proxies:
-        cm.register(p)
-    params = strategy.initialize_parameters(cm)
-    assert params is not None
-    strategy.evaluate(0, params)
-    for rnd in range(1, num_rounds + 1):
-        ins = strategy.configure_fit(rnd, params, cm)
-        results = [(c, c.fit(i, None, rnd)) for c, i in ins]
-        new, metrics = strategy.aggregate_fit(rnd, results, [])
-        if new is not None:
-            params = new
-        ev = strategy.evaluate(rnd, params)
-        eins = strategy.configure_evaluate(rnd, params, cm)
-        if eins:
-            strategy.aggregate_evaluate(rnd, [(c, c.evaluate(i, None, rnd)) for c, i in eins], [])
-        if log:
-            msg = f"round {rnd}: train loss {metrics.get('loss', float('nan')):.3f}"
-            if ev is not None:
-                msg += "".join(f", val {k} {v:.2f}" for k, v in ev[1].items()
-                               if isinstance(v, float))
+    """Run ``num_rounds`` rounds of ``strategy`` over the clients made by
+    ``client_fns`` (one factory per client, called once) in this process,
+    through :class:`InProcessGrid` and Flower's message types but no engine.
+    Returns ``strategy`` (its :attr:`~MopStrategy.history` and
+    :attr:`~MopStrategy.global_arrays` hold the results). ``log`` receives one
+    line per round."""
+    from flwr.supercore.task_identity import TaskIdentity
+    # Message() reads the sender's identity, which Flower's engines set per
+    # process; this process plays the server (node 0) of run 0.
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 0, 0, 0
+    grid = InProcessGrid(client_fns)
+    import logging
+    from flwr.common.logger import FLOWER_LOGGER
+    level = FLOWER_LOGGER.level
+    FLOWER_LOGGER.setLevel(logging.WARNING)   # Flower's per-round log: the caller's log instead
+    try:
+        start = len(strategy.history)
+        strategy.run(grid, num_rounds)
+    finally:
+        FLOWER_LOGGER.setLevel(level)
+        grid.close()
+        TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+    if log:
+        for h in strategy.history[start:]:
+            msg = f"round {h['round']}: train loss {h['loss']:.3f}"
+            msg += "".join(f", val {k[4:]} {v:.2f}" for k, v in h.items()
+                           if k.startswith("val_") and isinstance(v, float))
             log(msg)
-    for p in proxies:
-        if p._client is not None:
-            p._client.close()
     return strategy

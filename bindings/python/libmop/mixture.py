@@ -10,12 +10,12 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 from ctypes import byref, c_double, c_float, c_int32, c_size_t, c_uint8, c_void_p
-from typing import Any, Iterable, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 import numpy as np
 
 from . import _lib as L
-from .core import Context, Model, PathLike
+from .core import Context, Model, PathLike, Sampler
 
 __all__ = ["Mixture", "Batch", "Optimizer", "LossResult", "EvalResult", "MixtureTensor",
            "evaluate", "GATE_ACT", "COMBINE", "GATE_MODE", "INIT", "GATE_POOL", "GATE_BIAS",
@@ -315,7 +315,7 @@ class Mixture(L.Closable):
                          gate_supervision: Optional[float] = None,
                          gate_only: Optional[bool] = None,
                          prox_mu: Optional[float] = None) -> LossResult:
-        """Forward and backward of @p batch; gradients are ADDED to :attr:`grads`
+        """Forward and backward of ``batch``; gradients are ADDED to :attr:`grads`
         (call :meth:`zero_grad` between steps). None = C default (0)."""
         lp = L.params_init(L.LossParams, "mop_loss_params_init_sized")
         L.fill_params(lp, dict(load_balance=load_balance, gate_supervision=gate_supervision,
@@ -428,15 +428,21 @@ class Mixture(L.Closable):
         return states, u
 
     def init_experts(self, ctx: Context, batch: Batch) -> None:
-        """Experts from real layer-L_p hidden states of @p batch's tokens
+        """Experts from real layer-L_p hidden states of ``batch``'s tokens
         (mop_mixture_init_experts)."""
         b = batch._c()
         L.check(L.call("mop_mixture_init_experts", ctx, self, byref(b)))
 
-    def generate(self, ctx: Context, prompt_ids: Any, max_new: int = 64,
-                 **kwargs: Any) -> list[int]:
-        """Generate with this mixture; same arguments as :meth:`Context.generate`."""
-        return ctx.generate(prompt_ids, max_new, mixture=self, **kwargs)
+    def generate(self, ctx: Context, prompt_ids: Any, max_new: int = 64, *,
+                 temperature: Optional[float] = None, top_k: Optional[int] = None,
+                 top_p: Optional[float] = None, seed: Optional[int] = None,
+                 sampler: Optional[Sampler] = None,
+                 on_token: Optional[Callable[[int], Any]] = None) -> np.ndarray:
+        """Generate with this mixture on ``ctx``: :meth:`Context.generate` with
+        ``mixture=self`` (same parameters; returns the int32 token ids)."""
+        return ctx.generate(prompt_ids, max_new, temperature=temperature, top_k=top_k,
+                            top_p=top_p, seed=seed, mixture=self, sampler=sampler,
+                            on_token=on_token)
 
 
 class Decoder(L.Closable):
@@ -508,7 +514,7 @@ class Decoder(L.Closable):
 
 
 def evaluate(ctx: Context, mixtures: Sequence[Optional[Mixture]], batch: Batch) -> EvalResult:
-    """Score a batch (mop_mixture_evaluate). @p mixtures: one per sequence, or
+    """Score a batch (mop_mixture_evaluate). ``mixtures``: one per sequence, or
     one for all, or [] for the base model; a None entry scores the base model
     for that sequence. gate_w has K of the first mixture (0 columns if none)."""
     B = batch.n_seq
@@ -557,8 +563,8 @@ class Optimizer(L.Closable):
 
     def step(self, params: Optional[np.ndarray] = None, grads: Optional[Any] = None,
              grad_scale: float = 1.0) -> tuple[float, float]:
-        """One update of @p params in place (a writable C-contiguous float32
-        array, e.g. ``mixture.params``) from @p grads (scaled by @p grad_scale,
+        """One update of ``params`` in place (a writable C-contiguous float32
+        array, e.g. ``mixture.params``) from ``grads`` (scaled by ``grad_scale``,
         then clipped; not cleared). Returns (lr used, grad norm before clipping)."""
         if params is None and grads is None and self.mixture is not None:
             params, grads = self.mixture.params, self.mixture.grads
@@ -576,5 +582,5 @@ class Optimizer(L.Closable):
         return self.last_lr, self.last_grad_norm
 
     def lr_at(self, step: int) -> float:
-        """Learning rate the schedule gives at @p step (0-based)."""
+        """Learning rate the schedule gives at ``step`` (0-based)."""
         return float(L.call("mop_optimizer_lr_at", self, L.check_c_int("step", step, L.INT64)))

@@ -21,14 +21,14 @@ _ENUMS = {"method": METHOD, "pattern": PATTERN, "granularity": GRANULARITY,
 
 def prune(model: "Model", progress: Optional[Callable[[int, int], Any]] = None,
           calib_tokens: Any = None, **params: Any) -> None:
-    """Prune @p model in place (mop_model_prune).
+    """Prune ``model`` in place (mop_model_prune).
 
     Keywords are the fields of mop_prune_params (None = C default: magnitude,
     2:4): method ("magnitude"/"wanda"/"sparsegpt"), pattern ("nm"/
     "unstructured"), n, m, ratio, granularity ("row"/"layer"), layer_begin,
     layer_end, calib_seq_len, sparsegpt_damp, sparsegpt_block, lm_head_format
-    ("f32"/"f16"/"q8_0"), n_threads. @p calib_tokens: token ids for Wanda and
-    SparseGPT. @p progress(done, total) per weight matrix; True cancels.
+    ("f32"/"f16"/"q8_0"), n_threads. ``calib_tokens``: token ids for Wanda and
+    SparseGPT. ``progress``(done, total) per weight matrix; True cancels.
     MOP_E_STATE if a Context or Mixture still holds the model.
     """
     p = L.params_init(L.PruneParams, "mop_prune_params_init_sized")
