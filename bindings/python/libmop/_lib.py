@@ -689,8 +689,8 @@ def enum_value(value: Any, table: dict[str, int], what: str) -> int:
 
 
 def params_init(cls: Any, name: str) -> Any:
-    """A new params struct of ctypes class @p cls filled with the C defaults by
-    @p name (a mop_X_params_init_sized call, given the size of @p cls, so the
+    """A new params struct of ctypes class ``cls`` filled with the C defaults by
+    ``name`` (a mop_X_params_init_sized call, given the size of ``cls``, so the
     library writes no more than this layout holds)."""
     p = cls()
     check(fn(name)(ctypes.byref(p), ctypes.sizeof(p)))

@@ -376,7 +376,7 @@ class Context(L.Closable):
 
     # -- a mixture attached (mop_ctx_set_mixture) --------------------------------
     def set_mixture(self, mixture: Optional["Mixture"]) -> None:
-        """Attach @p mixture (None = the base model); the context is reset.
+        """Attach ``mixture`` (None = the base model); the context is reset.
         Afterwards :meth:`decode`, :meth:`nll`, :meth:`perplexity`,
         :meth:`generate` run with it: the gate reads the first decode after a
         reset (the prompt). The context keeps the mixture's C handle alive

@@ -446,7 +446,7 @@ class Mixture(L.Closable):
 
 
 class Decoder(L.Closable):
-    """Batched decoding across mixtures (``mop_decoder``): up to @p n_seq_max
+    """Batched decoding across mixtures (``mop_decoder``): up to ``n_seq_max``
     sequences, each with its own KV cache and mixture (or none); one
     :meth:`step` appends tokens to any of them, and every sequence that adds
     one token joins one pass over the layers (the frozen weights are read
@@ -468,7 +468,7 @@ class Decoder(L.Closable):
         self._mixtures: dict[int, Any] = {}
 
     def add(self, mixture: Optional[Mixture] = None) -> int:
-        """A new empty sequence decoding with @p mixture (None = base model);
+        """A new empty sequence decoding with ``mixture`` (None = base model);
         returns its id (mop_decoder_add)."""
         seq = c_int32(-1)
         L.check(L.call("mop_decoder_add", self, mixture, byref(seq)))
@@ -476,12 +476,12 @@ class Decoder(L.Closable):
         return int(seq.value)
 
     def remove(self, seq: int) -> None:
-        """End sequence @p seq (mop_decoder_remove); its id may be reused."""
+        """End sequence ``seq`` (mop_decoder_remove); its id may be reused."""
         L.check(L.call("mop_decoder_remove", self, L.check_c_int("seq", seq)))
         self._mixtures.pop(seq, None)
 
     def step(self, inputs: Any) -> dict[int, np.ndarray]:
-        """Append tokens: @p inputs maps sequence id -> token ids (one id or a
+        """Append tokens: ``inputs`` maps sequence id -> token ids (one id or a
         sequence of ids; a sequence's first call is its prompt). Returns
         {id: next-token logits (n_vocab,) copy} for the sequences stepped
         (mop_decoder_step)."""
@@ -503,13 +503,13 @@ class Decoder(L.Closable):
         return {int(s): self.logits(int(s)) for s in seq}
 
     def logits(self, seq: int) -> np.ndarray:
-        """Copy of sequence @p seq's next-token logits (mop_decoder_get_logits)."""
+        """Copy of sequence ``seq``'s next-token logits (mop_decoder_get_logits)."""
         lp = ctypes.POINTER(c_float)()
         L.check(L.call("mop_decoder_get_logits", self, L.check_c_int("seq", seq), byref(lp)))
         return np.ctypeslib.as_array(lp, shape=(self.n_vocab,)).copy()
 
     def n_past(self, seq: int) -> int:
-        """Tokens in sequence @p seq's cache; -1 if it is not live."""
+        """Tokens in sequence ``seq``'s cache; -1 if it is not live."""
         return int(L.call("mop_decoder_n_past", self, L.check_c_int("seq", seq)))
 
 
