@@ -454,20 +454,6 @@ static int partition(fed_state *fs)
     return CLI_OK;
 }
 
-static void progress(int32_t r, int32_t R, int32_t c, int32_t N, double elapsed)
-{
-    if (!cli_progress_enabled())
-        return;
-    int64_t done = (int64_t)r * N + c, total = (int64_t)R * N;
-    char bar[21];
-    int filled = (int)(20 * done / total);
-    for (int i = 0; i < 20; i++)
-        bar[i] = i < filled ? '#' : '.';
-    bar[20] = '\0';
-    cli_progress("fed-sim [%s] round %d/%d, client %d/%d, %.0f s", bar, (int)r + 1, (int)R,
-                 (int)c + 1, (int)N, elapsed);
-}
-
 /* ------------------------------------------------------------------------ */
 /* Before round 1: the gate's input statistics from the clients' moments, then
  * per-client gate pre-training averaged by the server. */
@@ -808,7 +794,9 @@ static int run(mop_model *model, const fed_opts *o, const mop_mixture_params *mp
     printf("round 0: validation perplexity %.4f\n", ppl);
     fflush(stdout);
 
-    double t_start = cli_now(), eps = 0.0;
+    double eps = 0.0;
+    cli_meter meter; /* client-rounds done, with an ETA */
+    cli_meter_start(&meter, "fed-sim", 10.0);
     for (int32_t r = 0; r < o->rounds; r++) {
         double t0 = cli_now(), loss_sum = 0.0;
         int32_t n_trained = 0;
@@ -820,7 +808,9 @@ static int run(mop_model *model, const fed_opts *o, const mop_mixture_params *mp
             secagg_begin(&sa, N, r, (int64_t)mop_mixture_n_params(fs.global)) != CLI_OK)
             goto out;
         for (int32_t c = 0; c < N; c++) {
-            progress(r, o->rounds, c, N, cli_now() - t_start);
+            cli_meter_report(&meter, (uint64_t)(r * N + c), (uint64_t)(o->rounds * N),
+                             "round %d/%d, client %d/%d", (int)r + 1, (int)o->rounds, (int)c + 1,
+                             (int)N);
             double n_c = (double)fs.n_members[c];
             if (fs.n_members[c] == 0) { /* nothing to learn from; still a secagg peer */
                 if (o->secure_agg && secagg_send(&sa, c, NULL, gu, 0.0) != CLI_OK)
@@ -1029,7 +1019,7 @@ int cli_cmd_fed_sim(int argc, char **argv)
         "the gate's statistics (n, sum u, then sum (u - mean)^2) and the pre-trained\n"
         "gates (n_i*gate_i, n_i) go through secure sums too.\n"
         "--malicious M: the first M clients attack (robustness experiments).\n"
-        "Progress on stderr. The last line of stdout is 'perplexity: X' (final\n"
+        "Progress on stderr (a bar with an ETA on a terminal, else a line every 10 s).\nThe last line of stdout is 'perplexity: X' (final\n"
         "global mixture on --val).",
         opts, 1};
     const char *pos[1];

@@ -55,13 +55,15 @@ def last_perplexity(stdout):
     return float(last.split()[1])
 
 
-def fed_sim(mop_bin, model_path, data, tmp_path, name, *extra):
+def fed_sim(mop_bin, model_path, data, tmp_path, name, *extra, stderr=None):
     out_csv = tmp_path / f"{name}.csv"
     r = run(mop_bin, "fed-sim", model_path, "--data", data / "train.jsonl", "--val",
             data / "test.jsonl", "--csv", out_csv, *SMALL, *extra)
     assert r.returncode == 0, r.stderr
     with open(out_csv) as f:
         rows = list(csv.DictReader(f))
+    if stderr is not None:
+        stderr.append(r.stderr)
     return r.stdout, rows
 
 
@@ -176,10 +178,14 @@ def test_oracle_and_shared_baselines(mop_bin, model_path, data, tmp_path):
     --gate-layer/--inject-layer are stored, and
     a K smaller than the number of tasks is refused for the oracle."""
     mix = tmp_path / "oracle.safetensors"
+    err = []
     stdout, rows = fed_sim(mop_bin, model_path, data, tmp_path, "oracle", "--rounds", "1",
                            "--local-steps", "1", "-K", "9", "-P", "1", "--baseline", "oracle",
-                           "--shared", "1", "--gate-layer", "3", "--inject-layer", "5", "-o", mix)
+                           "--shared", "1", "--gate-layer", "3", "--inject-layer", "5", "-o", mix,
+                           stderr=err)
     assert "gate=oracle" in stdout
+    # progress lines with an ETA even though stderr is a pipe
+    assert re.search(r"^fed-sim 0/3 round 1/1, client 1/3 ETA \d+m\d\ds$", err[0], re.M), err[0]
     libmop = import_libmop()
     with libmop.Model(model_path) as model, libmop.Mixture.load(model, mix) as m:
         c = m.config
