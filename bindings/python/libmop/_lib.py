@@ -719,6 +719,20 @@ def fill_params(struct: Structure, params: dict[str, Any], what: str,
     return struct
 
 
+def passed_fields(args: dict[str, Any], cls: Any) -> dict[str, Any]:
+    """The entries of ``args`` (a function's ``locals()``, taken first thing)
+    that name a settable field of the params struct class ``cls`` (not its
+    size, callbacks or pointers, which the caller fills itself); for
+    :func:`fill_params`, which keeps the C default for each one left as None.
+    Constructors that mirror a C params struct name every settable field as a
+    keyword-only parameter defaulting to None, and pass them on with this, so
+    the defaults live in C alone and no parameter is forgotten."""
+    names = {name for name, ctype in cls._fields_
+             if name not in ("struct_size", "progress", "progress_user")
+             and not issubclass(ctype, (ctypes._Pointer, ctypes._CFuncPtr, c_void_p))}
+    return {k: v for k, v in args.items() if k in names}
+
+
 class CallbackGuard:
     """Wraps a Python callable for a C callback: exceptions stop the C call
     (non-zero return) and are re-raised after it returns."""

@@ -303,10 +303,46 @@ class Model(L.Closable):
             raise MopError("MOP_E_INTERNAL", "mop_tokenize_example: size changed between calls")
 
     # -- sparse (mop_sparse.h) ----------------------------------------------
-    def prune(self, progress: Optional[Callable[[int, int], Any]] = None, **params: Any) -> None:
-        """Prune in place (mop_model_prune); see :func:`libmop.sparse.prune`."""
+    def prune(self, progress: Optional[Callable[[int, int], Any]] = None, *,
+              calib_tokens: Any = None,
+              method: Optional[Union[str, int]] = None,
+              pattern: Optional[Union[str, int]] = None,
+              n: Optional[int] = None,
+              m: Optional[int] = None,
+              ratio: Optional[float] = None,
+              granularity: Optional[Union[str, int]] = None,
+              layer_begin: Optional[int] = None,
+              layer_end: Optional[int] = None,
+              calib_seq_len: Optional[int] = None,
+              sparsegpt_damp: Optional[float] = None,
+              sparsegpt_block: Optional[int] = None,
+              lm_head_format: Optional[Union[str, int]] = None,
+              n_threads: Optional[int] = None) -> None:
+        """Prune in place (mop_model_prune): :func:`libmop.sparse.prune` on
+        this model, which documents every parameter. None keeps the library's
+        default (magnitude, 2:4); only the parameters passed are set.
+
+        :param progress: ``progress(done, total)`` per weight matrix; a true
+            return value cancels
+        :param calib_tokens: calibration token ids for Wanda and SparseGPT
+        :param method: ``"magnitude"``, ``"wanda"`` or ``"sparsegpt"`` [magnitude]
+        :param pattern: ``"nm"`` or ``"unstructured"`` [nm]
+        :param n: N of N:M [2]
+        :param m: M of N:M [4]
+        :param ratio: unstructured: fraction removed [0.5]
+        :param granularity: ``"row"`` or ``"layer"`` [row]
+        :param layer_begin: first block pruned [0]
+        :param layer_end: one past the last block pruned; -1 = all [-1]
+        :param calib_seq_len: length of the calibration sequences [256]
+        :param sparsegpt_damp: SparseGPT's dampening [0.01]
+        :param sparsegpt_block: SparseGPT's block width [128]
+        :param lm_head_format: ``"f32"``, ``"f16"`` or ``"q8_0"`` [f32]
+        :param n_threads: worker threads; 0 = all cores [0]
+        """
+        args = dict(locals())  # every parameter, passed on by name
+        del args["self"]
         from .sparse import prune
-        prune(self, progress=progress, **params)
+        prune(self, **args)
 
     def sparsity(self) -> tuple[float, str]:
         """(fraction of zero weights in the pruned layers, storage format name)."""

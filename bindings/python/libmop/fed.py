@@ -213,19 +213,63 @@ class Update(L.Closable):
 class Aggregator(L.Closable):
     """Server-side aggregation over rounds (``mop_aggregator``).
 
-    ``Aggregator("fedavg")``; strategies: fedavg, fedavgm, fedadam, fedyogi,
-    fedadagrad, median, trimmed_mean, krum, multi_krum, task_arithmetic, ties,
-    dare, breadcrumbs, mop_aware. Keywords are the other fields of
-    mop_aggregator_params (server_lr, momentum, beta1, beta2, tau, trim_ratio,
-    krum_f, multi_krum_m, ties_density, dare_drop, crumbs_top, crumbs_bottom,
-    merge_lambda, seed; None = C default).
+    ``Aggregator("fedavg")``. Every parameter is a field of
+    ``mop_aggregator_params`` (include/libmop/mop_fed.h, docs/FEDERATED.md).
+    Each defaults to None, which keeps the library's default (given in
+    brackets, after Reddi et al. for the adaptive rules); only the ones passed
+    are set.
+
+    :param strategy: fedavg, fedavgm, fedadam, fedyogi, fedadagrad, median,
+        trimmed_mean, krum, multi_krum, task_arithmetic, ties, dare,
+        breadcrumbs or mop_aware (the hyphenated old spellings are accepted
+        with a DeprecationWarning), or the C value [fedavg]
+    :param server_lr: server learning rate, > 0 [1.0, plain FedAvg]; for
+        fedadam/fedyogi/fedadagrad, whose step is about this per coordinate,
+        use a small one (1e-2 is a sound start)
+    :param momentum: FedAvgM's momentum, in [0, 1) [0.9]
+    :param beta1: first-moment decay of the adaptive rules, in [0, 1) [0.9]
+    :param beta2: second-moment decay of fedadam/fedyogi, in [0, 1) [0.99]
+    :param tau: adaptivity, > 0; the second moment starts at ``tau**2`` [1e-3]
+    :param trim_ratio: trimmed_mean: fraction trimmed from each end, in [0, 0.5) [0.1]
+    :param krum_f: assumed Byzantine clients, >= 0; Krum needs ``n >= 2f + 3`` [1]
+    :param multi_krum_m: updates averaged by multi_krum, 1..n; 0 = ``n - f`` [0]
+    :param ties_density: ties: fraction of each update kept (largest
+        magnitudes), in (0, 1] [0.2]
+    :param dare_drop: dare: drop probability, in [0, 1) [0.9]
+    :param crumbs_top: breadcrumbs: fraction of the largest magnitudes dropped
+        per tensor [0.01]
+    :param crumbs_bottom: breadcrumbs: fraction of the smallest magnitudes
+        dropped per tensor; ``crumbs_top + crumbs_bottom < 1`` [0.09]
+    :param merge_lambda: scale of the merging rules, >= 0; 0 = automatic (1/n
+        for task_arithmetic, dare and breadcrumbs, 1 for ties) [0]
+    :param seed: dare's masks, drawn from (seed, round, client_id) [0]
+    :raises TypeError: an unknown keyword, or a value of the wrong type
+    :raises ValueError: an unknown strategy name
+    :raises OverflowError: an integer outside its C type
+    :raises MopError: values the library rejects (``MOP_E_RANGE``, ...)
+
+    :attr:`params` holds every field as the aggregator uses it.
     """
 
-    def __init__(self, strategy: Union[str, int] = "fedavg", **params: Any) -> None:
+    def __init__(self, strategy: Optional[Union[str, int]] = None, *,
+                 server_lr: Optional[float] = None,
+                 momentum: Optional[float] = None,
+                 beta1: Optional[float] = None,
+                 beta2: Optional[float] = None,
+                 tau: Optional[float] = None,
+                 trim_ratio: Optional[float] = None,
+                 krum_f: Optional[int] = None,
+                 multi_krum_m: Optional[int] = None,
+                 ties_density: Optional[float] = None,
+                 dare_drop: Optional[float] = None,
+                 crumbs_top: Optional[float] = None,
+                 crumbs_bottom: Optional[float] = None,
+                 merge_lambda: Optional[float] = None,
+                 seed: Optional[int] = None) -> None:
+        fields = L.passed_fields(locals(), AggregatorParams)
+        fields["strategy"] = strategy_name(strategy)
         p = L.params_init(AggregatorParams, "mop_aggregator_params_init_sized")
-        strategy = strategy_name(strategy)
-        L.fill_params(p, dict(strategy=strategy, **params), "Aggregator",
-                      {"strategy": STRATEGY})
+        L.fill_params(p, fields, "Aggregator", {"strategy": STRATEGY})
         self.params = {f: getattr(p, f) for f, _ in p._fields_ if f != "struct_size"}
         self._h = L.create("mop_aggregator",
                            lambda out: L.fn("mop_aggregator_create")(byref(p), out))

@@ -201,24 +201,70 @@ class Batch:
 class Mixture(L.Closable):
     """K soft-prompt experts plus a gate (``mop_mixture``) on a model.
 
-    Keyword arguments are the fields of mop_mixture_params (None = C default):
-    n_experts, prompt_len, gate_layer, inject_layer, gate_hidden, gate_act
-    ("gelu"/"relu"), gate_temperature, top_k, combine ("attention_bias"/
-    "weighted_sum"), gate_mode ("learned"/"uniform"/"oracle"), init
-    ("vocab"/"normal"), init_std, seed, gate_pool ("content"/"prompt"),
-    gate_norm, gate_bias ("logkw"/"logw"), n_shared, expert_attention
-    ("independent"/"joint"), top_k_renorm (docs/MIXTURE.md).
+    Every parameter but ``model`` is a field of ``mop_mixture_params``
+    (include/libmop/mop_gate.h, docs/MIXTURE.md). Each defaults to None, which
+    keeps the library's default (given in brackets); only the ones passed are
+    set. Enum fields take a name (case-insensitive) or the C value.
+
+    :param model: the frozen model the mixture adapts (a reference is kept)
+    :param n_experts: ``K``, the number of experts, 1..256 [8]; ``K = 1`` with
+        ``gate_mode="uniform"`` is single prompt tuning
+    :param prompt_len: ``P``, prompt tokens per expert, 1..512 [8]
+    :param gate_layer: the gate reads the hidden states after this many layers
+        [-1 = n_layer/3]
+    :param inject_layer: the experts enter before this layer, >= ``gate_layer``
+        [-1 = n_layer/3]
+    :param gate_hidden: width of the gate MLP [64]
+    :param gate_act: the gate's activation, ``"gelu"`` or ``"relu"`` [gelu]
+    :param gate_temperature: softmax temperature of the gate [1.0]
+    :param top_k: keep the k largest gate weights; 0 = all [0]
+    :param combine: ``"attention_bias"`` or ``"weighted_sum"`` [attention_bias]
+    :param gate_mode: ``"learned"``, ``"uniform"`` or ``"oracle"`` (expert k
+        serves task k by label) [learned]
+    :param init: expert initialisation, ``"vocab"`` or ``"normal"`` [vocab]
+    :param init_std: std of ``init="normal"`` and of the gate's first layer [0.02]
+    :param seed: initialisation seed [1234]
+    :param gate_pool: what the gate pools, ``"content"`` or ``"prompt"`` [content]
+    :param gate_norm: True: the gate reads standardised inputs (statistics from
+        :meth:`set_input_stats`; identity until set) [True]
+    :param gate_bias: the attention bias, ``"logkw"`` or ``"logw"`` [logkw]
+    :param n_shared: always-on shared groups of ``P`` tokens after the ``K``
+        routed ones, 0..16 [0]
+    :param expert_attention: ``"independent"`` or ``"joint"`` [independent]
+    :param top_k_renorm: True: the kept top-k weights are renormalised to sum
+        to 1; False: they keep their probability [False]
+    :raises TypeError: an unknown keyword, or a value of the wrong type
+    :raises ValueError: an unknown enum name
+    :raises OverflowError: an integer outside its C type
+    :raises MopError: values the library rejects (``MOP_E_RANGE``, ...)
 
     :attr:`params` and :attr:`grads` are zero-copy, writable float32 views of
     the C buffers; they (and the arrays from :meth:`tensors`) keep the C
     mixture alive, so they stay valid even after :meth:`close`.
     """
 
-    def __init__(self, model: Model, n_experts: Optional[int] = 8,
-                 prompt_len: Optional[int] = 8, **params: Any) -> None:
+    def __init__(self, model: Model, n_experts: Optional[int] = None,
+                 prompt_len: Optional[int] = None, *,
+                 gate_layer: Optional[int] = None,
+                 inject_layer: Optional[int] = None,
+                 gate_hidden: Optional[int] = None,
+                 gate_act: Optional[Union[str, int]] = None,
+                 gate_temperature: Optional[float] = None,
+                 top_k: Optional[int] = None,
+                 combine: Optional[Union[str, int]] = None,
+                 gate_mode: Optional[Union[str, int]] = None,
+                 init: Optional[Union[str, int]] = None,
+                 init_std: Optional[float] = None,
+                 seed: Optional[int] = None,
+                 gate_pool: Optional[Union[str, int]] = None,
+                 gate_norm: Optional[bool] = None,
+                 gate_bias: Optional[Union[str, int]] = None,
+                 n_shared: Optional[int] = None,
+                 expert_attention: Optional[Union[str, int]] = None,
+                 top_k_renorm: Optional[bool] = None) -> None:
+        fields = L.passed_fields(locals(), L.MixtureParams)
         p = L.params_init(L.MixtureParams, "mop_mixture_params_init_sized")
-        L.fill_params(p, dict(n_experts=n_experts, prompt_len=prompt_len, **params), "Mixture",
-                      _ENUMS)
+        L.fill_params(p, fields, "Mixture", _ENUMS)
         h = L.create("mop_mixture",
                      lambda out: L.call("mop_mixture_create", model, byref(p), out))
         self._setup(model, h)
@@ -543,17 +589,46 @@ class Optimizer(L.Closable):
     and cosine decay (``mop_optimizer``) over any flat float32 buffer.
 
     ``Optimizer(mixture, lr=...)`` binds a mixture (then :meth:`step` needs no
-    arrays); ``Optimizer(n_params, ...)`` works on arrays you pass. Keyword
-    arguments: lr, beta1, beta2, eps, weight_decay, clip_norm, warmup_steps,
-    total_steps, min_lr_ratio (None = C default).
+    arrays); ``Optimizer(n_params, ...)`` works on arrays you pass.
+
+    The keyword-only parameters are the fields of ``mop_adamw_params``
+    (include/libmop/mop_gate.h). Each defaults to None, which keeps the
+    library's default (given in brackets); only the ones passed are set.
+
+    :param target: a :class:`Mixture` to bind, or the number of floats to optimise
+    :param lr: peak learning rate [3e-3]
+    :param beta1: first-moment decay [0.9]
+    :param beta2: second-moment decay [0.999]
+    :param eps: denominator epsilon [1e-8]
+    :param weight_decay: decoupled weight decay, ``p -= lr * wd * p`` [0.01]
+    :param clip_norm: clip gradients to this global L2 norm; 0 = off [1.0]
+    :param warmup_steps: linear warmup from 0 over this many steps [0]
+    :param total_steps: cosine decay to ``min_lr_ratio * lr`` at this step;
+        0 = constant after warmup [0]
+    :param min_lr_ratio: the floor of the cosine decay, as a fraction of ``lr`` [0.1]
+    :raises TypeError: an unknown keyword, or a value of the wrong type
+    :raises OverflowError: an integer outside its C type
+    :raises MopError: values the library rejects (``MOP_E_RANGE``, ...)
+
+    :attr:`params` holds every field as the optimizer uses it.
     """
 
-    def __init__(self, target: Union[int, Mixture], **params: Any) -> None:
+    def __init__(self, target: Union[int, Mixture], *,
+                 lr: Optional[float] = None,
+                 beta1: Optional[float] = None,
+                 beta2: Optional[float] = None,
+                 eps: Optional[float] = None,
+                 weight_decay: Optional[float] = None,
+                 clip_norm: Optional[float] = None,
+                 warmup_steps: Optional[int] = None,
+                 total_steps: Optional[int] = None,
+                 min_lr_ratio: Optional[float] = None) -> None:
+        fields = L.passed_fields(locals(), L.AdamWParams)
         self.mixture = target if isinstance(target, Mixture) else None
         n = (target.n_params if isinstance(target, Mixture)
              else L.check_c_int("n_params", target, L.SIZE))
         p = L.params_init(L.AdamWParams, "mop_adamw_params_init_sized")
-        L.fill_params(p, params, "Optimizer")
+        L.fill_params(p, fields, "Optimizer")
         self.params = {f: getattr(p, f) for f, _ in p._fields_ if f != "struct_size"}
         self.n_params = n
         self._h = L.create("mop_optimizer",
