@@ -21,7 +21,7 @@ The server is started here on 127.0.0.1 (--port 0) with the given workers
 --experts/--prompt-len) in a temporary folder.
 
     LIBMOP_BUILD_DIR=build .venv/bin/python tests/bench/bench_serve.py \\
-        $(scripts/model-path.sh) --workers 16 --threads 2
+        $(scripts/model-path.sh) --workers 16 --threads 1
 """
 import argparse
 import json
