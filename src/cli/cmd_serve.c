@@ -1,6 +1,6 @@
 /* mop serve MODEL --mixtures DIR: an OpenAI-compatible HTTP server over the
  * public API (docs/SERVING.md). This file reads the options, builds the
- * pieces (serve_mixtures.c: names to files; serve_engine.c: the workers;
+ * pieces (serve_mixtures.c: names to files; serve_engine.c: the batch;
  * serve_http.c: the protocol) and waits for SIGTERM/SIGINT, then drains.
  *
  * Built only when libmicrohttpd was found at configure time (meson option
@@ -48,7 +48,7 @@ static void file_stem(char *out, size_t cap, const char *path)
 int cli_cmd_serve(int argc, char **argv)
 {
     const char *dir = NULL, *host = "127.0.0.1", *name = NULL;
-    int32_t port = 8080, workers = 2, threads = 1, max_tokens = 256, n_ctx = 2048, queue = 16;
+    int32_t port = 8080, workers = 8, threads = 1, max_tokens = 256, n_ctx = 2048, queue = 16;
     int32_t max_body = 1 << 20, timeout = 120, lru = 8, drain = 30;
     const cli_opt opts[] = {
         {"mixtures", 'm', CLI_STRING, &dir, "DIR",
@@ -57,20 +57,24 @@ int cli_cmd_serve(int argc, char **argv)
         {"port", 'p', CLI_INT, &port, "N", "TCP port, 0 = any free one; default 8080"},
         {"name", 0, CLI_STRING, &name, "NAME",
          "the base model's name in requests; default the model file's stem"},
-        {"workers", 'w', CLI_INT, &workers, "N", "requests generated at once; default 2"},
+        {"workers", 'w', CLI_INT, &workers, "N",
+         "requests generated at once: sequences in the continuous batch; default 8"},
+        {"batch", 'b', CLI_INT, &workers, "N", "the same as --workers"},
         {"threads", 't', CLI_INT, &threads, "N",
-         "compute threads per worker, 0 = all cores; default 1"},
+         "compute threads of the batch's decoder, 0 = all cores; default 1"},
         {"max-tokens", 0, CLI_INT, &max_tokens, "N",
          "most tokens a request may generate; default 256"},
         {"ctx", 'c', CLI_INT, &n_ctx, "N",
          "context per request: prompt + reply tokens; default 2048"},
         {"queue", 'q', CLI_INT, &queue, "N",
-         "requests waiting for a worker before 429; default 16"},
+         "requests waiting for a place in the batch before 429; default 16"},
         {"max-body", 0, CLI_INT, &max_body, "BYTES",
          "largest request body before 413; default 1048576"},
         {"timeout", 0, CLI_INT, &timeout, "S",
          "seconds a request may take, queue wait included (then 504); default 120"},
-        {"lru", 0, CLI_INT, &lru, "N", "mixtures each worker keeps loaded; default 8"},
+        {"lru", 0, CLI_INT, &lru, "N",
+         "mixtures kept loaded (one shared copy each; one in use is never evicted); "
+         "default 8"},
         {"drain", 0, CLI_INT, &drain, "S",
          "on SIGTERM, seconds running requests get to finish; default 30"},
         {NULL, 0, CLI_FLAG, NULL, NULL, NULL},
@@ -91,7 +95,8 @@ int cli_cmd_serve(int argc, char **argv)
     if (port < 0 || port > 65535)
         return cli_usage_error("serve", "--port must be in [0, 65535], got %d", (int)port);
     if (workers < 1 || workers > 256)
-        return cli_usage_error("serve", "--workers must be in [1, 256], got %d", (int)workers);
+        return cli_usage_error("serve", "--workers (--batch) must be in [1, 256], got %d",
+                               (int)workers);
     if (threads < 0)
         return cli_usage_error("serve", "--threads must be >= 0, got %d", (int)threads);
     if (max_tokens < 1 || n_ctx < 2 || queue < 0 || max_body < 2 || timeout < 1 || lru < 1 ||
@@ -147,7 +152,8 @@ int cli_cmd_serve(int argc, char **argv)
         .timeout_s = timeout,
         .max_connections = workers + queue + 64,
     };
-    fprintf(stderr, "mop serve: model '%s', %zu mixture%s, %d worker%s x %d thread%s, context %d\n",
+    fprintf(stderr, "mop serve: model '%s', %zu mixture%s, batch of %d sequence%s, %d thread%s, "
+            "context %d\n",
             base, serve_mixtures_count(mix), serve_mixtures_count(mix) == 1 ? "" : "s",
             (int)workers, workers == 1 ? "" : "s", (int)threads, threads == 1 ? "" : "s",
             (int)n_ctx);

@@ -3,10 +3,10 @@
  * The HTTP layer sees only this interface: submit a job (a tokenized prompt,
  * its mixture, sampling options, a deadline), receive each generated token
  * through a callback, cancel it, and get exactly one completion callback.
- * How jobs are scheduled is the engine's business, so the worker pool in
- * serve_engine.c (one mop_ctx per worker, one request at a time per worker)
- * can be replaced by a continuous-batching engine (one decode step for every
- * running job, each with its own mixture) without changing serve_http.c.
+ * How jobs are scheduled is the engine's business: serve_engine.c runs one
+ * continuous batch (one scheduler thread, one mop_decoder; every running job
+ * is one of its sequences, with its own mixture), which replaced a pool of
+ * workers with one mop_ctx each without changing serve_http.c.
  *
  * Callbacks run on an engine thread (or, for on_done of a job cancelled
  * while queued, on the thread that cancels it). They must not call back into
@@ -25,12 +25,12 @@ typedef struct serve_engine serve_engine;
 typedef struct serve_job serve_job;
 
 typedef struct serve_engine_params {
-    int32_t n_workers;  /* sequences generated at once */
-    int32_t n_threads;  /* compute threads of each worker's context */
+    int32_t n_workers;  /* sequences generated at once (the batch's n_seq_max) */
+    int32_t n_threads;  /* compute threads of the decoder */
     int32_t n_ctx;      /* KV cache of each sequence: mixture prompt + prompt + reply */
     int32_t n_batch;    /* prefill chunk; must hold the longest mixture prompt */
     int32_t queue_cap;  /* jobs waiting beyond the running ones */
-    int32_t lru;        /* mixtures each worker keeps loaded */
+    int32_t lru;        /* mixtures kept loaded (one shared copy each; those in use stay) */
 } serve_engine_params;
 
 /* Why a job ended. */
@@ -72,8 +72,8 @@ typedef struct serve_job_spec {
 
 enum { SERVE_OK = 0, SERVE_E_QUEUE_FULL = 1, SERVE_E_SHUTDOWN = 2, SERVE_E_NOMEM = 3 };
 
-/* Create the engine on @p model (its contexts, one per worker; nothing is
- * printed). CLI_OK, or CLI_ERROR after printing what failed. */
+/* Create the engine on @p model (its decoder and scheduler thread).
+ * CLI_OK, or CLI_ERROR after printing what failed. */
 int serve_engine_create(mop_model *model, serve_mixtures *mixtures,
                         const serve_engine_params *params, serve_engine **out);
 
@@ -94,7 +94,7 @@ void serve_engine_load(serve_engine *e, int32_t *queued, int32_t *running);
 
 /* Refuse new jobs, let the queued and running ones finish (those still
  * running at @p deadline, a cli_now() time, are cancelled), join the
- * workers. */
+ * scheduler. */
 void serve_engine_drain(serve_engine *e, double deadline);
 
 /* Free the engine (drains first if serve_engine_drain() was not called). */

@@ -562,7 +562,7 @@ static enum MHD_Result handle_generate(serve_http *h, struct MHD_Connection *c, 
         atomic_fetch_sub(&k->refs, 1);
         ret = sr == SERVE_E_QUEUE_FULL
                   ? send_error(c, MHD_HTTP_TOO_MANY_REQUESTS, "server_overloaded", NULL,
-                               "queue_full", "the server is busy: every worker is generating "
+                               "queue_full", "the server is busy: the batch is full "
                                "and the queue is full (--queue); retry later")
               : sr == SERVE_E_SHUTDOWN
                   ? send_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "server_error", NULL,

@@ -17,11 +17,11 @@ time of the whole case; latency = one request's wall time at the client,
 queueing included; p50/p99 by the nearest-rank method over the requests.
 
 The server is started here on 127.0.0.1 (--port 0) with the given workers
-and threads; mixtures are made through the bindings (random, K x P given by
+(sequences in its continuous batch) and threads; mixtures are made through the bindings (random, K x P given by
 --experts/--prompt-len) in a temporary folder.
 
     LIBMOP_BUILD_DIR=build .venv/bin/python tests/bench/bench_serve.py \\
-        $(scripts/model-path.sh) --workers 2 --threads 1
+        $(scripts/model-path.sh) --workers 16 --threads 1
 """
 import argparse
 import json
@@ -121,7 +121,7 @@ def main():
             client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0,
                                    timeout=600)
             base = client.models.list().data[0].id
-            # warm-up: every worker loads and prepares every mixture once
+            # warm-up: every mixture is loaded and prepared once
             run_case(client, [f"bench{i:02d}" for i in range(n_mix)], n_mix, 2 * n_mix,
                      a.prompt, 1)
             rows = []

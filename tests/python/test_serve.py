@@ -400,6 +400,36 @@ def test_concurrent_clients_match_sequential(server, model, ctx, mixtures):
     assert len(outs) > 1
 
 
+def test_full_batch_with_small_lru_matches_sequential(mop, model_path, mixture_dir, model, ctx,
+                                                      mixtures):
+    # one batch of 8 sequences: 4 mixtures and the base model at once, mixed
+    # reply lengths (sequences leave at different steps, queued ones join),
+    # some streamed, with --lru 2 so the running mixtures outnumber the
+    # loaded ones (a mixture in use is never evicted)
+    base = base_name(model_path)
+    jobs = [(f"mix{i % N_MIX}" if i % 5 != 4 else base, PROMPTS[i % len(PROMPTS)], 4 + 3 * (i % 4),
+             i % 3 == 0) for i in range(12)]
+    expect = [reference(model, ctx, mixtures, name, p, n)[2] for name, p, n, _ in jobs]
+    s = Server(mop, model_path, mixture_dir, "--batch", "8", "--lru", "2")
+    try:
+        client = s.client()
+
+        def one(job):
+            name, p, n, stream = job
+            if not stream:
+                return client.completions.create(model=name, prompt=p, max_tokens=n,
+                                                 temperature=0).choices[0].text
+            return "".join(c.choices[0].text for c in client.completions.create(
+                model=name, prompt=p, max_tokens=n, temperature=0, stream=True))
+
+        with ThreadPoolExecutor(len(jobs)) as ex:
+            got = list(ex.map(one, jobs))
+        assert got == expect
+    finally:
+        assert s.stop() == 0, "".join(s.log)
+    assert "batch of 8 sequences" in "".join(s.log)
+
+
 def test_soak_rss_bounded(server):
     client = server.client()
 
