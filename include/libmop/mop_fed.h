@@ -332,6 +332,66 @@ MOP_API MOP_NODISCARD mop_status mop_aggregator_finish(mop_aggregator *agg,
 /** @} */
 
 /* ------------------------------------------------------------------------ */
+/** @name Norm bounding before aggregation
+ *
+ *  A defence against a few clients that send huge updates (sign-flip ×5,
+ *  noise): before any aggregation strategy, clip or reject each client
+ *  delta whose L2 norm ‖Δ_i‖ (all tensors but "gate.usage", in double)
+ *  exceeds a bound B, fixed (max_norm) or a multiple k of the round's median
+ *  norm (median_multiple; the median of an even count is the mean of the two
+ *  middle norms), or the smaller of the two when both are set:
+ *  B = min(max_norm, k · median_i ‖Δ_i‖).
+ *  Clip: Δ_i ← Δ_i · min(1, B/‖Δ_i‖) (as mop_update_clip(), never above B;
+ *  B = 0 zeroes the update). Reject: the update is left unchanged and
+ *  keep[i] = 0; the host does not aggregate it.
+ *  Use: call it on the round's deltas, then mop_aggregator_add() the kept ones.
+ *  Under secure aggregation the server never sees a norm: only a fixed
+ *  bound in clip mode applies, each client calling it on its own update
+ *  (n = 1) before masking.
+ *  @{ */
+
+/** What happens to an update above the bound. */
+typedef enum mop_norm_bound_mode {
+    MOP_NORM_BOUND_CLIP = 0,  /**< scale it down to norm B */
+    MOP_NORM_BOUND_REJECT = 1 /**< leave it out (keep[i] = 0) */
+} mop_norm_bound_mode;
+
+/** Norm bounding settings. Fill with mop_norm_bound_params_init(). At least
+ *  one of max_norm and median_multiple must be > 0. */
+typedef struct mop_norm_bound_params {
+    uint32_t struct_size;  /**< sizeof(mop_norm_bound_params) */
+    int32_t mode;          /**< ::mop_norm_bound_mode; default ::MOP_NORM_BOUND_CLIP */
+    float max_norm;        /**< fixed bound, finite, >= 0; 0 = none; default 0 */
+    float median_multiple; /**< k, finite, >= 0: bound k × the median norm of the round; 0 = none; default 0 */
+} mop_norm_bound_params;
+
+/** @brief Fill @p p with the documented defaults.
+ *  @param[out] p the settings; @c struct_size is set
+ *  @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL) */
+MOP_API MOP_NODISCARD mop_status mop_norm_bound_params_init(mop_norm_bound_params *p);
+
+/**
+ * @brief Bound the L2 norms of one round's client deltas (section text above).
+ * @param[in,out] updates @p n distinct DELTA updates; clipped ones are edited in place
+ * @param[in]     n       number of updates, >= 1
+ * @param[in]     params  settings (struct_size set); required
+ * @param[out]    keep    (n) may be NULL: 1 = aggregate the update, 0 = rejected
+ *                        (always 1 in clip mode)
+ * @param[out]    norms   (n) may be NULL: each ‖Δ_i‖ before bounding
+ * @param[out]    bound   may be NULL: B (+inf never: one bound is always set)
+ * @return ::MOP_OK; ::MOP_E_INVALID_ARG (NULL, n < 1, a NULL or repeated
+ *         update, a FULL update, bad struct_size, unknown mode, a negative or
+ *         non-finite bound, no bound set); ::MOP_E_NOMEM. On error no update
+ *         is changed.
+ */
+MOP_API MOP_NODISCARD mop_status mop_update_norm_bound(mop_update *const *updates, int32_t n,
+                                                       const mop_norm_bound_params *params,
+                                                       uint8_t *keep, float *norms,
+                                                       float *bound);
+
+/** @} */
+
+/* ------------------------------------------------------------------------ */
 /** @name Data partitioners
  *  Assign each of n examples to one of n_clients clients. Pure functions,
  *  thread-safe; the same arguments give the same split on every platform.

@@ -21,6 +21,10 @@
 
 typedef struct fed_opts {
     const char *data, *val, *out, *csv, *strategy, *split, *baseline, *attack, *system;
+    const char *nb_mode;          /* --norm-bound-mode clip | reject */
+    float nb_max, nb_median_x;    /* --norm-bound, --norm-bound-median-x; 0 = off */
+    mop_norm_bound_params nbp;    /* filled from the three when nb_on */
+    int32_t nb_on;
     int32_t template_system;
     int32_t n_clients, rounds, local_steps, K, P, B, max_len, n_threads, malicious, krum_f;
     int32_t secure_agg, split_kind; /* 0 skewed, 1 iid, 2 dirichlet */
@@ -401,6 +405,55 @@ static int secagg_finish(fed_secagg *sa, const mop_update *gu, int64_t round, mo
     return CLI_OK;
 }
 
+/* Bound the norms of the round's n updates, print what happened, add the
+ * kept ones to the aggregator and free all of them (ups[] is left NULL). */
+static int norm_bound_round(mop_aggregator *agg, const mop_norm_bound_params *nbp,
+                            mop_update **ups, int32_t n, int32_t r)
+{
+    uint8_t *keep = malloc((size_t)n);
+    float *norms = malloc((size_t)n * sizeof *norms);
+    float bound = 0.0f;
+    int rc = CLI_ERROR;
+    mop_status st;
+    if (!keep || !norms) {
+        cli_error("out of memory");
+        goto out;
+    }
+    if ((st = mop_update_norm_bound(ups, n, nbp, keep, norms, &bound)) != MOP_OK) {
+        cli_fail(st, "round %d: norm bound", (int)r + 1);
+        goto out;
+    }
+    int32_t n_over = 0, n_kept = 0;
+    for (int32_t i = 0; i < n; i++) {
+        n_over += norms[i] > bound;
+        n_kept += keep[i];
+    }
+    printf("round %d: norm bound %.6g (%s): update norms", (int)r + 1, (double)bound,
+           nbp->mode == MOP_NORM_BOUND_CLIP ? "clip" : "reject");
+    for (int32_t i = 0; i < n; i++)
+        printf(" %.4g", (double)norms[i]);
+    printf("; %d above the bound, %d of %d aggregated\n", (int)n_over, (int)n_kept, (int)n);
+    fflush(stdout);
+    if (n_kept == 0) {
+        cli_error("round %d: the norm bound %g rejected every update", (int)r + 1, (double)bound);
+        goto out;
+    }
+    for (int32_t i = 0; i < n; i++)
+        if (keep[i] && (st = mop_aggregator_add(agg, ups[i])) != MOP_OK) {
+            cli_fail(st, "round %d: the server rejected an update", (int)r + 1);
+            goto out;
+        }
+    rc = CLI_OK;
+out:
+    for (int32_t i = 0; i < n; i++) {
+        mop_update_free(ups[i]);
+        ups[i] = NULL;
+    }
+    free(keep);
+    free(norms);
+    return rc;
+}
+
 static int validate(fed_state *fs, double *ppl)
 {
     double nll;
@@ -709,7 +762,7 @@ static int run(mop_model *model, const fed_opts *o, const mop_mixture_params *mp
     fs.val = val;
     mop_aggregator *agg = NULL;
     mop_rdp_accountant *acc = NULL;
-    mop_update *gu = NULL, *u = NULL, *next = NULL;
+    mop_update *gu = NULL, *u = NULL, *next = NULL, **nb_ups = NULL;
     fed_secagg sa;
     memset(&sa, 0, sizeof sa);
     FILE *csv = NULL;
@@ -799,10 +852,17 @@ static int run(mop_model *model, const fed_opts *o, const mop_mixture_params *mp
     printf("round 0: validation perplexity %.4f\n", ppl);
     fflush(stdout);
 
+    /* Norm bounding on the server (not under secure aggregation): the
+     * round's updates are kept until every client has sent one. */
+    int nb_server = o->nb_on && !o->secure_agg;
+    if (nb_server && !(nb_ups = calloc((size_t)N, sizeof *nb_ups))) {
+        cli_error("out of memory");
+        goto out;
+    }
     double t_start = cli_now(), eps = 0.0;
     for (int32_t r = 0; r < o->rounds; r++) {
         double t0 = cli_now(), loss_sum = 0.0;
-        int32_t n_trained = 0;
+        int32_t n_trained = 0, nb_n = 0;
         if ((st = mop_update_from_mixture(fs.global, NULL, r, 0, 0.0, NULL, &gu)) != MOP_OK) {
             cli_fail(st, "cannot snapshot the global mixture");
             goto out;
@@ -836,6 +896,17 @@ static int run(mop_model *model, const fed_opts *o, const mop_mixture_params *mp
             }
             if (c < o->malicious && poison(u, o->attack, client_seed(o->seed, r, c, 3)) != CLI_OK)
                 goto out;
+            if (o->nb_on && o->secure_agg) { /* the client bounds its own update */
+                if ((st = mop_update_norm_bound(&u, 1, &o->nbp, NULL, NULL, NULL)) != MOP_OK) {
+                    cli_fail(st, "round %d, client %d: norm bound", (int)r + 1, (int)c);
+                    goto out;
+                }
+            }
+            if (nb_server) {
+                nb_ups[nb_n++] = u;
+                u = NULL;
+                continue;
+            }
             if (o->secure_agg) {
                 if (secagg_send(&sa, c, u, gu, n_c) != CLI_OK)
                     goto out;
@@ -848,6 +919,8 @@ static int run(mop_model *model, const fed_opts *o, const mop_mixture_params *mp
             u = NULL;
         }
         cli_progress_end();
+        if (nb_server && nb_n > 0 && norm_bound_round(agg, &o->nbp, nb_ups, nb_n, r) != CLI_OK)
+            goto out;
         if (o->secure_agg) {
             if (secagg_finish(&sa, gu, r, &u) != CLI_OK)
                 goto out;
@@ -914,6 +987,10 @@ out:
     if (csv && fclose(csv) != 0 && rc == CLI_OK)
         rc = cli_error("cannot write '%s'", o->csv);
     secagg_free(&sa, N);
+    if (nb_ups)
+        for (int32_t c = 0; c < N; c++)
+            mop_update_free(nb_ups[c]);
+    free(nb_ups);
     mop_update_free(u);
     mop_update_free(gu);
     mop_update_free(next);
@@ -952,7 +1029,7 @@ int cli_cmd_fed_sim(int argc, char **argv)
         .rounds = 10, .local_steps = 10, .K = defaults.n_experts, .P = defaults.prompt_len,
         .B = 4, .max_len = 256, .krum_f = 1, .lr = 3e-3f, .skew_ratio = 15.0f,
         .dp_delta = 1e-5f, .server_lr = 0.0f, .trim_ratio = 0.1f, .seed = 1234,
-        .gate_lr = 1e-3f, .gate_clip = 1.0f,
+        .gate_lr = 1e-3f, .gate_clip = 1.0f, .nb_mode = "clip",
     };
     const cli_opt opts[] = {
         {"data", 'd', CLI_STRING, &o.data, "FILE", "training data, JSONL {task, instruction, response}; required"},
@@ -981,6 +1058,9 @@ int cli_cmd_fed_sim(int argc, char **argv)
         {"dp-clip", 0, CLI_FLOAT, &o.dp_clip, "C", "clip each client delta to L2 norm C; default off"},
         {"dp-noise", 0, CLI_FLOAT, &o.dp_noise, "Z", "local DP: add N(0, (Z*C)^2) to each clipped delta (needs --dp-clip); default 0"},
         {"dp-delta", 0, CLI_FLOAT, &o.dp_delta, "D", "delta of the reported (epsilon, delta); default 1e-5"},
+        {"norm-bound", 0, CLI_FLOAT, &o.nb_max, "C", "clip or reject (--norm-bound-mode) each client delta of L2 norm above C, before the strategy; default off"},
+        {"norm-bound-median-x", 0, CLI_FLOAT, &o.nb_median_x, "K", "bound = K x the round's median delta norm (with --norm-bound: the smaller); default off"},
+        {"norm-bound-mode", 0, CLI_STRING, &o.nb_mode, "clip|reject", "what --norm-bound / --norm-bound-median-x do to an update above the bound; default clip"},
         {"secure-agg", 0, CLI_FLAG, &o.secure_agg, NULL, "pairwise-masked secure aggregation (FedAvg family only)"},
         {"malicious", 0, CLI_INT, &o.malicious, "M", "clients 0..M-1 send an attack instead of their delta; default 0"},
         {"attack", 0, CLI_STRING, &o.attack, "KIND", "sign-flip (-5 x delta) | noise (N(0, 10^2) values); default sign-flip"},
@@ -1016,6 +1096,9 @@ int cli_cmd_fed_sim(int argc, char **argv)
         "the gate's statistics (n, sum u, then sum (u - mean)^2) and the pre-trained\n"
         "gates (n_i*gate_i, n_i) go through secure sums too.\n"
         "--malicious M: the first M clients attack (robustness experiments).\n"
+        "--norm-bound C / --norm-bound-median-x K: before the strategy, clip (or with\n"
+        "--norm-bound-mode reject, leave out) every delta whose L2 norm exceeds C or K\n"
+        "times the round's median norm (the smaller when both are given).\n"
         "Progress on stderr. The last line of stdout is 'perplexity: X' (final\n"
         "global mixture on --val).",
         opts, 1};
@@ -1102,6 +1185,20 @@ int cli_cmd_fed_sim(int argc, char **argv)
         return cli_usage_error(cmd, "--secure-agg gives the server only the sum of the updates: "
                                     "use fedavg, fedavgm, fedadam, fedyogi or fedadagrad, not %s",
                                o.strategy);
+    if (!(o.nb_max >= 0.0f) || !isfinite(o.nb_max) || !(o.nb_median_x >= 0.0f) ||
+        !isfinite(o.nb_median_x))
+        return cli_usage_error(cmd, "--norm-bound and --norm-bound-median-x must be finite and >= 0");
+    if (strcmp(o.nb_mode, "clip") != 0 && strcmp(o.nb_mode, "reject") != 0)
+        return cli_usage_error(cmd, "--norm-bound-mode must be clip or reject, got '%s'", o.nb_mode);
+    o.nb_on = o.nb_max > 0.0f || o.nb_median_x > 0.0f;
+    if (mop_norm_bound_params_init(&o.nbp) != MOP_OK)
+        return cli_fail(MOP_E_INTERNAL, "norm bound defaults");
+    o.nbp.mode = strcmp(o.nb_mode, "clip") == 0 ? MOP_NORM_BOUND_CLIP : MOP_NORM_BOUND_REJECT;
+    o.nbp.max_norm = o.nb_max;
+    o.nbp.median_multiple = o.nb_median_x;
+    if (o.nb_on && o.secure_agg && (o.nb_median_x > 0.0f || o.nbp.mode != MOP_NORM_BOUND_CLIP))
+        return cli_usage_error(cmd, "with --secure-agg the server sees no norm: only a fixed "
+                                    "--norm-bound C in clip mode (each client clips its own delta)");
     if (o.secure_agg && o.n_clients < 2)
         return cli_usage_error(cmd, "--secure-agg needs --clients >= 2");
     if (o.pretrain_epochs < 0)
