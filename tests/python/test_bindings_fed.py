@@ -365,3 +365,69 @@ def test_secure_aggregation_with_dropout():
     with pytest.raises(MopError) as ei:
         libmop.SecAggClient(0, n_clients=1, length=4)
     assert ei.value.name in ("MOP_E_INVALID_ARG", "MOP_E_RANGE")
+
+
+def _np_norm_bound(deltas, mode, max_norm, median_multiple):
+    """NumPy reference of mop_update_norm_bound: (new deltas, keep, norms, bound)."""
+    norms = np.array([np.sqrt(np.sum(d.astype(np.float64) ** 2)) for d in deltas])
+    bound = np.inf
+    if max_norm > 0:
+        bound = float(max_norm)
+    if median_multiple > 0:
+        bound = min(bound, median_multiple * float(np.median(norms)))
+    out, keep = [], []
+    for d, n in zip(deltas, norms):
+        if n <= bound:
+            out.append(d.copy()), keep.append(True)
+        elif mode == "clip":
+            out.append((d * (bound / n)).astype(np.float32)), keep.append(True)
+        else:
+            out.append(d.copy()), keep.append(False)
+    return out, np.array(keep), norms, bound
+
+
+@pytest.mark.parametrize("mode,max_norm,median_multiple", [
+    ("clip", 2.0, 0.0), ("reject", 2.0, 0.0), ("clip", 0.0, 1.5), ("reject", 0.0, 1.5),
+    ("clip", 3.0, 1.0), ("reject", 0.0, 2.0)])
+def test_norm_bound_against_numpy(mode, max_norm, median_multiple):
+    need(["mop_norm_bound_params_init", "mop_update_norm_bound"])
+    rng = np.random.default_rng(7)
+    n = 7
+    deltas = [rng.normal(size=(3, 5)).astype(np.float32) * s
+              for s in (0.3, 0.5, 0.4, 0.6, 0.45, 5.0, 0.35)[:n]]
+    usage = np.array([0.25, 0.75], dtype=np.float32)
+    ups = [libmop.Update("delta", round=1, client_id=i, n_samples=10.0,
+                         tensors={"w": d, "gate.usage": usage}) for i, d in enumerate(deltas)]
+    want, want_keep, want_norms, want_bound = _np_norm_bound(deltas, mode, max_norm,
+                                                             median_multiple)
+    keep, norms, bound = libmop.norm_bound(ups, mode=mode, max_norm=max_norm,
+                                           median_multiple=median_multiple)
+    np.testing.assert_allclose(norms, want_norms, rtol=1e-6)
+    assert bound == pytest.approx(want_bound, rel=1e-6)
+    assert keep.tolist() == want_keep.tolist()
+    for u, w in zip(ups, want):
+        np.testing.assert_allclose(u.tensor("w"), w, rtol=1e-5, atol=1e-7)
+        np.testing.assert_array_equal(u.tensor("gate.usage"), usage)
+        assert np.sqrt(np.sum(u.tensor("w").astype(np.float64) ** 2)) <= max(
+            bound, 0) * (1 + 1e-7) or not keep[ups.index(u)]
+        u.close()
+
+
+def test_norm_bound_errors():
+    x = np.ones(4, dtype=np.float32)
+    d = libmop.Update("delta", tensors={"w": x})
+    f = libmop.Update("full", tensors={"w": x})
+    with pytest.raises(MopError, match="no bound"):
+        libmop.norm_bound([d])
+    with pytest.raises(MopError, match="DELTA"):
+        libmop.norm_bound([d, f], max_norm=1.0)
+    with pytest.raises(MopError, match="same update"):
+        libmop.norm_bound([d, d], max_norm=1.0)
+    with pytest.raises(ValueError, match="mode"):
+        libmop.norm_bound([d], mode="shrink", max_norm=1.0)
+    with pytest.raises(MopError):
+        libmop.norm_bound([], max_norm=1.0)
+    d.close()
+    with pytest.raises(ValueError, match="closed"):
+        libmop.norm_bound([d], max_norm=1.0)
+    f.close()

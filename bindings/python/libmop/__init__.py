@@ -17,7 +17,7 @@ from .mixture import (Batch, EvalResult, LossResult, Mixture, MixtureTensor, Opt
                       evaluate)
 from .sparse import prune, sparsity
 from .fed import (Aggregator, RdpAccountant, SecAggClient, SecAggServer, Update, UpdateHeader,
-                  partition_dirichlet, partition_iid, partition_skewed, rdp_epsilon,
+                  norm_bound, partition_dirichlet, partition_iid, partition_skewed, rdp_epsilon,
                   rdp_sampled_gaussian)
 
 __version__ = _lib.VERSION
@@ -30,7 +30,7 @@ def has_symbol(name: str) -> bool:
 
 __all__ = ["MopError", "Model", "ModelInfo", "TensorInfo", "Context", "Sampler",
            "Mixture", "MixtureTensor", "Batch", "Optimizer", "LossResult", "EvalResult",
-           "evaluate", "prune", "sparsity", "Update", "UpdateHeader", "Aggregator",
+           "evaluate", "prune", "sparsity", "Update", "UpdateHeader", "Aggregator", "norm_bound",
            "partition_skewed", "partition_iid", "partition_dirichlet", "rdp_epsilon",
            "rdp_sampled_gaussian", "RdpAccountant", "SecAggClient", "SecAggServer",
            "set_log_callback", "status_name", "status_str", "last_error", "version",

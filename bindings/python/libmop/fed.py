@@ -11,7 +11,7 @@ import dataclasses
 import warnings
 from ctypes import (POINTER, Structure, byref, c_char_p, c_float, c_int32, c_int64, c_size_t,
                     c_uint8, c_uint32, c_uint64, c_void_p)
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -241,6 +241,57 @@ class Aggregator(L.Closable):
         """Close the round: the next global values (a new FULL update)."""
         return Update._wrap(L.create("mop_update", lambda out: L.call(
             "mop_aggregator_finish", self, global_values, out)))
+
+
+# ---------------------------------------------------------------------------
+# Norm bounding before aggregation (mop_update_norm_bound)
+
+NORM_BOUND_MODE = {"clip": 0, "reject": 1}
+
+
+class NormBoundParams(Structure):
+    _fields_ = [("struct_size", c_uint32), ("mode", c_int32), ("max_norm", c_float),
+                ("median_multiple", c_float)]
+
+
+L._PROTOS.update({
+    "mop_norm_bound_params_init": (ctypes.c_int, [POINTER(NormBoundParams)]),
+    "mop_update_norm_bound": (ctypes.c_int, [POINTER(c_void_p), c_int32, POINTER(NormBoundParams),
+                                             POINTER(c_uint8), POINTER(c_float),
+                                             POINTER(c_float)]),
+})
+
+
+def norm_bound_params(**params: Any) -> NormBoundParams:
+    """mop_norm_bound_params from keywords mode ("clip" | "reject"), max_norm,
+    median_multiple (None = C default)."""
+    p = NormBoundParams()
+    L.check(L.fn("mop_norm_bound_params_init")(byref(p)))
+    return L.fill_params(p, params, "norm_bound", {"mode": NORM_BOUND_MODE})
+
+
+def norm_bound(updates: Sequence[Update], *, mode: Union[str, int] = "clip",
+               max_norm: float = 0.0, median_multiple: float = 0.0
+               ) -> tuple[np.ndarray, np.ndarray, float]:
+    """Clip or reject the DELTA @p updates whose L2 norm (all tensors but
+    "gate.usage") exceeds B = min(max_norm, median_multiple × median norm)
+    (the terms that are > 0), before aggregation (mop_update_norm_bound).
+    Clipped updates are edited in place. Returns (keep (n,) bool: aggregate
+    it, norms (n,) float32 before bounding, B)."""
+    ups = list(updates)
+    p = norm_bound_params(mode=mode, max_norm=max_norm, median_multiple=median_multiple)
+    n = L.check_c_int("number of updates", len(ups))
+    for u in ups:
+        if not isinstance(u, Update):
+            raise TypeError(f"norm_bound: expected Update objects, got {type(u).__name__}")
+    with L.using(*ups) as ptrs:
+        arr = (c_void_p * max(1, n))(*[p_.value for p_ in ptrs])
+        keep = np.zeros(max(1, n), dtype=np.uint8)
+        norms = np.zeros(max(1, n), dtype=np.float32)
+        b = c_float(0)
+        L.check(L.fn("mop_update_norm_bound")(arr, n, byref(p), L.ptr(keep, c_uint8),
+                                              L.ptr(norms, c_float), byref(b)))
+    return keep[:n].astype(bool), norms[:n].copy(), float(b.value)
 
 
 def _labels(task: Any) -> np.ndarray:
