@@ -431,3 +431,73 @@ def test_norm_bound_errors():
     with pytest.raises(ValueError, match="closed"):
         libmop.norm_bound([d], max_norm=1.0)
     f.close()
+
+
+def _secagg2_round(n, t, drop, xs, length):
+    """Drive a mop_secagg2 round; drop[i] = stage at which client i stops (4 = never)."""
+    kw = dict(n_clients=n, length=length, round=2, min_survivors=t, clip_range=64.0)
+    clients = [libmop.SecAgg2Client(i, **kw) for i in range(n)]
+    server = libmop.SecAgg2Server(**kw)
+    for k in range(4):
+        for i, c in enumerate(clients):
+            if drop[i] <= k:
+                continue
+            msg = None if k == 0 else server.message(i)
+            server.receive(c.step(msg, xs[i] if k == 2 else None))
+        server.advance()
+    total, inc = server.result()
+    for c in clients:
+        c.close()
+    server.close()
+    return total, inc
+
+
+def test_secagg2_with_dropouts_against_numpy():
+    need(["mop_secagg2_client_create", "mop_secagg2_client_step", "mop_secagg2_server_create",
+          "mop_secagg2_server_receive", "mop_secagg2_server_advance",
+          "mop_secagg2_server_message", "mop_secagg2_server_result"])
+    rng = np.random.default_rng(3)
+    n, length = 7, 50
+    xs = [(rng.integers(-4000, 4000, size=length) / 128.0).astype(np.float32) for _ in range(n)]
+    drop = [4, 0, 4, 1, 2, 3, 4]          # one client drops at each stage
+    total, inc = _secagg2_round(n, 3, drop, xs, length)  # 3 answer the unmasking
+    alive = [i for i in range(n) if drop[i] > 2]
+    assert inc.tolist() == alive
+    np.testing.assert_array_equal(total, np.sum([xs[i] for i in alive], axis=0, dtype=np.float64)
+                                  .astype(np.float32))
+    with pytest.raises(MopError, match="fewer than the threshold"):
+        _secagg2_round(5, 3, [4, 2, 2, 2, 4], xs, length)
+
+
+def test_secagg2_refuses_second_survivor_list_and_tampering():
+    kw = dict(n_clients=3, length=4, min_survivors=2)
+    cs = [libmop.SecAgg2Client(i, **kw) for i in range(3)]
+    s = libmop.SecAgg2Server(**kw)
+    x = np.array([1.0, -2.0, 0.5, 4.0], dtype=np.float32)
+    for k in range(3):
+        for i, c in enumerate(cs):
+            s.receive(c.step(None if k == 0 else s.message(i), x if k == 2 else None))
+        s.advance()
+    surv = s.message(0)
+    bad = bytearray(surv)
+    bad[-1] ^= 1
+    with pytest.raises(MopError, match="checksum") as e:
+        cs[0].step(bytes(bad))
+    assert e.value.name == "MOP_E_CHECKSUM"
+    with pytest.raises(MopError):
+        cs[0].step(surv[:20])
+    s.receive(cs[0].step(surv))
+    with pytest.raises(MopError, match="both shares"):
+        cs[0].step(surv)
+    s.receive(cs[1].step(surv))
+    ans2 = cs[2].step(surv)
+    s.receive(ans2)
+    with pytest.raises(MopError, match="already sent"):   # a replayed answer
+        s.receive(ans2)
+    s.advance()
+    total, inc = s.result()
+    np.testing.assert_array_equal(total, 3 * x)
+    assert inc.tolist() == [0, 1, 2]
+    for c in cs:
+        c.close()
+    s.close()
