@@ -199,3 +199,24 @@ def test_secure_aggregation_gives_the_mean(model, fedavg_round):
         np.testing.assert_allclose(a, b, rtol=0, atol=TOL)
     with pytest.raises(ValueError, match="needs each update"):
         lf.MopStrategy(glob, "median", secure_aggregation=True)
+
+
+def test_secure_aggregation_with_client_side_norm_bound(model, fedavg_round):
+    """norm_bound=dict(max_norm=C) under secure aggregation: each client clips
+    its own delta before masking, so the equal-weight mean moves by <= C and
+    equals the mean of the clipped plain deltas."""
+    glob, plain = fedavg_round
+    init = lf.mixture_arrays(glob)
+    d = [np.concatenate([(a - g).ravel().astype(np.float64) for a, g in zip(arrs, init)])
+         for arrs in client_arrays(plain)]
+    C = 0.5 * min(float(np.linalg.norm(x)) for x in d)
+    st = Capture(glob, "fedavg", secure_aggregation=True, norm_bound=dict(max_norm=C),
+                 fit_config={"local_steps": 1})
+    lf.run_inprocess(st, [lambda i=i: make_client(model, i) for i in range(2)], 1, log=None)
+    for _, r in st.results:
+        assert r.metrics["norm_before_bound"] > C
+    got = np.concatenate([(o.astype(np.float64) - g).ravel()
+                          for o, g in zip(st.global_arrays, init)])
+    ref = sum(x * (C / np.linalg.norm(x)) for x in d) / 2
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5)
+    assert np.linalg.norm(got) <= C * (1 + 1e-4)
