@@ -849,6 +849,162 @@ static void test_global_tensors_not_aggregated_are_copied(void **state)
     mop_aggregator_free(a);
 }
 
+/* ---- norm bounding --------------------------------------------------------- */
+
+/* Four deltas of norms 5, 1, 2, 13 (3-4-0, 0-0-1, 0-2-0, 5-12-0) plus a
+ * "gate.usage" tensor that must neither count nor change. Median of
+ * {1, 2, 5, 13} = 3.5. */
+static void nb_make(mop_update **u)
+{
+    static const float x[4][3] = {{3, 4, 0}, {0, 0, 1}, {0, 2, 0}, {5, 12, 0}};
+    const float usage[2] = {100.0f, 200.0f};
+    const int64_t two = 2;
+    for (int i = 0; i < 4; i++) {
+        u[i] = upd(MOP_UPDATE_DELTA, (uint64_t)i, 1.0, x[i], 3);
+        assert_int_equal(mop_update_add_tensor(u[i], "gate.usage", usage, 1, &two), MOP_OK);
+    }
+}
+
+static const float *nb_w(mop_update *u)
+{
+    mop_update_tensor_info ti = {.struct_size = sizeof ti};
+    assert_int_equal(mop_update_get_tensor(u, -1, "w", &ti), MOP_OK);
+    mop_update_tensor_info gi = {.struct_size = sizeof gi};
+    assert_int_equal(mop_update_get_tensor(u, -1, "gate.usage", &gi), MOP_OK);
+    assert_true(gi.data[0] == 100.0f && gi.data[1] == 200.0f);
+    return ti.data;
+}
+
+static void test_norm_bound_clip_fixed(void **state)
+{
+    (void)state;
+    mop_update *u[4];
+    nb_make(u);
+    mop_norm_bound_params p;
+    assert_int_equal(mop_norm_bound_params_init(&p), MOP_OK);
+    assert_int_equal(p.struct_size, sizeof p);
+    assert_int_equal(p.mode, MOP_NORM_BOUND_CLIP);
+    p.max_norm = 2.5f;
+    uint8_t keep[4];
+    float norms[4], bound = 0.0f;
+    assert_int_equal(mop_update_norm_bound(u, 4, &p, keep, norms, &bound), MOP_OK);
+    assert_true(bound == 2.5f);
+    const float want_norm[4] = {5, 1, 2, 13};
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(keep[i], 1);
+        assert_float_equal(norms[i], want_norm[i], 1e-6);
+    }
+    /* 3-4-0 -> x 0.5 = 1.5-2-0; 5-12-0 -> x 2.5/13; the others unchanged (bit for bit) */
+    const float *w0 = nb_w(u[0]), *w1 = nb_w(u[1]), *w2 = nb_w(u[2]), *w3 = nb_w(u[3]);
+    assert_float_equal(w0[0], 1.5, 1e-6);
+    assert_float_equal(w0[1], 2.0, 1e-6);
+    assert_true(w1[2] == 1.0f && w2[1] == 2.0f);
+    assert_float_equal(w3[0], 5.0 * 2.5 / 13.0, 1e-6);
+    assert_float_equal(w3[1], 12.0 * 2.5 / 13.0, 1e-6);
+    double n3 = sqrt((double)w3[0] * w3[0] + (double)w3[1] * w3[1]);
+    assert_true(n3 <= 2.5);
+    for (int i = 0; i < 4; i++)
+        mop_update_free(u[i]);
+}
+
+static void test_norm_bound_reject_median(void **state)
+{
+    (void)state;
+    mop_update *u[4];
+    nb_make(u);
+    mop_norm_bound_params p;
+    assert_int_equal(mop_norm_bound_params_init(&p), MOP_OK);
+    p.mode = MOP_NORM_BOUND_REJECT;
+    p.median_multiple = 2.0f; /* 2 x 3.5 = 7: only the 13 goes */
+    uint8_t keep[4];
+    float bound = 0.0f;
+    assert_int_equal(mop_update_norm_bound(u, 4, &p, keep, NULL, &bound), MOP_OK);
+    assert_float_equal(bound, 7.0, 1e-6);
+    assert_true(keep[0] == 1 && keep[1] == 1 && keep[2] == 1 && keep[3] == 0);
+    assert_true(nb_w(u[3])[1] == 12.0f); /* rejected: unchanged */
+    /* both bounds: the smaller (max_norm 4 < 7) applies */
+    p.max_norm = 4.0f;
+    assert_int_equal(mop_update_norm_bound(u, 4, &p, keep, NULL, &bound), MOP_OK);
+    assert_true(bound == 4.0f);
+    assert_true(keep[0] == 0 && keep[1] == 1 && keep[2] == 1 && keep[3] == 0);
+    /* odd count: median of {1, 2, 5} = 2, x 1 = 2 -> clip 5 to 2 */
+    p.mode = MOP_NORM_BOUND_CLIP;
+    p.max_norm = 0.0f;
+    p.median_multiple = 1.0f;
+    assert_int_equal(mop_update_norm_bound(u, 3, &p, keep, NULL, &bound), MOP_OK);
+    assert_float_equal(bound, 2.0, 1e-6);
+    assert_float_equal(nb_w(u[0])[0], 1.2, 1e-6);
+    assert_float_equal(nb_w(u[0])[1], 1.6, 1e-6);
+    for (int i = 0; i < 4; i++)
+        mop_update_free(u[i]);
+}
+
+static void test_norm_bound_zero_median(void **state)
+{
+    (void)state;
+    const float z[3] = {0, 0, 0}, x[3] = {1, 1, 1};
+    mop_update *u[3] = {upd(MOP_UPDATE_DELTA, 0, 1, z, 3), upd(MOP_UPDATE_DELTA, 1, 1, z, 3),
+                        upd(MOP_UPDATE_DELTA, 2, 1, x, 3)};
+    mop_norm_bound_params p;
+    assert_int_equal(mop_norm_bound_params_init(&p), MOP_OK);
+    p.median_multiple = 3.0f; /* bound 0: the nonzero one is zeroed */
+    uint8_t keep[3];
+    float bound = -1.0f;
+    assert_int_equal(mop_update_norm_bound(u, 3, &p, keep, NULL, &bound), MOP_OK);
+    assert_true(bound == 0.0f && keep[2] == 1);
+    mop_update_tensor_info ti = {.struct_size = sizeof ti};
+    assert_int_equal(mop_update_get_tensor(u[2], -1, "w", &ti), MOP_OK);
+    assert_true(ti.data[0] == 0.0f && ti.data[2] == 0.0f);
+    for (int i = 0; i < 3; i++)
+        mop_update_free(u[i]);
+}
+
+static void test_norm_bound_rejects_bad_args(void **state)
+{
+    (void)state;
+    mop_update *u[4];
+    nb_make(u);
+    const float x[3] = {1, 2, 3};
+    mop_update *full = upd(MOP_UPDATE_FULL, 9, 1.0, x, 3);
+    mop_norm_bound_params p;
+    assert_int_equal(mop_norm_bound_params_init_sized(NULL, sizeof p), MOP_E_INVALID_ARG);
+    assert_int_equal(mop_norm_bound_params_init(&p), MOP_OK);
+    assert_int_equal(mop_update_norm_bound(u, 4, &p, NULL, NULL, NULL), MOP_E_INVALID_ARG);
+    assert_non_null(strstr(mop_last_error(), "no bound"));
+    p.max_norm = 1.0f;
+    assert_int_equal(mop_update_norm_bound(NULL, 4, &p, NULL, NULL, NULL), MOP_E_INVALID_ARG);
+    assert_int_equal(mop_update_norm_bound(u, 0, &p, NULL, NULL, NULL), MOP_E_INVALID_ARG);
+    assert_int_equal(mop_update_norm_bound(u, 4, NULL, NULL, NULL, NULL), MOP_E_INVALID_ARG);
+    mop_update *dup[2] = {u[0], u[0]};
+    assert_int_equal(mop_update_norm_bound(dup, 2, &p, NULL, NULL, NULL), MOP_E_INVALID_ARG);
+    assert_non_null(strstr(mop_last_error(), "same update"));
+    mop_update *withnull[2] = {u[0], NULL};
+    assert_int_equal(mop_update_norm_bound(withnull, 2, &p, NULL, NULL, NULL), MOP_E_INVALID_ARG);
+    mop_update *withfull[2] = {u[0], full};
+    assert_int_equal(mop_update_norm_bound(withfull, 2, &p, NULL, NULL, NULL), MOP_E_INVALID_ARG);
+    assert_non_null(strstr(mop_last_error(), "DELTA"));
+    mop_norm_bound_params q = p;
+    q.mode = 7;
+    assert_int_equal(mop_update_norm_bound(u, 4, &q, NULL, NULL, NULL), MOP_E_INVALID_ARG);
+    q = p;
+    q.max_norm = -1.0f;
+    assert_int_equal(mop_update_norm_bound(u, 4, &q, NULL, NULL, NULL), MOP_E_INVALID_ARG);
+    q = p;
+    q.median_multiple = NAN;
+    assert_int_equal(mop_update_norm_bound(u, 4, &q, NULL, NULL, NULL), MOP_E_INVALID_ARG);
+    q = p;
+    q.struct_size = sizeof q + 4;
+    assert_int_equal(mop_update_norm_bound(u, 4, &q, NULL, NULL, NULL), MOP_E_INVALID_ARG);
+    /* nothing changed by the failed calls; a short struct_size (only mode) keeps the defaults */
+    assert_true(nb_w(u[3])[1] == 12.0f);
+    q = p;
+    q.struct_size = offsetof(mop_norm_bound_params, max_norm);
+    assert_int_equal(mop_update_norm_bound(u, 4, &q, NULL, NULL, NULL), MOP_E_INVALID_ARG);
+    for (int i = 0; i < 4; i++)
+        mop_update_free(u[i]);
+    mop_update_free(full);
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
 
 int main(void)
@@ -879,6 +1035,10 @@ int main(void)
         T(test_rejects_bad_params),
         T(test_rejects_mismatched_updates),
         T(test_global_tensors_not_aggregated_are_copied),
+        T(test_norm_bound_clip_fixed),
+        T(test_norm_bound_reject_median),
+        T(test_norm_bound_zero_median),
+        T(test_norm_bound_rejects_bad_args),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -357,6 +357,70 @@ MOP_API MOP_NODISCARD mop_status mop_aggregator_finish(mop_aggregator *agg,
 /** @} */
 
 /* ------------------------------------------------------------------------ */
+/** @name Norm bounding before aggregation
+ *
+ *  A defence against a few clients that send huge updates (sign-flip ×5,
+ *  noise): before any aggregation strategy, clip or reject each client
+ *  delta whose L2 norm ‖Δ_i‖ (all tensors but "gate.usage", in double)
+ *  exceeds a bound B, fixed (max_norm) or a multiple k of the round's median
+ *  norm (median_multiple; the median of an even count is the mean of the two
+ *  middle norms), or the smaller of the two when both are set:
+ *  B = min(max_norm, k · median_i ‖Δ_i‖).
+ *  Clip: Δ_i ← Δ_i · min(1, B/‖Δ_i‖) (as mop_update_clip(), never above B;
+ *  B = 0 zeroes the update). Reject: the update is left unchanged and
+ *  keep[i] = 0; the host does not aggregate it.
+ *  Use: call it on the round's deltas, then mop_aggregator_add() the kept ones.
+ *  Under secure aggregation the server never sees a norm: only a fixed
+ *  bound in clip mode applies, each client calling it on its own update
+ *  (n = 1) before masking.
+ *  @{ */
+
+/** What happens to an update above the bound. */
+typedef enum mop_norm_bound_mode {
+    MOP_NORM_BOUND_CLIP = 0,  /**< scale it down to norm B */
+    MOP_NORM_BOUND_REJECT = 1 /**< leave it out (keep[i] = 0) */
+} mop_norm_bound_mode;
+
+/** Norm bounding settings. Fill with mop_norm_bound_params_init(). At least
+ *  one of max_norm and median_multiple must be > 0. */
+typedef struct mop_norm_bound_params {
+    uint32_t struct_size;  /**< sizeof(mop_norm_bound_params) */
+    int32_t mode;          /**< ::mop_norm_bound_mode; default ::MOP_NORM_BOUND_CLIP */
+    float max_norm;        /**< fixed bound, finite, >= 0; 0 = none; default 0 */
+    float median_multiple; /**< k, finite, >= 0: bound k × the median norm of the round; 0 = none; default 0 */
+} mop_norm_bound_params;
+
+/** @brief Fill the first @p size bytes of @p p with the documented defaults
+ *  (@c struct_size = @p size). Call it through the macro
+ *  mop_norm_bound_params_init(&p), which passes sizeof *p.
+ *  @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL, or @p size outside what this
+ *  library accepts) */
+MOP_API mop_status mop_norm_bound_params_init_sized(mop_norm_bound_params *p, size_t size);
+/** mop_norm_bound_params_init_sized(p, sizeof *p). */
+#define mop_norm_bound_params_init(p) mop_norm_bound_params_init_sized((p), sizeof *(p))
+
+/**
+ * @brief Bound the L2 norms of one round's client deltas (section text above).
+ * @param[in,out] updates @p n distinct DELTA updates; clipped ones are edited in place
+ * @param[in]     n       number of updates, >= 1
+ * @param[in]     params  settings (struct_size set); required
+ * @param[out]    keep    (n) may be NULL: 1 = aggregate the update, 0 = rejected
+ *                        (always 1 in clip mode)
+ * @param[out]    norms   (n) may be NULL: each ‖Δ_i‖ before bounding
+ * @param[out]    bound   may be NULL: B (+inf never: one bound is always set)
+ * @return ::MOP_OK; ::MOP_E_INVALID_ARG (NULL, n < 1, a NULL or repeated
+ *         update, a FULL update, bad struct_size, unknown mode, a negative or
+ *         non-finite bound, no bound set); ::MOP_E_NOMEM. On error no update
+ *         is changed.
+ */
+MOP_API MOP_NODISCARD mop_status mop_update_norm_bound(mop_update *const *updates, int32_t n,
+                                                       const mop_norm_bound_params *params,
+                                                       uint8_t *keep, float *norms,
+                                                       float *bound);
+
+/** @} */
+
+/* ------------------------------------------------------------------------ */
 /** @name Data partitioners
  *  Assign each of n examples to one of n_clients clients. Pure functions,
  *  thread-safe; the same arguments give the same split on every platform.
@@ -603,7 +667,10 @@ MOP_API MOP_NODISCARD mop_status mop_rdp_accountant_epsilon(const mop_rdp_accoun
 /** @} */
 
 /* ------------------------------------------------------------------------ */
-/** @name Secure aggregation (pairwise additive masking)
+/** @name Secure aggregation (pairwise additive masking), deprecated
+ *
+ *  Deprecated: use the dropout-tolerant protocol below (mop_secagg2_*),
+ *  which adds self-masks and Shamir shares; this one stays until 1.0.
  *
  *  Bonawitz et al. 2017 ("Practical Secure Aggregation for Privacy-Preserving
  *  Machine Learning"), simplified: no secret sharing and no self-mask, but
@@ -858,6 +925,219 @@ MOP_API MOP_NODISCARD mop_status mop_secagg_server_add_recovery(mop_secagg_serve
 MOP_API MOP_NODISCARD mop_status mop_secagg_server_finish(mop_secagg_server *s, float *sum,
                                                           int64_t n, int32_t *included,
                                                           int32_t *n_included);
+
+/** @} */
+
+/* ------------------------------------------------------------------------ */
+/** @name Secure aggregation with dropout recovery (SecAgg)
+ *
+ *  Bonawitz et al. 2017 ("Practical Secure Aggregation for Privacy-Preserving
+ *  Machine Learning", the semi-honest protocol of section 4 without its
+ *  consistency-check round): self-masks plus pairwise masks, and t-of-n
+ *  Shamir shares of both the self-mask seed and the pairwise-mask secret key,
+ *  so the server recovers the sum when clients drop at any step, as long as
+ *  t = min_survivors of them are left. Prefer it to the simplified
+ *  mop_secagg_client / mop_secagg_server above (no self-mask: one client
+ *  that drops after masking, if the survivors then also drop, makes the round
+ *  unrecoverable; kept for compatibility, deprecated, to be removed in 1.0).
+ *
+ *  The host moves the bytes and drives the stages, round after round of
+ *  messages: clients call mop_secagg2_client_step() with the server's last
+ *  message for them and send what it returns; the server takes every client
+ *  message of a stage with mop_secagg2_server_receive(), then closes the
+ *  stage with mop_secagg2_server_advance() (which needs t messages) and
+ *  hands each client its next message (mop_secagg2_server_message()).
+ *  Stages, with U1 ⊇ U2 ⊇ U3 ⊇ U4 the clients whose message of that stage
+ *  arrived:
+ *  0. advertise: client u (mop_secagg2_client_step(c, NULL, 0, NULL, 0, ...))
+ *     draws two X25519 key pairs (c: for encrypting shares, s: for
+ *     pairwise masks) and sends both public keys. The server broadcasts the
+ *     list U1 (needs |U1| >= t).
+ *  1. share keys: u draws the self-mask seed b_u (32 bytes, OS CSPRNG),
+ *     splits b_u and its secret key s_u into t-of-|U1| Shamir shares over
+ *     GF(2^61 − 1) and sends each v ∈ U1 its two shares, encrypted with
+ *     XChaCha20-Poly1305 under BLAKE2b(X25519(c_u, c_v), ...), plus a
+ *     commitment BLAKE2b(b_u). The server forwards to each v ∈ U2 the
+ *     ciphertexts addressed to it (needs |U2| >= t).
+ *  2. masked input: u encodes x_u in fixed point (as mop_secagg_params
+ *     says) and sends y_u = enc(x_u) + PRG(b_u) + Σ_{v∈U2, v>u} PRG(s_uv) −
+ *     Σ_{v∈U2, v<u} PRG(s_uv) mod 2^ring_bits, s_uv =
+ *     BLAKE2b(X25519(s_u, s_v), round, ...), PRG = ChaCha20. The server adds
+ *     the y_u and broadcasts the list U3 (needs |U3| >= t).
+ *  3. unmasking: u ∈ U3 sends, for every v ∈ U2, the share of b_v when v ∈
+ *     U3, or the share of s_v when v ∉ U3 — never both for one v: a client
+ *     answers one survivor list only, which must hold itself and be a subset
+ *     of U2 with at least t members; anything else is refused with
+ *     ::MOP_E_STATE. The server (needs |U4| >= t) reconstructs each b_v of U3
+ *     and each s_v of U2 \ U3 (checking them against the commitment and the
+ *     advertised public key, and the redundant shares against each other),
+ *     removes PRG(b_v) and the dropped clients' pairwise masks, and decodes
+ *     Σ_{u∈U3} x_u (mop_secagg2_server_result()).
+ *  Clients that drop before stage 2 are not in the sum; a client that drops
+ *  after sending its masked input is (its self-mask comes from the others'
+ *  shares).
+ *
+ *  Threat model (docs/PRIVACY.md): an honest-but-curious server and up to
+ *  t − 1 colluding clients learn nothing about the honest clients' inputs
+ *  beyond the sum over U3. An active server that sends different survivor
+ *  lists to different clients can collect both shares of one client from
+ *  two groups; the paper's consistency-check round (signed U3) that stops
+ *  this is not implemented, nor are signatures on the advertised keys (the
+ *  key broadcast is trusted). Choose t > n/2 so that two disjoint groups of
+ *  t answers cannot exist. Messages carry a BLAKE2b-128 checksum (transmission
+ *  errors: ::MOP_E_CHECKSUM); shares are authenticated encryption, so a
+ *  tampered share fails to decrypt (::MOP_E_CHECKSUM) at its recipient.
+ *  Masked vectors carry one extra slot encoding 0: finish fails with
+ *  ::MOP_E_CHECKSUM rather than return a wrong sum.
+ *
+ *  Cost: per client O(n) keys and shares and n + 1 PRG expansions of the
+ *  vector; the server holds O(n²) shares (n·n·64 bytes) and expands
+ *  |U3| + |U3|·|U2 \ U3| PRG vectors. Message layouts: docs/PRIVACY.md.
+ *  @{ */
+
+/** Stages of a round (the server's and each client's position). */
+typedef enum mop_secagg2_stage {
+    MOP_SECAGG2_ADVERTISE = 0, /**< clients send their public keys */
+    MOP_SECAGG2_SHARE = 1,     /**< clients send encrypted shares */
+    MOP_SECAGG2_MASKED = 2,    /**< clients send masked inputs */
+    MOP_SECAGG2_UNMASK = 3,    /**< clients send the shares that remove the masks */
+    MOP_SECAGG2_DONE = 4       /**< finished (server: result ready) */
+} mop_secagg2_stage;
+
+/** One client's side of a dropout-tolerant round. Opaque; wiped on free. */
+typedef struct mop_secagg2_client mop_secagg2_client;
+/** The server's side of a dropout-tolerant round. Opaque. */
+typedef struct mop_secagg2_server mop_secagg2_server;
+
+/**
+ * @brief Create client @p index of a round.
+ * @param params the round's settings (copied; min_survivors is the Shamir
+ *               threshold t); equal on every client and the server
+ * @param index  this client's index, 0..n_clients−1
+ * @param out    the client; free with mop_secagg2_client_free()
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG, ::MOP_E_RANGE (as
+ *         mop_secagg_client_create()), ::MOP_E_NOMEM, ::MOP_E_INTERNAL
+ */
+MOP_API MOP_NODISCARD mop_status mop_secagg2_client_create(const mop_secagg_params *params,
+                                                           int32_t index,
+                                                           mop_secagg2_client **out);
+
+/** @brief Free a client, wiping its keys, seed and shares.
+ *  @param c the client, or NULL (no-op) */
+MOP_API void mop_secagg2_client_free(mop_secagg2_client *c);
+
+/**
+ * @brief Take the client's next stage: read the server's message @p msg for
+ * it and produce the message to send back.
+ * - stage advertise: @p msg NULL, @p n 0 → public keys;
+ * - stage share: the server's key list → encrypted shares;
+ * - stage masked input: the server's forwarded shares, and @p x (@p n_x =
+ *   length floats, finite) → the masked input;
+ * - stage unmasking: the server's survivor list → the unmasking shares.
+ * On error the client stays where it was (a corrupted message may be
+ * retried), except that it never answers a second survivor list.
+ * @param c     the client
+ * @param msg   @p n bytes from mop_secagg2_server_message() (only read during the call)
+ * @param n     size of @p msg
+ * @param x     the input, only at the masked-input stage (else NULL)
+ * @param n_x   floats in @p x (0 when NULL)
+ * @param out   receives the message to send, owned by the client: valid until
+ *              the next call on @p c or its free
+ * @param n_out receives its size in bytes
+ * @return ::MOP_OK; ::MOP_E_INVALID_ARG (NULL, NaN/Inf in @p x, a message
+ *         where none is expected); ::MOP_E_SHAPE (@p n_x ≠ length);
+ *         ::MOP_E_FORMAT (bad magic, truncated, trailing bytes, reserved word
+ *         ≠ 0, indices out of range or not ascending, a malformed share);
+ *         ::MOP_E_UNSUPPORTED (version);
+ *         ::MOP_E_CHECKSUM (checksum, a share that fails to decrypt);
+ *         ::MOP_E_STATE (a message of another stage, or for another client;
+ *         other round or parameters; fewer than t clients
+ *         listed; this client missing from a list or its keys altered; a
+ *         second survivor list, or one that would reveal both shares of a
+ *         client; the round is done); ::MOP_E_NOMEM.
+ */
+MOP_API MOP_NODISCARD mop_status mop_secagg2_client_step(mop_secagg2_client *c,
+                                                         const uint8_t *msg, size_t n,
+                                                         const float *x, int64_t n_x,
+                                                         const uint8_t **out, size_t *n_out);
+
+/**
+ * @brief Create the server side of a round (stage advertise).
+ * @param params the round's settings (copied); must equal the clients'
+ * @param out    the server; free with mop_secagg2_server_free()
+ * @return as mop_secagg2_client_create()
+ */
+MOP_API MOP_NODISCARD mop_status mop_secagg2_server_create(const mop_secagg_params *params,
+                                                           mop_secagg2_server **out);
+
+/** @brief Free a server.
+ *  @param s the server, or NULL (no-op) */
+MOP_API void mop_secagg2_server_free(mop_secagg2_server *s);
+
+/**
+ * @brief Take one client's message of the current stage.
+ * @param s   the server
+ * @param msg @p n bytes from mop_secagg2_client_step() (only read during the call)
+ * @param n   size of @p msg
+ * @return ::MOP_OK; ::MOP_E_INVALID_ARG (NULL); ::MOP_E_FORMAT,
+ *         ::MOP_E_UNSUPPORTED, ::MOP_E_CHECKSUM (as for the client);
+ *         ::MOP_E_STATE (a message of another stage, round or parameters;
+ *         a second message from that client; a client that did not take
+ *         part in the previous stage; shares for other clients than the
+ *         stage's list; an unmasking answer that does not give exactly one
+ *         share per client of U2, the right kind); ::MOP_E_SHAPE (other
+ *         length); ::MOP_E_NOMEM. On error the server is unchanged.
+ */
+MOP_API MOP_NODISCARD mop_status mop_secagg2_server_receive(mop_secagg2_server *s,
+                                                            const uint8_t *msg, size_t n);
+
+/**
+ * @brief Close the current stage: the clients that have not sent their
+ * message by now have dropped. After the unmasking stage this reconstructs
+ * the masks and decodes the sum.
+ * @param s the server
+ * @return ::MOP_OK; ::MOP_E_STATE (fewer than t = min_survivors messages in
+ *         this stage: the message says how many, and the round cannot go on;
+ *         the round is done); ::MOP_E_CHECKSUM (a reconstructed seed or key
+ *         does not match its commitment or public key, the shares disagree,
+ *         or the masks did not cancel: some client sent wrong shares);
+ *         ::MOP_E_NOMEM. On error the stage stays open (more messages may
+ *         still be received).
+ */
+MOP_API MOP_NODISCARD mop_status mop_secagg2_server_advance(mop_secagg2_server *s);
+
+/**
+ * @brief The server's message for client @p index, after advance(): the key
+ * list (stage share), the shares addressed to it (stage masked input), the
+ * survivor list (stage unmasking).
+ * @param s     the server
+ * @param index the recipient; must be in the stage's list (U1, U2, U3)
+ * @param out   receives the message, owned by the server: valid until the
+ *              next call on @p s that changes it (receive, advance, message) or its free
+ * @param n_out receives its size in bytes
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL, index out of range),
+ *         ::MOP_E_STATE (no message at this stage; @p index dropped out
+ *         earlier), ::MOP_E_NOMEM
+ */
+MOP_API MOP_NODISCARD mop_status mop_secagg2_server_message(mop_secagg2_server *s,
+                                                            int32_t index,
+                                                            const uint8_t **out,
+                                                            size_t *n_out);
+
+/**
+ * @brief The decoded sum Σ_{u∈U3} round(clip(x_u)·scale)/scale, once the
+ * round is done.
+ * @param s          the server
+ * @param sum        out (length floats)
+ * @param n          must equal length
+ * @param included   out, may be NULL: U3 ascending (room for n_clients)
+ * @param n_included out, may be NULL: |U3|
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG, ::MOP_E_SHAPE, ::MOP_E_STATE (not done)
+ */
+MOP_API MOP_NODISCARD mop_status mop_secagg2_server_result(const mop_secagg2_server *s,
+                                                           float *sum, int64_t n,
+                                                           int32_t *included,
+                                                           int32_t *n_included);
 
 /** @} */
 

@@ -21,9 +21,15 @@
 
 typedef struct fed_opts {
     const char *data, *val, *out, *csv, *strategy, *split, *baseline, *attack, *system;
+    const char *nb_mode;          /* --norm-bound-mode clip | reject */
+    float nb_max, nb_median_x;    /* --norm-bound, --norm-bound-median-x; 0 = off */
+    mop_norm_bound_params nbp;    /* filled from the three when nb_on */
+    int32_t nb_on;
     int32_t template_system;
     int32_t n_clients, rounds, local_steps, K, P, B, max_len, n_threads, malicious, krum_f;
     int32_t secure_agg, split_kind; /* 0 skewed, 1 iid, 2 dirichlet */
+    int32_t secagg_new, secagg_t;   /* --secagg (--secure-agg: its old name), --secagg-threshold */
+    float secagg_dropout;           /* --secagg-dropout F */
     int32_t pretrain_epochs, no_pretrain, n_shared, gate_layer, inject_layer;
     float gate_lr, gate_clip, pretrain_lr;
     float alpha, lr, skew_ratio, prox_mu, dp_clip, dp_noise, dp_delta, server_lr, trim_ratio;
@@ -293,12 +299,6 @@ out:
     return rc;
 }
 
-static int secagg_begin(fed_secagg *sa, int32_t n_clients, int64_t round, int64_t n_floats)
-{
-    /* 2^20 with scale 2^32: up to 2047 clients */
-    return secagg_begin_v(sa, n_clients, round, n_floats + 1, 4294967296.0f, 1048576.0f);
-}
-
 /* One secure sum of a `length`-float vector per client: fill(user, c, vec)
  * writes client c's vector (every value must lie in [-clip, clip], checked
  * here: the protocol would clip silently), the server learns only the sum,
@@ -343,10 +343,104 @@ out:
     return rc;
 }
 
-/* Step 3: client c masks n_c·Δ (u may be NULL: a client without data sends 0)
- * in the tensor order of the global update `gu`; the server adds the blob. */
-static int secagg_send(fed_secagg *sa, int32_t c, const mop_update *u, const mop_update *gu,
-                       double n_c)
+/* ---- Secure aggregation with dropout recovery (mop_secagg2_*), one round ----
+ * The clients' vectors are n_i·Δ_i followed by n_i (as above). drop[c] is
+ * the stage at which client c stops answering this round: 0 before
+ * advertising its keys, 1 before sharing them, 2 before its masked input,
+ * 3 before the unmasking answer, 4 never. */
+typedef struct fed_sa2 {
+    mop_secagg_params sp;
+    mop_secagg2_client **clients; /* (n) */
+    mop_secagg2_server *server;
+    int32_t n;
+    int *drop;                    /* (n) */
+    float *vec;                   /* (length) */
+    uint8_t *msg;                 /* copy of the server's message for one client */
+    size_t msg_cap;
+} fed_sa2;
+
+static void sa2_free(fed_sa2 *sa)
+{
+    if (sa->clients)
+        for (int32_t c = 0; c < sa->n; c++)
+            mop_secagg2_client_free(sa->clients[c]);
+    free(sa->clients);
+    mop_secagg2_server_free(sa->server);
+    free(sa->vec);
+    free(sa->msg);
+    memset(sa, 0, sizeof *sa);
+}
+
+/* Client c's answer to the server's message for it (none at stage 0),
+ * received by the server. x: the input at the masked-input stage. */
+static mop_status sa2_exchange(fed_sa2 *sa, int32_t c, int stage, const float *x)
+{
+    const uint8_t *in = NULL, *out = NULL;
+    size_t n_in = 0, n_out = 0;
+    mop_status st = MOP_OK;
+    if (stage > 0) {
+        if ((st = mop_secagg2_server_message(sa->server, c, &in, &n_in)) != MOP_OK)
+            return st;
+        if (n_in > sa->msg_cap) {
+            uint8_t *q = realloc(sa->msg, n_in);
+            if (!q)
+                return MOP_E_NOMEM;
+            sa->msg = q;
+            sa->msg_cap = n_in;
+        }
+        memcpy(sa->msg, in, n_in);
+    }
+    st = mop_secagg2_client_step(sa->clients[c], stage > 0 ? sa->msg : NULL, n_in, x,
+                                 x ? sa->sp.length : 0, &out, &n_out);
+    if (st == MOP_OK)
+        st = mop_secagg2_server_receive(sa->server, out, n_out);
+    return st;
+}
+
+/* Every client still in at stage k answers; the server closes the stage. */
+static int sa2_stage(fed_sa2 *sa, int k)
+{
+    for (int32_t c = 0; c < sa->n; c++) {
+        if (sa->drop[c] <= k)
+            continue;
+        mop_status st = sa2_exchange(sa, c, k, NULL);
+        if (st != MOP_OK)
+            return cli_fail(st, "secure aggregation: client %d", (int)c);
+    }
+    mop_status st = mop_secagg2_server_advance(sa->server);
+    return st == MOP_OK ? CLI_OK : cli_fail(st, "secure aggregation: the server cannot go on");
+}
+
+/* Stages advertise and share keys. */
+static int sa2_begin(fed_sa2 *sa, int32_t n, int64_t round, int64_t n_floats, int32_t t,
+                     int *drop)
+{
+    memset(sa, 0, sizeof *sa);
+    mop_secagg_params_init(&sa->sp);
+    sa->sp.n_clients = n;
+    sa->sp.round = round;
+    sa->sp.length = n_floats + 1;
+    sa->sp.scale = 4294967296.0f; /* as the simplified protocol: 2^32, range 2^20 */
+    sa->sp.clip_range = 1048576.0f;
+    sa->sp.min_survivors = t;
+    sa->n = n;
+    sa->drop = drop;
+    sa->clients = calloc((size_t)n, sizeof *sa->clients);
+    sa->vec = malloc((size_t)sa->sp.length * sizeof *sa->vec);
+    if (!sa->clients || !sa->vec)
+        return cli_error("out of memory");
+    mop_status st = mop_secagg2_server_create(&sa->sp, &sa->server);
+    for (int32_t c = 0; st == MOP_OK && c < n; c++)
+        st = mop_secagg2_client_create(&sa->sp, c, &sa->clients[c]);
+    if (st != MOP_OK)
+        return cli_fail(st, "secure aggregation setup failed");
+    if (sa2_stage(sa, 0) != CLI_OK || sa2_stage(sa, 1) != CLI_OK)
+        return CLI_ERROR;
+    return CLI_OK;
+}
+
+/* Stage masked input for client c (u NULL: a client without data sends 0). */
+static int sa2_send(fed_sa2 *sa, int32_t c, const mop_update *u, const mop_update *gu, double n_c)
 {
     int64_t pos = 0;
     for (int32_t i = 0; i < mop_update_tensor_count(gu); i++) {
@@ -364,21 +458,30 @@ static int secagg_send(fed_secagg *sa, int32_t c, const mop_update *u, const mop
         pos += gi.size;
     }
     sa->vec[pos] = (float)n_c;
-    size_t n_blob = 0;
-    mop_status st = mop_secagg_client_mask(sa->clients[c], sa->vec, sa->sp.length, sa->blob,
-                                           sa->blob_cap, &n_blob);
-    if (st == MOP_OK)
-        st = mop_secagg_server_add_masked(sa->server, sa->blob, n_blob);
+    mop_status st = sa2_exchange(sa, c, 2, sa->vec);
     return st == MOP_OK ? CLI_OK : cli_fail(st, "secure aggregation: client %d", (int)c);
 }
 
-/* Step 5: the server decodes Σ n_i Δ_i and Σ n_i and turns them into one
- * DELTA update Σ n_i Δ_i / Σ n_i carrying weight Σ n_i. */
-static int secagg_finish(fed_secagg *sa, const mop_update *gu, int64_t round, mop_update **out)
+/* Close the masked-input stage, run the unmasking, decode Σ n_i Δ_i / Σ n_i
+ * into one DELTA update of weight Σ n_i (as secagg_finish()). */
+static int sa2_finish(fed_sa2 *sa, const mop_update *gu, int64_t round, mop_update **out)
 {
-    mop_status st = mop_secagg_server_finish(sa->server, sa->vec, sa->sp.length, NULL, NULL);
+    mop_status st = mop_secagg2_server_advance(sa->server);
     if (st != MOP_OK)
-        return cli_fail(st, "secure aggregation: the server cannot decode the sum");
+        return cli_fail(st, "secure aggregation: the server cannot go on");
+    if (sa2_stage(sa, 3) != CLI_OK)
+        return CLI_ERROR;
+    int32_t n_inc = 0;
+    int counts[4] = {0, 0, 0, 0};
+    for (int32_t c = 0; c < sa->n; c++)
+        for (int k = 0; k < 4; k++)
+            counts[k] += sa->drop[c] > k;
+    if ((st = mop_secagg2_server_result(sa->server, sa->vec, sa->sp.length, NULL, &n_inc)) != MOP_OK)
+        return cli_fail(st, "secure aggregation: no result");
+    printf("round %d: secure aggregation (t = %d of %d): %d advertised keys, %d shared them, "
+           "%d masked inputs in the sum, %d answered the unmasking\n", (int)round + 1,
+           (int)sa->sp.min_survivors, (int)sa->n, counts[0], counts[1], (int)n_inc, counts[3]);
+    fflush(stdout);
     double total = sa->vec[sa->sp.length - 1];
     if (!(total > 0.5))
         return cli_error("secure aggregation: the clients' total sample count is %g", total);
@@ -402,6 +505,79 @@ static int secagg_finish(fed_secagg *sa, const mop_update *gu, int64_t round, mo
         pos += gi.size;
     }
     return CLI_OK;
+}
+
+/* This round's dropouts: floor(F·N) clients drawn by the seed, the i-th of
+ * them at stage (i + round) mod 4. drop[c] = 4 for the others. */
+static void dropout_plan(int *drop, int32_t n, float frac, uint64_t seed, int32_t round)
+{
+    for (int32_t c = 0; c < n; c++)
+        drop[c] = 4;
+    int32_t k = (int32_t)floor((double)frac * n + 1e-9);
+    uint64_t s = client_seed(seed, round, 0, 5);
+    int32_t *order = malloc((size_t)n * sizeof *order);
+    if (!order)
+        return;
+    for (int32_t c = 0; c < n; c++)
+        order[c] = c;
+    for (int32_t c = n - 1; c > 0; c--) { /* Fisher-Yates */
+        int32_t j = (int32_t)(cli_rand(&s) % (uint64_t)(c + 1));
+        int32_t tmp = order[c];
+        order[c] = order[j];
+        order[j] = tmp;
+    }
+    for (int32_t i = 0; i < k; i++)
+        drop[order[i]] = (int)((i + round) % 4);
+    free(order);
+}
+
+/* Bound the norms of the round's n updates, print what happened, add the
+ * kept ones to the aggregator and free all of them (ups[] is left NULL). */
+static int norm_bound_round(mop_aggregator *agg, const mop_norm_bound_params *nbp,
+                            mop_update **ups, int32_t n, int32_t r)
+{
+    uint8_t *keep = malloc((size_t)n);
+    float *norms = malloc((size_t)n * sizeof *norms);
+    float bound = 0.0f;
+    int rc = CLI_ERROR;
+    mop_status st;
+    if (!keep || !norms) {
+        cli_error("out of memory");
+        goto out;
+    }
+    if ((st = mop_update_norm_bound(ups, n, nbp, keep, norms, &bound)) != MOP_OK) {
+        cli_fail(st, "round %d: norm bound", (int)r + 1);
+        goto out;
+    }
+    int32_t n_over = 0, n_kept = 0;
+    for (int32_t i = 0; i < n; i++) {
+        n_over += norms[i] > bound;
+        n_kept += keep[i];
+    }
+    printf("round %d: norm bound %.6g (%s): update norms", (int)r + 1, (double)bound,
+           nbp->mode == MOP_NORM_BOUND_CLIP ? "clip" : "reject");
+    for (int32_t i = 0; i < n; i++)
+        printf(" %.4g", (double)norms[i]);
+    printf("; %d above the bound, %d of %d aggregated\n", (int)n_over, (int)n_kept, (int)n);
+    fflush(stdout);
+    if (n_kept == 0) {
+        cli_error("round %d: the norm bound %g rejected every update", (int)r + 1, (double)bound);
+        goto out;
+    }
+    for (int32_t i = 0; i < n; i++)
+        if (keep[i] && (st = mop_aggregator_add(agg, ups[i])) != MOP_OK) {
+            cli_fail(st, "round %d: the server rejected an update", (int)r + 1);
+            goto out;
+        }
+    rc = CLI_OK;
+out:
+    for (int32_t i = 0; i < n; i++) {
+        mop_update_free(ups[i]);
+        ups[i] = NULL;
+    }
+    free(keep);
+    free(norms);
+    return rc;
 }
 
 static int validate(fed_state *fs, double *ppl)
@@ -698,9 +874,10 @@ static int run(mop_model *model, const fed_opts *o, const mop_mixture_params *mp
     fs.val = val;
     mop_aggregator *agg = NULL;
     mop_rdp_accountant *acc = NULL;
-    mop_update *gu = NULL, *u = NULL, *next = NULL;
-    fed_secagg sa;
-    memset(&sa, 0, sizeof sa);
+    mop_update *gu = NULL, *u = NULL, *next = NULL, **nb_ups = NULL;
+    fed_sa2 sa2;
+    memset(&sa2, 0, sizeof sa2);
+    int *drop = NULL;
     FILE *csv = NULL;
     int rc = CLI_ERROR;
     int32_t N = o->n_clients;
@@ -794,26 +971,51 @@ static int run(mop_model *model, const fed_opts *o, const mop_mixture_params *mp
     printf("round 0: validation perplexity %.4f\n", ppl);
     fflush(stdout);
 
+    /* Norm bounding on the server (not under secure aggregation): the
+     * round's updates are kept until every client has sent one. */
+    int nb_server = o->nb_on && !o->secure_agg;
+    if (nb_server && !(nb_ups = calloc((size_t)N, sizeof *nb_ups))) {
+        cli_error("out of memory");
+        goto out;
+    }
+    if (!(drop = malloc((size_t)N * sizeof *drop))) {
+        cli_error("out of memory");
+        goto out;
+    }
     double eps = 0.0;
     cli_meter meter; /* client-rounds done, with an ETA */
     cli_meter_start(&meter, "fed-sim", 10.0);
     for (int32_t r = 0; r < o->rounds; r++) {
         double t0 = cli_now(), loss_sum = 0.0;
-        int32_t n_trained = 0;
+        int32_t n_trained = 0, nb_n = 0;
         if ((st = mop_update_from_mixture(fs.global, NULL, r, 0, 0.0, NULL, &gu)) != MOP_OK) {
             cli_fail(st, "cannot snapshot the global mixture");
             goto out;
         }
+        dropout_plan(drop, N, o->secagg_dropout, o->seed, r);
+        if (o->secagg_dropout > 0.0f) {
+            printf("round %d: dropouts:", (int)r + 1);
+            for (int32_t c = 0; c < N; c++)
+                if (drop[c] < 4)
+                    printf(" client %d before %s;", (int)c,
+                           drop[c] == 0 ? "advertising keys" : drop[c] == 1 ? "sharing keys"
+                           : drop[c] == 2 ? "its masked input" : "the unmasking answer");
+            printf("\n");
+            fflush(stdout);
+        }
         if (o->secure_agg &&
-            secagg_begin(&sa, N, r, (int64_t)mop_mixture_n_params(fs.global)) != CLI_OK)
+            sa2_begin(&sa2, N, r, (int64_t)mop_mixture_n_params(fs.global), o->secagg_t,
+                      drop) != CLI_OK)
             goto out;
         for (int32_t c = 0; c < N; c++) {
             cli_meter_report(&meter, (uint64_t)(r * N + c), (uint64_t)(o->rounds * N),
                              "round %d/%d, client %d/%d", (int)r + 1, (int)o->rounds, (int)c + 1,
                              (int)N);
             double n_c = (double)fs.n_members[c];
+            if (drop[c] <= 2) /* dropped before its input reached the server */
+                continue;
             if (fs.n_members[c] == 0) { /* nothing to learn from; still a secagg peer */
-                if (o->secure_agg && secagg_send(&sa, c, NULL, gu, 0.0) != CLI_OK)
+                if (o->secure_agg && sa2_send(&sa2, c, NULL, gu, 0.0) != CLI_OK)
                     goto out;
                 continue;
             }
@@ -835,8 +1037,19 @@ static int run(mop_model *model, const fed_opts *o, const mop_mixture_params *mp
             }
             if (c < o->malicious && poison(u, o->attack, client_seed(o->seed, r, c, 3)) != CLI_OK)
                 goto out;
+            if (o->nb_on && o->secure_agg) { /* the client bounds its own update */
+                if ((st = mop_update_norm_bound(&u, 1, &o->nbp, NULL, NULL, NULL)) != MOP_OK) {
+                    cli_fail(st, "round %d, client %d: norm bound", (int)r + 1, (int)c);
+                    goto out;
+                }
+            }
+            if (nb_server) {
+                nb_ups[nb_n++] = u;
+                u = NULL;
+                continue;
+            }
             if (o->secure_agg) {
-                if (secagg_send(&sa, c, u, gu, n_c) != CLI_OK)
+                if (sa2_send(&sa2, c, u, gu, n_c) != CLI_OK)
                     goto out;
             } else if ((st = mop_aggregator_add(agg, u)) != MOP_OK) {
                 cli_fail(st, "round %d: the server rejected client %d's update", (int)r + 1,
@@ -847,10 +1060,12 @@ static int run(mop_model *model, const fed_opts *o, const mop_mixture_params *mp
             u = NULL;
         }
         cli_progress_end();
+        if (nb_server && nb_n > 0 && norm_bound_round(agg, &o->nbp, nb_ups, nb_n, r) != CLI_OK)
+            goto out;
         if (o->secure_agg) {
-            if (secagg_finish(&sa, gu, r, &u) != CLI_OK)
+            if (sa2_finish(&sa2, gu, r, &u) != CLI_OK)
                 goto out;
-            secagg_free(&sa, N);
+            sa2_free(&sa2);
             if ((st = mop_aggregator_add(agg, u)) != MOP_OK) {
                 cli_fail(st, "round %d: cannot aggregate the secure sum", (int)r + 1);
                 goto out;
@@ -912,7 +1127,12 @@ out:
     cli_progress_end();
     if (csv && fclose(csv) != 0 && rc == CLI_OK)
         rc = cli_error("cannot write '%s'", o->csv);
-    secagg_free(&sa, N);
+    sa2_free(&sa2);
+    free(drop);
+    if (nb_ups)
+        for (int32_t c = 0; c < N; c++)
+            mop_update_free(nb_ups[c]);
+    free(nb_ups);
     mop_update_free(u);
     mop_update_free(gu);
     mop_update_free(next);
@@ -953,6 +1173,7 @@ int cli_cmd_fed_sim(int argc, char **argv)
         .B = 4, .max_len = 256, .krum_f = 1, .lr = 3e-3f, .skew_ratio = 15.0f,
         .dp_delta = 1e-5f, .server_lr = 0.0f, .trim_ratio = 0.1f, .seed = 1234,
         .gate_lr = 1e-3f, .gate_clip = 1.0f, .gate_layer = -1, .inject_layer = -1,
+        .nb_mode = "clip",
     };
     const cli_opt opts[] = {
         {"data", 'd', CLI_STRING, &o.data, "FILE", "training data, JSONL {task, instruction, response}; required"},
@@ -984,7 +1205,13 @@ int cli_cmd_fed_sim(int argc, char **argv)
         {"dp-clip", 0, CLI_FLOAT, &o.dp_clip, "C", "clip each client delta to L2 norm C; default off"},
         {"dp-noise", 0, CLI_FLOAT, &o.dp_noise, "Z", "local DP: add N(0, (Z*C)^2) to each clipped delta (needs --dp-clip); default 0"},
         {"dp-delta", 0, CLI_FLOAT, &o.dp_delta, "D", "delta of the reported (epsilon, delta); default 1e-5"},
-        {"secure-agg", 0, CLI_FLAG, &o.secure_agg, NULL, "pairwise-masked secure aggregation (FedAvg family only)"},
+        {"norm-bound", 0, CLI_FLOAT, &o.nb_max, "C", "clip or reject (--norm-bound-mode) each client delta of L2 norm above C, before the strategy; default off"},
+        {"norm-bound-median-x", 0, CLI_FLOAT, &o.nb_median_x, "K", "bound = K x the round's median delta norm (with --norm-bound: the smaller); default off"},
+        {"norm-bound-mode", 0, CLI_STRING, &o.nb_mode, "clip|reject", "what --norm-bound / --norm-bound-median-x do to an update above the bound; default clip"},
+        {"secagg", 0, CLI_FLAG, &o.secagg_new, NULL, "secure aggregation with dropout recovery (self-masks, pairwise masks, Shamir shares; FedAvg family only)"},
+        {"secure-agg", 0, CLI_FLAG, &o.secure_agg, NULL, "the old name of --secagg"},
+        {"secagg-threshold", 0, CLI_INT, &o.secagg_t, "T", "secure aggregation: fewest clients (2..N) whose sum may be revealed at every stage; default N/2 + 1"},
+        {"secagg-dropout", 0, CLI_FLOAT, &o.secagg_dropout, "F", "each round floor(F*N) clients (drawn by --seed) drop, at the four protocol stages in turn; without --secagg they just send nothing (the plain FedAvg reference over the same survivors); default 0"},
         {"malicious", 0, CLI_INT, &o.malicious, "M", "clients 0..M-1 send an attack instead of their delta; default 0"},
         {"attack", 0, CLI_STRING, &o.attack, "KIND", "sign-flip (-5 x delta) | noise (N(0, 10^2) values); default sign-flip"},
         {"csv", 0, CLI_STRING, &o.csv, "FILE", "write round,val_ppl,client_loss,seconds,epsilon per round"},
@@ -1014,11 +1241,16 @@ int cli_cmd_fed_sim(int argc, char **argv)
         "Strategies: fedavg fedavgm fedadam fedyogi fedadagrad median trimmed_mean\n"
         "krum multi_krum task_arithmetic ties dare breadcrumbs mop_aware.\n"
         "--dp-clip/--dp-noise: local DP, epsilon from the RDP accountant (sample\n"
-        "rate 1, one step per round). --secure-agg: clients mask n_i*delta_i and n_i,\n"
+        "rate 1, one step per round). --secagg: clients mask n_i*delta_i and n_i,\n"
         "the server only learns the sums and takes their FedAvg (FedAvg family only);\n"
+        "up to N - T clients may drop (--secagg-dropout simulates it) and the round\n"
+        "still gives the FedAvg of the clients whose masked input arrived;\n"
         "the gate's statistics (n, sum u, then sum (u - mean)^2) and the pre-trained\n"
         "gates (n_i*gate_i, n_i) go through secure sums too.\n"
         "--malicious M: the first M clients attack (robustness experiments).\n"
+        "--norm-bound C / --norm-bound-median-x K: before the strategy, clip (or with\n"
+        "--norm-bound-mode reject, leave out) every delta whose L2 norm exceeds C or K\n"
+        "times the round's median norm (the smaller when both are given).\n"
         "Progress on stderr (a bar with an ETA on a terminal, else a line every 10 s).\nThe last line of stdout is 'perplexity: X' (final\n"
         "global mixture on --val).",
         opts, 1};
@@ -1101,10 +1333,32 @@ int cli_cmd_fed_sim(int argc, char **argv)
                                (int)o.n_clients, (int)o.malicious);
     if (strcmp(o.attack, "sign-flip") != 0 && strcmp(o.attack, "noise") != 0)
         return cli_usage_error(cmd, "--attack must be sign-flip or noise, got '%s'", o.attack);
+    o.secure_agg |= o.secagg_new;
+    if (!(o.secagg_dropout >= 0.0f && o.secagg_dropout < 1.0f))
+        return cli_usage_error(cmd, "--secagg-dropout must be in [0, 1)");
+    if (o.secagg_t == 0)
+        o.secagg_t = o.n_clients / 2 + 1;
+    if (o.secure_agg && (o.secagg_t < 2 || o.secagg_t > o.n_clients))
+        return cli_usage_error(cmd, "--secagg-threshold must be in 2..--clients (%d), got %d",
+                               (int)o.n_clients, (int)o.secagg_t);
     if (o.secure_agg && !is_fedavg_family(sid))
         return cli_usage_error(cmd, "--secure-agg gives the server only the sum of the updates: "
                                     "use fedavg, fedavgm, fedadam, fedyogi or fedadagrad, not %s",
                                o.strategy);
+    if (!(o.nb_max >= 0.0f) || !isfinite(o.nb_max) || !(o.nb_median_x >= 0.0f) ||
+        !isfinite(o.nb_median_x))
+        return cli_usage_error(cmd, "--norm-bound and --norm-bound-median-x must be finite and >= 0");
+    if (strcmp(o.nb_mode, "clip") != 0 && strcmp(o.nb_mode, "reject") != 0)
+        return cli_usage_error(cmd, "--norm-bound-mode must be clip or reject, got '%s'", o.nb_mode);
+    o.nb_on = o.nb_max > 0.0f || o.nb_median_x > 0.0f;
+    if (mop_norm_bound_params_init(&o.nbp) != MOP_OK)
+        return cli_fail(MOP_E_INTERNAL, "norm bound defaults");
+    o.nbp.mode = strcmp(o.nb_mode, "clip") == 0 ? MOP_NORM_BOUND_CLIP : MOP_NORM_BOUND_REJECT;
+    o.nbp.max_norm = o.nb_max;
+    o.nbp.median_multiple = o.nb_median_x;
+    if (o.nb_on && o.secure_agg && (o.nb_median_x > 0.0f || o.nbp.mode != MOP_NORM_BOUND_CLIP))
+        return cli_usage_error(cmd, "with --secure-agg the server sees no norm: only a fixed "
+                                    "--norm-bound C in clip mode (each client clips its own delta)");
     if (o.secure_agg && o.n_clients < 2)
         return cli_usage_error(cmd, "--secure-agg needs --clients >= 2");
     if (o.pretrain_epochs < 0 || o.n_shared < 0)

@@ -33,4 +33,14 @@ void secagg_decode(float *sum, const uint64_t *acc, size_t n, float scale, int32
  * read as little-endian words of bits/8 bytes; sign = +1 or −1. */
 void secagg_add_mask(uint64_t *acc, size_t n, const uint8_t key[32], int sign, int32_t bits);
 
+/* ---- secagg.c: validated settings shared by both protocols ---- */
+typedef struct secagg_cfg {
+    int32_t n, bits, min_surv;
+    int64_t round, length;
+    float scale, range;
+} secagg_cfg;
+
+/* Validate and copy @p params (the message names @p fn). */
+mop_status secagg_cfg_from(secagg_cfg *c, const mop_secagg_params *params, const char *fn);
+
 #endif

@@ -24,11 +24,6 @@
 #define SA_MAX_CLIENTS 65536
 #define SA_MAX_LENGTH ((int64_t)1 << 31)
 
-typedef struct secagg_cfg {
-    int32_t n, bits, min_surv;
-    int64_t round, length;
-    float scale, range;
-} secagg_cfg;
 
 struct mop_secagg_client {
     secagg_cfg cfg;
@@ -80,7 +75,7 @@ static void secagg_defaults(mop_secagg_params *d)
 
 MOP_DEFINE_PARAMS_INIT(secagg, SECAGG_PARAMS_MIN)
 
-static mop_status secagg_cfg_from(secagg_cfg *c, const mop_secagg_params *params, const char *fn)
+mop_status secagg_cfg_from(secagg_cfg *c, const mop_secagg_params *params, const char *fn)
 {
     if (!params)
         return mop_fail(MOP_E_INVALID_ARG, "%s: params is NULL (n_clients and length must be set)", fn);

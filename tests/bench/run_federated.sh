@@ -2,7 +2,8 @@
 # Federated prompt-mixture experiment of docs/RESULTS.md ("Federated prompt
 # mixtures"): federated MoP vs federated single prompt on dense, 2:4-Wanda and
 # 75%-Wanda SmolLM2-135M (skewed split, 8 clients), robustness to one
-# malicious client (sign-flip / noise x fedavg / median / krum), local DP and
+# malicious client (sign-flip / noise x fedavg / median / krum / norm bound),
+# local DP and
 # secure aggregation.
 #
 # Usage: tests/bench/run_federated.sh [BUILD_DIR] [OUT_DIR]
@@ -117,6 +118,9 @@ case " $PARTS " in *" robust "*)
         for s in fedavg median krum; do
             fed dense "mal-$attack-$s" --malicious 1 --attack "$attack" --strategy "$s"
         done
+        # norm bounding before FedAvg: clip every delta to 2x the round's median norm
+        fed dense "mal-$attack-nbclip2" --malicious 1 --attack "$attack" --strategy fedavg \
+            --norm-bound-median-x 2 --norm-bound-mode clip
     done ;;
 esac
 

@@ -365,3 +365,139 @@ def test_secure_aggregation_with_dropout():
     with pytest.raises(MopError) as ei:
         libmop.SecAggClient(0, n_clients=1, length=4)
     assert ei.value.name in ("MOP_E_INVALID_ARG", "MOP_E_RANGE")
+
+
+def _np_norm_bound(deltas, mode, max_norm, median_multiple):
+    """NumPy reference of mop_update_norm_bound: (new deltas, keep, norms, bound)."""
+    norms = np.array([np.sqrt(np.sum(d.astype(np.float64) ** 2)) for d in deltas])
+    bound = np.inf
+    if max_norm > 0:
+        bound = float(max_norm)
+    if median_multiple > 0:
+        bound = min(bound, median_multiple * float(np.median(norms)))
+    out, keep = [], []
+    for d, n in zip(deltas, norms):
+        if n <= bound:
+            out.append(d.copy()), keep.append(True)
+        elif mode == "clip":
+            out.append((d * (bound / n)).astype(np.float32)), keep.append(True)
+        else:
+            out.append(d.copy()), keep.append(False)
+    return out, np.array(keep), norms, bound
+
+
+@pytest.mark.parametrize("mode,max_norm,median_multiple", [
+    ("clip", 2.0, 0.0), ("reject", 2.0, 0.0), ("clip", 0.0, 1.5), ("reject", 0.0, 1.5),
+    ("clip", 3.0, 1.0), ("reject", 0.0, 2.0)])
+def test_norm_bound_against_numpy(mode, max_norm, median_multiple):
+    need(["mop_norm_bound_params_init_sized", "mop_update_norm_bound"])
+    rng = np.random.default_rng(7)
+    n = 7
+    deltas = [rng.normal(size=(3, 5)).astype(np.float32) * s
+              for s in (0.3, 0.5, 0.4, 0.6, 0.45, 5.0, 0.35)[:n]]
+    usage = np.array([0.25, 0.75], dtype=np.float32)
+    ups = [libmop.Update("delta", round=1, client_id=i, n_samples=10.0,
+                         tensors={"w": d, "gate.usage": usage}) for i, d in enumerate(deltas)]
+    want, want_keep, want_norms, want_bound = _np_norm_bound(deltas, mode, max_norm,
+                                                             median_multiple)
+    keep, norms, bound = libmop.norm_bound(ups, mode=mode, max_norm=max_norm,
+                                           median_multiple=median_multiple)
+    np.testing.assert_allclose(norms, want_norms, rtol=1e-6)
+    assert bound == pytest.approx(want_bound, rel=1e-6)
+    assert keep.tolist() == want_keep.tolist()
+    for u, w in zip(ups, want):
+        np.testing.assert_allclose(u.tensor("w"), w, rtol=1e-5, atol=1e-7)
+        np.testing.assert_array_equal(u.tensor("gate.usage"), usage)
+        assert np.sqrt(np.sum(u.tensor("w").astype(np.float64) ** 2)) <= max(
+            bound, 0) * (1 + 1e-7) or not keep[ups.index(u)]
+        u.close()
+
+
+def test_norm_bound_errors():
+    x = np.ones(4, dtype=np.float32)
+    d = libmop.Update("delta", tensors={"w": x})
+    f = libmop.Update("full", tensors={"w": x})
+    with pytest.raises(MopError, match="no bound"):
+        libmop.norm_bound([d])
+    with pytest.raises(MopError, match="DELTA"):
+        libmop.norm_bound([d, f], max_norm=1.0)
+    with pytest.raises(MopError, match="same update"):
+        libmop.norm_bound([d, d], max_norm=1.0)
+    with pytest.raises(ValueError, match="mode"):
+        libmop.norm_bound([d], mode="shrink", max_norm=1.0)
+    with pytest.raises(MopError):
+        libmop.norm_bound([], max_norm=1.0)
+    d.close()
+    with pytest.raises(ValueError, match="closed"):
+        libmop.norm_bound([d], max_norm=1.0)
+    f.close()
+
+
+def _secagg2_round(n, t, drop, xs, length):
+    """Drive a mop_secagg2 round; drop[i] = stage at which client i stops (4 = never)."""
+    kw = dict(n_clients=n, length=length, round=2, min_survivors=t, clip_range=64.0)
+    clients = [libmop.SecAgg2Client(i, **kw) for i in range(n)]
+    server = libmop.SecAgg2Server(**kw)
+    for k in range(4):
+        for i, c in enumerate(clients):
+            if drop[i] <= k:
+                continue
+            msg = None if k == 0 else server.message(i)
+            server.receive(c.step(msg, xs[i] if k == 2 else None))
+        server.advance()
+    total, inc = server.result()
+    for c in clients:
+        c.close()
+    server.close()
+    return total, inc
+
+
+def test_secagg2_with_dropouts_against_numpy():
+    need(["mop_secagg2_client_create", "mop_secagg2_client_step", "mop_secagg2_server_create",
+          "mop_secagg2_server_receive", "mop_secagg2_server_advance",
+          "mop_secagg2_server_message", "mop_secagg2_server_result"])
+    rng = np.random.default_rng(3)
+    n, length = 7, 50
+    xs = [(rng.integers(-4000, 4000, size=length) / 128.0).astype(np.float32) for _ in range(n)]
+    drop = [4, 0, 4, 1, 2, 3, 4]          # one client drops at each stage
+    total, inc = _secagg2_round(n, 3, drop, xs, length)  # 3 answer the unmasking
+    alive = [i for i in range(n) if drop[i] > 2]
+    assert inc.tolist() == alive
+    np.testing.assert_array_equal(total, np.sum([xs[i] for i in alive], axis=0, dtype=np.float64)
+                                  .astype(np.float32))
+    with pytest.raises(MopError, match="fewer than the threshold"):
+        _secagg2_round(5, 3, [4, 2, 2, 2, 4], xs, length)
+
+
+def test_secagg2_refuses_second_survivor_list_and_tampering():
+    kw = dict(n_clients=3, length=4, min_survivors=2)
+    cs = [libmop.SecAgg2Client(i, **kw) for i in range(3)]
+    s = libmop.SecAgg2Server(**kw)
+    x = np.array([1.0, -2.0, 0.5, 4.0], dtype=np.float32)
+    for k in range(3):
+        for i, c in enumerate(cs):
+            s.receive(c.step(None if k == 0 else s.message(i), x if k == 2 else None))
+        s.advance()
+    surv = s.message(0)
+    bad = bytearray(surv)
+    bad[-1] ^= 1
+    with pytest.raises(MopError, match="checksum") as e:
+        cs[0].step(bytes(bad))
+    assert e.value.name == "MOP_E_CHECKSUM"
+    with pytest.raises(MopError):
+        cs[0].step(surv[:20])
+    s.receive(cs[0].step(surv))
+    with pytest.raises(MopError, match="both shares"):
+        cs[0].step(surv)
+    s.receive(cs[1].step(surv))
+    ans2 = cs[2].step(surv)
+    s.receive(ans2)
+    with pytest.raises(MopError, match="already sent"):   # a replayed answer
+        s.receive(ans2)
+    s.advance()
+    total, inc = s.result()
+    np.testing.assert_array_equal(total, 3 * x)
+    assert inc.tolist() == [0, 1, 2]
+    for c in cs:
+        c.close()
+    s.close()

@@ -101,6 +101,46 @@ def test_secure_aggregation_matches_plain(plain, mop_bin, model_path, data, tmp_
         assert float(a["client_loss"]) == pytest.approx(float(b["client_loss"]), rel=1e-3)  # later rounds start from the fixed-point-quantised global
 
 
+DROP = ["--clients", "4", "--rounds", "3", "--secagg-dropout", "0.5"]
+
+
+def test_secagg_with_dropouts_matches_plain_fedavg_over_survivors(mop_bin, model_path, data,
+                                                                  tmp_path):
+    """4 clients, 2 drop per round at the protocol stages in turn (every stage
+    over the 3 rounds): --secagg recovers the sum, equal to plain FedAvg over
+    the clients whose masked input arrived (same dropouts without --secagg)."""
+    sec, srows = fed_sim(mop_bin, model_path, data, tmp_path, "sa2", *DROP, "--secagg",
+                         "--secagg-threshold", "2")
+    plain_out, prows = fed_sim(mop_bin, model_path, data, tmp_path, "pd", *DROP)
+    stages = set(re.findall(r"client \d+ before ([a-z ]+);", sec))
+    assert stages == {"advertising keys", "sharing keys", "its masked input",
+                      "the unmasking answer"}, sec
+    assert len(re.findall(r"secure aggregation \(t = 2 of 4\)", sec)) == 3
+    assert len(srows) == len(prows) == 3
+    for a, b in zip(srows, prows):
+        assert float(a["val_ppl"]) == pytest.approx(float(b["val_ppl"]), rel=1e-4)
+    assert last_perplexity(sec) == pytest.approx(last_perplexity(plain_out), rel=1e-4)
+
+
+def test_secagg_refuses_below_threshold(mop_bin, model_path, data, tmp_path):
+    r = run(mop_bin, "fed-sim", model_path, "--data", data / "train.jsonl", "--val",
+            data / "test.jsonl", *SMALL, *DROP, "--secagg")   # default t = 4/2 + 1 = 3
+    assert r.returncode == 1, r.stdout
+    assert "fewer than the threshold t = 3" in r.stderr
+
+
+def test_norm_bound_prints_and_clips(mop_bin, model_path, data, tmp_path):
+    out, rows = fed_sim(mop_bin, model_path, data, tmp_path, "nb", "--rounds", "1",
+                        "--norm-bound-median-x", "1", "--norm-bound-mode", "reject")
+    m = re.search(r"round 1: norm bound ([0-9.e+-]+) \(reject\): update norms ([0-9.e+ -]+);"
+                  r" (\d+) above the bound, (\d+) of 3 aggregated", out)
+    assert m, out
+    norms = [float(x) for x in m.group(2).split()]  # printed with 4 digits
+    assert float(m.group(1)) == pytest.approx(float(np.median(norms)), rel=1e-3)
+    assert int(m.group(4)) == 3 - int(m.group(3)) == sum(x <= float(m.group(1)) * (1 + 1e-3)
+                                                         for x in norms)
+
+
 def reference_epsilon(z, rounds, delta):
     """Classic RDP conversion, q = 1: RDP(alpha) = alpha / (2 z^2) per round."""
     orders = np.concatenate([np.arange(11, 110) / 10.0, [1.25, 1.75], np.arange(11, 64),
@@ -124,6 +164,11 @@ def test_dp_prints_epsilon(mop_bin, model_path, data, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--strategy", "fedmagic"], "unknown --strategy 'fedmagic'"),
     (["--strategy", "median", "--secure-agg"], "--secure-agg"),
+    (["--secagg-dropout", "1.5"], "--secagg-dropout"),
+    (["--secagg", "--secagg-threshold", "9"], "--secagg-threshold"),
+    (["--norm-bound", "-1"], "--norm-bound"),
+    (["--norm-bound-mode", "shrink", "--norm-bound", "1"], "--norm-bound-mode"),
+    (["--secagg", "--norm-bound-median-x", "2"], "only a fixed"),
     (["--strategy", "krum", "--clients", "4"], "needs --clients >= 5"),
     (["--split", "dirichlet:-1"], "dirichlet:ALPHA"),
     (["--dp-noise", "1"], "--dp-noise needs --dp-clip"),

@@ -158,6 +158,36 @@ def test_central_dp_clips_each_update(fedavg_round):
     assert abs(diff / np.sqrt(n_par) - C / 2) < 0.05 * C / 2   # std z·C/n per coordinate
 
 
+def test_norm_bound_before_the_strategy(fedavg_round):
+    """norm_bound clips (or rejects) each client delta before FedAvg: the
+    result equals numpy's weighted mean of the bounded deltas."""
+    glob, st = fedavg_round
+    init = lf.mixture_arrays(glob)
+    d = [np.concatenate([(a - g).ravel().astype(np.float64) for a, g in zip(arrs, init)])
+         for arrs in client_arrays(st)]
+    w = np.array([r.num_examples for _, r in st.results], dtype=np.float64)
+    norms = np.array([np.linalg.norm(x) for x in d])
+    C = 0.5 * float(norms.min())            # both clipped
+    s, out = reaggregate(glob, st, "fedavg", norm_bound=dict(max_norm=C))
+    h = s.norm_bound_history[0]
+    assert h["bound"] == pytest.approx(C) and h["kept"] == [True, True]
+    np.testing.assert_allclose(h["norms"], norms, rtol=1e-5)
+    ref = sum(wi * x * min(1.0, C / np.linalg.norm(x)) for wi, x in zip(w, d)) / w.sum()
+    got = np.concatenate([(o.astype(np.float64) - g).ravel() for o, g in zip(out, init)])
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6)
+    # reject above 1.0 x the median (the mean of the two): the larger one goes
+    s, out = reaggregate(glob, st, "fedavg", norm_bound=dict(median_multiple=1.0, mode="reject"))
+    big = int(np.argmax(norms))
+    assert s.norm_bound_history[0]["kept"] == [i != big for i in range(2)]
+    got = np.concatenate([(o.astype(np.float64) - g).ravel() for o, g in zip(out, init)])
+    np.testing.assert_allclose(got, d[1 - big], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="needs max_norm"):
+        lf.MopStrategy(glob, "fedavg", norm_bound=dict(mode="clip"))
+    with pytest.raises(ValueError, match="secure aggregation"):
+        lf.MopStrategy(glob, "fedavg", secure_aggregation=True,
+                       norm_bound=dict(median_multiple=2.0))
+
+
 def test_secure_aggregation_gives_the_mean(model, fedavg_round):
     glob, _ = fedavg_round
     st = Capture(glob, "fedavg", secure_aggregation=True, fit_config={"local_steps": 1})
@@ -173,3 +203,24 @@ def test_secure_aggregation_gives_the_mean(model, fedavg_round):
         np.testing.assert_allclose(a, b, rtol=0, atol=TOL)
     with pytest.raises(ValueError, match="needs each update"):
         lf.MopStrategy(glob, "median", secure_aggregation=True)
+
+
+def test_secure_aggregation_with_client_side_norm_bound(model, fedavg_round):
+    """norm_bound=dict(max_norm=C) under secure aggregation: each client clips
+    its own delta before masking, so the equal-weight mean moves by <= C and
+    equals the mean of the clipped plain deltas."""
+    glob, plain = fedavg_round
+    init = lf.mixture_arrays(glob)
+    d = [np.concatenate([(a - g).ravel().astype(np.float64) for a, g in zip(arrs, init)])
+         for arrs in client_arrays(plain)]
+    C = 0.5 * min(float(np.linalg.norm(x)) for x in d)
+    st = Capture(glob, "fedavg", secure_aggregation=True, norm_bound=dict(max_norm=C),
+                 fit_config={"local_steps": 1})
+    lf.run_inprocess(st, [lambda i=i: make_client(model, i) for i in range(2)], 1, log=None)
+    for _, r in st.results:
+        assert r.metrics["norm_before_bound"] > C
+    got = np.concatenate([(o.astype(np.float64) - g).ravel()
+                          for o, g in zip(st.global_arrays, init)])
+    ref = sum(x * (C / np.linalg.norm(x)) for x in d) / 2
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5)
+    assert np.linalg.norm(got) <= C * (1 + 1e-4)

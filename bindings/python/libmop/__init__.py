@@ -16,8 +16,9 @@ from .core import (Context, Model, ModelInfo, Sampler, TensorInfo, last_error,
 from .mixture import (Batch, Decoder, EvalResult, LossResult, Mixture, MixtureTensor,
                       Optimizer, evaluate)
 from .sparse import prune, sparsity
-from .fed import (Aggregator, RdpAccountant, SecAggClient, SecAggServer, Update, UpdateHeader,
-                  partition_dirichlet, partition_iid, partition_skewed, rdp_epsilon,
+from .fed import (Aggregator, RdpAccountant, SecAgg2Client, SecAgg2Server, SecAggClient,
+                  SecAggServer, Update, UpdateHeader,
+                  norm_bound, partition_dirichlet, partition_iid, partition_skewed, rdp_epsilon,
                   rdp_sampled_gaussian)
 
 __version__ = _lib.VERSION
@@ -30,8 +31,9 @@ def has_symbol(name: str) -> bool:
 
 __all__ = ["MopError", "Model", "ModelInfo", "TensorInfo", "Context", "Sampler",
            "Mixture", "MixtureTensor", "Decoder", "Batch", "Optimizer", "LossResult", "EvalResult",
-           "evaluate", "prune", "sparsity", "Update", "UpdateHeader", "Aggregator",
+           "evaluate", "prune", "sparsity", "Update", "UpdateHeader", "Aggregator", "norm_bound",
            "partition_skewed", "partition_iid", "partition_dirichlet", "rdp_epsilon",
            "rdp_sampled_gaussian", "RdpAccountant", "SecAggClient", "SecAggServer",
+           "SecAgg2Client", "SecAgg2Server",
            "set_log_callback", "status_name", "status_str", "last_error", "version",
            "version_number", "live_handles", "library_path", "has_symbol", "__version__"]

@@ -11,7 +11,7 @@ import dataclasses
 import warnings
 from ctypes import (POINTER, Structure, byref, c_char_p, c_float, c_int32, c_int64, c_size_t,
                     c_uint8, c_uint32, c_uint64, c_void_p)
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -288,6 +288,56 @@ class Aggregator(L.Closable):
             "mop_aggregator_finish", self, global_values, out)))
 
 
+# ---------------------------------------------------------------------------
+# Norm bounding before aggregation (mop_update_norm_bound)
+
+NORM_BOUND_MODE = {"clip": 0, "reject": 1}
+
+
+class NormBoundParams(Structure):
+    _fields_ = [("struct_size", c_uint32), ("mode", c_int32), ("max_norm", c_float),
+                ("median_multiple", c_float)]
+
+
+L._PROTOS.update({
+    "mop_norm_bound_params_init_sized": (ctypes.c_int, [POINTER(NormBoundParams), ctypes.c_size_t]),
+    "mop_update_norm_bound": (ctypes.c_int, [POINTER(c_void_p), c_int32, POINTER(NormBoundParams),
+                                             POINTER(c_uint8), POINTER(c_float),
+                                             POINTER(c_float)]),
+})
+
+
+def norm_bound_params(**params: Any) -> NormBoundParams:
+    """mop_norm_bound_params from keywords mode ("clip" | "reject"), max_norm,
+    median_multiple (None = C default)."""
+    p = L.params_init(NormBoundParams, "mop_norm_bound_params_init_sized")
+    return L.fill_params(p, params, "norm_bound", {"mode": NORM_BOUND_MODE})
+
+
+def norm_bound(updates: Sequence[Update], *, mode: Union[str, int] = "clip",
+               max_norm: float = 0.0, median_multiple: float = 0.0
+               ) -> tuple[np.ndarray, np.ndarray, float]:
+    """Clip or reject the DELTA @p updates whose L2 norm (all tensors but
+    "gate.usage") exceeds B = min(max_norm, median_multiple × median norm)
+    (the terms that are > 0), before aggregation (mop_update_norm_bound).
+    Clipped updates are edited in place. Returns (keep (n,) bool: aggregate
+    it, norms (n,) float32 before bounding, B)."""
+    ups = list(updates)
+    p = norm_bound_params(mode=mode, max_norm=max_norm, median_multiple=median_multiple)
+    n = L.check_c_int("number of updates", len(ups))
+    for u in ups:
+        if not isinstance(u, Update):
+            raise TypeError(f"norm_bound: expected Update objects, got {type(u).__name__}")
+    with L.using(*ups) as ptrs:
+        arr = (c_void_p * max(1, n))(*[p_.value for p_ in ptrs])
+        keep = np.zeros(max(1, n), dtype=np.uint8)
+        norms = np.zeros(max(1, n), dtype=np.float32)
+        b = c_float(0)
+        L.check(L.fn("mop_update_norm_bound")(arr, n, byref(p), L.ptr(keep, c_uint8),
+                                              L.ptr(norms, c_float), byref(b)))
+    return keep[:n].astype(bool), norms[:n].copy(), float(b.value)
+
+
 def _labels(task: Any) -> np.ndarray:
     return L.int32_array(task, "task")
 
@@ -475,6 +525,87 @@ class SecAggClient(L.Closable):
         d = L.int32_array(dropped, "dropped")
         return _blob(lambda b, cap, n: L.call("mop_secagg_client_reveal", self, L.ptr(d, c_int32),
                                               d.size, b, cap, n))
+
+
+L._PROTOS.update({
+    "mop_secagg2_client_create": (_st, [_P(SecAggParams), c_int32, _P(_vp)]),
+    "mop_secagg2_client_free": (None, [_vp]),
+    "mop_secagg2_client_step": (_st, [_vp, _P(c_uint8), c_size_t, _P(c_float), c_int64,
+                                      _P(_P(c_uint8)), _P(c_size_t)]),
+    "mop_secagg2_server_create": (_st, [_P(SecAggParams), _P(_vp)]),
+    "mop_secagg2_server_free": (None, [_vp]),
+    "mop_secagg2_server_receive": (_st, [_vp, _P(c_uint8), c_size_t]),
+    "mop_secagg2_server_advance": (_st, [_vp]),
+    "mop_secagg2_server_message": (_st, [_vp, c_int32, _P(_P(c_uint8)), _P(c_size_t)]),
+    "mop_secagg2_server_result": (_st, [_vp, _P(c_float), c_int64, _P(c_int32), _P(c_int32)]),
+})
+
+SECAGG2_STAGES = ("advertise", "share", "masked", "unmask", "done")
+
+
+def _borrowed(ptr: Any, n: c_size_t) -> bytes:
+    return ctypes.string_at(ptr, n.value)
+
+
+class SecAgg2Client(L.Closable):
+    """One client of a dropout-tolerant secure-aggregation round
+    (``mop_secagg2_client``: self-masks, pairwise masks, Shamir shares).
+    Keywords as :class:`SecAggClient`; min_survivors is the threshold t.
+    Call :meth:`step` once per stage with the server's message for it."""
+
+    def __init__(self, index: int, **params: Any) -> None:
+        p = _secagg_params(params)
+        idx = L.check_c_int("index", index)
+        self._h = L.create("mop_secagg2_client", lambda out: L.fn("mop_secagg2_client_create")(
+            byref(p), idx, out))
+
+    def step(self, message: Optional[bytes] = None, x: Any = None) -> bytes:
+        """The next message to send: @p message is the server's last message
+        for this client (None at the first stage), @p x the float input (only
+        at the masked-input stage)."""
+        m = None if message is None else _bytes_in(message)
+        a = None if x is None else L.float32_in(x, "x", ndim=1)
+        out, n = _P(c_uint8)(), c_size_t(0)
+        L.check(L.call("mop_secagg2_client_step", self,
+                       None if m is None else L.ptr(m, c_uint8), 0 if m is None else m.size,
+                       None if a is None else L.ptr(a, c_float), 0 if a is None else a.size,
+                       byref(out), byref(n)))
+        return _borrowed(out, n)
+
+
+class SecAgg2Server(L.Closable):
+    """The server of a dropout-tolerant secure-aggregation round
+    (``mop_secagg2_server``): :meth:`receive` each client message of a stage,
+    :meth:`advance` (needs t of them), :meth:`message` for each remaining
+    client, and after the unmasking stage :meth:`result`."""
+
+    def __init__(self, **params: Any) -> None:
+        p = _secagg_params(params)
+        self.length, self.n_clients = int(p.length), int(p.n_clients)
+        self._h = L.create("mop_secagg2_server",
+                           lambda out: L.fn("mop_secagg2_server_create")(byref(p), out))
+
+    def receive(self, message: bytes) -> None:
+        b = _bytes_in(message)
+        L.check(L.call("mop_secagg2_server_receive", self, L.ptr(b, c_uint8), b.size))
+
+    def advance(self) -> None:
+        L.check(L.call("mop_secagg2_server_advance", self))
+
+    def message(self, index: int) -> bytes:
+        out, n = _P(c_uint8)(), c_size_t(0)
+        L.check(L.call("mop_secagg2_server_message", self, L.check_c_int("index", index),
+                       byref(out), byref(n)))
+        return _borrowed(out, n)
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """(sum of the inputs of the clients whose masked input arrived, their indices)."""
+        s = np.zeros(self.length, dtype=np.float32)
+        inc = np.zeros(max(1, self.n_clients), dtype=np.int32)
+        n_inc = c_int32(0)
+        L.check(L.call("mop_secagg2_server_result", self, L.ptr(s, c_float), s.size,
+                       L.ptr(inc, c_int32), byref(n_inc)))
+        return s, inc[:n_inc.value].copy()
 
 
 class SecAggServer(L.Closable):

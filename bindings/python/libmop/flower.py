@@ -60,6 +60,8 @@ except ImportError as e:  # pragma: no cover - depends on the environment
         f"import failed: {e}") from e
 
 from .core import Context, Model  # noqa: E402
+from .fed import norm_bound as norm_bound_fn  # noqa: E402
+from .fed import norm_bound_params  # noqa: E402
 from .fed import (STRATEGY, Aggregator, SecAggClient, SecAggServer, Update,  # noqa: E402
                   strategy_name)
 from .mixture import Batch, Mixture, Optimizer, evaluate  # noqa: E402
@@ -348,11 +350,13 @@ class MopClient:
                                       "gate_usage": [float(x) for x in usage],
                                       "client_id": self.client_id}
         out = mixture_arrays(self.mixture)
-        if "clip_norm" in config or "secagg_round" in config:
+        if "clip_norm" in config or "secagg_round" in config or "norm_bound_max" in config:
             delta = Update("delta", round=rnd, client_id=self.client_id,
                            n_samples=float(len(self.train)),
                            tensors={t.name: o - np.asarray(p) for t, o, p in
                                     zip(self.mixture.tensor_info(), out, parameters)})
+            if "norm_bound_max" in config:       # norm bound (secure aggregation)
+                metrics["norm_before_bound"] = delta.clip(float(config["norm_bound_max"]))
             if "clip_norm" in config:            # local DP (docs/PRIVACY.md)
                 metrics["norm_before_clip"] = delta.clip(float(config["clip_norm"]))
                 if float(config.get("noise_std", 0.0)) > 0:
@@ -531,6 +535,14 @@ class MopStrategy(Strategy):
     fedavgm/fedadam/fedyogi/fedadagrad); a dropped client fails the round.
     ``secagg_params``: clip_range, scale, ring_bits (libmop defaults).
 
+    ``norm_bound``: clip or reject client deltas by L2 norm before the
+    strategy (and before central DP's clip): ``dict(median_multiple=2,
+    mode="clip")``, ``dict(max_norm=C, mode="reject")`` (both bounds: the
+    smaller; :func:`libmop.norm_bound`, mop_update_norm_bound). Per round
+    the bound, the norms and who was kept go to :attr:`norm_bound_history`.
+    With ``secure_aggregation`` only ``dict(max_norm=C)`` (clip) is allowed:
+    each client clips its own delta before masking.
+
     ``fit_config``: extra keys sent to clients (``local_steps``, ``lr``,
     ``batch_size``). ``evaluate_fn``(round, arrays) -> (loss, metrics) runs
     on the server after each round (and before the first). Aggregated
@@ -563,8 +575,8 @@ class MopStrategy(Strategy):
                  secagg_params: Optional[dict[str, Any]] = None,
                  gate_setup: bool = True, gate_pretrain: bool = True,
                  pretrain_epochs: Optional[int] = None,
-                 timeout: float = 3600.0, seed: int = 0,
-                 **aggregator_params: Any) -> None:
+                 timeout: float = 3600.0, norm_bound: Optional[dict[str, Any]] = None,
+                 seed: int = 0, **aggregator_params: Any) -> None:
         self._initial_mixture = initial if isinstance(initial, Mixture) else None
         if isinstance(initial, Mixture):
             self.names = [t.name for t in initial.tensor_info()]
@@ -590,6 +602,18 @@ class MopStrategy(Strategy):
         if secure_aggregation and dp == "central":
             raise ValueError("dp='central' clips each update on the server, which secure "
                              "aggregation hides: use dp='local' (distributed DP)")
+        # norm bounding before the strategy (mop_update_norm_bound): keywords
+        # mode ("clip" | "reject"), max_norm, median_multiple
+        self.norm_bound = dict(norm_bound) if norm_bound else None
+        if self.norm_bound is not None:
+            nb = norm_bound_params(**self.norm_bound)
+            if not (nb.max_norm > 0 or nb.median_multiple > 0):
+                raise ValueError("norm_bound needs max_norm > 0 or median_multiple > 0")
+            if secure_aggregation and (nb.mode != 0 or nb.median_multiple > 0):
+                raise ValueError("with secure aggregation the server sees no norm: only "
+                                 "norm_bound=dict(max_norm=C) in clip mode (each client clips "
+                                 "its own delta)")
+        self.norm_bound_history: list[dict[str, Any]] = []
         self.strategy_name = strategy
         self.aggregator = Aggregator(strategy, seed=seed, **aggregator_params)
         self.aggregator_params = dict(self.aggregator.params)
@@ -690,6 +714,8 @@ class MopStrategy(Strategy):
             n_, s_, q_ = self.gate_stats
             cfg["gate_stats"] = np.concatenate([[n_], s_, q_]).astype(np.float64).tobytes()
         n = len(nodes)
+        if self.norm_bound is not None and self.secure_aggregation:
+            cfg["norm_bound_max"] = float(self.norm_bound["max_norm"])
         if self.dp == "local":
             z = self.noise_multiplier / (math.sqrt(n) if self.secure_aggregation else 1.0)
             cfg.update(clip_norm=self.clip_norm, noise_std=z * self.clip_norm,
@@ -838,16 +864,34 @@ class MopStrategy(Strategy):
         if self.secure_aggregation:
             self._aggregate_masked(server_round, ok)
         else:
-            for i, (r, m) in enumerate(zip(ok, mets)):
-                cid = int(m.get("client_id", i))
-                usage = _usage_parse(m.get("gate_usage"))
-                u = self.client_update(reply_arrays(r),
-                                       1.0 if self.dp == "central" else float(m["num-examples"]),
-                                       cid, server_round, usage)
-                if self.dp == "central":
-                    u.clip(self.clip_norm)
-                self.aggregator.add(u)
-                u.close()
+            ups = []
+            try:
+                for i, (r, m) in enumerate(zip(ok, mets)):
+                    cid = int(m.get("client_id", i))
+                    usage = _usage_parse(m.get("gate_usage"))
+                    ups.append(self.client_update(reply_arrays(r),
+                                                  1.0 if self.dp == "central"
+                                                  else float(m["num-examples"]),
+                                                  cid, server_round, usage))
+                keep = [True] * len(ups)
+                if self.norm_bound is not None:   # before the strategy (and central DP)
+                    k, norms, bound = norm_bound_fn(ups, **self.norm_bound)
+                    keep = [bool(x) for x in k]
+                    self.norm_bound_history.append(
+                        {"round": server_round, "bound": bound, "norms": norms.tolist(),
+                         "kept": keep})
+                    if not any(keep):
+                        raise RuntimeError(f"round {server_round}: the norm bound {bound} "
+                                           "rejected every update")
+                for u, kp in zip(ups, keep):
+                    if not kp:
+                        continue
+                    if self.dp == "central":
+                        u.clip(self.clip_norm)
+                    self.aggregator.add(u)
+            finally:
+                for u in ups:
+                    u.close()
             nxt = self.aggregator.finish(self.global_update(server_round))
             if self.dp == "central" and self.noise_multiplier > 0:
                 eta = float(self.aggregator_params.get("server_lr", 1.0))
