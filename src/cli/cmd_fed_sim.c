@@ -1376,8 +1376,8 @@ int cli_cmd_fed_sim(int argc, char **argv)
     mp.n_shared = o.n_shared;
     mp.gate_layer = o.gate_layer;
     mp.inject_layer = o.inject_layer;
-    if (o.baseline && cli_gate_baseline(cmd, o.baseline, &mp) != CLI_OK)
-        return CLI_ERROR;
+    if (o.baseline && (rc = cli_gate_baseline(cmd, o.baseline, &mp)) != CLI_OK)
+        return rc;
     if (cli_check_output_path(o.out) != CLI_OK || cli_check_output_path(o.csv) != CLI_OK)
         return CLI_ERROR;
 

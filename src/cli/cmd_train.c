@@ -410,8 +410,8 @@ int cli_cmd_train(int argc, char **argv)
     else if (o.combine && strcmp(o.combine, "bias") != 0)
         return cli_usage_error("train", "--combine must be 'bias' or 'sum', got '%s'", o.combine);
     if (o.baseline) {
-        if (cli_gate_baseline("train", o.baseline, &mp) != CLI_OK)
-            return CLI_ERROR;
+        if ((rc = cli_gate_baseline("train", o.baseline, &mp)) != CLI_OK)
+            return rc;
         if (o.top_k || o.pretrain_epochs || o.load_balance != 0.0f)
             return cli_usage_error("train", "--baseline has no learned gate: --top-k, "
                                             "--gate-pretrain-epochs and --load-balance do not apply");

@@ -218,7 +218,9 @@ def test_bench_peak_rss_on_quantized_file_within_budget(mop, model_path):
     """Loading the Q4_1 file dequantizes tensor by tensor and drops each
     tensor's file pages once converted, so the peak stays within the
     documented budget of 1.15 x (F32 weights + F32 KV cache); it was 618 MiB
-    against 616 before the pages were dropped (docs/PERFORMANCE.md)."""
+    against 616 before the pages were dropped (docs/PERFORMANCE.md). The
+    peak is the process's own VmHWM: pytest's size must not leak in (Linux
+    carries ru_maxrss over execve)."""
     import json
     rc, out, err = run(mop, "bench", model_path, "--prompt-tokens", "4", "--gen-tokens", "2",
                        "--reps", "1", "--threads", "1", "--json")

@@ -317,7 +317,7 @@ def norm_bound_params(**params: Any) -> NormBoundParams:
 def norm_bound(updates: Sequence[Update], *, mode: Union[str, int] = "clip",
                max_norm: float = 0.0, median_multiple: float = 0.0
                ) -> tuple[np.ndarray, np.ndarray, float]:
-    """Clip or reject the DELTA @p updates whose L2 norm (all tensors but
+    """Clip or reject the DELTA ``updates`` whose L2 norm (all tensors but
     "gate.usage") exceeds B = min(max_norm, median_multiple × median norm)
     (the terms that are > 0), before aggregation (mop_update_norm_bound).
     Clipped updates are edited in place. Returns (keep (n,) bool: aggregate
@@ -560,8 +560,8 @@ class SecAgg2Client(L.Closable):
             byref(p), idx, out))
 
     def step(self, message: Optional[bytes] = None, x: Any = None) -> bytes:
-        """The next message to send: @p message is the server's last message
-        for this client (None at the first stage), @p x the float input (only
+        """The next message to send: ``message`` is the server's last message
+        for this client (None at the first stage), ``x`` the float input (only
         at the masked-input stage)."""
         m = None if message is None else _bytes_in(message)
         a = None if x is None else L.float32_in(x, "x", ndim=1)
