@@ -702,8 +702,9 @@ MOP_API MOP_NODISCARD mop_status mop_rdp_accountant_epsilon(const mop_rdp_accoun
  *  Threat model: honest-but-curious server and clients that follow the
  *  protocol; the key broadcast is trusted (an active server that substitutes
  *  public keys, or that declares a live client dropped and still uses its
- *  blob, learns that client's input: the full protocol's signatures and
- *  self-masks with Shamir shares are not implemented). The server handle
+ *  blob, learns that client's input: this simplified protocol has no
+ *  self-masks or Shamir shares; the mop_secagg2_* protocol below has both
+ *  and survives dropouts). The server handle
  *  refuses a blob from a client declared dropped and recovery for a client
  *  whose blob it holds; a client refuses to reveal keys that would leave
  *  fewer than min_survivors survivors, and masks only once.
