@@ -420,9 +420,9 @@ static mop_update *client_round(mop_ctx *ctx, mop_mixture *base, mop_mixture *lo
 
 /* Before round 1: the gate's input statistics from every client's moments
  * (MPI_Allreduce of [n, Σu, Σu²]; the server adds zeros), set on every rank;
- * then, with >= 2 tasks and K >= tasks, each client pre-trains the global
- * gate on its labels and a second MPI_Allreduce of [n_c·θ_c, n_c] gives the
- * example-weighted mean, written into every rank's global mixture. */
+ * then, with >= 2 tasks and K >= tasks, the gate's pre-training on task
+ * labels in FedAvg rounds: per round one MPI_Allreduce of [n_c·θ_c, n_c]
+ * gives the example-weighted mean, written into every rank's global mixture. */
 static void gate_setup(mop_ctx *ctx, mop_mixture *global, mop_mixture *local, const dataset *ds,
                        const size_t *mine, size_t n_mine, int32_t n_tasks, int32_t n_clients,
                        batch *bt)
@@ -459,31 +459,93 @@ static void gate_setup(mop_ctx *ctx, mop_mixture *global, mop_mixture *local, co
         size_t n;
         check(mop_mixture_data(global, &gp, NULL, &n), "mixture data");
         const size_t off = gate_offset(global), g = n - off;
+        const int32_t K = mp.n_experts;
         double *acc = calloc(g + 1, sizeof *acc);
         int32_t *task = malloc((n_mine ? n_mine : 1) * sizeof *task);
-        if (!acc || !task)
+        float *kept = malloc((g ? g : 1) * sizeof *kept);
+        if (!acc || !task || !kept)
             die("out of memory");
         int ok = n_mine > 0;
         for (size_t i = 0; i < n_mine; i++) {
             task[i] = ds->ex[mine[i]].task;
             ok &= task[i] >= 0 && task[i] < mp.n_experts;
         }
-        if (local && ok) {
+        if (local && ok)
             check(mop_mixture_data(local, &lp, NULL, NULL), "mixture data");
-            memcpy(lp, gp, n * sizeof *lp);
-            mop_gate_pretrain_params pp;
-            check(mop_gate_pretrain_params_init(&pp), "pre-training settings");
-            pp.seed = client_seed(SEED, -1, rank - 1, 4);
-            check(mop_mixture_pretrain_gate(local, u, task, (int32_t)n_mine, NULL, NULL, 0, &pp,
-                                            NULL), "gate pre-training");
-            for (size_t j = 0; j < g; j++)
-                acc[j] = (double)n_mine * (double)lp[off + j];
-            acc[g] = (double)n_mine;
+        /* FedAvg rounds of one local epoch, as mop fed-sim (docs/FEDERATED.md):
+         * each client trains the sent gate on its rows and sends (n·θ, n); the
+         * server scores the average on the validation rows (their gate inputs
+         * computed once) and broadcasts whether it is the best so far. The best
+         * gate is kept, stopping after 5 rounds without a better one (at most 50). */
+        float *uv = NULL, *wv = NULL;
+        if (rank == 0) {
+            uv = malloc((ds->n ? ds->n : 1) * (size_t)d * sizeof *uv);
+            wv = malloc((ds->n ? ds->n : 1) * (size_t)K * sizeof *wv);
+            if (!uv || !wv)
+                die("out of memory");
+            size_t idx[BATCH];
+            for (size_t first = 0; first < ds->n; first += BATCH) {
+                int32_t nb = ds->n - first < BATCH ? (int32_t)(ds->n - first) : BATCH;
+                for (int32_t b = 0; b < nb; b++)
+                    idx[b] = first + (size_t)b;
+                fill_batch(bt, ds, idx, nb);
+                check(mop_mixture_gate_inputs(ctx, global, &bt->b, uv + first * (size_t)d),
+                      "gate inputs");
+            }
         }
-        MPI_Allreduce(MPI_IN_PLACE, acc, (int)(g + 1), MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
-        if (acc[g] > 0.5)
+        double best_acc = -1.0, best_loss = INFINITY;
+        int32_t r = 0, best_round = 0;
+        memcpy(kept, gp + off, g * sizeof *kept);
+        while (r < 50 && r - best_round < 5) {
+            r++;
+            memset(acc, 0, (g + 1) * sizeof *acc);
+            if (lp) {
+                memcpy(lp, gp, n * sizeof *lp);
+                mop_gate_pretrain_params pp;
+                check(mop_gate_pretrain_params_init(&pp), "pre-training settings");
+                pp.seed = client_seed(SEED, r - 1, rank - 1, 4);
+                pp.max_epochs = 1;
+                check(mop_mixture_pretrain_gate(local, u, task, (int32_t)n_mine, NULL, NULL, 0,
+                                                &pp, NULL), "gate pre-training");
+                for (size_t j = 0; j < g; j++)
+                    acc[j] = (double)n_mine * (double)lp[off + j];
+                acc[g] = (double)n_mine;
+            }
+            MPI_Allreduce(MPI_IN_PLACE, acc, (int)(g + 1), MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+            if (!(acc[g] > 0.5))
+                break;
             for (size_t j = 0; j < g; j++)
                 gp[off + j] = (float)(acc[j] / acc[g]);
+            int better = 0;
+            if (rank == 0) {
+                check(mop_mixture_gate_from_inputs(global, uv, (int32_t)ds->n, wv),
+                      "gate weights");
+                double hits = 0.0, nll = 0.0;
+                for (size_t i = 0; i < ds->n; i++) {
+                    int32_t am = 0, t = ds->ex[i].task;
+                    for (int32_t k = 1; k < K; k++)
+                        am = wv[i * K + k] > wv[i * K + am] ? k : am;
+                    hits += am == t;
+                    nll -= log(fmax((double)wv[i * K + t], 1e-30));
+                }
+                double a = ds->n ? hits / (double)ds->n : 0.0;
+                double loss = ds->n ? nll / (double)ds->n : 0.0;
+                better = a > best_acc || (a == best_acc && loss < best_loss);
+                if (better)
+                    best_acc = a, best_loss = loss;
+            }
+            MPI_Bcast(&better, 1, MPI_INT, 0, MPI_COMM_WORLD);
+            if (better) {
+                best_round = r;
+                memcpy(kept, gp + off, g * sizeof *kept);
+            }
+        }
+        memcpy(gp + off, kept, g * sizeof *kept);
+        free(uv);
+        free(wv);
+        if (rank == 0 && acc[g] > 0.5)
+            printf("gate pre-training: %d FedAvg rounds of 1 local epoch (best round %d)\n",
+                   (int)r, (int)best_round);
         if (rank == 0 && acc[g] > 0.5) { /* the averaged gate's argmax on the validation set */
             size_t hits = 0, idx[BATCH];
             float w[BATCH * 256];
@@ -501,12 +563,13 @@ static void gate_setup(mop_ctx *ctx, mop_mixture *global, mop_mixture *local, co
                     hits += best == ds->ex[first + (size_t)b].task;
                 }
             }
-            printf("federated gate pre-training: gate averaged over the clients (weights = "
-                   "example counts), argmax accuracy %.4f on %zu validation examples\n",
+            printf("federated gate pre-training: the kept gate's argmax accuracy %.4f on %zu "
+                   "validation examples\n",
                    (double)hits / (double)ds->n, ds->n);
         }
         free(acc);
         free(task);
+        free(kept);
     }
     fflush(stdout);
     free(u);

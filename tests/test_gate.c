@@ -934,6 +934,17 @@ static void test_input_stats(void **state)
         for (int k = 0; k < 4; k++)
             assert_float_equal(w[r * 4 + k], (float)(exp(z[k] - zmax) / den), 1e-4f);
     }
+    /* the same weights from the cached raw inputs, without a model forward */
+    float wu[BB * 4];
+    assert_int_equal(mop_mixture_gate_from_inputs(mx, u, BB, wu), MOP_OK);
+    for (int i = 0; i < BB * 4; i++)
+        assert_float_equal(wu[i], w[i], 1e-6f);
+    assert_int_equal(mop_mixture_gate_from_inputs(mx, u, -1, wu), MOP_E_INVALID_ARG);
+    assert_int_equal(mop_mixture_gate_from_inputs(mx, NULL, BB, wu), MOP_E_INVALID_ARG);
+    float ubad = u[3];
+    u[3] = INFINITY;
+    assert_int_equal(mop_mixture_gate_from_inputs(mx, u, BB, wu), MOP_E_INVALID_ARG);
+    u[3] = ubad;
     /* saved with the mixture */
     assert_int_equal(mop_mixture_save(mx, tmp_path), MOP_OK);
     mop_mixture *back = NULL;
@@ -952,6 +963,7 @@ static void test_input_stats(void **state)
     assert_int_equal(mop_mixture_input_moments(u, -1, TD, s2, q2), MOP_E_INVALID_ARG);
     mop_mixture *uni = shaped_mixture(m, edit_oracle);
     assert_int_equal(mop_mixture_set_input_stats(uni, BB, s2, q2), MOP_E_INVALID_ARG);
+    assert_int_equal(mop_mixture_gate_from_inputs(uni, u, BB, wu), MOP_E_INVALID_ARG);
     mop_mixture_free(uni);
     mop_mixture_free(back);
     mop_mixture_free(mx);

@@ -461,6 +461,23 @@ MOP_API MOP_NODISCARD mop_status mop_mixture_gate_inputs(mop_ctx *ctx, const mop
                                                          const mop_batch *batch, float *u);
 
 /**
+ * @brief Gate weights from cached raw inputs, as mop_mixture_gate() computes
+ * them after layers [0, L_g): no model forward. Use it to score a gate on
+ * inputs from mop_mixture_gate_inputs() many times (a federated server
+ * checking each round's averaged gate on validation rows, for example).
+ * @param[in]  m (a mixture with a learned or uniform gate; not modified)
+ * @param[in]  u (n, d) raw inputs from mop_mixture_gate_inputs() (standardized
+ *               here with the mixture's statistics when @c gate_norm is 1)
+ * @param[in]  n rows, >= 0
+ * @param[out] w (n, K) gate weights
+ * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL, n < 0, an oracle gate, which
+ *         needs labels, or a non-finite input)
+ */
+MOP_API MOP_NODISCARD mop_status mop_mixture_gate_from_inputs(const mop_mixture *m,
+                                                              const float *u, int32_t n,
+                                                              float *w);
+
+/**
  * @brief What layers [0, L_p) give each sequence: its hidden states entering
  * layer L_p and its raw pooled gate input. They do not depend on the prompts
  * or the gate, so a training loop can compute them once per example and pass

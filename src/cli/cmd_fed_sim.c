@@ -30,7 +30,7 @@ typedef struct fed_opts {
     int32_t secure_agg, split_kind; /* 0 skewed, 1 iid, 2 dirichlet */
     int32_t secagg_new, secagg_t;   /* --secagg (--secure-agg: its old name), --secagg-threshold */
     float secagg_dropout;           /* --secagg-dropout F */
-    int32_t pretrain_epochs, no_pretrain, n_shared, gate_layer, inject_layer;
+    int32_t pretrain_epochs, pretrain_rounds, no_pretrain, n_shared, gate_layer, inject_layer;
     float gate_lr, gate_clip, pretrain_lr;
     float alpha, lr, skew_ratio, prox_mu, dp_clip, dp_noise, dp_delta, server_lr, trim_ratio;
     uint64_t seed;
@@ -742,15 +742,145 @@ out:
     return rc;
 }
 
+/* Federated gate pre-training on task labels, as FedAvg rounds over the
+ * cached gate inputs p->u: each round every client starts from the global
+ * gate, runs --gate-pretrain-epochs local epochs (a fresh AdamW) and sends
+ * n_c·gate_c; the server averages (a secure sum with --secagg) and scores the
+ * average on the validation rows. Keeps the best round's gate (the higher
+ * accuracy, ties: the lower loss) and stops after 5 rounds without a better one.
+ * One round of many local epochs is the old one-shot average, which blurs:
+ * each client's gate converges on its own, mostly one-task, data. */
+static int fed_pretrain_rounds(fed_state *fs, fed_prep *p, float *gp, float *lp, size_t n,
+                               int32_t *task)
+{
+    const fed_opts *o = fs->o;
+    const int32_t N = o->n_clients, K = fs->K, patience = 5;
+    const size_t g = p->g;
+    const int32_t rounds = o->pretrain_rounds > 0 ? o->pretrain_rounds : 50;
+    const int32_t epochs = o->pretrain_epochs > 0 ? o->pretrain_epochs : 1;
+    double t1 = cli_now();
+    float *uv = NULL, *w = NULL, *theta = malloc((size_t)N * (g ? g : 1) * sizeof *theta);
+    float *best = malloc((g ? g : 1) * sizeof *best), *avg = malloc((g + 1) * sizeof *avg);
+    double *acc = calloc(g + 1, sizeof *acc);
+    int32_t *tv = cli_gate_labels(fs->val, fs->ds);
+    int rc = CLI_ERROR;
+    if (!theta || !best || !avg || !acc || !tv) {
+        cli_error("out of memory");
+        goto out;
+    }
+    /* the validation rows' gate inputs, once */
+    if (cli_gate_inputs_rows(fs->ctx, fs->global, fs->val, NULL, fs->val->n, &fs->cb, o->B,
+                             &uv) != CLI_OK)
+        goto out;
+    w = malloc((fs->val->n ? fs->val->n : 1) * (size_t)K * sizeof *w);
+    if (!w) {
+        cli_error("out of memory");
+        goto out;
+    }
+    p->theta = theta;
+    double best_acc = -1.0, best_loss = INFINITY, best_own = 0.0;
+    int32_t r = 0, best_round = 0, improved = 0;
+    memcpy(best, gp + fs->n_opt, g * sizeof *best);
+    while (r < rounds && r - improved < patience) {
+        r++;
+        for (int32_t c = 0; c < N; c++) {
+            size_t n_c = fs->n_members[c];
+            memcpy(theta + (size_t)c * g, gp + fs->n_opt, g * sizeof *theta);
+            if (n_c == 0)
+                continue; /* sends weight 0 */
+            for (size_t i = 0; i < n_c; i++)
+                task[i] = fs->ds->ex[fs->members[c][i]].task;
+            memcpy(lp, gp, n * sizeof *lp);
+            char label[64];
+            snprintf(label, sizeof label, "client %d gate pre-training", (int)c);
+            /* validation = the client's own training rows */
+            if (cli_gate_pretrain_rows(fs->local, p->u[c], task, (int32_t)n_c, NULL, NULL, 0,
+                                       epochs, o->pretrain_lr,
+                                       client_seed(o->seed, r - 1, c, 4), label, 1,
+                                       NULL) != CLI_OK)
+                goto out;
+            memcpy(theta + (size_t)c * g, lp + fs->n_opt, g * sizeof *theta);
+        }
+        memset(acc, 0, (g + 1) * sizeof *acc);
+        if (o->secure_agg) {
+            if (secure_sum(N, o->rounds + 1 + r, (int64_t)g + 1, 4294967296.0f, 1048576.0f,
+                           fill_gate, p, avg) != CLI_OK)
+                goto out;
+            for (size_t j = 0; j <= g; j++)
+                acc[j] = (double)avg[j];
+            acc[g] = floor(acc[g] + 0.5);
+        } else {
+            for (int32_t c = 0; c < N; c++) {
+                for (size_t j = 0; j < g; j++)
+                    acc[j] += (double)fs->n_members[c] * (double)theta[(size_t)c * g + j];
+                acc[g] += (double)fs->n_members[c];
+            }
+        }
+        if (!(acc[g] > 0.5)) {
+            cli_error("gate pre-training: no client has examples");
+            goto out;
+        }
+        for (size_t j = 0; j < g; j++)
+            gp[fs->n_opt + j] = (float)(acc[j] / acc[g]);
+        /* the server scores the averaged gate on the validation rows */
+        mop_status st = mop_mixture_gate_from_inputs(fs->global, uv, (int32_t)fs->val->n, w);
+        if (st != MOP_OK) {
+            cli_fail(st, "gate weights of the validation rows failed");
+            goto out;
+        }
+        size_t hits = 0, scored = 0;
+        double nll = 0.0, own = 0.0;
+        for (size_t i = 0; i < fs->val->n; i++) {
+            if (tv[i] < 0 || tv[i] >= K)
+                continue; /* a task the training data lacks */
+            const float *wi = w + i * (size_t)K;
+            int32_t am = 0;
+            for (int32_t k = 1; k < K; k++)
+                am = wi[k] > wi[am] ? k : am;
+            hits += am == tv[i];
+            nll -= log(fmax((double)wi[tv[i]], 1e-30));
+            own += (double)wi[tv[i]];
+            scored++;
+        }
+        double a = scored ? (double)hits / (double)scored : 0.0;
+        double loss = scored ? nll / (double)scored : 0.0;
+        /* better = higher accuracy, or the same with a lower loss: the
+         * accuracy of a few validation rows saturates long before the gate
+         * stops sharpening (the loss still falls) */
+        if (a > best_acc || (a == best_acc && loss < best_loss)) {
+            best_acc = a, best_loss = loss, best_round = improved = r;
+            best_own = scored ? own / (double)scored : 0.0;
+            memcpy(best, gp + fs->n_opt, g * sizeof *best);
+        }
+        double dt = cli_now() - t1;
+        cli_progress("gate pre-training: round %d/%d, validation accuracy %.3f loss %.4f "
+                     "(best %.3f), %.1f s", (int)r, (int)rounds, a, loss, best_acc, dt);
+    }
+    cli_progress_end();
+    memcpy(gp + fs->n_opt, best, g * sizeof *best);
+    printf("federated gate pre-training: %d rounds of %d local epoch%s on %d clients (best "
+           "round %d, gates averaged by example counts%s), argmax accuracy %.4f, mean weight "
+           "%.3f on the own expert, on %zu validation examples (%.1f s)\n", (int)r,
+           (int)epochs, epochs == 1 ? "" : "s", (int)N, (int)best_round,
+           o->secure_agg ? ", secure sums" : "", best_acc, best_own, fs->val->n,
+           cli_now() - t1);
+    fflush(stdout);
+    rc = CLI_OK;
+out:
+    p->theta = NULL;
+    free(uv), free(w), free(theta), free(best), free(avg), free(acc), free(tv);
+    return rc;
+}
+
 static int fed_prepare_gate(fed_state *fs, const mop_mixture_params *got)
 {
     const fed_opts *o = fs->o;
     const int32_t N = o->n_clients;
     const int pretrain = fs->learned_gate && !o->no_pretrain && fs->ds->n_tasks > 1 &&
                          fs->K >= fs->ds->n_tasks;
-    if (fs->learned_gate && o->pretrain_epochs > 0 && !o->no_pretrain &&
-        fs->K < fs->ds->n_tasks)
-        return cli_error("--gate-pretrain-epochs needs --experts >= the %d tasks of the data",
+    if (fs->learned_gate && (o->pretrain_epochs > 0 || o->pretrain_rounds > 0) &&
+        !o->no_pretrain && fs->K < fs->ds->n_tasks)
+        return cli_error("--gate-pretrain-epochs/-rounds need --experts >= the %d tasks of the data",
                          (int)fs->ds->n_tasks);
     if (!fs->learned_gate || (!got->gate_norm && !pretrain))
         return CLI_OK;
@@ -768,12 +898,9 @@ static int fed_prepare_gate(fed_state *fs, const mop_mixture_params *got)
     p.g = n - fs->n_opt;
     p.u = calloc((size_t)N, sizeof *p.u);
     double *sum = calloc((size_t)p.d * 2, sizeof *sum), *sumsq = sum ? sum + p.d : NULL;
-    float *theta = malloc((size_t)N * (p.g ? p.g : 1) * sizeof *theta);
-    double *acc = calloc(p.g + 1, sizeof *acc);
-    float *avg = malloc((p.g + 1) * sizeof *avg);
     int32_t *task = malloc((fs->ds->n ? fs->ds->n : 1) * sizeof *task);
     int rc = CLI_ERROR;
-    if (!p.u || !sum || !theta || !acc || !avg || !task) {
+    if (!p.u || !sum || !task) {
         cli_error("out of memory");
         goto out;
     }
@@ -801,55 +928,8 @@ static int fed_prepare_gate(fed_state *fs, const mop_mixture_params *got)
                t_inputs, cli_now() - t1);
         fflush(stdout);
     }
-    if (pretrain) {
-        double t1 = cli_now();
-        for (int32_t c = 0; c < N; c++) {
-            size_t n_c = fs->n_members[c];
-            memcpy(theta + (size_t)c * p.g, gp + fs->n_opt, p.g * sizeof *theta);
-            if (n_c == 0)
-                continue; /* sends weight 0 */
-            for (size_t i = 0; i < n_c; i++)
-                task[i] = fs->ds->ex[fs->members[c][i]].task;
-            memcpy(lp, gp, n * sizeof *lp);
-            char label[64];
-            snprintf(label, sizeof label, "client %d gate pre-training", (int)c);
-            /* validation = the client's own training rows */
-            if (cli_gate_pretrain_rows(fs->local, p.u[c], task, (int32_t)n_c, NULL, NULL, 0,
-                                       o->pretrain_epochs, o->pretrain_lr,
-                                       client_seed(o->seed, -1, c, 4), label, 0, NULL) != CLI_OK)
-                goto out;
-            memcpy(theta + (size_t)c * p.g, lp + fs->n_opt, p.g * sizeof *theta);
-        }
-        p.theta = theta;
-        if (o->secure_agg) {
-            if (secure_sum(N, o->rounds + 2, (int64_t)p.g + 1, 4294967296.0f, 1048576.0f,
-                           fill_gate, &p, avg) != CLI_OK)
-                goto out;
-            for (size_t j = 0; j <= p.g; j++)
-                acc[j] = (double)avg[j];
-            acc[p.g] = floor(acc[p.g] + 0.5);
-        } else {
-            for (int32_t c = 0; c < N; c++) {
-                for (size_t j = 0; j < p.g; j++)
-                    acc[j] += (double)fs->n_members[c] * (double)theta[(size_t)c * p.g + j];
-                acc[p.g] += (double)fs->n_members[c];
-            }
-        }
-        if (!(acc[p.g] > 0.5)) {
-            cli_error("gate pre-training: no client has examples");
-            goto out;
-        }
-        for (size_t j = 0; j < p.g; j++)
-            gp[fs->n_opt + j] = (float)(acc[j] / acc[p.g]);
-        double accuracy = 0.0;
-        if (cli_gate_accuracy(fs->ctx, fs->global, fs->val, fs->ds, &fs->cb, o->B, &accuracy) !=
-            CLI_OK)
-            goto out;
-        printf("federated gate pre-training: gate averaged over %d clients (weights = example "
-               "counts%s), argmax accuracy %.4f on %zu validation examples (%.1f s)\n", (int)N,
-               o->secure_agg ? ", secure sum" : "", accuracy, fs->val->n, cli_now() - t1);
-        fflush(stdout);
-    }
+    if (pretrain && fed_pretrain_rounds(fs, &p, gp, lp, n, task) != CLI_OK)
+        goto out;
     rc = CLI_OK;
 out:
     if (p.u)
@@ -857,9 +937,6 @@ out:
             free(p.u[c]);
     free(p.u);
     free(sum);
-    free(theta);
-    free(acc);
-    free(avg);
     free(task);
     return rc;
 }
@@ -1197,7 +1274,8 @@ int cli_cmd_fed_sim(int argc, char **argv)
         {"lr", 0, CLI_FLOAT, &o.lr, "LR", "client AdamW learning rate of the experts (each client keeps its optimizer state across rounds); default 3e-3"},
         {"gate-lr", 0, CLI_FLOAT, &o.gate_lr, "LR", "client learning rate of the gate (its own AdamW state, kept across rounds); default 1e-3"},
         {"gate-clip", 0, CLI_FLOAT, &o.gate_clip, "X", "clip the gate's gradient to this norm, 0 = off; default 1"},
-        {"gate-pretrain-epochs", 0, CLI_INT, &o.pretrain_epochs, "N", "most epochs of each client's gate pre-training on task labels (on by default when the data has >= 2 tasks and K >= tasks); default 100"},
+        {"gate-pretrain-rounds", 0, CLI_INT, &o.pretrain_rounds, "R", "most FedAvg rounds of the gate's pre-training on task labels (on by default when the data has >= 2 tasks and K >= tasks; keeps the best round on --val, stops after 5 rounds without a better one); default 50"},
+        {"gate-pretrain-epochs", 0, CLI_INT, &o.pretrain_epochs, "N", "local epochs of each client in each pre-training round; default 1"},
         {"gate-pretrain-lr", 0, CLI_FLOAT, &o.pretrain_lr, "LR", "gate pre-training learning rate; default 3e-3"},
         {"no-gate-pretrain", 0, CLI_FLAG, &o.no_pretrain, NULL, "skip the federated gate pre-training"},
         {"max-len", 0, CLI_INT, &o.max_len, "T", "cut examples to T tokens; default 256"},
@@ -1233,8 +1311,10 @@ int cli_cmd_fed_sim(int argc, char **argv)
         "Before round 1 (learned gate): every client computes its examples' gate\n"
         "inputs and their moments (n, sum u, sum u^2); the server adds them and sets\n"
         "the gate's input standardization. Then (>= 2 tasks and K >= tasks, unless\n"
-        "--no-gate-pretrain) every client pre-trains the global gate on its task\n"
-        "labels and the server averages the gates weighted by example counts.\n"
+        "--no-gate-pretrain) the gate is pre-trained on task labels in FedAvg rounds:\n"
+        "each round every client trains the global gate for --gate-pretrain-epochs on\n"
+        "its own labels, the server averages the gates weighted by example counts and\n"
+        "scores the average on --val; the best round's gate is kept.\n"
         "Each client keeps its AdamW state (moments, step count) across rounds, one\n"
         "for the experts (--lr) and one for the gate (--gate-lr, --gate-clip); only\n"
         "the parameters come from the server each round.\n"
@@ -1361,13 +1441,15 @@ int cli_cmd_fed_sim(int argc, char **argv)
                                     "--norm-bound C in clip mode (each client clips its own delta)");
     if (o.secure_agg && o.n_clients < 2)
         return cli_usage_error(cmd, "--secure-agg needs --clients >= 2");
-    if (o.pretrain_epochs < 0 || o.n_shared < 0)
-        return cli_usage_error(cmd, "--gate-pretrain-epochs and --shared must be >= 0");
+    if (o.pretrain_epochs < 0 || o.pretrain_rounds < 0 || o.n_shared < 0)
+        return cli_usage_error(cmd, "--gate-pretrain-epochs, --gate-pretrain-rounds and --shared "
+                                    "must be >= 0");
     if (!(o.gate_lr >= 0.0f && isfinite(o.gate_lr)) || !(o.gate_clip >= 0.0f && isfinite(o.gate_clip)) ||
         !(o.pretrain_lr >= 0.0f && isfinite(o.pretrain_lr)))
         return cli_usage_error(cmd, "--gate-lr, --gate-clip and --gate-pretrain-lr must be finite and >= 0");
-    if (o.baseline && o.pretrain_epochs > 0)
-        return cli_usage_error(cmd, "--baseline has no learned gate: --gate-pretrain-epochs does not apply");
+    if (o.baseline && (o.pretrain_epochs > 0 || o.pretrain_rounds > 0))
+        return cli_usage_error(cmd, "--baseline has no learned gate: --gate-pretrain-epochs/-rounds "
+                                    "do not apply");
 
     mop_mixture_params mp = defaults;
     mp.n_experts = o.K;

@@ -794,6 +794,37 @@ mop_status mop_mixture_gate_inputs(mop_ctx *ctx, const mop_mixture *m, const mop
     return gate_batch(ctx, m, batch, NULL, u, "mop_mixture_gate_inputs");
 }
 
+mop_status mop_mixture_gate_from_inputs(const mop_mixture *m, const float *u, int32_t n,
+                                        float *w)
+{
+    static const char fn[] = "mop_mixture_gate_from_inputs";
+    MOP_CHECK_ARG(m && u && w);
+    if (n < 0)
+        return mop_fail(MOP_E_INVALID_ARG, "%s: n = %d (need >= 0)", fn, n);
+    if (m->p.gate_mode == MOP_GATE_ORACLE)
+        return mop_fail(MOP_E_INVALID_ARG, "%s: an oracle gate needs task labels", fn);
+    const int32_t K = m->p.n_experts, d = m->model->hp.n_embd;
+    const int32_t h = m->p.gate_mode == MOP_GATE_LEARNED ? m->p.gate_hidden : 1;
+    for (int64_t i = 0; i < (int64_t)n * d; i++)
+        if (!isfinite(u[i]))
+            return mop_fail(MOP_E_INVALID_ARG, "%s: row %lld holds a non-finite value", fn,
+                            (long long)(i / d));
+    float *un = mop_alloc((size_t)d * sizeof(float)), *a = mop_alloc((size_t)h * sizeof(float));
+    float *pi = mop_alloc((size_t)K * sizeof(float));
+    if (!un || !a || !pi) {
+        mop_free(un), mop_free(a), mop_free(pi);
+        return mop_fail(MOP_E_NOMEM, "%s: out of memory", fn);
+    }
+    for (int32_t r = 0; r < n; r++) {
+        memcpy(un, u + (int64_t)r * d, (size_t)d * sizeof(float));
+        if (m->p.gate_mode == MOP_GATE_LEARNED)
+            gate_standardize(m, un);
+        gate_forward_one(m, a, pi, w + (int64_t)r * K, un, -1);
+    }
+    mop_free(un), mop_free(a), mop_free(pi);
+    return MOP_OK;
+}
+
 mop_status mop_mixture_inject_states(mop_ctx *ctx, const mop_mixture *m, const mop_batch *batch,
                                      float *const *states, float *gate_input)
 {

@@ -141,7 +141,12 @@ def test_pretrained_gate_routes(model, data):
                                           max_len=MAX_LEN, n_threads=2, tasks=TASKS, **MIX)
             for i, s in enumerate(shards)]
     lf.run_inprocess(st, make, 1, log=None)
-    assert st.gate_setup_info["pretrained_clients"] == 3
+    info = st.gate_setup_info
+    assert info["pretrained_clients"] == 3
+    # FedAvg rounds: at least the best round + 5 without a better one, at most 50
+    assert 1 <= info["pretrain_best_round"] and \
+        min(info["pretrain_best_round"] + 5, 50) <= info["pretrain_rounds"] <= 50, info
+    assert info["pretrain_accuracy"] >= 0.9, info     # the clients' score of the kept gate
     acc = gate_accuracy(model, st.pre_arrays, st.gate_stats, val)
     print(f"federated pre-trained gate: argmax accuracy {acc:.3f} on {len(val)} validation")
     assert acc >= 0.9

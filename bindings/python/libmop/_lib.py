@@ -297,6 +297,7 @@ _PROTOS: dict[str, tuple[Any, list[Any]]] = {
                                   P(c_float)]),
     "mop_mixture_gate": (st, [vp, vp, P(BatchC), P(c_float)]),
     "mop_mixture_gate_inputs": (st, [vp, vp, P(BatchC), P(c_float)]),
+    "mop_mixture_gate_from_inputs": (st, [vp, P(c_float), c_int32, P(c_float)]),
     "mop_mixture_input_moments": (st, [P(c_float), c_int32, c_int32, P(c_double), P(c_double)]),
     "mop_mixture_set_input_stats": (st, [vp, c_double, P(c_double), P(c_double)]),
     "mop_mixture_get_input_stats": (st, [vp, P(P(c_float)), P(P(c_float))]),

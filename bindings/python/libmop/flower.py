@@ -226,10 +226,12 @@ class MopClient:
     Gate set-up (driven by :class:`MopStrategy` before round 1 through
     ``query`` messages, :meth:`get_properties` with ``mop_phase``): ``gate_moments`` returns the
     moments (n, Σu, Σu²) of the client's pooled gate inputs;
-    ``gate_pretrain`` sets the merged statistics, pre-trains the sent gate on
-    the client's task labels (examples as dicts with a ``task`` key, ids =
+    ``gate_pretrain`` (one FedAvg round of the gate's pre-training) sets the
+    merged statistics, scores the sent gate on the client's rows (Σ −log π of
+    the task, argmax hits), trains it for ``pretrain_epochs`` epochs on the
+    client's task labels (examples as dicts with a ``task`` key, ids =
     positions in ``tasks``, which must be the same list on every client) and
-    returns it. Fit configs carry the merged statistics (``gate_stats``).
+    returns it with the scores. Fit configs carry the merged statistics (``gate_stats``).
 
     Optimizer state: the client keeps two AdamW states across rounds, one
     for the experts (``lr``, clip 1) and one for the gate (``gate_lr``,
@@ -443,28 +445,38 @@ class MopClient:
                 return dict(out, **self._secure_phase(config, vec))
             return dict(out, n=n, sum=s.tobytes(), sumsq=q.tobytes())
         if phase == "gate_pretrain":
+            # one FedAvg round of the gate's pre-training: score the received
+            # gate on the client's rows (its federated validation), then train it
             task = self._labels()
-            if task is None:                       # nothing to pre-train on: weight 0
-                self._pretrained = np.zeros(self.mixture.n_params - self._n_opt, np.float32)
-            elif "secagg_keys" not in config:      # pre-train (once) and keep the result
-                self._set_stats(config)
-                theta = np.frombuffer(config["gate_params"], dtype=np.float32)
-                flat = self.mixture.params
-                flat[self._n_opt:] = theta
-                u = self._gate_inputs()
-                r = self.mixture.pretrain_gate(
-                    u, task, u, task, seed=self.seed * 7919 + self.client_id + 1,
-                    max_epochs=int(config["pretrain_epochs"]) if "pretrain_epochs" in config
-                    else None)
-                self._pretrained = np.array(flat[self._n_opt:], dtype=np.float32, copy=True)
-                if self.progress:
-                    self.progress(f"client {self.client_id} gate pre-training: {r.epochs} "
-                                  f"epochs, argmax accuracy {r.train_accuracy:.3f} train")
             n = float(len(self.train)) if task is not None else 0.0
+            if "secagg_keys" not in config:        # train (once per round), keep the reply
+                theta = np.frombuffer(config["gate_params"], dtype=np.float32)
+                nll = hits = 0.0
+                if task is not None:
+                    self._set_stats(config)
+                    flat = self.mixture.params
+                    flat[self._n_opt:] = theta
+                    u = self._gate_inputs()
+                    w = self.mixture.gate_from_inputs(u)
+                    # −log π clamped at 1e-6: per-row at most 13.8, so a secure
+                    # sum of up to ~75k rows stays inside its 2^20 range
+                    nll = float(-np.log(np.maximum(w[np.arange(len(task)), task], 1e-6)).sum())
+                    hits = float((w.argmax(axis=1) == task).sum())
+                    rnd = int(config.get("pretrain_round", 1))
+                    r = self.mixture.pretrain_gate(
+                        u, task, seed=(self.seed * 7919 + self.client_id + 1) * 1009 + rnd,
+                        max_epochs=int(config.get("pretrain_epochs", 1)))
+                    theta = flat[self._n_opt:]
+                    if self.progress:
+                        self.progress(f"client {self.client_id} gate pre-training round {rnd}: "
+                                      f"{r.epochs} epochs, argmax accuracy "
+                                      f"{r.train_accuracy:.3f} train")
+                self._pretrained = (np.array(theta, dtype=np.float32, copy=True), nll, hits)
+            theta, nll, hits = self._pretrained
             if "secagg_round" in config:
                 return dict(out, **self._secure_phase(
-                    config, np.concatenate([n * self._pretrained.astype(np.float64), [n]])))
-            return dict(out, n=n, gate=self._pretrained.tobytes())
+                    config, np.concatenate([n * theta.astype(np.float64), [n, nll, hits]])))
+            return dict(out, n=n, gate=theta.tobytes(), nll=nll, hits=hits)
         raise ValueError(f"unknown mop_phase {phase!r}")
 
     def _secure_phase(self, config: dict[str, Scalar], vec: np.ndarray) -> dict[str, Scalar]:
@@ -555,12 +567,14 @@ class MopStrategy(Strategy):
     client sends the moments (n, Σu, Σu²) of its gate inputs, the server adds
     them (:attr:`gate_stats`; set on ``initial`` when it is a Mixture, and sent
     to the clients in every fit config); then (``gate_pretrain``, clients
-    created with ``tasks``) every client pre-trains the global gate on its
-    labels (``pretrain_epochs``) and the server averages the gates weighted by
-    example counts into :attr:`global_arrays`. With ``secure_aggregation`` both
-    go through secure sums (moments as (n, Σu), then Σ(u − μ)² around the
-    global mean μ: fixed point 2^16, range 2^36; gates as (n·θ, n): 2^32,
-    2^20). :attr:`gate_setup_info` records what was done.
+    created with ``tasks``) the gate is pre-trained on the clients' labels in
+    FedAvg rounds (at most ``pretrain_rounds``, each ``pretrain_epochs`` local
+    epochs; the clients score each sent gate on their own rows, the best
+    scored gate goes into :attr:`global_arrays`). With ``secure_aggregation``
+    both go through secure sums (moments as (n, Σu), then Σ(u − μ)² around
+    the global mean μ: fixed point 2^16, range 2^36; each round's gates and
+    scores as (n·θ, n, Σ −log π, hits): 2^32, 2^20). :attr:`gate_setup_info`
+    records what was done.
     """
 
     def __init__(self, initial: Union[Mixture, tuple[Sequence[str], Sequence[np.ndarray]]],
@@ -574,7 +588,7 @@ class MopStrategy(Strategy):
                  noise_seed: int = 0, secure_aggregation: bool = False,
                  secagg_params: Optional[dict[str, Any]] = None,
                  gate_setup: bool = True, gate_pretrain: bool = True,
-                 pretrain_epochs: Optional[int] = None,
+                 pretrain_epochs: int = 1, pretrain_rounds: int = 50,
                  timeout: float = 3600.0, norm_bound: Optional[dict[str, Any]] = None,
                  seed: int = 0, **aggregator_params: Any) -> None:
         self._initial_mixture = initial if isinstance(initial, Mixture) else None
@@ -628,7 +642,10 @@ class MopStrategy(Strategy):
         self.secagg_params = dict(secagg_params or {})
         self.history: list[dict[str, Any]] = []
         self.gate_setup, self.gate_pretrain = bool(gate_setup), bool(gate_pretrain)
-        self.pretrain_epochs = pretrain_epochs
+        if int(pretrain_epochs) < 1 or int(pretrain_rounds) < 1:
+            raise ValueError(f"pretrain_epochs and pretrain_rounds must be >= 1, got "
+                             f"{pretrain_epochs} and {pretrain_rounds}")
+        self.pretrain_epochs, self.pretrain_rounds = int(pretrain_epochs), int(pretrain_rounds)
         self.gate_stats: Optional[tuple[float, np.ndarray, np.ndarray]] = None
         self.gate_setup_info: dict[str, Any] = {}
         self._gate_done = not any(n.startswith("gate.") for n in self.names)
@@ -794,33 +811,55 @@ class MopStrategy(Strategy):
         info: dict[str, Any] = {"stats_examples": n, "stats_seconds": time.perf_counter() - t0,
                                 "pretrained_clients": 0}
         if self.gate_pretrain:
-            theta = np.concatenate([self.global_arrays[i].ravel() for i in gi]).astype(np.float32)
-            cfg: dict[str, Any] = {
-                "mop_phase": "gate_pretrain", "gate_params": theta.tobytes(),
-                "gate_stats": np.concatenate([[n], s, q]).astype(np.float64).tobytes()}
-            if self.pretrain_epochs is not None:
-                cfg["pretrain_epochs"] = int(self.pretrain_epochs)
+            info.update(self._pretrain_gate(grid, nodes, gi, n, s, q))
+        info["seconds"] = time.perf_counter() - t0
+        self.gate_setup_info = info
+
+    def _pretrain_gate(self, grid: Grid, nodes: list[int], gi: list[int], n: float,
+                       s: np.ndarray, q: np.ndarray) -> dict[str, Any]:
+        """Gate pre-training as FedAvg rounds: each round the clients score the
+        sent gate on their own rows (Σ −log π[task], argmax hits), train it for
+        ``pretrain_epochs`` local epochs and return it; the server averages the
+        gates by example counts. The gate kept is the best scored (the higher
+        accuracy, ties: the lower loss); it stops after 5 rounds without a
+        better one, or after ``pretrain_rounds``."""
+        theta = np.concatenate([self.global_arrays[i].ravel() for i in gi]).astype(np.float32)
+        base: dict[str, Any] = {
+            "mop_phase": "gate_pretrain", "pretrain_epochs": int(self.pretrain_epochs),
+            "gate_stats": np.concatenate([[n], s, q]).astype(np.float64).tobytes()}
+        best, best_key, best_round, n_pre, total, rounds = theta, None, 0, 0, 0.0, 0
+        for rnd in range(1, self.pretrain_rounds + 1):
+            rounds = rnd
+            cfg = dict(base, gate_params=theta.tobytes(), pretrain_round=rnd)
             if self.secure_aggregation:
-                v = self._secure_sum(grid, nodes, cfg, theta.size + 1, 4294967296.0, 1048576.0)
-                acc, total = v[:-1], float(np.floor(v[-1] + 0.5))
+                v = self._secure_sum(grid, nodes, cfg, theta.size + 3, 4294967296.0, 1048576.0)
+                acc, total, nll, hits = v[:-3], float(np.floor(v[-3] + 0.5)), v[-2], v[-1]
                 n_pre = None
             else:
-                acc, total, n_pre = np.zeros(theta.size), 0.0, 0
+                acc, total, nll, hits, n_pre = np.zeros(theta.size), 0.0, 0.0, 0.0, 0
                 for r in self._query(grid, nodes, [cfg] * len(nodes)):
                     if float(r.get("n", 0.0)) > 0:
                         acc += float(r["n"]) * np.frombuffer(r["gate"], dtype=np.float32)
                         total += float(r["n"])
+                        nll += float(r["nll"])
+                        hits += float(r["hits"])
                         n_pre += 1
-            if total > 0:
-                avg, off = acc / total, 0
-                for i in gi:
-                    a = self.global_arrays[i]
-                    self.global_arrays[i] = avg[off:off + a.size].reshape(a.shape).astype(
-                        np.float32)
-                    off += a.size
-                info.update(pretrained_clients=n_pre, pretrained_examples=total)
-        info["seconds"] = time.perf_counter() - t0
-        self.gate_setup_info = info
+            if total <= 0:
+                return {"pretrained_clients": 0}
+            key = (hits / total, -nll / total)     # the score of the gate sent this round
+            if best_key is None or key > best_key:
+                best, best_key, best_round = theta, key, rnd
+            elif rnd - best_round >= 5:
+                break
+            theta = (acc / total).astype(np.float32)
+        off = 0
+        for i in gi:
+            a = self.global_arrays[i]
+            self.global_arrays[i] = best[off:off + a.size].reshape(a.shape).astype(np.float32)
+            off += a.size
+        return {"pretrained_clients": n_pre, "pretrained_examples": total,
+                "pretrain_rounds": rounds, "pretrain_best_round": best_round,
+                "pretrain_accuracy": best_key[0], "pretrain_loss": -best_key[1]}
 
     def client_update(self, arrays: Sequence[np.ndarray], n_samples: float, client_id: int,
                       server_round: int, gate_usage: Optional[np.ndarray] = None) -> Update:

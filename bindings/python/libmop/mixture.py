@@ -393,6 +393,21 @@ class Mixture(L.Closable):
         L.check(L.call("mop_mixture_gate_inputs", ctx, self, byref(b), L.ptr(u, c_float)))
         return u
 
+    def gate_from_inputs(self, u: Any) -> np.ndarray:
+        """Gate weights (n, K) from cached raw inputs u (n, d) of
+        :meth:`gate_inputs`, without a model forward
+        (mop_mixture_gate_from_inputs)."""
+        u = np.ascontiguousarray(u, dtype=np.float32)
+        d = self.tensor_info()[0].shape[2]
+        if u.ndim != 2 or u.shape[1] != d:
+            raise L.shape_error(f"u: expected (n, {d}), got shape {u.shape}")
+        if u.shape[0] >= 2**31:
+            raise ValueError(f"u: {u.shape[0]} rows, too many for an int32 count")
+        w = np.zeros((u.shape[0], self.n_experts), dtype=np.float32)
+        L.check(L.call("mop_mixture_gate_from_inputs", self, L.ptr(u, c_float), u.shape[0],
+                       L.ptr(w, c_float)))
+        return w
+
     @staticmethod
     def input_moments(u: Any) -> tuple[float, np.ndarray, np.ndarray]:
         """(n, Σu, Σu²) of rows u (n, d) (mop_mixture_input_moments); moments of
