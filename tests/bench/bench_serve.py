@@ -20,9 +20,18 @@ The server is started here on 127.0.0.1 (--port 0) with the given workers
 (sequences in its continuous batch) and threads; mixtures are made through the bindings (random, K x P given by
 --experts/--prompt-len) in a temporary folder.
 
+--llama-server PATH adds the peer: llama.cpp's own server (built from the
+sources that llama-cpp-python's sdist vendors) on the same GGUF, with as many
+parallel slots as --workers (continuous batching, --ctx tokens per slot),
+--threads threads and OMP_WAIT_POLICY=PASSIVE, measured on case (c) after
+libmop, with the same client and requests; the table gives its tok/s and
+libmop's ratio.
+
     LIBMOP_BUILD_DIR=build .venv/bin/python tests/bench/bench_serve.py \\
-        $(scripts/model-path.sh) --workers 16 --threads 1
+        $(scripts/model-path.sh) --workers 16 --threads 1 [--llama-server PATH]
 """
+import socket
+import urllib.request
 import argparse
 import json
 import math
@@ -65,6 +74,32 @@ def start_server(mop, model, mixdir, workers, threads, ctx, lru):
     return proc, url
 
 
+def start_llama_server(exe, model, workers, threads, ctx):
+    """llama.cpp's server on a free 127.0.0.1 port; waits for /health."""
+    with socket.socket() as so:
+        so.bind(("127.0.0.1", 0))
+        port = so.getsockname()[1]
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
+    proc = subprocess.Popen([exe, "-m", model, "--host", "127.0.0.1", "--port", str(port),
+                             "-np", str(workers), "-c", str(ctx * workers), "-t", str(threads),
+                             "-tb", str(threads), "--cont-batching", "--no-webui"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"llama-server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=5) as r:
+                if r.status == 200:
+                    return proc, url
+        except OSError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise SystemExit("llama-server did not become healthy")
+
+
 def run_case(client, names, n_clients, n_requests, prompt, max_tokens):
     """names[i] is client i's model. Returns (tokens, wall seconds, latencies)."""
     per = [n_requests // n_clients + (1 if i < n_requests % n_clients else 0)
@@ -102,6 +137,7 @@ def main():
     ap.add_argument("--prompt-len", type=int, default=8)
     ap.add_argument("--prompt", default="The history of the city of Paris begins")
     ap.add_argument("--json", help="write the results here too")
+    ap.add_argument("--llama-server", help="llama.cpp's server binary: the peer on case (c)")
     a = ap.parse_args()
     os.environ.setdefault("LIBMOP_LIBRARY", str(pathlib.Path(a.build_dir) / "libmop.so"))
     import libmop
@@ -140,17 +176,40 @@ def main():
         finally:
             proc.terminate()
             proc.wait(timeout=120)
+    peer = {}
+    if a.llama_server:
+        proc, url = start_llama_server(a.llama_server, a.model, a.workers, a.threads, a.ctx)
+        try:
+            client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0,
+                                   timeout=600)
+            run_case(client, ["peer"], 1, 2, a.prompt, 1)          # warm-up
+            for n in clients:
+                tok, wall, lat = run_case(client, ["peer"] * n, n, a.requests, a.prompt,
+                                          a.max_tokens)
+                peer[n] = dict(clients=n, tokens=tok, wall_s=wall, tok_per_s=tok / wall,
+                               p50_s=pct(lat, 50), p99_s=pct(lat, 99))
+                print(f"{n:>2} clients llama.cpp server {peer[n]['tok_per_s']:7.1f} tok/s  "
+                      f"p50 {peer[n]['p50_s']:6.2f} s  p99 {peer[n]['p99_s']:6.2f} s", flush=True)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=120)
     print("\n| clients | case | requests | tokens | tok/s | p50 s | p99 s | llama.cpp server |")
     print("|---:|---|---:|---:|---:|---:|---:|---|")
     for r in rows:
+        p = peer.get(r["clients"]) if r["case"].startswith("(c)") else None
+        ref = (f"{p['tok_per_s']:.1f} tok/s, p50 {p['p50_s']:.2f} s, p99 {p['p99_s']:.2f} s "
+               f"(libmop {r['tok_per_s'] / p['tok_per_s']:.2f}x)" if p else
+               "not measured" if not a.llama_server else "-")
         print(f"| {r['clients']} | {r['case']} | {r['requests']} | {r['tokens']} | "
-              f"{r['tok_per_s']:.1f} | {r['p50_s']:.2f} | {r['p99_s']:.2f} | not measured |")
+              f"{r['tok_per_s']:.1f} | {r['p50_s']:.2f} | {r['p99_s']:.2f} | {ref} |")
     for n in clients:
         by = {r["case"][:3]: r for r in rows if r["clients"] == n}
         print(f"{n} clients: (b)/(a) = {by['(b)']['tok_per_s'] / by['(a)']['tok_per_s']:.2f}, "
               f"(a)/(c) = {by['(a)']['tok_per_s'] / by['(c)']['tok_per_s']:.2f}")
     if a.json:
-        pathlib.Path(a.json).write_text(json.dumps(dict(args=vars(a), rows=rows), indent=1))
+        pathlib.Path(a.json).write_text(json.dumps(dict(args=vars(a), rows=rows,
+                                                        llama_server=list(peer.values())),
+                                                   indent=1))
 
 
 if __name__ == "__main__":

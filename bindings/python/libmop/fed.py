@@ -473,6 +473,27 @@ def _secagg_params(params: dict[str, Any]) -> SecAggParams:
     return L.fill_params(p, params, "secagg")
 
 
+#: the keyword parameters of the four secure-aggregation classes (fields of
+#: mop_secagg_params; None keeps the library's default, in brackets)
+_SECAGG_PARAMS_DOC = """
+    Every keyword is a field of ``mop_secagg_params`` (include/libmop/mop_fed.h),
+    equal on every client and the server; None keeps the library's default:
+
+    :param n_clients: n, 2..65536; must be set [0]
+    :param length: floats per vector, 1..2^31; must be set [0]
+    :param round: round number, >= 0, bound into the keys [0]
+    :param ring_bits: 32 or 64, the ring Z_2^ring_bits [64]
+    :param scale: fixed-point scale, x -> round(x*scale), finite and > 0
+        [4294967296, 2^32]
+    :param clip_range: inputs clipped to [-clip_range, clip_range]; n times
+        round(clip_range*scale) must stay below 2^(ring_bits-1) [256]
+    :param min_survivors: t, the fewest survivors whose sum may be revealed,
+        2..n [2]
+    :raises TypeError: a value of the wrong type
+    :raises MopError: values the library rejects
+    """
+
+
 def _blob(call: Any) -> bytes:
     n = c_size_t(0)
     L.check(call(None, 0, byref(n)))
@@ -486,12 +507,15 @@ def _bytes_in(data: Union[bytes, bytearray, memoryview]) -> np.ndarray:
 
 
 class SecAggClient(L.Closable):
-    """One client of a secure-aggregation round (``mop_secagg_client``).
-    Keywords: n_clients, length (required), round, ring_bits, scale,
-    clip_range, min_survivors — equal on every client and the server."""
+    """One client of a secure-aggregation round (``mop_secagg_client``);
+    ``index`` is its position among the n clients."""
 
-    def __init__(self, index: int, **params: Any) -> None:
-        p = _secagg_params(params)
+    def __init__(self, index: int, *, n_clients: Optional[int] = None,
+                 length: Optional[int] = None, round: Optional[int] = None,
+                 ring_bits: Optional[int] = None, scale: Optional[float] = None,
+                 clip_range: Optional[float] = None,
+                 min_survivors: Optional[int] = None) -> None:
+        p = _secagg_params(L.passed_fields(locals(), SecAggParams))
         idx = L.check_c_int("index", index)
         self._h = L.create("mop_secagg_client", lambda out: L.fn("mop_secagg_client_create")(
             byref(p), idx, out))
@@ -550,11 +574,16 @@ def _borrowed(ptr: Any, n: c_size_t) -> bytes:
 class SecAgg2Client(L.Closable):
     """One client of a dropout-tolerant secure-aggregation round
     (``mop_secagg2_client``: self-masks, pairwise masks, Shamir shares).
-    Keywords as :class:`SecAggClient`; min_survivors is the threshold t.
-    Call :meth:`step` once per stage with the server's message for it."""
+    ``index`` is its position among the n clients; min_survivors is the
+    threshold t. Call :meth:`step` once per stage with the server's message
+    for it."""
 
-    def __init__(self, index: int, **params: Any) -> None:
-        p = _secagg_params(params)
+    def __init__(self, index: int, *, n_clients: Optional[int] = None,
+                 length: Optional[int] = None, round: Optional[int] = None,
+                 ring_bits: Optional[int] = None, scale: Optional[float] = None,
+                 clip_range: Optional[float] = None,
+                 min_survivors: Optional[int] = None) -> None:
+        p = _secagg_params(L.passed_fields(locals(), SecAggParams))
         idx = L.check_c_int("index", index)
         self._h = L.create("mop_secagg2_client", lambda out: L.fn("mop_secagg2_client_create")(
             byref(p), idx, out))
@@ -579,8 +608,12 @@ class SecAgg2Server(L.Closable):
     :meth:`advance` (needs t of them), :meth:`message` for each remaining
     client, and after the unmasking stage :meth:`result`."""
 
-    def __init__(self, **params: Any) -> None:
-        p = _secagg_params(params)
+    def __init__(self, *, n_clients: Optional[int] = None,
+                 length: Optional[int] = None, round: Optional[int] = None,
+                 ring_bits: Optional[int] = None, scale: Optional[float] = None,
+                 clip_range: Optional[float] = None,
+                 min_survivors: Optional[int] = None) -> None:
+        p = _secagg_params(L.passed_fields(locals(), SecAggParams))
         self.length, self.n_clients = int(p.length), int(p.n_clients)
         self._h = L.create("mop_secagg2_server",
                            lambda out: L.fn("mop_secagg2_server_create")(byref(p), out))
@@ -611,8 +644,12 @@ class SecAgg2Server(L.Closable):
 class SecAggServer(L.Closable):
     """The server side of a secure-aggregation round (``mop_secagg_server``)."""
 
-    def __init__(self, **params: Any) -> None:
-        p = _secagg_params(params)
+    def __init__(self, *, n_clients: Optional[int] = None,
+                 length: Optional[int] = None, round: Optional[int] = None,
+                 ring_bits: Optional[int] = None, scale: Optional[float] = None,
+                 clip_range: Optional[float] = None,
+                 min_survivors: Optional[int] = None) -> None:
+        p = _secagg_params(L.passed_fields(locals(), SecAggParams))
         self.length, self.n_clients = int(p.length), int(p.n_clients)
         self._h = L.create("mop_secagg_server",
                            lambda out: L.fn("mop_secagg_server_create")(byref(p), out))
@@ -633,3 +670,8 @@ class SecAggServer(L.Closable):
         L.check(L.call("mop_secagg_server_finish", self, L.ptr(s, c_float), s.size,
                                                    L.ptr(inc, c_int32), byref(n_inc)))
         return s, inc[:n_inc.value].copy()
+
+
+for _cls in (SecAggClient, SecAgg2Client, SecAgg2Server, SecAggServer):
+    _cls.__doc__ = (_cls.__doc__ or "") + "\n" + _SECAGG_PARAMS_DOC
+del _cls
