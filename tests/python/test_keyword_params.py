@@ -1,9 +1,9 @@
 """Constructors and functions that mirror a C params struct name every field.
 
-Mixture, Optimizer, prune / Model.prune, Aggregator and the four
+Mixture, Optimizer, prune / Model.prune, Aggregator, Context and the four
 secure-aggregation classes take one keyword parameter per settable field of
 mop_mixture_params, mop_adamw_params, mop_prune_params,
-mop_aggregator_params and mop_secagg_params (no ``**params``), each defaulting
+mop_aggregator_params, mop_ctx_params and mop_secagg_params (no ``**params``), each defaulting
 to None = the library's default (docs/PYTHON.md). The fields are read from the
 ctypes Structures, so a field added to a struct without a parameter fails
 here, and so does a docstring whose [default] differs from the C one. No
@@ -45,6 +45,7 @@ CASES = {
     "prune": (libmop.prune, L.PruneParams, libmop.prune),
     "Model.prune": (libmop.Model.prune, L.PruneParams, libmop.Model.prune),
     "Aggregator": (libmop.Aggregator.__init__, libmop.fed.AggregatorParams, libmop.Aggregator),
+    "Context": (libmop.Context.__init__, L.CtxParams, libmop.Context),
     "SecAggClient": (libmop.fed.SecAggClient.__init__, libmop.fed.SecAggParams,
                      libmop.fed.SecAggClient),
     "SecAggServer": (libmop.fed.SecAggServer.__init__, libmop.fed.SecAggParams,
@@ -110,6 +111,7 @@ def calls():
         "prune": (lambda **k: libmop.prune(None, **k), L.PruneParams),
         "Model.prune": (lambda **k: libmop.Model.prune(None, **k), L.PruneParams),
         "Aggregator": (lambda **k: libmop.Aggregator(**k), libmop.fed.AggregatorParams),
+        "Context": (lambda **k: libmop.Context(None, **k), L.CtxParams),
         "SecAggClient": (lambda **k: libmop.fed.SecAggClient(0, **k), libmop.fed.SecAggParams),
         "SecAggServer": (lambda **k: libmop.fed.SecAggServer(**k), libmop.fed.SecAggParams),
         "SecAgg2Client": (lambda **k: libmop.fed.SecAgg2Client(0, **k), libmop.fed.SecAggParams),
@@ -156,12 +158,12 @@ def test_defaults_are_the_libraries():
 
 ENUMS = {"Mixture": libmop.mixture._ENUMS, "prune": libmop.sparse._ENUMS,
          "Model.prune": libmop.sparse._ENUMS, "Aggregator": {"strategy": libmop.fed.STRATEGY},
-         "Optimizer": {}, "SecAggClient": {}, "SecAggServer": {}, "SecAgg2Client": {},
+         "Optimizer": {}, "Context": {}, "SecAggClient": {}, "SecAggServer": {}, "SecAgg2Client": {},
          "SecAgg2Server": {}}
 INIT = {"MixtureParams": "mop_mixture_params_init_sized", "AdamWParams": "mop_adamw_params_init_sized",
         "PruneParams": "mop_prune_params_init_sized",
         "AggregatorParams": "mop_aggregator_params_init_sized",
-        "SecAggParams": "mop_secagg_params_init_sized"}
+        "SecAggParams": "mop_secagg_params_init_sized", "CtxParams": "mop_ctx_params_init_sized"}
 
 
 @pytest.mark.parametrize("what", sorted(CASES))

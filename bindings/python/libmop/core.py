@@ -393,14 +393,21 @@ class Context(L.Closable):
     Logits: :meth:`decode` returns a **copy** (safe to keep). :meth:`logits`
     with ``copy=False`` returns a zero-copy, read-only view of the C buffer that
     is valid only until the next call on this context.
+
+    Every parameter after ``model`` is a field of ``mop_ctx_params``; None
+    keeps the library's default (in brackets).
+
+    :param model: the model (the context holds its own reference)
+    :param n_ctx: KV cache capacity in tokens, at most the model's [2048]
+    :param n_batch: most tokens one forward call processes [512]
+    :param n_threads: compute threads, 0 = all cores [0]
+    :raises MopError: values the library rejects
     """
 
-    def __init__(self, model: Model, n_ctx: int = 2048, n_batch: int = 512,
-                 n_threads: int = 0) -> None:
+    def __init__(self, model: Model, n_ctx: Optional[int] = None,
+                 n_batch: Optional[int] = None, n_threads: Optional[int] = None) -> None:
         p = L.params_init(L.CtxParams, "mop_ctx_params_init_sized")
-        p.n_ctx = L.check_c_int("n_ctx", n_ctx)
-        p.n_batch = L.check_c_int("n_batch", n_batch)
-        p.n_threads = L.check_c_int("n_threads", n_threads)
+        L.fill_params(p, L.passed_fields(locals(), L.CtxParams), "context")
         self._h = L.create("mop_ctx", lambda out: L.call("mop_ctx_create", model, byref(p), out))
         self.model = model
         self.n_ctx, self.n_batch, self.n_threads = p.n_ctx, p.n_batch, p.n_threads
