@@ -779,9 +779,9 @@ static int fed_pretrain_rounds(fed_state *fs, fed_prep *p, float *gp, float *lp,
     }
     p->theta = theta;
     double best_acc = -1.0, best_loss = INFINITY, best_own = 0.0;
-    int32_t r = 0, best_round = 0, improved = 0;
+    int32_t r = 0, best_round = 0;
     memcpy(best, gp + fs->n_opt, g * sizeof *best);
-    while (r < rounds && r - improved < patience) {
+    while (r < rounds && r - best_round < patience) {
         r++;
         for (int32_t c = 0; c < N; c++) {
             size_t n_c = fs->n_members[c];
@@ -848,7 +848,7 @@ static int fed_pretrain_rounds(fed_state *fs, fed_prep *p, float *gp, float *lp,
          * accuracy of a few validation rows saturates long before the gate
          * stops sharpening (the loss still falls) */
         if (a > best_acc || (a == best_acc && loss < best_loss)) {
-            best_acc = a, best_loss = loss, best_round = improved = r;
+            best_acc = a, best_loss = loss, best_round = r;
             best_own = scored ? own / (double)scored : 0.0;
             memcpy(best, gp + fs->n_opt, g * sizeof *best);
         }
