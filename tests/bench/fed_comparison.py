@@ -12,7 +12,7 @@ scored on the test set. Methods (same prompt rows, K*P):
   single_in  the same prompt at the input layer
   oracle     expert k serves task k by label
   mop        the mixture with its defaults (gate statistics merged, gate
-             pre-trained per client and averaged)
+             pre-trained in FedAvg rounds of one local epoch)
   mop_shared K experts of P/2 tokens + K always-on shared groups of P/2
 each under every strategy of --strategies (fedavg; mop_aware: the paper's
 aggregation, each expert's delta weighted by the clients' gate usage).
