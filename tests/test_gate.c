@@ -630,7 +630,7 @@ static void test_invalid_params(void **state)
         mop_status want;
     } cases[] = {
         {0, 0, MOP_E_RANGE},   {0, 257, MOP_E_RANGE}, {1, 0, MOP_E_RANGE},
-        {1, 513, MOP_E_RANGE}, {2, 3, MOP_E_RANGE},   {3, 4, MOP_E_RANGE},
+        {1, 513, MOP_E_RANGE}, {2, 4, MOP_E_RANGE},   {3, 4, MOP_E_RANGE},
         {4, 0, MOP_E_RANGE},   {5, 9, MOP_E_RANGE},   {6, 2, MOP_E_INVALID_ARG},
         {7, 5, MOP_E_INVALID_ARG}, {8, 7, MOP_E_INVALID_ARG}, {9, 2, MOP_E_INVALID_ARG},
     };
@@ -643,7 +643,7 @@ static void test_invalid_params(void **state)
         switch (cases[i].field) {
         case 0: p.n_experts = cases[i].value; break;
         case 1: p.prompt_len = cases[i].value; break;
-        case 2: p.gate_layer = cases[i].value; break; /* > inject_layer */
+        case 2: p.gate_layer = cases[i].value; break; /* = n_layer */
         case 3: p.inject_layer = cases[i].value; break; /* = n_layer */
         case 4: p.gate_hidden = cases[i].value; break;
         case 5: p.top_k = cases[i].value; break;
@@ -784,6 +784,13 @@ static void edit_top2_renorm(mop_mixture_params *p) { p->top_k = 2, p->top_k_ren
 static void edit_oracle(mop_mixture_params *p) { p->gate_mode = MOP_GATE_ORACLE; }
 static void edit_top1_renorm(mop_mixture_params *p) { p->top_k = 1, p->top_k_renorm = 1; }
 static void edit_none(mop_mixture_params *p) { (void)p; }
+/* the gate reads layer 3 of a prompt-free pass, the experts enter at layer 1 */
+static void edit_gate_after(mop_mixture_params *p) { p->gate_layer = 3, p->inject_layer = 1; }
+static void edit_oracle_after(mop_mixture_params *p)
+{
+    edit_oracle(p);
+    edit_gate_after(p);
+}
 
 static void fd_shaped(void (*edit)(mop_mixture_params *), const char *what)
 {
@@ -809,6 +816,52 @@ static void test_fd_routing_choices(void **state)
     fd_shaped(edit_top1, "top1");
     fd_shaped(edit_top2_renorm, "top2 renormalised");
     fd_shaped(edit_oracle, "oracle");
+    fd_shaped(edit_gate_after, "gate layer after the injection layer");
+}
+
+/* L_g > L_p: the prompted pass restarts from the embeddings, so with an
+ * oracle gate (which reads no input) the NLL and gradients equal, bit for
+ * bit, those of the same parameters with L_g = 0 <= L_p. */
+static void test_gate_after_injection(void **state)
+{
+    (void)state;
+    mop_model *m = tiny_model(TL);
+    mop_ctx *c = gate_ctx(m, 16);
+    mop_mixture *after = shaped_mixture(m, edit_oracle_after);
+    mop_mixture_params p = {.struct_size = sizeof p};
+    assert_int_equal(mop_mixture_get_params(after, &p), MOP_OK);
+    assert_int_equal(p.gate_layer, 3);
+    assert_int_equal(p.inject_layer, 1);
+    p.gate_layer = 0;
+    mop_mixture *before = NULL;
+    assert_int_equal(mop_mixture_create(m, &p, &before), MOP_OK);
+    float *pa, *pb, *ga, *gb;
+    size_t na, nb;
+    assert_int_equal(mop_mixture_data(after, &pa, &ga, &na), MOP_OK);
+    assert_int_equal(mop_mixture_data(before, &pb, &gb, &nb), MOP_OK);
+    assert_int_equal(na, nb);
+    memcpy(pb, pa, na * sizeof(float));
+    mop_batch b = tiny_batch();
+    const mop_mixture *la[1] = {after}, *lb[1] = {before};
+    double nll_a[BB], nll_b[BB];
+    assert_int_equal(mop_mixture_evaluate(c, la, 1, &b, nll_a, NULL, NULL), MOP_OK);
+    assert_int_equal(mop_mixture_evaluate(c, lb, 1, &b, nll_b, NULL, NULL), MOP_OK);
+    assert_memory_equal(nll_a, nll_b, sizeof nll_a);
+    mop_mixture_zero_grad(after);
+    mop_mixture_zero_grad(before);
+    assert_true(fb_loss(c, after, &b, NULL) == fb_loss(c, before, &b, NULL));
+    assert_memory_equal(ga, gb, na * sizeof(float));
+    /* out of range either way */
+    p.gate_layer = TL;
+    mop_mixture *bad = NULL;
+    assert_int_equal(mop_mixture_create(m, &p, &bad), MOP_E_RANGE);
+    p.gate_layer = 3, p.inject_layer = TL;
+    assert_int_equal(mop_mixture_create(m, &p, &bad), MOP_E_RANGE);
+    assert_null(bad);
+    mop_mixture_free(before);
+    mop_mixture_free(after);
+    mop_ctx_free(c);
+    mop_model_free(m);
 }
 
 /* The renormalised top-1 weight is always 1: the LM loss gives the gate
@@ -1096,12 +1149,11 @@ static void test_init_experts(void **state)
 /* Cached layer-L_p states: a training step and an evaluation from them equal,
  * bit for bit, the ones that run layers [0, L_p); a batch of the 0.1 size
  * (without the cache fields) is still accepted. */
-static void test_cached_states_equal_uncached(void **state)
+static void cached_states_equal_uncached(void (*edit)(mop_mixture_params *))
 {
-    (void)state;
     mop_model *m = tiny_model(TL);
     mop_ctx *c = gate_ctx(m, 16);
-    mop_mixture *mx = shaped_mixture(m, edit_shared);
+    mop_mixture *mx = shaped_mixture(m, edit);
     mop_batch b = tiny_batch();
     float *st[BB], u[BB * TD];
     for (int s = 0; s < BB; s++)
@@ -1145,6 +1197,14 @@ static void test_cached_states_equal_uncached(void **state)
     mop_mixture_free(mx);
     mop_ctx_free(c);
     mop_model_free(m);
+}
+
+/* ... also when the gate reads a prompt-free pass beyond L_p */
+static void test_cached_states_equal_uncached(void **state)
+{
+    (void)state;
+    cached_states_equal_uncached(edit_shared);
+    cached_states_equal_uncached(edit_gate_after);
 }
 
 /* ---- allocation failures ---------------------------------------------------------- */
@@ -1241,6 +1301,7 @@ int main(void)
         cmocka_unit_test(test_pretrain_early_stop),
         cmocka_unit_test(test_init_experts),
         cmocka_unit_test(test_cached_states_equal_uncached),
+        cmocka_unit_test(test_gate_after_injection),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

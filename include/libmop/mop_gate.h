@@ -91,7 +91,11 @@ typedef struct mop_mixture_params {
     int32_t n_experts;      /**< K; default 8. K = 1 with ::MOP_GATE_UNIFORM is single prompt tuning */
     int32_t prompt_len;     /**< P tokens per expert; default 8 */
     int32_t gate_layer;     /**< L_g: gate reads hidden states after this many layers; default -1 = n_layer/3 */
-    int32_t inject_layer;   /**< L_p: experts enter before this layer; default -1 = n_layer/3; >= gate_layer */
+    int32_t inject_layer;   /**< L_p: experts enter before this layer; default -1 = n_layer/3.
+                                 Below gate_layer (e.g. 0, the input), the gate reads a
+                                 prompt-free pass of layers [0, L_g) over the prompt and the
+                                 prompted pass starts again from the embeddings (L_p more
+                                 layers of prefill; none when L_p = 0) */
     int32_t gate_hidden;    /**< gate MLP width h; default 64 */
     int32_t gate_act;       /**< ::mop_gate_act; default ::MOP_GATE_ACT_GELU */
     float gate_temperature; /**< τ; default 1 */
@@ -156,7 +160,7 @@ mop_mixture_params mop_mixture_default_params(void);
  * @param[in]  params shape and initialisation (copied), or NULL for the defaults
  * @param[out] out    the mixture; free with mop_mixture_free()
  * @return ::MOP_OK, ::MOP_E_INVALID_ARG, ::MOP_E_RANGE (K, P, layers or sizes
- *         out of range: 1 <= K <= 256, 1 <= P <= 512, 0 <= gate_layer <=
+ *         out of range: 1 <= K <= 256, 1 <= P <= 512, 0 <= gate_layer,
  *         inject_layer < n_layer, 1 <= gate_hidden <= 8192, τ > 0,
  *         0 <= top_k <= K; top_k must be 0 with ::MOP_GATE_UNIFORM: ::MOP_E_INVALID_ARG),
  *         ::MOP_E_NOMEM

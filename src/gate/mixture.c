@@ -55,10 +55,11 @@ mop_status mixture_resolve_params(mop_mixture_params *p, int32_t n_layer, const 
         return mop_fail(MOP_E_RANGE, "%s: n_experts %d outside [1, 256]", fn, p->n_experts);
     if (p->prompt_len < 1 || p->prompt_len > 512)
         return mop_fail(MOP_E_RANGE, "%s: prompt_len %d outside [1, 512]", fn, p->prompt_len);
-    if (p->gate_layer < 0 || p->gate_layer > p->inject_layer || p->inject_layer >= n_layer)
+    if (p->gate_layer < 0 || p->gate_layer >= n_layer || p->inject_layer < 0 ||
+        p->inject_layer >= n_layer)
         return mop_fail(MOP_E_RANGE,
-                        "%s: need 0 <= gate_layer (%d) <= inject_layer (%d) < n_layer (%d)", fn,
-                        p->gate_layer, p->inject_layer, n_layer);
+                        "%s: need 0 <= gate_layer (%d) < n_layer (%d) and 0 <= inject_layer (%d) "
+                        "< n_layer", fn, p->gate_layer, n_layer, p->inject_layer);
     if (p->gate_hidden < 1 || p->gate_hidden > 8192)
         return mop_fail(MOP_E_RANGE, "%s: gate_hidden %d outside [1, 8192]", fn, p->gate_hidden);
     if (!(p->gate_temperature > 0.0f) || !isfinite(p->gate_temperature))

@@ -390,10 +390,14 @@ void gate_run_to(mop_ctx *ctx, const mop_mixture *m, float *x, float *u, const m
         memcpy(u, batch->gate_input + (int64_t)b * d, (size_t)d * sizeof(float));
         return;
     }
-    gate_embed_and_pool(ctx, m, x, u, batch->tokens + (int64_t)b * batch->seq_len, T,
-                        gate_pool_len(batch, b), pos);
-    if (to > m->p.gate_layer)
+    const int32_t *tokens = batch->tokens + (int64_t)b * batch->seq_len;
+    gate_embed_and_pool(ctx, m, x, u, tokens, T, gate_pool_len(batch, b), pos);
+    if (to > m->p.gate_layer) {
         forward_layers(ctx, x, T, pos, m->p.gate_layer, to, NULL);
+    } else if (to < m->p.gate_layer) { /* as gate_schedule: again from the embeddings */
+        forward_embed(ctx, x, tokens, T);
+        forward_layers(ctx, x, T, pos, 0, to, NULL);
+    }
 }
 
 void gate_embed_and_pool(mop_ctx *ctx, const mop_mixture *m, float *x, float *u,

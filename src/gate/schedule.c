@@ -3,6 +3,9 @@
  *   embed -> layers [0, L_g) -> gate on the pooled states -> layers [L_g, L_p)
  *   -> prompt keys/values prepended at L_p (+ log-weight bias) -> layers [L_p, L)
  *
+ * (with L_p < L_g: embed -> layers [0, L_g) without the prompt -> gate; embed
+ * again -> layers [0, L_p) -> prompt prefix -> layers [L_p, L))
+ *
  * Training (mixture_backward.c), evaluation (mixture_forward.c), decoding with
  * a mixture attached to a context (mixture_ctx.c) and the batched decoder
  * (decoder.c) all run a sequence through gate_schedule(), and later tokens
@@ -44,8 +47,16 @@ void gate_schedule(mop_ctx *ctx, const mop_mixture *m, gate_ws *ws, float *x, co
             forward_embed(ctx, x + c0 * d, s->tokens + c0, MOP_MIN(C, T - c0));
         run_range(ctx, x, T, pos, C, 0, Lg, NULL);
         gate_pool_input(m, u, x, s->tokens, s->n_pool);
-        if (!s->stop_at_gate)
+        if (!s->stop_at_gate && Lg <= Lp) {
             run_range(ctx, x, T, pos, C, Lg, Lp, NULL);
+        } else if (!s->stop_at_gate) {
+            /* the gate read a prompt-free pass beyond L_p: the prompted pass
+             * starts again from the embeddings (layers [0, L_p) are the same
+             * with or without the prompt; none to redo when L_p = 0) */
+            for (int32_t c0 = 0; c0 < T; c0 += C)
+                forward_embed(ctx, x + c0 * d, s->tokens + c0, MOP_MIN(C, T - c0));
+            run_range(ctx, x, T, pos, C, 0, Lp, NULL);
+        }
     }
     /* the gate */
     gate_standardize(m, u);

@@ -212,7 +212,8 @@ class Mixture(L.Closable):
     :param prompt_len: ``P``, prompt tokens per expert, 1..512 [8]
     :param gate_layer: the gate reads the hidden states after this many layers
         [-1 = n_layer/3]
-    :param inject_layer: the experts enter before this layer, >= ``gate_layer``
+    :param inject_layer: the experts enter before this layer; below
+        ``gate_layer`` (e.g. 0, the input) the gate reads a prompt-free pass
         [-1 = n_layer/3]
     :param gate_hidden: width of the gate MLP [64]
     :param gate_act: the gate's activation, ``"gelu"`` or ``"relu"`` [gelu]
