@@ -36,6 +36,7 @@ from mop_comparison import (ROOT, Study, gate_table, log, paired_gain, ppl,  # n
                             read_per_example, run)
 
 METHODS = ("single", "single_in", "oracle", "mop", "mop_shared")
+# also accepted by --methods: mop_in, mop_shared_in (mop_comparison.py)
 
 
 class FedStudy(Study):
@@ -73,8 +74,10 @@ class FedStudy(Study):
     def main(self):
         a = self.a
         self.prepare()
-        keys = [(m, meth, s) for m in a.models for meth in a.methods for s in a.strategies
-                if not (meth.startswith("single") and s != "fedavg")]
+        # the single baselines run (and are the reference) under FedAvg only,
+        # whatever --strategies says
+        keys = [(m, meth, s) for m in a.models for meth in a.methods
+                for s in (("fedavg",) if meth.startswith("single") else a.strategies)]
         if a.report_only:
             keys = [k for k in keys if (self.out / k[0] / f"{k[1]}-{k[2]}-s{a.seed}" /
                                         "test.csv").exists()]

@@ -11,6 +11,10 @@ Methods, on identical data, budget and code:
              input, log(K w) bias, independent experts, gate pre-training)
   mop_shared K experts of P/2 tokens plus K always-on shared groups of P/2
              tokens (the same K*P prompt rows)
+  mop_in, mop_shared_in  the same two with the experts at the input layer
+             (--inject-layer 0); the gate still reads layer L_g, of a
+             prompt-free pass ("Compress, then Prompt" with routing); run by
+             fed_comparison.py only so far
 Models: dense SmolLM2-135M-Instruct and SparseGPT-pruned 2:4 and 75 %
 unstructured. Every trained run keeps its best validation checkpoint
 (--eval-every); the learning rate is chosen on validation (grid --lrs, on
@@ -41,6 +45,7 @@ import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 METHODS = ("none", "single", "single_in", "oracle", "mop", "mop_shared")
+EXTRA_METHODS = ("mop_in", "mop_shared_in")   # federated only for now (fed_comparison --methods)
 TRAINED = METHODS[1:]
 LR_FROM = {"single_in": "single", "oracle": "mop"}  # methods without their own grid
 PRUNED = {"2of4": "2:4", "u75": "unstructured:0.75"}
@@ -104,7 +109,10 @@ class Study:
                                    "--inject-layer", "0"],
                 "oracle": kp + ["--baseline", "oracle"],
                 "mop": kp,
-                "mop_shared": ["-K", str(a.K), "-P", str(a.P // 2), "--shared", str(a.K)]}[method]
+                "mop_shared": ["-K", str(a.K), "-P", str(a.P // 2), "--shared", str(a.K)],
+                "mop_in": kp + ["--inject-layer", "0"],
+                "mop_shared_in": ["-K", str(a.K), "-P", str(a.P // 2), "--shared", str(a.K),
+                                  "--inject-layer", "0"]}[method]
 
     def train(self, model, method, seed, lr):
         a = self.a
@@ -224,7 +232,7 @@ class Study:
                     summary[f"{m}/{meth}/s{s}"] = dict(test_ppl=ppl(r), gain=gain, ci=[lo, hi],
                                                        val_ppl=best_val(dirs[(m, meth, s)]),
                                                        reference=ref)
-            for s, meth in ((s, meth) for s in seeds for meth in ("mop", "mop_shared")
+            for s, meth in ((s, meth) for s in seeds for meth in ("mop", "mop_shared") + EXTRA_METHODS
                             if (m, meth, s) in gates):
                 acc, table = gate_table(gates[(m, meth, s)])
                 lines += ["", f"Gate of {meth} on the test set ({m}, seed {s}): a task's examples give "
