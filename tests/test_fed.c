@@ -571,6 +571,38 @@ static void test_from_mixture_and_apply(void **state)
     assert_int_equal(mop_update_get_tensor(full, -1, "gate.usage", &ui), MOP_OK);
     assert_int_equal(ui.size, 3);
     assert_memory_equal(ui.data, usage, sizeof usage);
+    /* with always-on shared groups, one usage entry per row of "experts":
+     * the K given, then 1 for each shared group (read no further than K) */
+    {
+        mop_mixture_params sp = {.struct_size = sizeof sp};
+        assert_int_equal(mop_mixture_get_params(b, &sp), MOP_OK);
+        sp.n_shared = 2;
+        mop_mixture *sh = NULL;
+        assert_int_equal(mop_mixture_create(model, &sp, &sh), MOP_OK);
+        float *k_only = malloc(3 * sizeof *k_only); /* ASan: a read past K is caught */
+        memcpy(k_only, usage, sizeof usage);
+        mop_update *us = NULL;
+        assert_int_equal(mop_update_from_mixture(sh, NULL, 4, 9, 10.0, k_only, &us), MOP_OK);
+        mop_update_tensor_info si = {.struct_size = sizeof si};
+        assert_int_equal(mop_update_get_tensor(us, -1, "gate.usage", &si), MOP_OK);
+        assert_int_equal(si.size, 5);
+        const float want[5] = {0.5f, 0.3f, 0.2f, 1.0f, 1.0f};
+        assert_memory_equal(si.data, want, sizeof want);
+        /* and MoP-aware aggregation accepts it */
+        mop_aggregator_params agp;
+        mop_aggregator_params_init(&agp);
+        agp.strategy = MOP_AGG_MOP_AWARE;
+        mop_aggregator *ag = NULL;
+        assert_int_equal(mop_aggregator_create(&agp, &ag), MOP_OK);
+        mop_update *dsh = NULL;
+        assert_int_equal(mop_update_from_mixture(sh, sh, 4, 9, 10.0, k_only, &dsh), MOP_OK);
+        assert_int_equal(mop_aggregator_add(ag, dsh), MOP_OK);
+        mop_aggregator_free(ag);
+        mop_update_free(dsh);
+        mop_update_free(us);
+        free(k_only);
+        mop_mixture_free(sh);
+    }
 
     /* DELTA b − a, applied to a with scale 1, gives b (float rounding: 1 ulp of 1) */
     mop_update *delta = NULL;

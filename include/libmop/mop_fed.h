@@ -162,14 +162,17 @@ MOP_API MOP_NODISCARD mop_status mop_update_parse(const uint8_t *buf, size_t n, 
 /**
  * @brief Build an update from a mixture's tensors: FULL values when @p base is
  * NULL, else the DELTA m − base (same shapes required). @p gate_usage (K
- * floats, may be NULL) is stored as tensor "gate.usage" for MoP-aware
- * aggregation.
+ * floats, may be NULL: each routed expert's mean gate weight over the
+ * client's data, as mop_mixture_gate() gives them) is stored as tensor
+ * "gate.usage" for MoP-aware aggregation, with usage 1 appended for each
+ * always-on shared group (@c n_shared), so the tensor has one entry per row
+ * of "experts".
  * @param[in]  m          the mixture (only read)
  * @param[in]  base       the reference mixture for a DELTA, or NULL for FULL values
  * @param[in]  round      federated round, >= 0
  * @param[in]  client_id  any id the host uses
  * @param[in]  n_samples  examples behind the update, >= 0, finite
- * @param[in]  gate_usage K floats (may be NULL)
+ * @param[in]  gate_usage K = n_experts floats (may be NULL)
  * @param[out] out        the update; free with mop_update_free()
  * @return ::MOP_OK, ::MOP_E_INVALID_ARG (NULL, bad n_samples/round, gate_usage
  *         negative or NaN), ::MOP_E_SHAPE (@p base has other tensors or

@@ -83,16 +83,28 @@ mop_status mop_update_from_mixture(mop_mixture *m, mop_mixture *base, int64_t ro
     }
     mop_free(tmp);
     if (s == MOP_OK && gate_usage) {
-        if (K < 1) {
-            s = mop_fail(MOP_E_INVALID_ARG, "mop_update_from_mixture: gate_usage given but the mixture has no experts tensor");
-        } else {
-            for (int64_t k = 0; k < K && s == MOP_OK; k++)
-                if (!(gate_usage[k] >= 0.0f && isfinite(gate_usage[k])))
-                    s = mop_fail(MOP_E_INVALID_ARG, "mop_update_from_mixture: gate_usage[%lld] = %g (must be finite and >= 0)",
-                                 (long long)k, (double)gate_usage[k]);
-            if (s == MOP_OK)
-                s = mop_update_add_tensor(u, FED_USAGE_NAME, gate_usage, 1, &K);
+        /* the caller gives the K routed experts' usage; the always-on shared
+         * groups after them (rows K.. of "experts") are used fully: 1 */
+        mop_mixture_params mp;
+        memset(&mp, 0, sizeof mp);
+        mp.struct_size = sizeof mp;
+        s = mop_mixture_get_params(m, &mp);
+        float *usage = NULL;
+        if (s == MOP_OK && (K < 1 || K != (int64_t)mp.n_experts + mp.n_shared))
+            s = mop_fail(MOP_E_INVALID_ARG, "mop_update_from_mixture: gate_usage given but the mixture's experts tensor has %lld rows for %d experts + %d shared groups",
+                         (long long)K, (int)mp.n_experts, (int)mp.n_shared);
+        for (int64_t k = 0; k < mp.n_experts && s == MOP_OK; k++)
+            if (!(gate_usage[k] >= 0.0f && isfinite(gate_usage[k])))
+                s = mop_fail(MOP_E_INVALID_ARG, "mop_update_from_mixture: gate_usage[%lld] = %g (must be finite and >= 0)",
+                             (long long)k, (double)gate_usage[k]);
+        if (s == MOP_OK && !(usage = mop_alloc((size_t)K * sizeof *usage)))
+            s = mop_fail(MOP_E_NOMEM, "mop_update_from_mixture: out of memory");
+        if (s == MOP_OK) {
+            for (int64_t k = 0; k < K; k++)
+                usage[k] = k < mp.n_experts ? gate_usage[k] : 1.0f;
+            s = mop_update_add_tensor(u, FED_USAGE_NAME, usage, 1, &K);
         }
+        mop_free(usage);
     }
     if (s != MOP_OK) {
         mop_update_free(u);

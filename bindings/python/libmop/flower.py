@@ -871,7 +871,16 @@ class MopStrategy(Strategy):
                    tensors={n: np.asarray(a, dtype=np.float32) - g
                             for n, a, g in zip(self.names, arrays, self.global_arrays)})
         if gate_usage is not None:
-            u.add_tensor("gate.usage", gate_usage)
+            # the client sends its K routed experts' usage; the always-on shared
+            # groups after them (the remaining rows of "experts") are used fully
+            rows = dict(zip(self.names, self.global_arrays))["experts"].shape[0]
+            usage = np.ones(rows, dtype=np.float32)
+            got = np.asarray(gate_usage, dtype=np.float32).ravel()
+            if got.size > rows:
+                raise ValueError(f"client {client_id}: gate_usage has {got.size} entries for "
+                                 f"{rows} expert rows")
+            usage[:got.size] = got
+            u.add_tensor("gate.usage", usage)
         return u
 
     def global_update(self, server_round: int) -> Update:
