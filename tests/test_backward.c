@@ -1,5 +1,6 @@
-/* Activation backward kernels (src/core/backward.c) against central finite
- * differences of independent double-precision reference forwards.
+/* Activation backward kernels (src/core/backward.c, and the gate's softmax
+ * and MLP in src/gate/gate_mlp.c) against central finite differences of
+ * independent double-precision reference forwards.
  *
  * Method, for every kernel: master inputs live in double; the kernel gets a
  * float copy. The scalar loss is L = Σ r ⊙ f(x) with random r, f written here
@@ -21,6 +22,7 @@
 #include <cmocka.h>
 
 #include "backward.h"
+#include "gate/gate.h"
 
 #define FD_H 1e-3
 #define FD_TOL 1e-4
@@ -662,7 +664,7 @@ typedef struct {
 
 static double act_ref(double a, int act)
 {
-    if (act == GATE_BWD_ACT_RELU)
+    if (act == MOP_GATE_ACT_RELU)
         return a > 0 ? a : 0;
     return 0.5 * a * (1.0 + tanh(sqrt(2.0 / M_PI) * (a + 0.044715 * a * a * a)));
 }
@@ -705,7 +707,7 @@ static void gate_mlp_case(int act)
         double mn = INFINITY;
         for (int i = 0; i < B * H; i++)
             mn = fmin(mn, fabs(c.a[i]));
-        if (act != GATE_BWD_ACT_RELU || mn > 0.05)
+        if (act != MOP_GATE_ACT_RELU || mn > 0.05)
             break;
     }
     float *W1f = to_f(c.W1, H * D), *W2f = to_f(c.W2, K * H), *uf = to_f(c.u, B * D);
@@ -715,7 +717,7 @@ static void gate_mlp_case(int act)
     gate_mlp_backward(dW1, db1, dW2, db2, du, dzf, uf, af, W1f, W2f, B, D, H, K, act);
     unfill(dW1, f[0], H * D), unfill(db1, f[1], H), unfill(dW2, f[2], K * H);
     unfill(db2, f[3], K), unfill(du, f[4], B * D);
-    const char *an = act == GATE_BWD_ACT_RELU ? "relu" : "gelu";
+    const char *an = act == MOP_GATE_ACT_RELU ? "relu" : "gelu";
     char lab[64];
     snprintf(lab, sizeof lab, "gate mlp %s dW1", an);
     fd_check(lab, c.W1, H * D, dW1, mlp_loss, &c);
@@ -735,8 +737,8 @@ static void gate_mlp_case(int act)
 static void test_gate_mlp_backward(void **state)
 {
     (void)state;
-    gate_mlp_case(GATE_BWD_ACT_GELU);
-    gate_mlp_case(GATE_BWD_ACT_RELU);
+    gate_mlp_case(MOP_GATE_ACT_GELU);
+    gate_mlp_case(MOP_GATE_ACT_RELU);
 }
 
 /* ---- Chain: gate logits → log w_k bias → attention ----------------------

@@ -5,18 +5,22 @@
  * - outputs first, then inputs, then sizes; a shape comment on each;
  * - gradients are ACCUMULATED (+=) into the d-outputs, so callers can sum
  *   contributions (residual branches, several layers); callers zero them
- *   first. The one exception is cross_entropy_backward, which WRITES dlogits
- *   (it is always the first gradient of a step and the buffer is large).
- * - the frozen model's weights receive no gradient; the gate MLP's do
- *   (gate_mlp_backward), because those are trained parameters.
+ *   first. The exceptions are cross_entropy_backward, which WRITES dlogits
+ *   (it is always the first gradient of a step and the buffer is large), and
+ *   head_backward, which starts the pass the same way and WRITES dx.
+ * - the frozen model's weights receive no gradient (the gate MLP's, trained
+ *   parameters, do: gate_mlp_backward in src/gate/gate_mlp.c).
  * - single-threaded plain loops over what they are given; callers split work
  *   (rows for the elementwise kernels, sequences for attention).
- * - no argument checks: these are internal kernels, callers validate shapes. */
+ * - no argument checks: these are internal kernels, callers validate shapes.
+ * block_backward and head_backward (block_backward.c) compose the kernels
+ * into the backward of forward_layers and of the LM head (forward.h). */
 #ifndef MOP_BACKWARD_H
 #define MOP_BACKWARD_H
 
 #include <stdint.h>
 
+#include "forward.h"
 #include "threadpool.h"
 
 /* ---- RMSNorm ------------------------------------------------------------
@@ -98,30 +102,58 @@ void cross_entropy_forward(float *loss_out, const float *logits, const int32_t *
 void cross_entropy_backward(float *dlogits, const float *logits, const int32_t *targets,
                             int64_t T, int64_t V, float scale);
 
-/* ---- Gate ---------------------------------------------------------------
- * w (B, K) = softmax(z / tau) per row.
- * Attention-bias mode: given G (B, K) = dL/d(log w_k) (the dbias of group k's
- * keys, summed over layers), dz (B, K) += (G_m − w_m Σ_k G_k) / tau. */
-void gate_softmax_backward(float *dz, const float *G, const float *w, int64_t B, int K,
-                           float tau);
+/* ---- Transformer blocks and the LM head (block_backward.c) ---------------
+ * The backward of forward_layers and of the LM head with its loss, in the
+ * reverse order of their forward: head_backward, then block_backward for
+ * layers b-1 .. a. d = n_embd, ff = n_ff, qd = n_head·head_dim,
+ * kvd = n_head_kv·head_dim, V = n_vocab.
+ *
+ * Their scratch, the caller's, sized for calls of up to R rows over up to
+ * N = n_pre + R keys (prefix rows then the call's own). */
+typedef struct block_bwd_ws {
+    float *dxn;               /* (R, d) */
+    float *dh, *dgate, *dup;  /* (R, ff) */
+    float *datt, *dq, *dqpre; /* (R, qd) */
+    float *kcat, *vcat;       /* (N, kvd) prefix rows then the call's */
+    float *dkcat, *dvcat;     /* (N, kvd) */
+    float *dkpre;             /* (R, kvd) */
+    float *scratch;           /* attention_backward_scratch(N, n_head, head_dim) workspace */
+    float *inv_freq;          /* (n_rot / 2) the RoPE frequencies, filled by the caller */
+    /* head_backward only */
+    float *xn_out;            /* (T, d) out_norm(x) of the sequence */
+    float *rows;              /* (FWD_HEAD_ROWS, d) gathered rows of xn_out */
+    float *logits;            /* (FWD_HEAD_ROWS, V) */
+} block_bwd_ws;
 
-/* Weighted-sum mode: given dw (B, K) = dL/dw,
- * dz (B, K) += w_m (dw_m − Σ_k w_k dw_k) / tau. */
-void gate_softmax_backward_dw(float *dz, const float *dw, const float *w, int64_t B, int K,
-                              float tau);
+/* One layer's backward over T rows at positions pos (T). The keys attended
+ * are n_pre prefix rows (pre_k, pre_v (n_pre, kvd); bias (n_pre) or NULL)
+ * then the rows' own. dpre_k/dpre_v (n_pre, kvd) and dbias (n_pre) receive
+ * the prefix gradients (+=), each NULL to skip; dk_ext/dv_ext (T, kvd), if
+ * given, are gradients that reach this call's own keys/values from elsewhere
+ * (the input stream's queries, for the prompt stream). top: dx is zero (the
+ * prompt stream's last layer, whose output nobody reads), so only
+ * dk_ext/dv_ext flow. sv: what forward_layers saved of this layer (x_in,
+ * x_mid, q, k, v, lse, gate, up are read). */
+typedef struct block_bwd {
+    int32_t l, T, n_pre;
+    const int32_t *pos;
+    const fwd_layer_saved *sv;
+    const float *pre_k, *pre_v, *bias;
+    float *dpre_k, *dpre_v, *dbias;
+    const float *dk_ext, *dv_ext;
+    int top;
+} block_bwd;
 
-/* Gate MLP activations (values match mop_gate_act). */
-enum { GATE_BWD_ACT_GELU = 0, GATE_BWD_ACT_RELU = 1 };
+/* Backward of layer a->l given dx (T, d) = dL/d(layer output), turned in
+ * place into dL/d(layer input). */
+void block_backward(mop_ctx *ctx, block_bwd_ws *ws, float *dx, const block_bwd *a);
 
-/* Gate MLP: a (B, h) = W1 (h, d) · u + b1 (h);  z (B, K) = W2 (K, h) · act(a) + b2 (K)
- * act: GATE_BWD_ACT_GELU (tanh approximation
- *   0.5·x·(1 + tanh(sqrt(2/π)(x + 0.044715 x³)))) or GATE_BWD_ACT_RELU.
- * Given dz (B, K), the saved pre-activation a (B, h) and the input u (B, d):
- *   dW1 (h, d), db1 (h), dW2 (K, h), db2 (K) += the parameter gradients summed
- *   over the batch; du (B, d) += the input gradient, or NULL to skip (the
- *   default mode needs none). ReLU uses the derivative 0 at a = 0. */
-void gate_mlp_backward(float *dW1, float *db1, float *dW2, float *db2, float *du,
-                       const float *dz, const float *u, const float *a, const float *W1,
-                       const float *W2, int64_t B, int d, int h, int K, int act);
+/* LM head, loss and its gradient for one sequence of T tokens with final
+ * hidden states x (T, d): the targets are tokens[t + 1] for the n rows t in
+ * row_idx (n). Returns Σ NLL over them; dx (T, d) = dL/dx WRITTEN, with
+ * L = scale · Σ NLL. */
+double head_backward(mop_ctx *ctx, block_bwd_ws *ws, float *dx, const float *x,
+                     const int32_t *tokens, int32_t T, const int32_t *row_idx, int32_t n,
+                     float scale);
 
 #endif

@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <stdint.h>
 
+#include "backward.h"
 #include "forward.h"
 #include "internal.h"
 #include "libmop/mop_gate.h"
@@ -39,9 +40,6 @@ typedef struct gate_ws {
     float *x;      /* (T, d) input hidden states */
     float *xp;     /* (S, d) prompt stream hidden states */
     float *bias;   /* (S) score bias toward prompt keys */
-    float *xn_out; /* (T, d) out_norm(x) of the last layer */
-    float *rows;   /* (FWD_HEAD_ROWS, d) gathered rows of xn_out */
-    float *logits; /* (FWD_HEAD_ROWS, V) */
     int32_t *row_idx; /* (T) positions whose next token is a target */
     int32_t *pos;  /* (T) input positions 0..T-1 */
     int32_t *ppos; /* (S) prompt positions -S..-1 */
@@ -52,16 +50,13 @@ typedef struct gate_ws {
     float *sv_in_buf, *sv_pr_buf;
 
     /* backward (train only) */
-    float *dx, *dxn;              /* (R, d), R = max(T, S) */
-    float *dh, *dgate, *dup;      /* (R, ff) */
-    float *datt, *dq, *dqpre;     /* (R, qd) */
-    float *kcat, *vcat;           /* (S + T, kvd) prefix rows then the sequence's */
-    float *dkcat, *dvcat;         /* (S + T, kvd) */
-    float *dkpre;                 /* (R, kvd) */
-    float *scratch;               /* attention_backward_scratch(S + T) workspace */
+    float *dx;                    /* (R, d), R = max(T, S) */
+    /* block_backward / head_backward scratch (backward.h) for R rows and
+     * S + T keys; its xn_out (T, d), rows and logits (FWD_HEAD_ROWS rows) are
+     * allocated without train too (the forward scores with rows, logits) */
+    block_bwd_ws bwd;
     float *dbias;                 /* (S) */
     float *dkp, *dvp;             /* (n_layer - first_layer, cap_S, kvd) prompt K/V gradients */
-    float *inv_freq;              /* (n_rot / 2) */
 } gate_ws;
 
 struct mop_mixture {
@@ -122,12 +117,6 @@ void gate_ws_free(gate_ws *ws);
 /* Validate a batch against the model/mixture/ctx; fn names the caller. */
 mop_status gate_check_batch(const mop_ctx *ctx, const mop_batch *batch, int32_t need_task_K,
                             const char *fn);
-
-/* Gate of one sequence: u (d, already standardized) -> a (h), pi (K), w (K).
- * Learned mode only for a/pi; uniform sets w = pi = 1/K; oracle sets
- * w = pi = one-hot(task). */
-void gate_forward_one(const mop_mixture *m, float *a, float *pi, float *w, const float *u,
-                      int32_t task);
 
 /* Tokens of sequence b the gate may average: those before its first target
  * (the instruction part of an example), so training gates on what generation
@@ -192,6 +181,37 @@ const float *gate_cache_peek(const mop_mixture *m);
 void gate_cache_invalidate(mop_mixture *m);
 mop_status gate_cache_build(mop_ctx *ctx, mop_mixture *m);
 int gate_cache_fresh(const mop_mixture *m);
+
+/* ---- the gate MLP (gate_mlp.c): its forward, then its backward in reverse
+ * order. act is a mop_gate_act: MOP_GATE_ACT_GELU, the tanh approximation
+ * 0.5·x·(1 + tanh(sqrt(2/π)(x + 0.044715 x³))), or MOP_GATE_ACT_RELU. The
+ * backward follows backward.h's conventions (gradients accumulated). ------- */
+
+/* Gate of one sequence: u (d, already standardized) -> a (h), pi (K), w (K).
+ * Learned mode only for a/pi; uniform sets w = pi = 1/K; oracle sets
+ * w = pi = one-hot(task). */
+void gate_forward_one(const mop_mixture *m, float *a, float *pi, float *w, const float *u,
+                      int32_t task);
+
+/* w (B, K) = softmax(z / tau) per row.
+ * Attention-bias mode: given G (B, K) = dL/d(log w_k) (the dbias of group k's
+ * keys, summed over layers), dz (B, K) += (G_m − w_m Σ_k G_k) / tau. */
+void gate_softmax_backward(float *dz, const float *G, const float *w, int64_t B, int K,
+                           float tau);
+
+/* Weighted-sum mode: given dw (B, K) = dL/dw,
+ * dz (B, K) += w_m (dw_m − Σ_k w_k dw_k) / tau. */
+void gate_softmax_backward_dw(float *dz, const float *dw, const float *w, int64_t B, int K,
+                              float tau);
+
+/* Gate MLP: a (B, h) = W1 (h, d) · u + b1 (h);  z (B, K) = W2 (K, h) · act(a) + b2 (K).
+ * Given dz (B, K), the saved pre-activation a (B, h) and the input u (B, d):
+ *   dW1 (h, d), db1 (h), dW2 (K, h), db2 (K) += the parameter gradients summed
+ *   over the batch; du (B, d) += the input gradient, or NULL to skip (the
+ *   default mode needs none). ReLU uses the derivative 0 at a = 0. */
+void gate_mlp_backward(float *dW1, float *db1, float *dW2, float *db2, float *du,
+                       const float *dz, const float *u, const float *a, const float *W1,
+                       const float *W2, int64_t B, int d, int h, int K, int act);
 
 /* ---- the layer schedule (schedule.c): the one place that orders a mixture's
  * forward, used by training, evaluation and inference alike ---------------- */

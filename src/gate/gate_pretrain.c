@@ -3,7 +3,6 @@
 #include <math.h>
 #include <string.h>
 
-#include "backward.h"
 #include "gate.h"
 
 /* first release (0.2.0) */

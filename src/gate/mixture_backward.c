@@ -24,126 +24,6 @@ static float *dvp_at(const gate_ws *ws, const mop_hparams *hp, int32_t l)
                          (size_t)hp->head_dim;
 }
 
-/* Backward of one layer over T rows at positions pos, given dx (T, d) =
- * dL/d(layer output), turned in place into dL/d(layer input).
- * The keys attended are n_pre prefix rows (pre_k, pre_v; bias) then the
- * rows' own. dpre_k/dpre_v (n_pre, kvd) and dbias (n_pre) receive the prefix
- * gradients (+=); dk_ext/dv_ext (T, kvd), if given, are gradients that
- * reach this call's own keys/values from elsewhere (the input stream's
- * queries, for the prompt stream). top: dx is zero (the prompt stream's last
- * layer, whose output nobody reads), so only dk_ext/dv_ext flow. */
-typedef struct layer_bwd {
-    int32_t l, T, n_pre;
-    const int32_t *pos;
-    const fwd_layer_saved *sv;
-    const float *pre_k, *pre_v, *bias;
-    float *dpre_k, *dpre_v, *dbias;
-    const float *dk_ext, *dv_ext;
-    int top;
-} layer_bwd;
-
-static void layer_backward(mop_ctx *ctx, gate_ws *ws, float *dx, const layer_bwd *a)
-{
-    const mop_hparams *hp = &ctx->model->hp;
-    const mop_layer *L = &ctx->model->layers[a->l];
-    const int64_t T = a->T, d = hp->n_embd, ff = hp->n_ff;
-    const int64_t qd = (int64_t)hp->n_head * hp->head_dim;
-    const int64_t kvd = (int64_t)hp->n_head_kv * hp->head_dim;
-    const int64_t n_pre = a->n_pre;
-    const fwd_layer_saved *sv = a->sv;
-    mop_pool *pool = ctx->pool;
-
-    float *dk_seq = ws->dkcat + n_pre * kvd, *dv_seq = ws->dvcat + n_pre * kvd;
-    zero(ws->dkcat, (n_pre + T) * kvd);
-    zero(ws->dvcat, (n_pre + T) * kvd);
-    zero(ws->dq, T * qd);
-    if (!a->top) {
-        /* MLP: x_out = x_mid + W_down swiglu(W_gate xn, W_up xn), xn = norm(x_mid) */
-        zero(ws->dh, T * ff);
-        L->w_down.ops->matmul_t(&L->w_down, ws->dh, dx, T, pool);
-        zero(ws->dgate, T * ff);
-        zero(ws->dup, T * ff);
-        swiglu_backward(ws->dgate, ws->dup, ws->dh, sv->gate, sv->up, T * ff);
-        zero(ws->dxn, T * d);
-        L->w_gate.ops->matmul_t(&L->w_gate, ws->dxn, ws->dgate, T, pool);
-        L->w_up.ops->matmul_t(&L->w_up, ws->dxn, ws->dup, T, pool);
-        rmsnorm_backward(dx, ws->dxn, sv->x_mid, L->ffn_norm, T, (int)d, hp->norm_eps);
-
-        /* attention: x_mid = x_in + W_o attn(q, [pre_k; k], [pre_v; v]) */
-        zero(ws->datt, T * qd);
-        L->wo.ops->matmul_t(&L->wo, ws->datt, dx, T, pool);
-        if (n_pre > 0) {
-            memcpy(ws->kcat, a->pre_k, (size_t)(n_pre * kvd) * sizeof(float));
-            memcpy(ws->vcat, a->pre_v, (size_t)(n_pre * kvd) * sizeof(float));
-        }
-        memcpy(ws->kcat + n_pre * kvd, sv->k, (size_t)(T * kvd) * sizeof(float));
-        memcpy(ws->vcat + n_pre * kvd, sv->v, (size_t)(T * kvd) * sizeof(float));
-        attention_backward(ws->dq, ws->dkcat, ws->dvcat, a->dbias, ws->scratch, ws->datt, sv->q,
-                           ws->kcat, ws->vcat, sv->lse, a->bias, T, n_pre, hp->n_head,
-                           hp->n_head_kv, hp->head_dim, pool);
-        if (a->dpre_k) {
-            add_inplace(a->dpre_k, ws->dkcat, n_pre * kvd);
-            add_inplace(a->dpre_v, ws->dvcat, n_pre * kvd);
-        }
-    }
-    if (a->dk_ext) {
-        add_inplace(dk_seq, a->dk_ext, T * kvd);
-        add_inplace(dv_seq, a->dv_ext, T * kvd);
-    }
-    /* q, k after RoPE -> before; then through W_q, W_k, W_v and attn_norm */
-    zero(ws->dqpre, T * qd);
-    zero(ws->dkpre, T * kvd);
-    rope_backward(ws->dqpre, ws->dq, a->pos, T, hp->n_head, hp->head_dim, hp->n_rot,
-                  ws->inv_freq, 1.0f);
-    rope_backward(ws->dkpre, dk_seq, a->pos, T, hp->n_head_kv, hp->head_dim, hp->n_rot,
-                  ws->inv_freq, 1.0f);
-    zero(ws->dxn, T * d);
-    if (!a->top)
-        L->wq.ops->matmul_t(&L->wq, ws->dxn, ws->dqpre, T, pool);
-    L->wk.ops->matmul_t(&L->wk, ws->dxn, ws->dkpre, T, pool);
-    L->wv.ops->matmul_t(&L->wv, ws->dxn, dv_seq, T, pool);
-    rmsnorm_backward(dx, ws->dxn, sv->x_in, L->attn_norm, T, (int)d, hp->norm_eps);
-}
-
-/* LM head, loss and its gradient for sequence b: returns Σ NLL over its
- * targets; dx (T, d) = dL/dx of the final hidden states x, with
- * L = scale · Σ NLL. */
-static double head_backward(mop_ctx *ctx, gate_ws *ws, float *dx, const float *x,
-                            const mop_batch *batch, int32_t b, float scale)
-{
-    const mop_model *mod = ctx->model;
-    const int64_t d = mod->hp.n_embd, V = mod->hp.n_vocab;
-    const int32_t T = batch->lengths[b];
-    const int32_t *tok = batch->tokens + (int64_t)b * batch->seq_len;
-    int32_t n = gate_targets(ws->row_idx, batch, b);
-    rmsnorm_forward(ws->xn_out, NULL, x, mod->out_norm, T, d, mod->hp.norm_eps);
-    float *dxn = ws->dxn; /* (T, d) dL/d out_norm(x) */
-    zero(dxn, T * d);
-    double sum = 0.0;
-    int32_t tg[FWD_HEAD_ROWS];
-    for (int32_t r0 = 0; r0 < n; r0 += FWD_HEAD_ROWS) {
-        int32_t R = MOP_MIN(FWD_HEAD_ROWS, n - r0);
-        for (int32_t r = 0; r < R; r++) {
-            int32_t t = ws->row_idx[r0 + r];
-            memcpy(ws->rows + r * d, ws->xn_out + (int64_t)t * d, (size_t)d * sizeof(float));
-            tg[r] = tok[t + 1];
-        }
-        mod->lm_head.ops->matmul(&mod->lm_head, ws->logits, ws->rows, R, ctx->pool);
-        for (int32_t r = 0; r < R; r++) {
-            const float *row = ws->logits + (int64_t)r * V;
-            sum += logsumexp(row, V) - (double)row[tg[r]];
-        }
-        cross_entropy_backward(ws->logits, ws->logits, tg, R, V, scale);
-        zero(ws->rows, R * d);
-        mod->lm_head.ops->matmul_t(&mod->lm_head, ws->rows, ws->logits, R, ctx->pool);
-        for (int32_t r = 0; r < R; r++)
-            add_inplace(dxn + (int64_t)ws->row_idx[r0 + r] * d, ws->rows + r * d, d);
-    }
-    zero(dx, T * d);
-    rmsnorm_backward(dx, dxn, x, mod->out_norm, T, (int)d, mod->hp.norm_eps);
-    return sum;
-}
-
 /* Prompt stream backward over layers n_layer-1 .. L_p with the prompt K/V
  * gradients in ws->dkp/dvp; leaves the gradient at its input in ws->dx (S, d). */
 static void prompt_backward(mop_ctx *ctx, gate_ws *ws, const mop_mixture *m)
@@ -157,11 +37,11 @@ static void prompt_backward(mop_ctx *ctx, gate_ws *ws, const mop_mixture *m)
     for (int32_t r0 = 0; r0 < S; r0 += R) {
         gate_saved_rows(ws->sv_grp, ws->sv_pr, hp, Lp, r0);
         for (int32_t l = hp->n_layer - 1; l >= Lp; l--) {
-            layer_bwd a = {.l = l, .T = R, .n_pre = 0, .pos = ws->ppos + r0,
+            block_bwd a = {.l = l, .T = R, .n_pre = 0, .pos = ws->ppos + r0,
                            .sv = &ws->sv_grp[l], .dk_ext = dkp_at(ws, hp, l) + r0 * kvd,
                            .dv_ext = dvp_at(ws, hp, l) + r0 * kvd,
                            .top = l == hp->n_layer - 1};
-            layer_backward(ctx, ws, ws->dx + (int64_t)r0 * hp->n_embd, &a);
+            block_backward(ctx, &ws->bwd, ws->dx + (int64_t)r0 * hp->n_embd, &a);
         }
     }
 }
@@ -230,7 +110,7 @@ mop_status mop_mixture_forward_backward(mop_ctx *ctx, mop_mixture *m, const mop_
     MOP_TRY(gate_ws_reserve(&ws_call, m, maxT, S, B, 1));
     gate_ws *ws = &ws_call;
     for (int32_t i = 0; i < hp->n_rot / 2; i++)
-        ws->inv_freq[i] = (float)ctx->rope.freq[i];
+        ws->bwd.inv_freq[i] = (float)ctx->rope.freq[i];
     gate_prompt_positions(p, ws->ppos);
     gate_cache_invalidate(m); /* the caller is about to change the parameters */
     mop_ctx_reset(ctx);
@@ -274,14 +154,16 @@ mop_status mop_mixture_forward_backward(mop_ctx *ctx, mop_mixture *m, const mop_
 
         /* backward of this sequence's input stream down to L_p */
         float *dx = ws->dx;
-        nll_sum += head_backward(ctx, ws, dx, ws->x, batch, b, scale);
+        const int32_t n_rows = gate_targets(ws->row_idx, batch, b);
+        nll_sum += head_backward(ctx, &ws->bwd, dx, ws->x, sq.tokens, T, ws->row_idx, n_rows,
+                                 scale);
         zero(ws->dbias, S);
         for (int32_t l = L - 1; l >= Lp; l--) {
-            layer_bwd a = {.l = l, .T = T, .n_pre = S, .pos = ws->pos, .sv = &ws->sv_in[l],
+            block_bwd a = {.l = l, .T = T, .n_pre = S, .pos = ws->pos, .sv = &ws->sv_in[l],
                            .pre_k = ws->pk[l], .pre_v = ws->pv[l],
                            .bias = ab ? ws->bias : NULL, .dpre_k = dkp_at(ws, hp, l),
                            .dpre_v = dvp_at(ws, hp, l), .dbias = ab ? ws->dbias : NULL};
-            layer_backward(ctx, ws, dx, &a);
+            block_backward(ctx, &ws->bwd, dx, &a);
         }
         if (ab) {
             /* G_k = dL/dlog w_k: the bias gradient of group k's keys */

@@ -11,13 +11,14 @@
 
 void gate_ws_free(gate_ws *ws)
 {
+    block_bwd_ws *bw = &ws->bwd;
     float **fbufs[] = {&ws->u,      &ws->a,     &ws->pi,     &ws->w,     &ws->G,
-                       &ws->dz,     &ws->x,     &ws->xp,     &ws->bias,  &ws->xn_out,
-                       &ws->rows,   &ws->logits, &ws->sv_in_buf, &ws->sv_pr_buf, &ws->dx,
-                       &ws->dxn,    &ws->dh,    &ws->dgate,  &ws->dup,   &ws->datt,
-                       &ws->dq,     &ws->dqpre, &ws->kcat,   &ws->vcat,  &ws->dkcat,
-                       &ws->dvcat,  &ws->dkpre, &ws->scratch, &ws->dbias, &ws->dkp,
-                       &ws->dvp,    &ws->inv_freq};
+                       &ws->dz,     &ws->x,     &ws->xp,     &ws->bias,  &bw->xn_out,
+                       &bw->rows,   &bw->logits, &ws->sv_in_buf, &ws->sv_pr_buf, &ws->dx,
+                       &bw->dxn,    &bw->dh,    &bw->dgate,  &bw->dup,   &bw->datt,
+                       &bw->dq,     &bw->dqpre, &bw->kcat,   &bw->vcat,  &bw->dkcat,
+                       &bw->dvcat,  &bw->dkpre, &bw->scratch, &ws->dbias, &ws->dkp,
+                       &ws->dvp,    &bw->inv_freq};
     for (size_t i = 0; i < sizeof fbufs / sizeof fbufs[0]; i++)
         mop_free(*fbufs[i]);
     mop_free(ws->tgt_count);
@@ -69,6 +70,7 @@ mop_status gate_ws_reserve(gate_ws *ws, const mop_mixture *m, int32_t T, int32_t
     gate_ws_free(ws);
     ws->cap_T = cT, ws->cap_S = cS, ws->cap_B = cB, ws->train = tr, ws->first_layer = fl;
     ws->decode_only = !head;
+    block_bwd_ws *bw = &ws->bwd;
 
     /* K and h are at most 256 and 8192; size the per-sequence gate buffers
      * for the largest so mixtures of any shape on this model fit. */
@@ -90,9 +92,9 @@ mop_status gate_ws_reserve(gate_ws *ws, const mop_mixture *m, int32_t T, int32_t
     ws->xp = ws_alloc(Sn * d, sizeof(float), &fail);
     ws->bias = ws_alloc(Sn, sizeof(float), &fail);
     if (head) {
-        ws->xn_out = ws_alloc(Tn * d, sizeof(float), &fail);
-        ws->rows = ws_alloc((size_t)FWD_HEAD_ROWS * d, sizeof(float), &fail);
-        ws->logits = ws_alloc((size_t)FWD_HEAD_ROWS * V, sizeof(float), &fail);
+        bw->xn_out = ws_alloc(Tn * d, sizeof(float), &fail);
+        bw->rows = ws_alloc((size_t)FWD_HEAD_ROWS * d, sizeof(float), &fail);
+        bw->logits = ws_alloc((size_t)FWD_HEAD_ROWS * V, sizeof(float), &fail);
         ws->row_idx = ws_alloc(Tn, sizeof(int32_t), &fail);
     }
     ws->pos = ws_alloc(Tn, sizeof(int32_t), &fail);
@@ -108,25 +110,25 @@ mop_status gate_ws_reserve(gate_ws *ws, const mop_mixture *m, int32_t T, int32_t
     if (tr) {
         ws->sv_in_buf = ws_alloc(nS * Tn * per_tok, sizeof(float), &fail);
         ws->dx = ws_alloc(R * d, sizeof(float), &fail);
-        ws->dxn = ws_alloc(R * d, sizeof(float), &fail);
-        ws->dh = ws_alloc(R * ff, sizeof(float), &fail);
-        ws->dgate = ws_alloc(R * ff, sizeof(float), &fail);
-        ws->dup = ws_alloc(R * ff, sizeof(float), &fail);
-        ws->datt = ws_alloc(R * qd, sizeof(float), &fail);
-        ws->dq = ws_alloc(R * qd, sizeof(float), &fail);
-        ws->dqpre = ws_alloc(R * qd, sizeof(float), &fail);
-        ws->kcat = ws_alloc(ST * kvd, sizeof(float), &fail);
-        ws->vcat = ws_alloc(ST * kvd, sizeof(float), &fail);
-        ws->dkcat = ws_alloc(ST * kvd, sizeof(float), &fail);
-        ws->dvcat = ws_alloc(ST * kvd, sizeof(float), &fail);
-        ws->dkpre = ws_alloc(R * kvd, sizeof(float), &fail);
-        ws->scratch = ws_alloc((size_t)attention_backward_scratch((int64_t)ST, hp->n_head,
+        bw->dxn = ws_alloc(R * d, sizeof(float), &fail);
+        bw->dh = ws_alloc(R * ff, sizeof(float), &fail);
+        bw->dgate = ws_alloc(R * ff, sizeof(float), &fail);
+        bw->dup = ws_alloc(R * ff, sizeof(float), &fail);
+        bw->datt = ws_alloc(R * qd, sizeof(float), &fail);
+        bw->dq = ws_alloc(R * qd, sizeof(float), &fail);
+        bw->dqpre = ws_alloc(R * qd, sizeof(float), &fail);
+        bw->kcat = ws_alloc(ST * kvd, sizeof(float), &fail);
+        bw->vcat = ws_alloc(ST * kvd, sizeof(float), &fail);
+        bw->dkcat = ws_alloc(ST * kvd, sizeof(float), &fail);
+        bw->dvcat = ws_alloc(ST * kvd, sizeof(float), &fail);
+        bw->dkpre = ws_alloc(R * kvd, sizeof(float), &fail);
+        bw->scratch = ws_alloc((size_t)attention_backward_scratch((int64_t)ST, hp->n_head,
                                                                   hp->head_dim),
                                sizeof(float), &fail);
         ws->dbias = ws_alloc(Sn, sizeof(float), &fail);
         ws->dkp = ws_alloc(nS * Sn * kvd, sizeof(float), &fail);
         ws->dvp = ws_alloc(nS * Sn * kvd, sizeof(float), &fail);
-        ws->inv_freq = ws_alloc((size_t)MOP_MAX(hp->n_rot / 2, 1), sizeof(float), &fail);
+        bw->inv_freq = ws_alloc((size_t)MOP_MAX(hp->n_rot / 2, 1), sizeof(float), &fail);
     }
     if (fail) {
         gate_ws_free(ws);
@@ -167,7 +169,7 @@ mop_status gate_ws_reserve(gate_ws *ws, const mop_mixture *m, int32_t T, int32_t
     }
     if (tr)
         for (int32_t i = 0; i < hp->n_rot / 2; i++)
-            ws->inv_freq[i] = 0.0f; /* filled from the ctx's RoPE table at use */
+            bw->inv_freq[i] = 0.0f; /* filled from the ctx's RoPE table at use */
     return MOP_OK;
 }
 
@@ -251,65 +253,6 @@ int32_t gate_targets(int32_t *row_idx, const mop_batch *batch, int32_t b)
 }
 
 /* ---- gate -------------------------------------------------------------------- */
-
-static float gate_act_f(float a, int act)
-{
-    if (act == MOP_GATE_ACT_RELU)
-        return a > 0.0f ? a : 0.0f;
-    const float c = 0.7978845608028654f; /* sqrt(2/π); tanh GELU as in gate_mlp_backward */
-    return 0.5f * a * (1.0f + tanhf(c * (a + 0.044715f * a * a * a)));
-}
-
-void gate_forward_one(const mop_mixture *m, float *a, float *pi, float *w, const float *u,
-                      int32_t task)
-{
-    const mop_mixture_params *p = &m->p;
-    const int32_t K = p->n_experts, h = p->gate_hidden, d = m->model->hp.n_embd;
-    if (p->gate_mode != MOP_GATE_LEARNED) {
-        for (int32_t k = 0; k < K; k++)
-            pi[k] = w[k] = p->gate_mode == MOP_GATE_UNIFORM ? 1.0f / (float)K
-                                                            : (float)(k == task);
-        return;
-    }
-    const float *W1 = m->params + m->off[GATE_T_W1], *b1 = m->params + m->off[GATE_T_B1];
-    const float *W2 = m->params + m->off[GATE_T_W2], *b2 = m->params + m->off[GATE_T_B2];
-    /* a (h) = W1 u + b1;  z (K) = W2 act(a) + b2;  pi = softmax(z / tau) */
-    for (int32_t j = 0; j < h; j++) {
-        double s = b1[j];
-        for (int32_t i = 0; i < d; i++)
-            s += (double)W1[(int64_t)j * d + i] * u[i];
-        a[j] = (float)s;
-    }
-    float z[256];
-    for (int32_t k = 0; k < K; k++) {
-        double s = b2[k];
-        for (int32_t j = 0; j < h; j++)
-            s += (double)W2[(int64_t)k * h + j] * gate_act_f(a[j], p->gate_act);
-        z[k] = (float)(s / p->gate_temperature);
-    }
-    softmax_forward(pi, z, K);
-    if (p->top_k == 0 || p->top_k == K) {
-        memcpy(w, pi, (size_t)K * sizeof(float));
-        return;
-    }
-    /* keep the top_k largest (ties: lower index first) with their probability,
-     * or renormalised to sum 1 (top_k_renorm) */
-    uint8_t keep[256];
-    memset(keep, 0, sizeof keep);
-    double kept = 0.0;
-    for (int32_t r = 0; r < p->top_k; r++) {
-        int32_t best = -1;
-        for (int32_t k = 0; k < K; k++)
-            if (!keep[k] && (best < 0 || pi[k] > pi[best]))
-                best = k;
-        keep[best] = 1;
-        kept += pi[best];
-    }
-    if (!p->top_k_renorm)
-        kept = 1.0;
-    for (int32_t k = 0; k < K; k++)
-        w[k] = keep[k] ? (float)(pi[k] / kept) : 0.0f;
-}
 
 int32_t gate_pool_len(const mop_batch *batch, int32_t b)
 {
@@ -622,11 +565,11 @@ static double head_nll(mop_ctx *ctx, gate_ws *ws, const float *x, const mop_batc
     for (int32_t r0 = 0; r0 < n; r0 += FWD_HEAD_ROWS) {
         int32_t R = MOP_MIN(FWD_HEAD_ROWS, n - r0);
         for (int32_t r = 0; r < R; r++)
-            memcpy(ws->rows + r * d, x + (int64_t)ws->row_idx[r0 + r] * d, (size_t)d * sizeof(float));
-        rmsnorm_forward(ws->rows, NULL, ws->rows, mod->out_norm, R, d, mod->hp.norm_eps);
-        mod->lm_head.ops->matmul(&mod->lm_head, ws->logits, ws->rows, R, ctx->pool);
+            memcpy(ws->bwd.rows + r * d, x + (int64_t)ws->row_idx[r0 + r] * d, (size_t)d * sizeof(float));
+        rmsnorm_forward(ws->bwd.rows, NULL, ws->bwd.rows, mod->out_norm, R, d, mod->hp.norm_eps);
+        mod->lm_head.ops->matmul(&mod->lm_head, ws->bwd.logits, ws->bwd.rows, R, ctx->pool);
         for (int32_t r = 0; r < R; r++) {
-            const float *row = ws->logits + (int64_t)r * V;
+            const float *row = ws->bwd.logits + (int64_t)r * V;
             sum += logsumexp(row, V) - (double)row[tok[ws->row_idx[r0 + r] + 1]];
         }
     }
